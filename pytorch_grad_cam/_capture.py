@@ -1,0 +1,103 @@
+"""Forward hooks that capture the target layers' activations for exactly one forward pass."""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from torch import nn
+
+
+def layer_name(model: nn.Module, layer: nn.Module) -> str:
+    """The dotted name of ``layer`` inside ``model`` (for error messages)."""
+    for name, module in model.named_modules():
+        if module is layer:
+            return name or "<the model itself>"
+    return type(layer).__name__
+
+
+class LayerCapture:
+    """Hooks on the target layers for the duration of one ``with`` block.
+
+    Each hooked layer's output is replaced by a copy, and the original is kept: in-place operations
+    after the layer (``ReLU(inplace=True)``, ``out += identity``) then modify the copy, never what was
+    captured. With ``grad=True`` the first hooked layer switches autograd on: the forward pass before
+    it runs under ``no_grad`` (nothing recorded, nothing differentiated), everything after it is
+    recorded so the score can be differentiated with respect to the captured activations.
+
+    With ``record_prefix=True`` it also records, for each target layer, the outermost module calls
+    that completed before that layer started, with their outputs (see ``AblationCAM``).
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[nn.Module], grad: bool,
+                 record_prefix: bool = False) -> None:
+        self.model = model
+        self.layers = list(layers)
+        self.grad = grad
+        self.record_prefix = record_prefix
+        self.activations: Dict[int, torch.Tensor] = {}
+        # For each target layer: [(module, output), ...] of the outermost calls completed before it.
+        self.prefix: Dict[int, List[Tuple[nn.Module, object]]] = {}
+        self._handles: list = []
+        self._depth = 0
+        self._done: List[Tuple[int, nn.Module, object]] = []
+
+    def __enter__(self) -> "LayerCapture":
+        try:
+            if self.record_prefix:
+                for module in self.model.modules():
+                    self._handles.append(module.register_forward_pre_hook(self._enter_module))
+                    self._handles.append(module.register_forward_hook(self._leave_module))
+            for layer in self.layers:
+                self._handles.append(layer.register_forward_hook(self._capture))
+                if self.record_prefix:
+                    self._handles.append(layer.register_forward_pre_hook(self._snapshot_prefix))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._done.clear()
+
+    # -- hooks -------------------------------------------------------------------------------
+    def _capture(self, module: nn.Module, inputs, output):
+        key = id(module)
+        if key in self.activations:
+            raise ValueError(
+                f"target layer '{layer_name(self.model, module)}' ran more than once in one forward "
+                "pass, so its activation is ambiguous; choose a module that runs once (for a shared "
+                "activation such as ResNet's `relu`, pick the block or the layer before it)")
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(
+                f"target layer '{layer_name(self.model, module)}' returns {type(output).__name__}, "
+                "expected a single tensor; choose a layer whose output is a tensor (for a tuple output, "
+                "pick one of its sub-modules)")
+        if self.grad and not torch.is_grad_enabled():
+            # Everything before this point ran without recording a graph; record from here on.
+            torch.set_grad_enabled(True)
+        if self.grad and output.requires_grad:
+            captured = output
+        else:
+            # A leaf: frozen models, no_grad prefixes, and gradient-free methods all land here.
+            captured = output.detach().requires_grad_(self.grad)
+        self.activations[key] = captured
+        return captured.clone()
+
+    def _enter_module(self, module: nn.Module, inputs) -> None:
+        self._depth += 1
+
+    def _leave_module(self, module: nn.Module, inputs, output) -> None:
+        self._depth -= 1
+        # Calls nested inside this one are replaced by this one: only outermost calls are kept.
+        while self._done and self._done[-1][0] > self._depth:
+            self._done.pop()
+        self._done.append((self._depth, module, output))
+
+    def _snapshot_prefix(self, module: nn.Module, inputs) -> None:
+        self.prefix[id(module)] = [(m, out) for _, m, out in self._done]

@@ -1,0 +1,57 @@
+"""Leave the user's model exactly as it was found, whatever a CAM call does to it."""
+from __future__ import annotations
+
+import contextlib
+import itertools
+from typing import Iterator, Optional
+
+import torch
+from torch import nn
+
+
+def model_device(model: nn.Module) -> Optional[torch.device]:
+    """The device of the model's first parameter or buffer; ``None`` for a model with neither."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        return tensor.device
+    return None
+
+
+def model_float_dtype(model: nn.Module) -> Optional[torch.dtype]:
+    """The dtype of the model's first floating-point parameter or buffer, if any."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
+
+
+def _move(tensor: torch.Tensor, device: torch.device) -> None:
+    # ``.data`` assignment keeps the user's Parameter objects (optimisers hold them) intact.
+    if tensor.device != device:
+        tensor.data = tensor.data.to(device)
+        if tensor.grad is not None:
+            tensor.grad.data = tensor.grad.data.to(device)
+
+
+@contextlib.contextmanager
+def evaluation_state(model: nn.Module, device: Optional[torch.device] = None) -> Iterator[None]:
+    """Run the block with ``model`` in eval mode (and on ``device`` if given), then restore it.
+
+    Restored in ``finally``, also when the block raises: every module's ``training`` flag, every
+    parameter's ``requires_grad``, and the device of every parameter and buffer.
+    """
+    training = [(module, module.training) for module in model.modules()]
+    requires_grad = [(param, param.requires_grad) for param in model.parameters()]
+    devices = {tensor: tensor.device for tensor in itertools.chain(model.parameters(), model.buffers())}
+    try:
+        model.eval()
+        if device is not None:
+            for tensor in devices:
+                _move(tensor, device)
+        yield
+    finally:
+        for module, flag in training:
+            module.training = flag
+        for param, flag in requires_grad:
+            param.requires_grad_(flag)
+        for tensor, original in devices.items():
+            _move(tensor, original)

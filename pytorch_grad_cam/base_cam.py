@@ -1,0 +1,457 @@
+"""The engine shared by every CAM method: hooks, targets, the batched compute loop, fusion, smoothing.
+
+A method is a small subclass of :class:`BaseCAM` that overrides :meth:`BaseCAM.cam_weights` (one weight
+per channel, or per position) or, for the few that are not a weighted sum, :meth:`BaseCAM.layer_map`.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._capture import LayerCapture, layer_name
+from ._model_state import evaluation_state, model_device, model_float_dtype
+from .utils.model_targets import ClassifierOutputTarget
+
+Target = Callable[[torch.Tensor], torch.Tensor]
+TargetsArg = Union[None, int, Target, Sequence[Union[int, Target]]]
+
+_INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
+_MISSING = object()
+
+
+def resize_maps(maps: torch.Tensor, size: Sequence[int], align_corners: bool = False) -> torch.Tensor:
+    """Resize ``(B, *spatial)`` maps to ``(B, *size)``: (bi/tri)linear, half-pixel centres by default
+    (the same sampling as ``cv2.resize``)."""
+    size = tuple(int(s) for s in size)
+    if tuple(maps.shape[1:]) == size:
+        return maps
+    mode = _INTERPOLATION[len(size)]
+    return F.interpolate(maps.unsqueeze(1), size=size, mode=mode, align_corners=align_corners)[:, 0]
+
+
+def min_max_normalize(maps: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Per map: ``(m - min) / (max - min + eps)`` over all positions. ``(B, *spatial)`` in and out."""
+    flat = maps.flatten(1)  # (B, N)
+    flat = flat - flat.amin(1, keepdim=True)
+    flat = flat / (flat.amax(1, keepdim=True) + eps)
+    return flat.view_as(maps)
+
+
+def broadcast_weights(weights: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    """``(B, C)`` channel weights viewed as ``(B, C, 1, ..., 1)`` to multiply ``(B, C, *spatial)``."""
+    return weights.reshape(*weights.shape, *([1] * (activations.ndim - weights.ndim)))
+
+
+def first_principal_component(activations: torch.Tensor) -> torch.Tensor:
+    """Projection of each position on the first principal component of the channels.
+
+    ``(B, C, *spatial)`` -> ``(B, *spatial)``. Per image the activations are reshaped to
+    ``X`` = (positions x channels), each channel is centred, and ``X v`` is returned, with ``v`` the
+    first right singular vector of ``X`` (EigenCAM, arXiv:2008.00299). Computed in float32 in one
+    batched SVD.
+
+    The sign of a singular vector is arbitrary (it depends on the SVD backend), so it is fixed here:
+    the projection is made to correlate non-negatively with the channel sum of the activations, the
+    map one gets without the SVD. For EigenCAM that is the total activation; for eigen smoothing of
+    ``w * A`` it is the plain CAM. So the component always points at what the layer responds to, never
+    at the background.
+    """
+    acts = torch.nan_to_num(activations.float(), nan=0.0)
+    x = acts.flatten(2).transpose(1, 2)  # (B, N, C)
+    x = x - x.mean(1, keepdim=True)
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)  # vh: (B, min(N, C), C)
+    projection = (x @ vh[:, 0, :, None])[..., 0]  # (B, N)
+    reference = acts.flatten(2).sum(1)  # (B, N)
+    reference = reference - reference.mean(1, keepdim=True)
+    sign = torch.where((projection * reference).sum(1) < 0, -1.0, 1.0)  # (B,)
+    return (projection * sign[:, None]).view(acts.shape[0], *acts.shape[2:])
+
+
+def select_output(output: Any, index: int, batch: int) -> Any:
+    """Image ``index``'s part of a model output: a tensor row, a list element, or a dict of rows."""
+    if isinstance(output, torch.Tensor):
+        return output[index]
+    if isinstance(output, dict):
+        return {key: select_output(value, index, batch) for key, value in output.items()}
+    if isinstance(output, (list, tuple)):
+        if len(output) == batch and all(isinstance(o, dict) for o in output):
+            return output[index]  # detection models: one dict per image
+        return type(output)(select_output(value, index, batch) for value in output)
+    return output
+
+
+def _as_target(target: Any, where: str) -> Target:
+    if isinstance(target, (int, np.integer)) and not isinstance(target, (bool, np.bool_)):
+        return ClassifierOutputTarget(int(target))
+    if not callable(target):
+        raise TypeError(f"{where} must be a callable target (e.g. ClassifierOutputTarget(281)) or a class "
+                        f"index, got {type(target).__name__}")
+    return target
+
+
+@dataclass
+class LayerContext:
+    """What a method may use besides the activations and gradients of one target layer."""
+
+    model: nn.Module
+    layer: nn.Module
+    input: torch.Tensor  # (B, C_in, *spatial): the input on the model's device and dtype
+    targets: List[Target]  # one per image
+    scores: torch.Tensor  # (B,) float32: each image's target score on the unmodified input
+    raw_activations: torch.Tensor  # the layer's output as the model produced it (before reshape_transform)
+    prefix: Optional[list]  # outermost module calls completed before the layer (record_prefix methods)
+    batch_size: int
+    channel_dim: int  # the channel axis of raw_activations
+
+
+class BaseCAM:
+    """Base class of every CAM method: hooks, targets, device, the batched loop, fusion and smoothing.
+
+    Args:
+        model: the network; any ``nn.Module`` taking ``(B, C, *spatial)``. Left exactly as it was:
+            training flags, ``requires_grad``, ``.grad`` and devices are restored after every call.
+        target_layers: the layer(s) to explain, a list or a single module. Their maps are made,
+            normalised and resized to the input, then averaged.
+        reshape_transform: turns a layer's output (and its gradient) into ``(B, C, *grid)``, e.g.
+            :func:`pytorch_grad_cam.utils.reshape_transforms.vit_reshape_transform`.
+        device: where to compute; by default the model's device. ``use_cuda=True`` (first API) means
+            ``device="cuda"``. A model elsewhere is moved for the call and moved back after it.
+        tta_transforms: a ``ttach.Compose`` for ``aug_smooth`` (default: horizontal flip x multiply
+            by 0.9, 1.0, 1.1).
+        batch_size: how many perturbed inputs go through the model at once (perturbation methods).
+        target_layer, use_cuda: the first API generation's names, still accepted.
+
+    Call ``cam(input_tensor, targets=None, aug_smooth=False, eigen_smooth=False)`` with a
+    ``(B, C, *spatial)`` tensor; it returns ``np.float32`` maps ``(B, *spatial)`` in ``[0, 1]``.
+
+    Example:
+        >>> cam = GradCAM(model, target_layers=[model.layer4[-1]])
+        >>> maps = cam(x, targets=[ClassifierOutputTarget(281)])  # (1, 224, 224)
+    """
+
+    #: Whether the method needs the gradient of the score with respect to the activations.
+    uses_gradients: bool = True
+    #: Whether the method needs the outermost module calls that ran before the target layer.
+    records_prefix: bool = False
+    #: The default of ``batch_size``.
+    default_batch_size: int = 32
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Union[None, nn.Module, Sequence[nn.Module]] = None,
+        reshape_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        *,
+        target_layer: Optional[nn.Module] = None,
+        use_cuda: Optional[bool] = None,
+        device: Union[None, str, torch.device] = None,
+        tta_transforms: Any = None,
+        batch_size: Optional[int] = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(reshape_transform, bool):
+            # First-generation positional call: GradCAM(model, target_layer, use_cuda).
+            if use_cuda is not None:
+                raise TypeError("use_cuda given twice (positionally and by name)")
+            reshape_transform, use_cuda = None, reshape_transform
+        if reshape_transform is not None and not callable(reshape_transform):
+            raise TypeError(f"reshape_transform must be callable, got {type(reshape_transform).__name__}")
+        self.model = model
+        self.target_layers = self._check_layers(model, target_layers, target_layer)
+        self.reshape_transform = reshape_transform
+        self.device = self._check_device(use_cuda, device)
+        self.tta_transforms = tta_transforms
+        self.batch_size = self.default_batch_size if batch_size is None else batch_size
+
+    # -- configuration -------------------------------------------------------------------------
+    @staticmethod
+    def _check_layers(model, target_layers, target_layer) -> List[nn.Module]:
+        if target_layers is not None and target_layer is not None:
+            raise TypeError("pass target_layers (a list) or target_layer (the first API's name), not both")
+        layers = target_layers if target_layers is not None else target_layer
+        if layers is None:
+            raise TypeError("target_layers is required: the layer(s) to explain, e.g. [model.layer4[-1]]")
+        if isinstance(layers, nn.Module):
+            layers = [layers]  # one module means that module, even an iterable nn.Sequential
+        try:
+            layers = list(layers)
+        except TypeError:
+            raise TypeError(f"target_layers must be a list of nn.Module, got {type(layers).__name__}") from None
+        if not layers:
+            raise ValueError("target_layers is empty; give at least one layer")
+        in_model = {id(m) for m in model.modules()}
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, nn.Module):
+                raise TypeError(f"target_layers[{i}] must be an nn.Module, got {type(layer).__name__}")
+            if id(layer) not in in_model:
+                raise ValueError(f"target_layers[{i}] ({type(layer).__name__}) is not a module of the model")
+        if len({id(layer) for layer in layers}) != len(layers):
+            raise ValueError("target_layers lists the same module more than once")
+        return layers
+
+    @staticmethod
+    def _check_device(use_cuda, device) -> Optional[torch.device]:
+        if use_cuda is not None and device is not None:
+            raise TypeError("pass device or use_cuda (the first API's name), not both")
+        if use_cuda:
+            device = "cuda"
+        if device is None:
+            return None
+        device = torch.device(device)
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError(f"device {device} was requested (use_cuda=True or device='cuda') but CUDA "
+                                 "is not available here; use device='cpu' or leave it out to follow the model")
+            if device.index is None:
+                device = torch.device("cuda", torch.cuda.current_device())
+        return device
+
+    @property
+    def batch_size(self) -> int:
+        """Perturbed inputs per forward pass (ScoreCAM, AblationCAM). Settable: ``cam.batch_size = 32``."""
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"batch_size must be a positive int, got {type(value).__name__}")
+        if value <= 0:
+            raise ValueError(f"batch_size must be a positive int, got {value}")
+        self._batch_size = int(value)
+
+    def __enter__(self) -> "BaseCAM":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        # Hooks only exist during a call, so there is nothing to release; exceptions propagate.
+        return None
+
+    # -- what a method overrides -------------------------------------------------------------
+    def cam_weights(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
+                    context: LayerContext) -> torch.Tensor:
+        """Channel weights ``(B, C)`` (or position weights ``(B, C, *spatial)``), float32."""
+        raise NotImplementedError(f"{type(self).__name__} must implement cam_weights or layer_map")
+
+    def layer_map(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
+                  context: LayerContext, eigen_smooth: bool) -> torch.Tensor:
+        """One target layer's map ``(B, *spatial)`` before ReLU: ``sum_k w_k A_k``, or the first principal
+        component of ``w * A`` with ``eigen_smooth``."""
+        weights = self.cam_weights(activations, gradients, context)
+        weighted = broadcast_weights(weights, activations) * activations  # (B, C, *spatial)
+        if eigen_smooth:
+            return first_principal_component(weighted)
+        return weighted.sum(1)
+
+    # -- the public call -----------------------------------------------------------------------
+    def __call__(self, input_tensor: torch.Tensor, targets: TargetsArg = None, aug_smooth: bool = False,
+                 eigen_smooth: bool = False, *, target_category: Any = _MISSING) -> np.ndarray:
+        """Maps ``(B, *spatial)`` float32 in ``[0, 1]`` for a ``(B, C, *spatial)`` input.
+
+        ``targets``: ``None`` (each image's top class), one class index or target for every image, or a
+        list with one per image of class indices or callables (``ClassifierOutputTarget(k)``...).
+        ``target_category`` is the first API's name for the same thing.
+        """
+        if target_category is not _MISSING:
+            if targets is not None:
+                raise TypeError("pass targets or target_category (the first API's name), not both")
+            targets = target_category
+        x = self._check_input(input_tensor)
+        target_list = self._check_targets(targets, x.shape[0])
+        if aug_smooth:
+            maps = self._augmentation_smoothing(x, target_list, eigen_smooth)
+        else:
+            maps = self._compute(x, target_list, eigen_smooth)
+        return maps.detach().cpu().numpy().astype(np.float32, copy=False)
+
+    def forward(self, input_tensor: torch.Tensor, targets: TargetsArg = None,
+                eigen_smooth: bool = False) -> np.ndarray:
+        """The call without augmentation smoothing (the reference library's ``forward``)."""
+        return self(input_tensor, targets, eigen_smooth=eigen_smooth)
+
+    # -- validation ----------------------------------------------------------------------------
+    @staticmethod
+    def _check_input(input_tensor) -> torch.Tensor:
+        if not isinstance(input_tensor, torch.Tensor):
+            raise TypeError(f"input_tensor must be a torch.Tensor of shape (B, C, *spatial), got "
+                            f"{type(input_tensor).__name__}")
+        if not input_tensor.is_floating_point():
+            raise TypeError(f"input_tensor must be a floating-point tensor, got dtype {input_tensor.dtype}")
+        if input_tensor.ndim < 3:
+            raise ValueError(f"input_tensor must have shape (B, C, *spatial) with 1-3 spatial dims, got "
+                             f"shape {tuple(input_tensor.shape)}")
+        if input_tensor.shape[0] == 0:
+            raise ValueError("input_tensor is an empty batch (B == 0)")
+        if input_tensor.ndim - 2 not in _INTERPOLATION:
+            raise ValueError(f"input_tensor has {input_tensor.ndim - 2} spatial dims; 1, 2 or 3 are supported")
+        if not bool(torch.isfinite(input_tensor).all()):
+            raise ValueError("input_tensor contains NaN or Inf")
+        return input_tensor
+
+    @staticmethod
+    def _check_targets(targets: TargetsArg, batch: int) -> Optional[List[Target]]:
+        if targets is None:
+            return None
+        if isinstance(targets, (int, np.integer)) or callable(targets):
+            return [_as_target(targets, "targets")] * batch  # one target for every image
+        if isinstance(targets, torch.Tensor):
+            targets = targets.tolist()
+        try:
+            targets = list(targets)
+        except TypeError:
+            raise TypeError(f"targets must be None, a class index, a callable or a list of those, got "
+                            f"{type(targets).__name__}") from None
+        if len(targets) != batch:
+            raise ValueError(f"targets has {len(targets)} entries but the batch has {batch} images; give one "
+                             "target per image (or None for each image's top class)")
+        return [_as_target(t, f"targets[{i}]") for i, t in enumerate(targets)]
+
+    # -- the engine ----------------------------------------------------------------------------
+    def _compute(self, input_tensor: torch.Tensor, targets: Optional[List[Target]],
+                 eigen_smooth: bool) -> torch.Tensor:
+        """Fused maps ``(B, *spatial)``, float32, on the compute device."""
+        with self._session(input_tensor) as x:  # (B, C, *spatial) on the model's device and dtype
+            capture, output = self._forward(x)
+            targets = self._resolve_targets(targets, output, x.shape[0])
+            scores = self._scores(targets, output, x.shape[0])  # (B,)
+            gradients = self._gradients(scores, capture, x) if self.uses_gradients else {}
+            spatial = x.shape[2:]
+            maps = []
+            for layer in self.target_layers:
+                key = id(layer)
+                raw = capture.activations[key]
+                context = LayerContext(
+                    model=self.model, layer=layer, input=x, targets=targets,
+                    scores=scores.detach().float(), raw_activations=raw.detach(),
+                    prefix=capture.prefix.get(key), batch_size=self.batch_size,
+                    channel_dim=1 if self.reshape_transform is None else -1)
+                activations = self._reshape(raw.detach(), layer)
+                grads = self._reshape(gradients[key], layer) if key in gradients else None
+                with torch.no_grad():
+                    layer_cam = self.layer_map(activations, grads, context, eigen_smooth).float()
+                    maps.append(resize_maps(self._normalize(layer_cam.relu(), layer), spatial))
+            del capture, output
+            with torch.no_grad():
+                fused = torch.stack(maps, 1).relu().mean(1)  # (B, *spatial)
+                return min_max_normalize(fused)
+
+    @contextlib.contextmanager
+    def _session(self, input_tensor: torch.Tensor) -> Iterator[torch.Tensor]:
+        """The model in eval mode on the compute device, and a private copy of the input there.
+
+        ``inference_mode(False)``: the call must also work inside the user's ``torch.inference_mode()``.
+        The copy means the model never sees, nor modifies, the user's tensor.
+        """
+        model_dev = model_device(self.model)
+        device = self.device or model_dev or input_tensor.device
+        dtype = model_float_dtype(self.model) or input_tensor.dtype
+        move_to = self.device if self.device is not None and self.device != model_dev else None
+        with torch.inference_mode(False), evaluation_state(self.model, move_to):
+            yield input_tensor.detach().to(device=device, dtype=dtype).clone()
+
+    def _forward(self, x: torch.Tensor):
+        """One forward pass with the target layers captured; returns (capture, model output)."""
+        capture = LayerCapture(self.model, self.target_layers, grad=self.uses_gradients,
+                               record_prefix=self.records_prefix)
+        with capture, torch.no_grad():
+            # Under no_grad until the first target layer, whose hook turns autograd on.
+            output = self.model(x)
+        missing = [layer for layer in self.target_layers if id(layer) not in capture.activations]
+        if missing:
+            names = ", ".join(f"'{layer_name(self.model, layer)}'" for layer in missing)
+            raise ValueError(f"target layer(s) {names} did not run in the model's forward pass; choose "
+                             "layers that the forward pass uses")
+        return capture, output
+
+    @staticmethod
+    def _resolve_targets(targets, output, batch) -> List[Target]:
+        if targets is not None:
+            return targets
+        if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[0] != batch:
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            raise ValueError(f"targets=None picks each image's top class, which needs a (B, num_classes) "
+                             f"output; this model returns {shape}: pass explicit targets")
+        return [ClassifierOutputTarget(int(k)) for k in output.argmax(-1).tolist()]
+
+    def _scores(self, targets: List[Target], output, batch: int) -> torch.Tensor:
+        """Each image's target score, ``(B,)``, still attached to the graph when gradients are used."""
+        scores = []
+        with torch.enable_grad() if self.uses_gradients else torch.no_grad():
+            for i, target in enumerate(targets):
+                score = target(select_output(output, i, batch))
+                if not isinstance(score, torch.Tensor) or score.numel() != 1:
+                    got = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
+                    raise ValueError(f"targets[{i}] ({target!r}) must return a scalar tensor computed from the "
+                                     f"model output, got {got}")
+                scores.append(score.reshape(()))
+        scores = torch.stack(scores)
+        bad = (~torch.isfinite(scores.detach())).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(f"the target score is not finite (NaN or Inf) for image(s) {bad}")
+        return scores
+
+    def _gradients(self, scores: torch.Tensor, capture: LayerCapture, x: torch.Tensor) -> dict:
+        layers = self.target_layers
+        if not scores.requires_grad:
+            raise ValueError("the target scores do not depend on the target layers' activations (no "
+                             "gradient reaches them): the target must return a value computed from the "
+                             "model output, and the layers must come before the output")
+        inputs = [capture.activations[id(layer)] for layer in layers]
+        # Only the graph from the target layers to the score is differentiated; parameters' .grad
+        # are neither read nor written.
+        grads = torch.autograd.grad(scores.sum(), inputs, allow_unused=True)
+        unused = [layer_name(self.model, layer) for layer, g in zip(layers, grads) if g is None]
+        if unused:
+            raise ValueError(f"no gradient reaches target layer(s) {unused}: the score does not depend on "
+                             "them; choose layers on the path to the output")
+        return {id(layer): g.detach() for layer, g in zip(layers, grads)}
+
+    def _reshape(self, tensor: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+        if self.reshape_transform is not None:
+            tensor = self.reshape_transform(tensor)
+        if tensor.ndim < 3:
+            raise ValueError(f"target layer '{layer_name(self.model, layer)}' gives shape {tuple(tensor.shape)}; "
+                             "a CAM needs (B, C, *spatial): choose a layer with spatial output or pass a "
+                             "reshape_transform (e.g. vit_reshape_transform for transformer tokens)")
+        return tensor.float()
+
+    def _normalize(self, maps: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+        flat = maps.flatten(1)
+        constant = (flat.amax(1) == flat.amin(1)).nonzero().flatten().tolist()
+        if constant:
+            warnings.warn(f"the CAM of layer '{layer_name(self.model, layer)}' is constant for image(s) "
+                          f"{constant} (often: all weights negative, or no positive evidence for the "
+                          "target); its map is all zeros", RuntimeWarning, stacklevel=4)
+        return min_max_normalize(maps)
+
+    # -- smoothing -----------------------------------------------------------------------------
+    def _augmentation_smoothing(self, x: torch.Tensor, targets: Optional[List[Target]],
+                                eigen_smooth: bool) -> torch.Tensor:
+        """Test-time augmentation: every augmented copy in one batch, each map de-augmented, averaged."""
+        transforms = self.tta_transforms
+        if transforms is None:
+            if x.ndim != 4:
+                raise ValueError("aug_smooth's default augmentations are for 2D images (B, C, H, W); pass "
+                                 "tta_transforms for other inputs")
+            import ttach as tta
+
+            transforms = tta.Compose([tta.HorizontalFlip(), tta.Multiply(factors=[0.9, 1, 1.1])])
+        transforms = list(transforms)
+        batch = x.shape[0]
+        if targets is None:
+            # Explain each image's top class on the unaugmented image, the same class in every copy.
+            with self._session(x) as copy, torch.no_grad():
+                output = self.model(copy)
+            targets = self._resolve_targets(None, output, batch)
+        augmented = torch.cat([t.augment_image(x) for t in transforms])  # (T*B, C, *spatial)
+        maps = self._compute(augmented, targets * len(transforms), eigen_smooth)  # (T*B, *spatial)
+        maps = maps.view(len(transforms), batch, *maps.shape[1:])
+        restored = [t.deaugment_mask(m.unsqueeze(1))[:, 0] for t, m in zip(transforms, maps)]
+        return torch.stack(restored).mean(0)
