@@ -184,7 +184,8 @@ class BaseCAM:
         try:
             layers = list(layers)
         except TypeError:
-            raise TypeError(f"target_layers must be a list of nn.Module, got {type(layers).__name__}") from None
+            raise TypeError(
+                f"target_layers must be a list of nn.Module, got {type(layers).__name__}") from None
         if not layers:
             raise ValueError("target_layers is empty; give at least one layer")
         in_model = {id(m) for m in model.modules()}
@@ -209,7 +210,8 @@ class BaseCAM:
         if device.type == "cuda":
             if not torch.cuda.is_available():
                 raise ValueError(f"device {device} was requested (use_cuda=True or device='cuda') but CUDA "
-                                 "is not available here; use device='cpu' or leave it out to follow the model")
+                                 "is not available here; use device='cpu' or leave it out to follow the "
+                                 "model")
             if device.index is None:
                 device = torch.device("cuda", torch.cuda.current_device())
         return device
@@ -290,7 +292,8 @@ class BaseCAM:
         if input_tensor.shape[0] == 0:
             raise ValueError("input_tensor is an empty batch (B == 0)")
         if input_tensor.ndim - 2 not in _INTERPOLATION:
-            raise ValueError(f"input_tensor has {input_tensor.ndim - 2} spatial dims; 1, 2 or 3 are supported")
+            raise ValueError(
+                f"input_tensor has {input_tensor.ndim - 2} spatial dims; 1, 2 or 3 are supported")
         if not bool(torch.isfinite(input_tensor).all()):
             raise ValueError("input_tensor contains NaN or Inf")
         return input_tensor
@@ -388,8 +391,8 @@ class BaseCAM:
                 score = target(select_output(output, i, batch))
                 if not isinstance(score, torch.Tensor) or score.numel() != 1:
                     got = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
-                    raise ValueError(f"targets[{i}] ({target!r}) must return a scalar tensor computed from the "
-                                     f"model output, got {got}")
+                    raise ValueError(f"targets[{i}] ({target!r}) must return a scalar tensor computed from "
+                                     f"the model output, got {got}")
                 scores.append(score.reshape(()))
         scores = torch.stack(scores)
         bad = (~torch.isfinite(scores.detach())).nonzero().flatten().tolist()
@@ -417,9 +420,10 @@ class BaseCAM:
         if self.reshape_transform is not None:
             tensor = self.reshape_transform(tensor)
         if tensor.ndim < 3:
-            raise ValueError(f"target layer '{layer_name(self.model, layer)}' gives shape {tuple(tensor.shape)}; "
-                             "a CAM needs (B, C, *spatial): choose a layer with spatial output or pass a "
-                             "reshape_transform (e.g. vit_reshape_transform for transformer tokens)")
+            raise ValueError(f"target layer '{layer_name(self.model, layer)}' gives shape "
+                             f"{tuple(tensor.shape)}; a CAM needs (B, C, *spatial): choose a layer with "
+                             "spatial output or pass a reshape_transform (e.g. vit_reshape_transform for "
+                             "transformer tokens)")
         return tensor.float()
 
     def _normalize(self, maps: torch.Tensor, layer: nn.Module) -> torch.Tensor:

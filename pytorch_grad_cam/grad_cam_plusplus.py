@@ -1,4 +1,4 @@
-"""Import path of the reference library: ``from pytorch_grad_cam.grad_cam_plusplus import GradCAMPlusPlus``."""
+"""The reference library's import path for ``GradCAMPlusPlus``."""
 from .gradient import GradCAMPlusPlus
 
 __all__ = ["GradCAMPlusPlus"]

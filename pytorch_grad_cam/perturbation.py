@@ -18,7 +18,7 @@ ABLATION_OFFSET = 1e7
 
 
 def _target_scores(targets: List[Callable], index: int, output: Any, count: int) -> torch.Tensor:
-    """Image ``index``'s target applied to each of the ``count`` outputs of one perturbed batch: ``(count,)``."""
+    """Image ``index``'s target on each of the ``count`` outputs of a perturbed batch: ``(count,)``."""
     target = targets[index]
     return torch.stack([target(select_output(output, j, count)).reshape(()) for j in range(count)]).float()
 
