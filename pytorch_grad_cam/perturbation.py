@@ -82,7 +82,8 @@ class AblationCAM(BaseCAM):
         for i in range(batch):
             original = raw[i:i + 1]
             lowest = float(original.min())
-            value = 0.0 if lowest >= 0 else lowest - ABLATION_OFFSET
+            # min - 1e7 overflows to -inf in half precision: stay within the dtype's range.
+            value = 0.0 if lowest >= 0 else max(lowest - ABLATION_OFFSET, torch.finfo(raw.dtype).min / 2)
             suffix = _Suffix(context, i)
             for start in range(0, channels, context.batch_size):
                 index = torch.arange(start, min(start + context.batch_size, channels), device=raw.device)
