@@ -1,4 +1,6 @@
 """Tests of pytorch_grad_cam.utils: targets, image helpers and reshape transforms."""
+import functools
+
 import cv2
 import numpy as np
 import pytest
@@ -14,6 +16,9 @@ from pytorch_grad_cam.utils import (
     preprocess_image,
     scale_cam_image,
     show_cam_on_image,
+    swin_reshape_transform,
+    swinT_reshape_transform,
+    vit_reshape_transform,
 )
 
 # ---------------------------------------------------------------------------------------------- targets
@@ -285,3 +290,112 @@ def test_scale_cam_image_errors_and_empty_batch():
     with pytest.raises(TypeError, match="cam"):
         scale_cam_image(torch.zeros(1, 4, 4))
     assert scale_cam_image(np.zeros((0, 7, 7)), target_size=(5, 3)).shape == (0, 3, 5)
+
+
+# -------------------------------------------------------------------------------- reshape transforms
+
+
+@pytest.fixture(scope="module")
+def vit_b16_tokens():
+    """The tokens torchvision's ViT-B/16 feeds ``encoder.layers[-1].ln_1``: (B, 197, 768)."""
+    from torchvision.models import vit_b_16
+
+    torch.manual_seed(0)
+    model = vit_b_16(weights=None).eval()
+    captured = {}
+    handle = model.encoder.layers[-1].ln_1.register_forward_hook(
+        lambda module, inputs, output: captured.setdefault("tokens", output.detach()))
+    with torch.no_grad():
+        model(torch.randn(2, 3, 224, 224))
+    handle.remove()
+    return captured["tokens"]
+
+
+def test_vit_transform_on_real_vit_b16_tokens(vit_b16_tokens):
+    tokens = vit_b16_tokens
+    assert tokens.shape == (2, 197, 768)
+    maps = vit_reshape_transform(tokens)
+    assert maps.shape == (2, 768, 14, 14)
+    for j in (0, 1, 13, 14, 100, 195):
+        torch.testing.assert_close(maps[:, :, j // 14, j % 14], tokens[:, j + 1, :], rtol=0, atol=0)
+    # The class token is dropped: no grid cell holds it.
+    assert not any(torch.equal(maps[0, :, r, c], tokens[0, 0]) for r in range(14) for c in range(14))
+
+
+def test_vit_transform_b32_grid_and_partial():
+    tokens = torch.arange(2 * 50 * 3, dtype=torch.float32).reshape(2, 50, 3)  # 224 px / 32 = 7x7 + class
+    maps = vit_reshape_transform(tokens)
+    assert maps.shape == (2, 3, 7, 7)
+    assert torch.equal(maps[1, 2, 3, 5], tokens[1, 1 + 3 * 7 + 5, 2])
+    fixed = functools.partial(vit_reshape_transform, height=7, width=7)
+    assert torch.equal(fixed(tokens), maps)
+
+
+def test_vit_transform_register_tokens():
+    tokens = torch.randn(1, 1 + 4 + 196, 8)
+    maps = vit_reshape_transform(tokens, num_prefix_tokens=5)
+    assert maps.shape == (1, 8, 14, 14)
+    assert torch.equal(maps[0, :, 0, 0], tokens[0, 5])
+    assert torch.equal(maps[0, :, 13, 13], tokens[0, -1])
+    # Inference finds the same split: 201 - 5 = 196 is the first perfect square.
+    assert torch.equal(vit_reshape_transform(tokens), maps)
+
+
+def test_vit_transform_non_square_grid_and_errors():
+    tokens = torch.randn(1, 1 + 12 * 16, 4)
+    with pytest.raises(ValueError, match="193 tokens"):
+        vit_reshape_transform(tokens)
+    maps = vit_reshape_transform(tokens, height=12, width=16)
+    assert maps.shape == (1, 4, 12, 16)
+    assert torch.equal(maps[0, :, 11, 0], tokens[0, 1 + 11 * 16])
+    with pytest.raises(ValueError, match="both height and width"):
+        vit_reshape_transform(tokens, height=12)
+    with pytest.raises(ValueError, match="12x12"):
+        vit_reshape_transform(tokens, height=12, width=12, num_prefix_tokens=1)
+    with pytest.raises(ValueError, match=r"\(B, N, C\)"):
+        vit_reshape_transform(torch.randn(4, 5))
+    with pytest.raises(TypeError, match="num_prefix_tokens"):
+        vit_reshape_transform(tokens, num_prefix_tokens=1.0)
+
+
+def test_vit_transform_passes_gradients_back_to_the_tokens():
+    tokens = torch.randn(1, 5, 2, requires_grad=True)
+    maps = vit_reshape_transform(tokens)  # 1 class token + 2x2
+    (grad,) = torch.autograd.grad(maps[0, 1, 1, 0], tokens)
+    expected = torch.zeros(1, 5, 2)
+    expected[0, 1 + 2, 1] = 1.0
+    assert torch.equal(grad, expected)
+
+
+def test_swin_transform_on_real_swin_t_channels_last_output():
+    from torchvision.models import swin_t
+
+    torch.manual_seed(0)
+    model = swin_t(weights=None).eval()
+    captured = {}
+    handle = model.features[-1][-1].norm1.register_forward_hook(
+        lambda module, inputs, output: captured.setdefault("out", output.detach()))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 224, 224))
+    handle.remove()
+    features = captured["out"]
+    assert features.shape == (1, 7, 7, 768)
+    maps = swinT_reshape_transform(features)
+    assert maps.shape == (1, 768, 7, 7) and maps.is_contiguous()
+    assert torch.equal(maps[0, 10, 2, 5], features[0, 2, 5, 10])
+    torch.testing.assert_close(maps, features.permute(0, 3, 1, 2), rtol=0, atol=0)
+
+
+def test_swin_transform_tokens_alias_and_errors():
+    tokens = torch.arange(2 * 49 * 3, dtype=torch.float32).reshape(2, 49, 3)
+    maps = swin_reshape_transform(tokens)
+    assert swin_reshape_transform is swinT_reshape_transform
+    assert maps.shape == (2, 3, 7, 7)
+    assert torch.equal(maps[1, 0, 6, 1], tokens[1, 6 * 7 + 1, 0])
+    assert functools.partial(swinT_reshape_transform, height=7, width=7)(tokens).shape == (2, 3, 7, 7)
+    with pytest.raises(ValueError, match="50 tokens"):
+        swinT_reshape_transform(torch.randn(1, 50, 3))
+    with pytest.raises(ValueError, match="height=6"):
+        swinT_reshape_transform(torch.randn(1, 7, 7, 3), height=6, width=6)
+    with pytest.raises(ValueError, match=r"\(B, H, W, C\)"):
+        swinT_reshape_transform(torch.randn(3, 4))

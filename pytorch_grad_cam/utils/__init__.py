@@ -7,6 +7,7 @@ from .model_targets import (
     RawScoresOutputTarget,
     SoftmaxOutputTarget,
 )
+from .reshape_transforms import swin_reshape_transform, swinT_reshape_transform, vit_reshape_transform
 
 __all__ = [
     "BinaryClassifierOutputTarget",
@@ -18,4 +19,7 @@ __all__ = [
     "preprocess_image",
     "scale_cam_image",
     "show_cam_on_image",
+    "swinT_reshape_transform",
+    "swin_reshape_transform",
+    "vit_reshape_transform",
 ]

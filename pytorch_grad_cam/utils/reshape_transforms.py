@@ -1,0 +1,180 @@
+"""Reshape transforms: turn a transformer layer's output into the ``(B, C, h, w)`` maps the engine expects.
+
+The engine applies ``reshape_transform`` to a target layer's activations and to their gradients,
+so both come out as ``(B, C, h, w)`` channel maps on the patch grid. Pass a function directly
+(``reshape_transform=vit_reshape_transform``) or fix its options with ``functools.partial``
+(``partial(vit_reshape_transform, height=12, width=16)``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["swinT_reshape_transform", "swin_reshape_transform", "vit_reshape_transform"]
+
+#: The most prefix tokens guessed when none are given: class + distillation + up to a few registers.
+_MAX_INFERRED_PREFIX = 8
+
+
+def _optional_positive_int(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a positive int or None, got {type(value).__name__} {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int or None, got {value}")
+    return int(value)
+
+
+def _grid_from_pair(height: int | None, width: int | None, who: str) -> tuple[int, int] | None:
+    height = _optional_positive_int(height, "height")
+    width = _optional_positive_int(width, "width")
+    if (height is None) != (width is None):
+        raise ValueError(f"{who}: give both height and width of the patch grid, or neither (to infer a "
+                         f"square grid); got height={height}, width={width}")
+    return None if height is None else (height, width)
+
+
+def _square_side(count: int) -> int | None:
+    """The side of a square grid with ``count`` cells, or None if ``count`` is not a positive square."""
+    if count <= 0:
+        return None
+    side = math.isqrt(count)
+    return side if side * side == count else None
+
+
+def _require_tensor(tensor: Any, who: str) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{who} expects a torch.Tensor, got {type(tensor).__name__}")
+
+
+def vit_reshape_transform(tensor: torch.Tensor, height: int | None = None, width: int | None = None,
+                          num_prefix_tokens: int | None = None) -> torch.Tensor:
+    """ViT tokens ``(B, N, C)`` -> channel maps ``(B, C, h, w)`` on the patch grid.
+
+    A ViT layer outputs ``N = p + h * w`` tokens: ``p`` prefix tokens (the class token, and in some
+    models a distillation token or register tokens) followed by the patch tokens in row-major
+    order. The prefix tokens are dropped and patch token ``j`` goes to grid cell ``(j // w, j % w)``:
+    ``out[b, c, j // w, j % w] = tensor[b, p + j, c]``.
+
+    The number of prefix tokens ``p`` is, in order of precedence:
+      * ``num_prefix_tokens`` when given;
+      * ``N - height * width`` when the grid is given;
+      * otherwise the smallest ``p`` in ``0..8`` for which ``N - p`` is a perfect square
+        (197 tokens -> 1 + 14x14, 50 -> 1 + 7x7). Pass the grid for non-square inputs.
+
+    Works for torchvision's ``vit_b_16`` (``model.encoder.layers[-1].ln_1``) and timm's ViTs
+    (``model.blocks[-1].norm1``), both ``(B, 1 + h*w, C)``.
+
+    Args:
+        tensor: ``(B, N, C)`` token tensor (activations or gradients).
+        height, width: the patch grid (e.g. 12 and 16 for a 192x256 input with 16x16 patches);
+            both or neither.
+        num_prefix_tokens: how many leading non-patch tokens to drop (e.g. 5 for 1 class + 4 registers).
+
+    Returns:
+        ``(B, C, h, w)`` tensor (contiguous).
+
+    Example:
+        >>> tokens = torch.randn(2, 197, 768)
+        >>> vit_reshape_transform(tokens).shape
+        torch.Size([2, 768, 14, 14])
+        >>> reshape = functools.partial(vit_reshape_transform, height=12, width=16)
+    """
+    who = "vit_reshape_transform"
+    _require_tensor(tensor, who)
+    if tensor.ndim != 3:
+        raise ValueError(f"{who} expects tokens of shape (B, N, C), got shape {tuple(tensor.shape)}")
+    grid = _grid_from_pair(height, width, who)
+    if num_prefix_tokens is not None:
+        is_int = isinstance(num_prefix_tokens, (int, np.integer))
+        if isinstance(num_prefix_tokens, (bool, np.bool_)) or not is_int:
+            raise TypeError(f"num_prefix_tokens must be a non-negative int or None, got "
+                            f"{type(num_prefix_tokens).__name__} {num_prefix_tokens!r}")
+        if num_prefix_tokens < 0:
+            raise ValueError(f"num_prefix_tokens must be a non-negative int or None, got {num_prefix_tokens}")
+        num_prefix_tokens = int(num_prefix_tokens)
+
+    batch, tokens, channels = tensor.shape
+    if grid is not None:
+        h, w = grid
+        prefix = tokens - h * w if num_prefix_tokens is None else num_prefix_tokens
+        if prefix < 0 or tokens - prefix != h * w:
+            raise ValueError(f"{who}: {tokens} tokens do not fit a {h}x{w} grid ({h * w} patches) "
+                             + (f"after {num_prefix_tokens} prefix tokens" if num_prefix_tokens is not None
+                                else "plus prefix tokens"))
+    elif num_prefix_tokens is not None:
+        prefix = num_prefix_tokens
+        side = _square_side(tokens - prefix)
+        if side is None:
+            raise ValueError(f"{who}: {tokens} tokens minus {prefix} prefix tokens leaves {tokens - prefix}, "
+                             "not a square grid; pass height and width")
+        h = w = side
+    else:
+        for prefix in range(min(_MAX_INFERRED_PREFIX, tokens) + 1):
+            side = _square_side(tokens - prefix)
+            if side is not None:
+                break
+        else:
+            raise ValueError(f"{who}: cannot infer a square patch grid from {tokens} tokens (no count of "
+                             f"0..{_MAX_INFERRED_PREFIX} prefix tokens leaves a perfect square); pass "
+                             "height and width, or num_prefix_tokens")
+        h = w = side
+
+    patches = tensor[:, prefix:, :]  # (B, h*w, C), row-major over the grid
+    # The reshape is a strided view of the transposed tokens; make it contiguous for the engine's math.
+    return patches.transpose(1, 2).reshape(batch, channels, h, w).contiguous()
+
+
+def swinT_reshape_transform(tensor: torch.Tensor, height: int | None = None,
+                            width: int | None = None) -> torch.Tensor:
+    """Swin Transformer features -> channel maps ``(B, C, H, W)``.
+
+    Two layouts are accepted:
+      * channels-last maps ``(B, H, W, C)`` (torchvision's ``swin_t`` at
+        ``model.features[-1][-1].norm1``, and recent timm): ``out = tensor.permute(0, 3, 1, 2)``;
+      * tokens ``(B, L, C)`` (older timm), with no class token: ``L = H * W`` patch tokens in
+        row-major order, ``out[b, c, j // W, j % W] = tensor[b, j, c]``. The grid is square unless
+        ``height`` and ``width`` are given.
+
+    A 4-D input is always read as channels-last; CNN-style ``(B, C, H, W)`` maps need no transform.
+
+    Args:
+        tensor: ``(B, H, W, C)`` or ``(B, L, C)`` (activations or gradients).
+        height, width: the grid, both or neither; with a 4-D input they are only checked.
+
+    Returns:
+        ``(B, C, H, W)`` tensor (contiguous).
+
+    Example:
+        >>> swinT_reshape_transform(torch.randn(1, 7, 7, 768)).shape
+        torch.Size([1, 768, 7, 7])
+    """
+    who = "swinT_reshape_transform"
+    _require_tensor(tensor, who)
+    grid = _grid_from_pair(height, width, who)
+    if tensor.ndim == 4:
+        if grid is not None and tuple(tensor.shape[1:3]) != grid:
+            raise ValueError(f"{who}: got a {tensor.shape[1]}x{tensor.shape[2]} grid (shape "
+                             f"{tuple(tensor.shape)}, read as (B, H, W, C)) but height={grid[0]}, "
+                             f"width={grid[1]}")
+        return tensor.permute(0, 3, 1, 2).contiguous()
+    if tensor.ndim == 3:
+        batch, tokens, channels = tensor.shape
+        if grid is None:
+            side = _square_side(tokens)
+            if side is None:
+                raise ValueError(f"{who}: {tokens} tokens do not form a square grid; pass height and width")
+            grid = (side, side)
+        elif grid[0] * grid[1] != tokens:
+            raise ValueError(f"{who}: {tokens} tokens do not fit a {grid[0]}x{grid[1]} grid "
+                             f"({grid[0] * grid[1]} cells)")
+        return tensor.transpose(1, 2).reshape(batch, channels, *grid).contiguous()
+    raise ValueError(f"{who} expects (B, H, W, C) maps or (B, L, C) tokens, got shape {tuple(tensor.shape)}")
+
+
+#: Alias of :func:`swinT_reshape_transform`.
+swin_reshape_transform = swinT_reshape_transform
