@@ -202,13 +202,15 @@ def test_show_cam_on_image_errors():
 def test_preprocess_image_matches_the_formula():
     rng = np.random.default_rng(2)
     img = rng.random((4, 5, 3)).astype(np.float32)
-    x = preprocess_image(img)
-    assert x.shape == (1, 3, 4, 5) and x.dtype == torch.float32
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    x = preprocess_image(img, mean=mean, std=std)
+    assert x.shape == (1, 3, 4, 5) and x.dtype == torch.float32
     for c in range(3):
         np.testing.assert_allclose(x[0, c].numpy(), (img[:, :, c] - mean[c]) / std[c], rtol=1e-6, atol=1e-6)
     # Pixel (1, 2), channel 0, by hand.
     assert x[0, 0, 1, 2].item() == pytest.approx((img[1, 2, 0] - 0.485) / 0.229, rel=1e-6)
+    # The defaults are the reference library's: 0.5 for every channel, so [0, 1] maps to [-1, 1].
+    np.testing.assert_allclose(preprocess_image(img)[0].permute(1, 2, 0).numpy(), img * 2 - 1, atol=1e-6)
 
 
 def test_preprocess_image_list_stats_uint8_input_and_errors():

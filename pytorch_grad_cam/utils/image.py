@@ -11,8 +11,10 @@ import torch
 
 __all__ = ["deprocess_image", "preprocess_image", "scale_cam_image", "show_cam_on_image"]
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+# The reference library's defaults; torchvision's ImageNet models want
+# mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), passed explicitly.
+_DEFAULT_MEAN = (0.5, 0.5, 0.5)
+_DEFAULT_STD = (0.5, 0.5, 0.5)
 
 
 def _require_array(value: Any, name: str) -> np.ndarray:
@@ -118,12 +120,14 @@ def _three_floats(values: Any, name: str, channels: int) -> np.ndarray:
     return arr
 
 
-def preprocess_image(img: np.ndarray, mean: Sequence[float] = _IMAGENET_MEAN,
-                     std: Sequence[float] = _IMAGENET_STD) -> torch.Tensor:
+def preprocess_image(img: np.ndarray, mean: Sequence[float] = _DEFAULT_MEAN,
+                     std: Sequence[float] = _DEFAULT_STD) -> torch.Tensor:
     """Turn an ``(H, W, 3)`` image into a normalised ``(1, 3, H, W)`` float32 tensor for a model.
 
     ``x[c] = (img[..., c] - mean[c]) / std[c]``, with a uint8 image first divided by 255.
-    The defaults are the ImageNet statistics used by torchvision's pretrained models.
+    The defaults (0.5 for every channel, mapping [0, 1] to [-1, 1]) are the reference library's, so
+    old code gets the same tensors; torchvision's ImageNet models want
+    ``mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)``.
 
     Args:
         img: ``(H, W, 3)`` float image in [0, 1], or a uint8 image in [0, 255].
@@ -134,7 +138,8 @@ def preprocess_image(img: np.ndarray, mean: Sequence[float] = _IMAGENET_MEAN,
         ``(1, 3, H, W)`` float32 tensor.
 
     Example:
-        >>> x = preprocess_image(np.float32(rgb) / 255)  # (1, 3, H, W), ready for model(x)
+        >>> x = preprocess_image(np.float32(rgb) / 255, mean=(0.485, 0.456, 0.406),
+        ...                      std=(0.229, 0.224, 0.225))  # (1, 3, H, W), ready for model(x)
     """
     _require_array(img, "img")
     if img.ndim != 3 or img.shape[2] != 3:
