@@ -447,13 +447,15 @@ def test_two_threads_with_their_own_models():
     x = make_input(batch=2, size=24)
     jobs = [(name, seed) for seed, name in enumerate(ALL)]
     serial = {job: make_cam(job[0], make_model(job[1]))(x) for job in jobs}
+    # Built here: torch.manual_seed is process-global, so seeding inside the threads would race.
+    models = {job: make_model(job[1]) for job in jobs}
     results, errors = {}, []
 
     def worker(my_jobs):
         try:
-            for name, seed in my_jobs:
-                model = make_model(seed)
-                cam = make_cam(name, model)
+            for job in my_jobs:
+                name, seed = job
+                cam = make_cam(name, models[job])
                 for _ in range(2):
                     results.setdefault((name, seed), []).append(cam(x, targets=None))
         except BaseException as error:  # noqa: BLE001 - reported to the main thread
