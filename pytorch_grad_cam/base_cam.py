@@ -89,6 +89,8 @@ def select_output(output: Any, index: int, batch: int) -> Any:
 
 def _as_target(target: Any, where: str) -> Target:
     if isinstance(target, (int, np.integer)) and not isinstance(target, (bool, np.bool_)):
+        if target < 0:
+            raise ValueError(f"{where} must be a class index >= 0 or a callable target, got {int(target)}")
         return ClassifierOutputTarget(int(target))
     if not callable(target):
         raise TypeError(f"{where} must be a callable target (e.g. ClassifierOutputTarget(281)) or a class "
@@ -347,17 +349,21 @@ class BaseCAM:
 
     @contextlib.contextmanager
     def _session(self, input_tensor: torch.Tensor) -> Iterator[torch.Tensor]:
-        """The model in eval mode on the compute device, and a private copy of the input there.
+        """The model in eval mode on the compute device, and the input there.
 
         ``inference_mode(False)``: the call must also work inside the user's ``torch.inference_mode()``.
-        The copy means the model never sees, nor modifies, the user's tensor.
+        The model is never given this tensor itself, only copies (``_run_model``), so a model that
+        modifies its input in place changes neither the user's tensor nor what later passes see.
         """
         model_dev = model_device(self.model)
         device = self.device or model_dev or input_tensor.device
         dtype = model_float_dtype(self.model) or input_tensor.dtype
         move_to = self.device if self.device is not None and self.device != model_dev else None
         with torch.inference_mode(False), evaluation_state(self.model, move_to):
-            yield input_tensor.detach().to(device=device, dtype=dtype).clone()
+            yield input_tensor.detach().to(device=device, dtype=dtype)
+
+    def _run_model(self, x: torch.Tensor) -> Any:
+        return self.model(x.clone())
 
     def _forward(self, x: torch.Tensor):
         """One forward pass with the target layers captured; returns (capture, model output)."""
@@ -365,7 +371,7 @@ class BaseCAM:
                                record_prefix=self.records_prefix)
         with capture, torch.no_grad():
             # Under no_grad until the first target layer, whose hook turns autograd on.
-            output = self.model(x)
+            output = self._run_model(x)
         missing = [layer for layer in self.target_layers if id(layer) not in capture.activations]
         if missing:
             names = ", ".join(f"'{layer_name(self.model, layer)}'" for layer in missing)
@@ -451,8 +457,8 @@ class BaseCAM:
         batch = x.shape[0]
         if targets is None:
             # Explain each image's top class on the unaugmented image, the same class in every copy.
-            with self._session(x) as copy, torch.no_grad():
-                output = self.model(copy)
+            with self._session(x) as x_on_device, torch.no_grad():
+                output = self._run_model(x_on_device)
             targets = self._resolve_targets(None, output, batch)
         augmented = torch.cat([t.augment_image(x) for t in transforms])  # (T*B, C, *spatial)
         maps = self._compute(augmented, targets * len(transforms), eigen_smooth)  # (T*B, *spatial)

@@ -130,7 +130,13 @@ class _Suffix:
 
     def _run(self, replacement: torch.Tensor, replay: bool) -> torch.Tensor:
         context, count = self.context, replacement.shape[0]
-        image = context.input[self.index:self.index + 1].expand(count, *context.input.shape[1:])
+        # Each pass gets its own copy of the image: a model may modify its input in place.
+        image = context.input[self.index:self.index + 1].clone()
+        if replay:
+            # A broadcast view is enough: only the layers after the target layer really run.
+            image = image.expand(count, *image.shape[1:])
+        else:
+            image = image.repeat(count, *([1] * (image.ndim - 1)))
         started = [False]
         handles = [
             context.layer.register_forward_pre_hook(lambda module, inputs: started.__setitem__(0, True)),
@@ -145,8 +151,6 @@ class _Suffix:
                 for module, queue in queues.items():
                     patched.append((module, module.__dict__.get("forward")))
                     module.forward = _replaying_forward(module.forward, queue, started)
-            else:
-                image = image.contiguous()  # a real batch: the model may modify its input in place
             output = context.model(image)
             return _target_scores(context.targets, self.index, output, count)
         finally:

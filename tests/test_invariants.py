@@ -311,14 +311,8 @@ def test_input_tensor_unchanged(name, requires_grad, device):
     assert maps.shape == (2, 16, 16) and maps.max() > 0.99
 
 
-_INPLACE_BUG = pytest.mark.xfail(
-    reason="engine bug: the first forward pass modifies the engine's private input copy in place, and "
-           "ScoreCAM then masks that modified copy (the model sees 4x instead of 2x)", strict=True)
-
-
 @pytest.mark.filterwarnings("ignore:AblationCAM could not reuse:RuntimeWarning")  # mul_ on a broadcast
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_INPLACE_BUG) if n == "scorecam" else n
-                                  for n in ALL])
+@pytest.mark.parametrize("name", ALL)
 def test_model_modifying_its_input_in_place_sees_the_user_values_every_pass(name):
     # Every forward pass of the call must start from the values the user passed (doubled once by the
     # model), not from a tensor modified by an earlier pass.
