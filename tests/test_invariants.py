@@ -322,6 +322,26 @@ def test_model_modifying_its_input_in_place_sees_the_user_values_every_pass(name
     np.testing.assert_allclose(maps, reference, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_smoothing_paths_leave_model_and_input_unchanged(name):
+    # aug_smooth (test-time augmentation, several passes) and eigen_smooth go through other code paths.
+    model = mixed_mode_model()
+    model.head.weight.grad = torch.ones_like(model.head.weight)
+    x = make_input().requires_grad_(True)
+    values = x.detach().clone()
+    hooks, tree, state = hooks_snapshot(model), tree_snapshot(model), state_snapshot(model)
+    maps = make_cam(name, model)(x, aug_smooth=True, eigen_smooth=True)
+    assert maps.shape == (2, 16, 16) and maps.max() > 0.5  # a mean of maps: not renormalised
+    assert hooks_snapshot(model) == hooks and tree_snapshot(model) == tree
+    assert_state_equal(state, state_snapshot(model))
+    assert torch.equal(x.detach(), values) and x.grad is None and x.requires_grad
+    assert model.recorder.seen and not any(model.recorder.seen)
+    with pytest.raises(ValueError):
+        make_cam(name, model)(x, targets=[0, NUM_CLASSES], aug_smooth=True, eigen_smooth=True)
+    assert hooks_snapshot(model) == hooks and tree_snapshot(model) == tree
+    assert_state_equal(state, state_snapshot(model))
+
+
 # -- the backward pass stops at the target layer ---------------------------------------------------
 class CountingIdentity(torch.autograd.Function):
     backward_calls = 0

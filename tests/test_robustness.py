@@ -246,6 +246,11 @@ def test_target_layer_order_does_not_matter(name):
     a = make_cam(name, model, [model.block, model.stem])(x, targets=[1, 3])
     b = make_cam(name, model, [model.stem, model.block])(x, targets=[1, 3])
     np.testing.assert_allclose(a, b, atol=1e-6)
+    # Nested target layers (a block and a module inside it) work too, in either order.
+    c = make_cam(name, model, [model.block, model.block[0]])(x, targets=[1, 3])
+    d = make_cam(name, model, [model.block[0], model.block])(x, targets=[1, 3])
+    np.testing.assert_allclose(c, d, atol=1e-6)
+    assert c.max() > 0.99 and np.abs(c - a).max() > 1e-3
 
 
 # ============================================================================ a module that runs twice
