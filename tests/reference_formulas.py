@@ -1,0 +1,280 @@
+"""Plain reference implementations of every CAM method, written from the papers' formulas.
+
+Independent of the engine on purpose: nothing here imports ``pytorch_grad_cam``. Activations and
+gradients come from our own forward hook and ``torch.autograd.grad``; everything after that is numpy
+in float64 with explicit loops over images and channels. Slow and obvious rather than fast and clever:
+ScoreCAM builds its own masks, AblationCAM runs the WHOLE model once per ablated channel.
+
+Conventions (the library's documented numerics):
+
+* one layer:  ``cam = relu(layer_map)``, then per image ``(cam - min) / (max - min + 1e-7)``, then
+  resized to the input (2D: ``cv2.resize`` bilinear; 1D/3D: separable linear interpolation with half-pixel
+  centres, which is what ``cv2.resize`` does in 2D);
+* several layers: stack the resized maps, relu, mean over layers, normalise again (also for one layer);
+* eigen smoothing: the first principal component of ``w * A`` (positions x channels, each channel
+  centred), with the sign chosen so that the projection correlates non-negatively with the centred
+  channel sum of what was projected.
+
+Targets are class indices (one per image): the score is ``output[i, k]``.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+NORM_EPS = 1e-7
+SCORECAM_EPS = 1e-8
+ABLATION_OFFSET = 1e7
+
+
+# ------------------------------------------------------------------------ activations and gradients
+def activations_and_gradients(model: nn.Module, layers: Sequence[nn.Module], x: torch.Tensor,
+                              classes: Sequence[int], with_gradients: bool = True) -> Dict[str, list]:
+    """One forward pass: each layer's output and d(sum_i output[i, classes[i]])/d(output), as float64.
+
+    Returns ``{"activations": [A_layer (B, C, *S)], "gradients": [G_layer or None], "scores": (B,)}``.
+    """
+    assert not model.training, "the reference expects a model in eval mode"
+    outputs: List[torch.Tensor] = [None] * len(layers)
+
+    def make_hook(index):
+        def hook(module, inputs, output):
+            if with_gradients and not output.requires_grad:
+                output = output.detach().requires_grad_(True)  # e.g. a layer that returns the input
+            outputs[index] = output
+            # Later in-place operations (ReLU(inplace=True), out += identity) then modify the copy.
+            return output.clone()
+        return hook
+
+    handles = [layer.register_forward_hook(make_hook(i)) for i, layer in enumerate(layers)]
+    try:
+        with torch.enable_grad():
+            logits = model(x.detach().clone())
+            scores = torch.stack([logits[i, int(k)] for i, k in enumerate(classes)])
+            gradients = [None] * len(layers)
+            if with_gradients:
+                gradients = list(torch.autograd.grad(scores.sum(), outputs))
+    finally:
+        for handle in handles:
+            handle.remove()
+    as_np = lambda t: None if t is None else t.detach().double().cpu().numpy()  # noqa: E731
+    return {"activations": [as_np(a) for a in outputs], "gradients": [as_np(g) for g in gradients],
+            "scores": as_np(scores)}
+
+
+# ------------------------------------------------------------------------------ per-method weights
+def gradcam_weights(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """Grad-CAM: ``w_k = mean over positions of dy/dA_k``. (B, C)."""
+    batch, channels = acts.shape[:2]
+    w = np.zeros((batch, channels))
+    for i in range(batch):
+        for k in range(channels):
+            w[i, k] = grads[i, k].mean()
+    return w
+
+
+def gradcampp_weights(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """Grad-CAM++ (eq. 19 with exp(S)): ``alpha = g^2 / (2 g^2 + sum(A) g^3 + 1e-6)``, 0 where g == 0;
+    ``w_k = sum relu(g) * alpha``. (B, C)."""
+    batch, channels = acts.shape[:2]
+    w = np.zeros((batch, channels))
+    for i in range(batch):
+        for k in range(channels):
+            g = grads[i, k]
+            sum_a = acts[i, k].sum()
+            alpha = g ** 2 / (2 * g ** 2 + sum_a * g ** 3 + 1e-6)
+            alpha = np.where(g != 0, alpha, 0.0)
+            w[i, k] = (np.maximum(g, 0) * alpha).sum()
+    return w
+
+
+def xgradcam_weights(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """XGrad-CAM: ``w_k = sum(g * A_k) / (sum(A_k) + 1e-7)``. (B, C)."""
+    batch, channels = acts.shape[:2]
+    w = np.zeros((batch, channels))
+    for i in range(batch):
+        for k in range(channels):
+            w[i, k] = (grads[i, k] * acts[i, k]).sum() / (acts[i, k].sum() + 1e-7)
+    return w
+
+
+def scorecam_weights(model: nn.Module, x: torch.Tensor, acts: np.ndarray, classes: Sequence[int],
+                     chunk: int = 128) -> np.ndarray:
+    """Score-CAM: mask_k = minmax(upsample_aligned(A_k)) (eps 1e-8), s_k = y(x * mask_k), w = softmax(s)."""
+    batch, channels = acts.shape[:2]
+    spatial = tuple(x.shape[2:])
+    w = np.zeros((batch, channels))
+    for i in range(batch):
+        masks = []
+        for k in range(channels):
+            up = resize_align_corners(acts[i, k], spatial)
+            masks.append((up - up.min()) / (up.max() - up.min() + SCORECAM_EPS))
+        masks = torch.from_numpy(np.stack(masks)).to(x.dtype)  # (C, *S)
+        scores = []
+        with torch.no_grad():
+            for start in range(0, channels, chunk):
+                masked = x[i:i + 1] * masks[start:start + chunk, None]  # (n, C_in, *S)
+                scores.append(model(masked)[:, int(classes[i])].double().numpy())
+        s = np.concatenate(scores)
+        e = np.exp(s - s.max())
+        w[i] = e / e.sum()
+    return w
+
+
+def ablation_value(lowest: float) -> float:
+    """What an ablated channel is set to, given the lowest value of the image's activation."""
+    return 0.0 if lowest >= 0 else lowest - ABLATION_OFFSET
+
+
+def ablationcam_weights(model: nn.Module, layer: nn.Module, x: torch.Tensor, classes: Sequence[int],
+                        chunk: int = 128) -> np.ndarray:
+    """Ablation-CAM, the naive way: for every channel k a FULL forward pass of the model with the layer's
+    output channel k set to 0 (or to min - 1e7 when the image's activation has negative values);
+    ``w_k = (y - y_k) / y``. (Several ablated copies share one batched forward pass.)"""
+    batch = x.shape[0]
+    with torch.no_grad():
+        captured = {}
+        handle = layer.register_forward_hook(lambda m, i, o: captured.__setitem__("a", o.clone()))
+        try:
+            logits = model(x.detach().clone())
+        finally:
+            handle.remove()
+    acts = captured["a"]  # float32, as the model produced it
+    channels = acts.shape[1]
+    w = np.zeros((batch, channels))
+    for i in range(batch):
+        y = float(logits[i, int(classes[i])])
+        value = ablation_value(float(acts[i].min()))
+        y_ablated = []
+        for start in range(0, channels, chunk):
+            ks = list(range(start, min(start + chunk, channels)))
+            replacement = acts[i:i + 1].repeat(len(ks), *([1] * (acts.ndim - 1)))
+            for row, k in enumerate(ks):
+                replacement[row, k] = value
+            handle = layer.register_forward_hook(lambda m, inp, out, r=replacement: r)
+            try:
+                with torch.no_grad():
+                    out = model(x[i:i + 1].repeat(len(ks), *([1] * (x.ndim - 1))))
+            finally:
+                handle.remove()
+            y_ablated.extend(float(v) for v in out[:, int(classes[i])])
+        for k in range(channels):
+            w[i, k] = (y - y_ablated[k]) / y
+    return w
+
+
+# ------------------------------------------------------------------------------ maps and resizing
+def weighted_sum(weights: np.ndarray, acts: np.ndarray) -> np.ndarray:
+    """``sum_k w_k A_k`` per image: (B, C) x (B, C, *S) -> (B, *S)."""
+    out = np.zeros((acts.shape[0],) + acts.shape[2:])
+    for i in range(acts.shape[0]):
+        for k in range(acts.shape[1]):
+            out[i] += weights[i, k] * acts[i, k]
+    return out
+
+
+def first_principal_component(acts: np.ndarray) -> np.ndarray:
+    """Per image: X = positions x channels, centred per channel; X @ v1 (first right singular vector),
+    sign flipped if it anti-correlates with the centred channel sum. (B, C, *S) -> (B, *S)."""
+    out = np.zeros((acts.shape[0],) + acts.shape[2:])
+    for i in range(acts.shape[0]):
+        a = acts[i]
+        X = a.reshape(a.shape[0], -1).T  # (N, C)
+        X = X - X.mean(axis=0, keepdims=True)
+        _, _, vt = np.linalg.svd(X, full_matrices=False)
+        projection = X @ vt[0]
+        channel_sum = a.sum(axis=0).reshape(-1)
+        channel_sum = channel_sum - channel_sum.mean()
+        if (projection * channel_sum).sum() < 0:
+            projection = -projection
+        out[i] = projection.reshape(a.shape[1:])
+    return out
+
+
+def normalize(cam: np.ndarray) -> np.ndarray:
+    """One map: ``(cam - min) / (max - min + 1e-7)``."""
+    return (cam - cam.min()) / (cam.max() - cam.min() + NORM_EPS)
+
+
+def _interp_axis(values: np.ndarray, axis: int, size: int, align_corners: bool) -> np.ndarray:
+    """Linear interpolation of ``values`` along one axis to ``size`` samples."""
+    n = values.shape[axis]
+    if align_corners:
+        src = np.zeros(size) if size == 1 else np.arange(size) * (n - 1) / (size - 1)
+    else:
+        src = (np.arange(size) + 0.5) * n / size - 0.5  # half-pixel centres; np.interp clamps the ends
+    moved = np.moveaxis(values, axis, -1)
+    flat = moved.reshape(-1, n)
+    res = np.stack([np.interp(src, np.arange(n), row) for row in flat])
+    return np.moveaxis(res.reshape(moved.shape[:-1] + (size,)), -1, axis)
+
+
+def resize(cam: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """One map to ``size``: cv2.resize (bilinear) in 2D, separable half-pixel linear in 1D and 3D."""
+    size = tuple(size)
+    if cam.shape == size:
+        return cam
+    if cam.ndim == 2:
+        return cv2.resize(cam, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    for axis, n in enumerate(size):
+        cam = _interp_axis(cam, axis, n, align_corners=False)
+    return cam
+
+
+def resize_align_corners(a: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Separable linear interpolation with corner samples aligned (ScoreCAM's masks)."""
+    for axis, n in enumerate(size):
+        a = _interp_axis(a, axis, n, align_corners=True)
+    return a
+
+
+# ------------------------------------------------------------------------------------- the whole CAM
+GRADIENT_WEIGHTS = {"gradcam": gradcam_weights, "gradcam++": gradcampp_weights, "xgradcam": xgradcam_weights}
+
+
+def layer_weights(method: str, model, layer, x, classes, acts, grads) -> np.ndarray:
+    if method in GRADIENT_WEIGHTS:
+        return GRADIENT_WEIGHTS[method](acts, grads)
+    if method == "scorecam":
+        return scorecam_weights(model, x, acts, classes)
+    if method == "ablationcam":
+        return ablationcam_weights(model, layer, x, classes)
+    raise KeyError(method)
+
+
+def reference_cam(method: str, model: nn.Module, layers: Sequence[nn.Module], x: torch.Tensor,
+                  classes: Sequence[int], eigen_smooth: bool = False, details: dict = None) -> np.ndarray:
+    """The fused map ``(B, *spatial)`` (float64) of ``method`` for class ``classes[i]`` of image ``i``.
+
+    ``details``, if given, receives the per-layer activations, gradients, weights and resized maps (for
+    assertions about the test case itself, e.g. that some gradients are exactly zero).
+    """
+    layers = list(layers)
+    data = activations_and_gradients(model, layers, x, classes, with_gradients=method in GRADIENT_WEIGHTS)
+    spatial = tuple(x.shape[2:])
+    batch = x.shape[0]
+    per_layer = []
+    if details is not None:
+        details.update(data, weights=[])
+    for layer, acts, grads in zip(layers, data["activations"], data["gradients"]):
+        if method == "eigencam":
+            layer_map = first_principal_component(acts)
+        else:
+            w = layer_weights(method, model, layer, x, classes, acts, grads)
+            if details is not None:
+                details["weights"].append(w)
+            if eigen_smooth:
+                weighted = acts * w.reshape(w.shape + (1,) * (acts.ndim - 2))
+                layer_map = first_principal_component(weighted)
+            else:
+                layer_map = weighted_sum(w, acts)
+        maps = np.stack([resize(normalize(np.maximum(layer_map[i], 0)), spatial) for i in range(batch)])
+        per_layer.append(maps)
+        if details is not None:
+            details.setdefault("layer_maps", []).append(maps)
+    fused = np.maximum(np.stack(per_layer, axis=1), 0).mean(axis=1)
+    return np.stack([normalize(fused[i]) for i in range(batch)])
