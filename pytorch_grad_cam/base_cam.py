@@ -68,10 +68,16 @@ def first_principal_component(activations: torch.Tensor) -> torch.Tensor:
     x = x - x.mean(1, keepdim=True)
     _, _, vh = torch.linalg.svd(x, full_matrices=False)  # vh: (B, min(N, C), C)
     projection = (x @ vh[:, 0, :, None])[..., 0]  # (B, N)
-    reference = acts.flatten(2).sum(1)  # (B, N)
+    return orient_like_channel_sum(projection, acts)
+
+
+def orient_like_channel_sum(projection: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    """Fix the arbitrary sign of a component: ``(B, N)`` projections are flipped where they correlate
+    negatively with the channel sum of ``(B, C, *spatial)`` activations; returns ``(B, *spatial)``."""
+    reference = activations.flatten(2).sum(1)  # (B, N)
     reference = reference - reference.mean(1, keepdim=True)
     sign = torch.where((projection * reference).sum(1) < 0, -1.0, 1.0)  # (B,)
-    return (projection * sign[:, None]).view(acts.shape[0], *acts.shape[2:])
+    return (projection * sign[:, None]).view(activations.shape[0], *activations.shape[2:])
 
 
 def select_output(output: Any, index: int, batch: int) -> Any:

@@ -1,9 +1,11 @@
 """Gradient-weighted CAMs: channel weights computed from the gradient of the score."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 
-from .base_cam import BaseCAM, LayerContext, broadcast_weights
+from .base_cam import BaseCAM, LayerContext, broadcast_weights, first_principal_component
 
 
 class GradCAM(BaseCAM):
@@ -53,3 +55,61 @@ class XGradCAM(BaseCAM):
     def cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor,
                     context: LayerContext) -> torch.Tensor:
         return (gradients * activations).flatten(2).sum(-1) / (activations.flatten(2).sum(-1) + 1e-7)
+
+
+class HiResCAM(BaseCAM):
+    """HiResCAM (Draelos & Carin, arXiv:2011.08891).
+
+    ``cam = sum_k g_k * A_k`` element-wise: the gradient is not pooled, so the map is exactly what
+    the score attributes to each position (for models that end in a linear layer after pooling).
+    Eigen smoothing gives that faithfulness guarantee up, hence a warning.
+    """
+
+    name = "hirescam"
+
+    def cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor,
+                    context: LayerContext) -> torch.Tensor:
+        return gradients  # (B, C, *spatial): one weight per position
+
+    def layer_map(self, activations: torch.Tensor, gradients: torch.Tensor,
+                  context: LayerContext, eigen_smooth: bool) -> torch.Tensor:
+        if eigen_smooth:
+            warnings.warn("HiResCAM with eigen_smooth=True is no longer guaranteed to be faithful to the "
+                          "model: the principal component replaces the exact element-wise attribution",
+                          UserWarning, stacklevel=4)
+        return super().layer_map(activations, gradients, context, eigen_smooth)
+
+
+class GradCAMElementWise(BaseCAM):
+    """Grad-CAM element-wise: ``cam = sum_k relu(g_k * A_k)``; only positive contributions count."""
+
+    name = "gradcamelementwise"
+
+    def layer_map(self, activations: torch.Tensor, gradients: torch.Tensor,
+                  context: LayerContext, eigen_smooth: bool) -> torch.Tensor:
+        contributions = (gradients * activations).relu()  # (B, C, *spatial)
+        return first_principal_component(contributions) if eigen_smooth else contributions.sum(1)
+
+
+class LayerCAM(BaseCAM):
+    """LayerCAM (Jiang et al., IEEE TIP 2021): ``cam = sum_k relu(g_k) * A_k``.
+
+    Spatial weights: each position keeps its own positive gradient, which makes the maps of early
+    layers usable.
+    """
+
+    name = "layercam"
+
+    def cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor,
+                    context: LayerContext) -> torch.Tensor:
+        return gradients.relu()  # (B, C, *spatial)
+
+
+class EigenGradCAM(BaseCAM):
+    """Eigen-Grad-CAM: the first principal component of ``g * A`` (class-discriminative Eigen-CAM)."""
+
+    name = "eigengradcam"
+
+    def layer_map(self, activations: torch.Tensor, gradients: torch.Tensor,
+                  context: LayerContext, eigen_smooth: bool) -> torch.Tensor:
+        return first_principal_component(gradients * activations)  # (B, *spatial)

@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from .base_cam import BaseCAM, LayerContext, first_principal_component
+from .base_cam import BaseCAM, LayerContext, first_principal_component, orient_like_channel_sum
 
 
 class EigenCAM(BaseCAM):
@@ -23,3 +23,120 @@ class EigenCAM(BaseCAM):
     def layer_map(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
                   context: LayerContext, eigen_smooth: bool) -> torch.Tensor:
         return first_principal_component(activations)  # (B, *spatial)
+
+
+class SegEigenCAM(BaseCAM):
+    """Seg-Eigen-CAM (Chung & Ying, Applied Sciences 2025): the first principal component of
+    ``|g| * A``, the activations weighted by the magnitude of their gradient, made for semantic
+    segmentation. The component's sign is fixed by the rule of ``first_principal_component``: the map
+    correlates positively with the channel sum of ``|g| * A``.
+    """
+
+    name = "segeigencam"
+
+    def layer_map(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
+                  context: LayerContext, eigen_smooth: bool) -> torch.Tensor:
+        return first_principal_component(gradients.abs() * activations)  # (B, *spatial)
+
+
+def _kernel(x: torch.Tensor, kernel: str, gamma: float, degree: int, coef0: float) -> torch.Tensor:
+    """``(B, N, C)`` rows -> ``(B, N, N)`` kernel matrices (scikit-learn's definitions)."""
+    if kernel == "linear":
+        return x @ x.transpose(1, 2)
+    if kernel == "rbf":
+        return torch.exp(-gamma * torch.cdist(x, x).pow(2))
+    if kernel == "sigmoid":
+        return torch.tanh(gamma * (x @ x.transpose(1, 2)) + coef0)
+    if kernel == "poly":
+        return (gamma * (x @ x.transpose(1, 2)) + coef0).pow(degree)
+    if kernel == "cosine":
+        unit = torch.nn.functional.normalize(x, dim=-1)
+        return unit @ unit.transpose(1, 2)
+    raise ValueError(f"kernel must be one of {KPCA_KERNELS}, got {kernel!r}")
+
+
+KPCA_KERNELS = ("linear", "rbf", "sigmoid", "poly", "cosine")
+
+
+class KPCA_CAM(BaseCAM):
+    """KPCA-CAM (Karmani et al., arXiv:2410.00267): Eigen-CAM with kernel PCA.
+
+    Per image the activations become ``X`` = (positions x channels), centred per channel; ``K`` is
+    the kernel matrix of the rows, double-centred (``K - 1K - K1 + 1K1``), and the map is the first
+    kernel principal component ``sqrt(lambda_1) * alpha_1`` (top eigenpair of the centred ``K``),
+    sign-fixed like Eigen-CAM. Gradient-free and class-agnostic.
+
+    Args (besides BaseCAM's): ``kernel`` ('linear', 'rbf', 'sigmoid' (default), 'poly', 'cosine'),
+    ``gamma`` (default ``1 / C``), ``degree`` (3) and ``coef0`` (1), as in scikit-learn's KernelPCA.
+    """
+
+    name = "kpcacam"
+    uses_gradients = False
+
+    def __init__(self, *args, kernel: str = "sigmoid", gamma: Optional[float] = None, degree: int = 3,
+                 coef0: float = 1.0, **kwargs) -> None:
+        if kernel not in KPCA_KERNELS:
+            raise ValueError(f"kernel must be one of {KPCA_KERNELS}, got {kernel!r}")
+        if gamma is not None and not gamma > 0:
+            raise ValueError(f"gamma must be positive, got {gamma}")
+        super().__init__(*args, **kwargs)
+        self.kernel, self.gamma, self.degree, self.coef0 = kernel, gamma, degree, coef0
+
+    def layer_map(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
+                  context: LayerContext, eigen_smooth: bool) -> torch.Tensor:
+        acts = torch.nan_to_num(activations.float(), nan=0.0)
+        x = acts.flatten(2).transpose(1, 2).double()  # (B, N, C); float64 for the eigensolver
+        x = x - x.mean(1, keepdim=True)
+        gamma = self.gamma if self.gamma is not None else 1.0 / x.shape[-1]
+        k = _kernel(x, self.kernel, gamma, self.degree, self.coef0)  # (B, N, N)
+        k = k - k.mean(1, keepdim=True) - k.mean(2, keepdim=True) + k.mean((1, 2), keepdim=True)
+        values, vectors = torch.linalg.eigh(k)  # ascending eigenvalues
+        projection = vectors[..., -1] * values[..., -1:].clamp_min(0).sqrt()  # (B, N)
+        return orient_like_channel_sum(projection.float(), acts)
+
+
+class FEM(BaseCAM):
+    """FEM, the Feature Explanation Method (Fuad et al., IPTA 2020).
+
+    Each channel is binarised at ``mu_k + k * sigma_k`` (its spatial mean and standard deviation),
+    and weighted by how much of it is active: ``w_k = mean_ij [A_k[i, j] >= mu_k + k sigma_k]``;
+    ``cam = sum_k w_k A_k``. Gradient-free and class-agnostic. ``k`` (default 2) is a constructor
+    argument.
+    """
+
+    name = "fem"
+    uses_gradients = False
+
+    def __init__(self, *args, k: float = 2.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.k = float(k)
+
+    def cam_weights(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
+                    context: LayerContext) -> torch.Tensor:
+        flat = activations.flatten(2)  # (B, C, N)
+        threshold = flat.mean(-1, keepdim=True) + self.k * flat.std(-1, unbiased=False, keepdim=True)
+        return (flat >= threshold).float().mean(-1)  # (B, C): the active fraction
+
+
+class RandomCAM(BaseCAM):
+    """Random channel weights in [-1, 1]: a baseline for CAM metrics (a real method should beat it).
+
+    ``seed`` (constructor) makes it reproducible: every call draws the same weights for the same shapes.
+    """
+
+    name = "randomcam"
+    uses_gradients = False
+
+    def __init__(self, *args, seed: Optional[int] = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.seed = seed
+
+    def cam_weights(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
+                    context: LayerContext) -> torch.Tensor:
+        generator = torch.Generator()
+        if self.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(self.seed)
+        weights = torch.rand(activations.shape[:2], generator=generator) * 2 - 1  # (B, C)
+        return weights.to(activations.device)
