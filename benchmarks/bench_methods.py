@@ -72,11 +72,6 @@ TARGET_RATIO: Dict[str, Optional[float]] = {
 }
 BASELINE_OF = {m: "fwd+grad" for m in GRADIENT_METHODS}
 BASELINE_OF.update({"eigencam": "fwd(B)", "ablationcam": "fwd(B)", "scorecam": "fwd(bs) x chunks"})
-# Model calls a method makes before its first batch of perturbed inputs (checked in full runs).
-# Ours: the capturing forward pass. Reference 1.5.7: ScoreCAM the capturing pass; AblationCAM the
-# capturing pass plus its own forward pass for the unablated scores.
-PREAMBLE_CALLS = {("ours", "scorecam"): 1, ("ours", "ablationcam"): 1,
-                  ("reference", "scorecam"): 1, ("reference", "ablationcam"): 2}
 MIB = 2.0 ** 20
 # The clock of every timing: the process's CPU time by default (see --clock), or wall time.
 CLOCK = [time.process_time]
@@ -125,16 +120,22 @@ def peak_allocated_bytes(fn) -> tuple:
     return peak, result
 
 
-def run_counted(model: torch.nn.Module, fn, stop_after_calls: Optional[int]) -> dict:
-    """Run ``fn`` with the start time and batch size of every call of ``model`` recorded; raise
-    ``_Stop`` at the start of call number ``stop_after_calls`` (0-based), if given."""
+def run_counted(model: torch.nn.Module, fn, chunk_rows=(), stop_after_chunks: Optional[int] = None) -> dict:
+    """Run ``fn`` with the start time and batch size of every call of ``model`` recorded.
+
+    A call after the first one whose batch has ``chunk_rows`` rows is a batch of perturbed inputs (the
+    capturing pass, a check pass or the reference's extra pass have other sizes). With
+    ``stop_after_chunks=N``, ``_Stop`` is raised at the start of perturbed batch N + 1."""
     stamps: List[tuple] = []
+    chunk_calls: List[int] = []
 
     def pre_hook(module, inputs):
         batch = inputs[0].shape[0] if inputs and isinstance(inputs[0], torch.Tensor) else -1
         stamps.append((CLOCK[0](), batch))
-        if stop_after_calls is not None and len(stamps) > stop_after_calls:
-            raise _Stop()
+        if len(stamps) > 1 and batch in chunk_rows:
+            chunk_calls.append(len(stamps) - 1)
+            if stop_after_chunks is not None and len(chunk_calls) > stop_after_chunks:
+                raise _Stop()
 
     handle = model.register_forward_pre_hook(pre_hook)
     stopped = False
@@ -146,17 +147,19 @@ def run_counted(model: torch.nn.Module, fn, stop_after_calls: Optional[int]) -> 
     finally:
         handle.remove()
     end = CLOCK[0]()
-    return {"start": start, "end": end, "stamps": stamps, "stopped": stopped}
+    return {"start": start, "end": end, "stamps": stamps, "stopped": stopped, "chunk_calls": chunk_calls}
 
 
-def summarize_perturbation(run: dict, preamble: int, chunks: int, total_chunks: int) -> dict:
+def summarize_perturbation(run: dict, chunks: int, total_chunks: int) -> dict:
     """Seconds of the call (measured, or extrapolated when stopped) and what was measured."""
     stamps = [t for t, _ in run["stamps"]]
-    batches = [b for _, b in run["stamps"]]
-    out = {"calls": len(stamps), "batches_seen": batches[:preamble + chunks + 1]}
-    if len(stamps) > preamble + chunks:  # enough calls to extrapolate from the first `chunks` batches
-        preamble_s = stamps[preamble] - run["start"]
-        period = (stamps[preamble + chunks] - stamps[preamble]) / chunks
+    first = run["chunk_calls"][:chunks + 1]  # indices of the calls starting perturbed batches 1..N+1
+    out = {"calls": len(stamps), "chunk_calls": len(run["chunk_calls"]),
+           "preamble_calls": first[0] if first else None,
+           "batches_seen": [b for _, b in run["stamps"][:(first[-1] + 1) if first else None]]}
+    if len(first) > chunks:  # enough batches to extrapolate from the first `chunks` of them
+        preamble_s = stamps[first[0]] - run["start"]
+        period = (stamps[first[chunks]] - stamps[first[0]]) / chunks
         out.update(preamble_s=preamble_s, period_s=period, estimate_s=preamble_s + total_chunks * period)
     if run["stopped"]:
         out.update(seconds=out["estimate_s"], estimated=True)
@@ -202,12 +205,22 @@ class Runner:
         layer = resolve_layer(model, req["layer"])
         x = self.input(req["batch"], req["size"])
         kind = req["kind"]
+        perturbation = kind == "cam" and req["method"] in PERTURBATION_METHODS
         if kind == "cam":
-            fn, preamble = self._cam_call(req, model, layer, x)
+            fn, bs = self._cam_call(req, model, layer, x)
         else:
-            fn, preamble = _baseline_call(kind, req, model, layer, x), None
-        perturbation = req["kind"] == "cam" and req["method"] in PERTURBATION_METHODS
-        stop = preamble + req["chunks"] if perturbation and req.get("chunks_only") else None
+            fn, bs = _baseline_call(kind, req, model, layer, x), None
+        chunk_rows: tuple = ()
+        if perturbation:
+            # Every batch of perturbed inputs but an image's last has min(bs, C) rows (+1 when an
+            # engine appends the unperturbed input to its first batch).
+            rows = min(bs, req["channels"])
+            if req["batch"] in (rows, rows + 1):
+                raise ValueError(f"batch {req['batch']} cannot be told from a perturbed batch of {rows} "
+                                 "rows: choose another --batch-sizes or perturbation batch size")
+            chunk_rows = (rows, rows + 1)
+        total_chunks = req["batch"] * math.ceil(req["channels"] / bs) if perturbation else None
+        stop = req["chunks"] if perturbation and req.get("chunks_only") else None
 
         # A stopped call may leave a model modified (the reference swaps the target layer for its
         # AblationLayer during the call): the module tree is put back afterwards.
@@ -215,7 +228,7 @@ class Runner:
 
         def go():
             try:
-                return run_counted(model, fn, stop)
+                return run_counted(model, fn, chunk_rows, stop)
             finally:
                 for module, children in tree:
                     if module._modules != children:
@@ -228,7 +241,8 @@ class Runner:
             peak, run = None, go()
         result = {"peak_bytes": peak}
         if perturbation:
-            result.update(summarize_perturbation(run, preamble, req["chunks"], req["total_chunks"]))
+            result.update(summarize_perturbation(run, req["chunks"], total_chunks), bs=bs,
+                          total_chunks=total_chunks)
         else:
             result.update(seconds=run["end"] - run["start"], estimated=False, calls=len(run["stamps"]))
         return result
@@ -236,8 +250,11 @@ class Runner:
     def _cam_call(self, req: dict, model, layer, x):
         method = req["method"]
         cam = self.classes[method](model, target_layers=[layer])
-        if method in PERTURBATION_METHODS:
+        if method in PERTURBATION_METHODS and req.get("bs"):
             cam.batch_size = req["bs"]
+        # The batch size in use: set above, or the library's default (the reference's ScoreCAM uses 16
+        # when it has no batch_size attribute).
+        bs = getattr(cam, "batch_size", 16) if method in PERTURBATION_METHODS else None
         targets = [self.target_cls(int(k)) for k in req["targets"]]
 
         def call():
@@ -249,7 +266,7 @@ class Runner:
                 if release is not None:
                     release()
 
-        return call, PREAMBLE_CALLS.get((self.impl, method))
+        return call, bs
 
 
 def _baseline_call(kind: str, req: dict, model, layer, x):
@@ -370,6 +387,7 @@ class Bench:
         self.channels: Dict[tuple, int] = {}
         self.targets: Dict[tuple, List[int]] = {}
         sys.path.insert(0, REPO)  # benchmark this checkout
+        self.code_version = _engine_version()
         self.ours = Runner("ours", self.workdir, args.seed)
         self.models = {name: build_model(name, args.seed) for name in set(args.models) | {args.demo_model}}
         for name, model in self.models.items():
@@ -417,7 +435,13 @@ class Bench:
         for item in items:
             if item.skip_reason:
                 continue
-            warm = self.execute(item, chunks_only=True)
+            try:
+                warm = self.execute(item, chunks_only=True)
+            except Exception as error:  # noqa: BLE001 - the reference may fail where ours works
+                if item.executor != "reference":
+                    raise
+                item.skip_reason = f"the reference failed: {error}"
+                continue
             if item.req["kind"] == "cam" and item.req["method"] in PERTURBATION_METHODS:
                 # Full calls when the whole call is cheap enough, else stopped after `chunks` batches.
                 item.req["chunks_only"] = warm["seconds"] > self.args.full_budget
@@ -442,8 +466,8 @@ class Bench:
         channels = self.channels[(model_name, layer, size)]
         targets = self.targets[(model_name, layer, batch, size)]
         base = {"model": model_name, "layer": layer, "batch": batch, "size": size, "targets": targets}
-        bs = args.perturbation_batch_size
-        total_chunks = batch * math.ceil(channels / bs)
+        bs = args.scorecam_batch_size
+        total_chunks = batch * math.ceil(channels / bs)  # ScoreCAM's forward passes of bs images
         print(f"== {model_name} batch {batch} ({size}x{size}, {layer}, C={channels})", flush=True)
 
         fast = [m for m in args.methods if m not in PERTURBATION_METHODS]
@@ -469,8 +493,9 @@ class Bench:
                 items["fwd(bs)"] = Item("fwd(bs)", "ours", dict(base, kind="forward", rows=bs), slow_reps)
             for method in methods:
                 reps = slow_reps if method in PERTURBATION_METHODS else fast_reps
-                req = dict(base, kind="cam", method=method, bs=bs, chunks=args.chunks,
-                           total_chunks=total_chunks)
+                method_bs = bs if method == "scorecam" else args.ablation_batch_size
+                req = dict(base, kind="cam", method=method, bs=method_bs, chunks=args.chunks,
+                           channels=channels)
                 items[method] = Item(method, "ours", req, reps)
                 ref = Item(method + " ref", "reference", dict(req), reps)
                 if self.reference is None:
@@ -536,22 +561,25 @@ class Bench:
         if not item.details:
             return []
         first = item.details[0]
-        chunks, total = item.req["chunks"], item.req["total_chunks"]
+        chunks, total, bs = item.req["chunks"], first["total_chunks"], first["bs"]
+        batches = "batch 1" if chunks == 1 else f"batches 1-{chunks}"
+        head = (f"{who} (batch_size {bs}): {first['preamble_calls']} model call(s) before the first "
+                f"perturbed batch")
         if item.req.get("chunks_only"):
-            text = (f"{who}: estimated = time until the first perturbed batch "
+            text = (f"{head}; estimated = time until the first perturbed batch "
                     f"({median([x['preamble_s'] for x in d]) * 1e3:.0f} ms) + {total} batches x "
                     f"{median([x['period_s'] for x in d]) * 1e3:.1f} ms per batch, the period measured over "
-                    f"batches 1-{chunks} of the call (calls stopped there)")
+                    f"{batches} of the call (calls stopped there)")
         else:
-            text = (f"{who}: full calls ({first['calls']} model calls, expected "
-                    f"{PREAMBLE_CALLS[(item.executor, item.req['method'])] + total})")
+            text = (f"{head}; full calls ({first['chunk_calls']} perturbed batches, expected "
+                    f"B*ceil(C/bs) = {total}; {first['calls']} model calls in all)")
             if d:
                 est = median([x["estimate_s"] for x in d])
-                text += (f"; the extrapolation from the first {chunks} batches would give {est * 1e3:.0f} ms "
+                text += (f"; the extrapolation from {batches} would give {est * 1e3:.0f} ms "
                          f"vs {median(item.times) * 1e3:.0f} ms measured")
         if fwd_bs is not None and d:
             text += (f"; per batch {median([x['period_s'] for x in d]) / median(fwd_bs.times):.3f}x a plain "
-                     f"forward of {item.req['bs']} images")
+                     f"forward of {bs} images")
         return [text]
 
     # -- ScoreCAM peak memory vs the number of channels
@@ -559,20 +587,19 @@ class Bench:
         args = self.args
         model_name, size = args.demo_model, args.demo_size
         print(f"== ScoreCAM peak memory vs C ({model_name}, {size}x{size}, batch 1)", flush=True)
-        cases = [(layer, args.perturbation_batch_size) for layer in args.demo_layers]
+        cases = [(layer, args.scorecam_batch_size) for layer in args.demo_layers]
         cases += [(args.demo_layers[-1], bs) for bs in args.demo_batch_sizes
-                  if bs != args.perturbation_batch_size]
+                  if bs != args.scorecam_batch_size]
         for layer, bs in cases:
             self.prepare(model_name, layer, 1, size)
             channels = self.channels[(model_name, layer, size)]
             req = {"model": model_name, "layer": layer, "batch": 1, "size": size,
                    "targets": self.targets[(model_name, layer, 1, size)], "kind": "cam",
-                   "method": "scorecam", "bs": bs, "chunks": 1, "total_chunks": math.ceil(channels / bs),
-                   "profile": True}
+                   "method": "scorecam", "bs": bs, "chunks": 1, "channels": channels, "profile": True}
             ours = self.ours.handle(req)
             fwd = self.ours.handle(dict(req, kind="forward", rows=bs))
             ref = None
-            if self.reference is not None and bs == args.perturbation_batch_size:
+            if self.reference is not None and bs == args.scorecam_batch_size:
                 ref = self.reference.handle(req)
             self.demo_rows.append({"layer": layer, "C": channels, "bs": bs, "ours": ours["peak_bytes"],
                                    "ours_calls": ours["calls"], "fwd": fwd["peak_bytes"],
@@ -605,14 +632,21 @@ def render(bench: Bench, argv: List[str], started: float, loads: tuple) -> str:
                  f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, {time.time() - started:.0f} s wall.")
     lines.append("")
     cpu = _cpu_name()
-    lines.append(f"- Code: {_engine_version()}.")
+    code = f"- Code: {bench.code_version}, loaded at the start"
+    now = _engine_version()
+    if now != bench.code_version:
+        code += f" (pytorch_grad_cam/ changed on disk during the run; now {now}: not measured here)"
+    lines.append(code + ".")
     lines.append(f"- Machine: {cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} with "
                  f"{torch.get_num_threads()} threads, torchvision {torchvision.__version__}, Python "
                  f"{platform.python_version()}. Shared with other jobs: load average {loads[0]:.2f} at the "
                  f"start, {os.getloadavg()[0]:.2f} at the end.")
     lines.append(f"- Models: torchvision {', '.join(args.models)} (`weights=None`, seed {args.seed}, eval), "
                  f"target layer `{args.layer}`, random {args.size}x{args.size} inputs, each image's top "
-                 f"class as target. Perturbation methods use `batch_size={args.perturbation_batch_size}`.")
+                 f"class as target. ScoreCAM runs with `batch_size={args.scorecam_batch_size}` (ours and "
+                 f"the reference); AblationCAM with "
+                 + (f"`batch_size={args.ablation_batch_size}`" if args.ablation_batch_size else
+                    "each library's default `batch_size` (see the notes)") + ".")
     lines.append(f"- Times (ms): median of {args.repeats} calls ({min(args.repeats, args.slow_repeats)} for "
                  "ScoreCAM/AblationCAM, and for the forward pass they are compared with), after one warm-up, "
                  "in interleaved shuffled rounds; ratio = median(ours) / median(baseline) of the same "
@@ -691,15 +725,17 @@ def render(bench: Bench, argv: List[str], started: float, loads: tuple) -> str:
 
 def _engine_version() -> str:
     """The checkout's commit, and whether the package's files differ from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", REPO, *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
     try:
-        head = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--", "pytorch_grad_cam"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        # The last commit that touched the package, and whether its files differ from it now.
+        head = git("log", "-1", "--format=%h", "--", "pytorch_grad_cam")
+        dirty = git("status", "--porcelain", "--", "pytorch_grad_cam")
     except (OSError, subprocess.CalledProcessError):
         return "not a git checkout"
-    return f"commit {head}" + (" with uncommitted changes in pytorch_grad_cam/" if dirty else
-                               " (pytorch_grad_cam/ unmodified)")
+    return f"pytorch_grad_cam/ as of commit {head}" + (" plus uncommitted changes" if dirty else "")
 
 
 def _cpu_name() -> str:
@@ -724,8 +760,10 @@ def parse_args(argv: List[str]):
     p.add_argument("--repeats", type=int, default=5, help="timed calls per item (default 5)")
     p.add_argument("--slow-repeats", type=int, default=3,
                    help="timed calls for ScoreCAM/AblationCAM and their baselines (default 3)")
-    p.add_argument("--perturbation-batch-size", type=int, default=32,
-                   help="cam.batch_size of ScoreCAM and AblationCAM, ours and the reference (default 32)")
+    p.add_argument("--scorecam-batch-size", type=int, default=32,
+                   help="cam.batch_size of ScoreCAM, ours and the reference (default 32)")
+    p.add_argument("--ablation-batch-size", type=int, default=None,
+                   help="cam.batch_size of AblationCAM (default: each library's own default)")
     p.add_argument("--chunks", type=int, default=2,
                    help="batches of perturbed inputs a stopped call measures (default 2)")
     p.add_argument("--full-budget", type=float, default=15.0,
