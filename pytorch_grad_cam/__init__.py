@@ -2,9 +2,17 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from .base_cam import BaseCAM
-from .gradient import GradCAM, GradCAMPlusPlus, XGradCAM
+from .gradient import (
+    EigenGradCAM,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    XGradCAM,
+)
 from .perturbation import AblationCAM, ScoreCAM
-from .projection import EigenCAM
+from .projection import FEM, KPCA_CAM, EigenCAM, RandomCAM, SegEigenCAM
 from .registry import METHODS, get_method
 
 try:
@@ -14,5 +22,7 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 __all__ = [
     "BaseCAM", "GradCAM", "GradCAMPlusPlus", "XGradCAM", "EigenCAM", "ScoreCAM", "AblationCAM",
+    "HiResCAM", "GradCAMElementWise", "LayerCAM", "EigenGradCAM", "SegEigenCAM", "KPCA_CAM", "FEM",
+    "RandomCAM",
     "METHODS", "get_method", "__version__",
 ]

@@ -150,6 +150,10 @@ class BaseCAM:
     records_prefix: bool = False
     #: The default of ``batch_size``.
     default_batch_size: int = 32
+    #: Whether the map depends on the targets (EigenCAM, KPCA-CAM, FEM and RandomCAM ignore them).
+    class_specific: bool = True
+    #: Whether two calls on the same input give the same map (RandomCAM without a seed does not).
+    deterministic: bool = True
 
     def __init__(
         self,

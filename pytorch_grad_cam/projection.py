@@ -19,6 +19,7 @@ class EigenCAM(BaseCAM):
 
     name = "eigencam"
     uses_gradients = False
+    class_specific = False
 
     def layer_map(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
                   context: LayerContext, eigen_smooth: bool) -> torch.Tensor:
@@ -72,6 +73,7 @@ class KPCA_CAM(BaseCAM):
 
     name = "kpcacam"
     uses_gradients = False
+    class_specific = False
 
     def __init__(self, *args, kernel: str = "sigmoid", gamma: Optional[float] = None, degree: int = 3,
                  coef0: float = 1.0, **kwargs) -> None:
@@ -106,6 +108,7 @@ class FEM(BaseCAM):
 
     name = "fem"
     uses_gradients = False
+    class_specific = False
 
     def __init__(self, *args, k: float = 2.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -126,6 +129,8 @@ class RandomCAM(BaseCAM):
 
     name = "randomcam"
     uses_gradients = False
+    class_specific = False
+    deterministic = False  # unless a seed is given
 
     def __init__(self, *args, seed: Optional[int] = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -4,12 +4,23 @@ from __future__ import annotations
 from typing import Dict, Type
 
 from .base_cam import BaseCAM
-from .gradient import GradCAM, GradCAMPlusPlus, XGradCAM
+from .gradient import (
+    EigenGradCAM,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    XGradCAM,
+)
 from .perturbation import AblationCAM, ScoreCAM
-from .projection import EigenCAM
+from .projection import FEM, KPCA_CAM, EigenCAM, RandomCAM, SegEigenCAM
 
 METHODS: Dict[str, Type[BaseCAM]] = {
-    cls.name: cls for cls in (GradCAM, GradCAMPlusPlus, XGradCAM, EigenCAM, ScoreCAM, AblationCAM)
+    cls.name: cls for cls in (
+        GradCAM, GradCAMPlusPlus, XGradCAM, EigenCAM, ScoreCAM, AblationCAM,
+        HiResCAM, GradCAMElementWise, LayerCAM, EigenGradCAM, SegEigenCAM, KPCA_CAM, FEM, RandomCAM,
+    )
 }
 
 

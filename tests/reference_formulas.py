@@ -232,6 +232,77 @@ def resize_align_corners(a: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return a
 
 
+def fem_weights(acts: np.ndarray, k: float = 2.0) -> np.ndarray:
+    """FEM: the fraction of each channel's positions at or above ``mean + k * std`` (population std)."""
+    w = np.zeros(acts.shape[:2])
+    for i in range(acts.shape[0]):
+        for c in range(acts.shape[1]):
+            values = acts[i, c].reshape(-1)
+            w[i, c] = np.mean(values >= values.mean() + k * values.std())
+    return w
+
+
+def random_weights(shape, seed: int) -> np.ndarray:
+    """RandomCAM: ``torch.rand`` from a generator seeded with ``seed``, mapped to [-1, 1]."""
+    return (torch.rand(shape, generator=torch.Generator().manual_seed(seed)).double() * 2 - 1).numpy()
+
+
+def kernel_matrix(X: np.ndarray, kernel: str, gamma: float, degree: int = 3, coef0: float = 1.0):
+    """scikit-learn's kernel definitions, written out: (N, C) rows -> (N, N)."""
+    if kernel == "linear":
+        return X @ X.T
+    if kernel == "rbf":
+        sq = ((X[:, None, :] - X[None, :, :]) ** 2).sum(-1)
+        return np.exp(-gamma * sq)
+    if kernel == "sigmoid":
+        return np.tanh(gamma * X @ X.T + coef0)
+    if kernel == "poly":
+        return (gamma * X @ X.T + coef0) ** degree
+    if kernel == "cosine":
+        U = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+        return U @ U.T
+    raise KeyError(kernel)
+
+
+def kernel_principal_component(acts: np.ndarray, kernel: str = "sigmoid", gamma=None) -> np.ndarray:
+    """Per image: X = positions x channels, centred; K = kernel(X), double-centred H K H (H = I - 1/N);
+    the map is sqrt(lambda_1) * alpha_1 of the top eigenpair, sign as for the linear component."""
+    out = np.zeros((acts.shape[0],) + acts.shape[2:])
+    for i in range(acts.shape[0]):
+        a = acts[i]
+        X = a.reshape(a.shape[0], -1).T
+        X = X - X.mean(axis=0, keepdims=True)
+        n = X.shape[0]
+        H = np.eye(n) - np.full((n, n), 1.0 / n)
+        K = H @ kernel_matrix(X, kernel, 1.0 / X.shape[1] if gamma is None else gamma) @ H
+        values, vectors = np.linalg.eigh(K)
+        projection = vectors[:, -1] * np.sqrt(max(values[-1], 0.0))
+        channel_sum = a.sum(axis=0).reshape(-1)
+        if (projection * (channel_sum - channel_sum.mean())).sum() < 0:
+            projection = -projection
+        out[i] = projection.reshape(a.shape[1:])
+    return out
+
+
+# Methods whose map is an element-wise product of gradients and activations, summed over channels
+# (or, with eigen smoothing, its first principal component).
+ELEMENTWISE = {
+    "hirescam": lambda acts, grads: grads * acts,
+    "gradcamelementwise": lambda acts, grads: np.maximum(grads * acts, 0),
+    "layercam": lambda acts, grads: np.maximum(grads, 0) * acts,
+}
+# Methods whose map is always a principal component of something.
+COMPONENT = {
+    "eigencam": lambda acts, grads: first_principal_component(acts),
+    "eigengradcam": lambda acts, grads: first_principal_component(grads * acts),
+    "segeigencam": lambda acts, grads: first_principal_component(np.abs(grads) * acts),
+    "kpcacam": lambda acts, grads: kernel_principal_component(acts),
+}
+USES_GRADIENTS = {"gradcam", "gradcam++", "xgradcam", "hirescam", "gradcamelementwise", "layercam",
+                  "eigengradcam", "segeigencam"}
+RANDOM_SEED = 0  # the tests construct RandomCAM with this seed (it gives no all-negative map on them)
+
+
 # ------------------------------------------------------------------------------------- the whole CAM
 GRADIENT_WEIGHTS = {"gradcam": gradcam_weights, "gradcam++": gradcampp_weights, "xgradcam": xgradcam_weights}
 
@@ -243,6 +314,10 @@ def layer_weights(method: str, model, layer, x, classes, acts, grads) -> np.ndar
         return scorecam_weights(model, x, acts, classes)
     if method == "ablationcam":
         return ablationcam_weights(model, layer, x, classes)
+    if method == "fem":
+        return fem_weights(acts)
+    if method == "randomcam":
+        return random_weights(acts.shape[:2], RANDOM_SEED)
     raise KeyError(method)
 
 
@@ -254,15 +329,18 @@ def reference_cam(method: str, model: nn.Module, layers: Sequence[nn.Module], x:
     assertions about the test case itself, e.g. that some gradients are exactly zero).
     """
     layers = list(layers)
-    data = activations_and_gradients(model, layers, x, classes, with_gradients=method in GRADIENT_WEIGHTS)
+    data = activations_and_gradients(model, layers, x, classes, with_gradients=method in USES_GRADIENTS)
     spatial = tuple(x.shape[2:])
     batch = x.shape[0]
     per_layer = []
     if details is not None:
         details.update(data, weights=[])
     for layer, acts, grads in zip(layers, data["activations"], data["gradients"]):
-        if method == "eigencam":
-            layer_map = first_principal_component(acts)
+        if method in COMPONENT:
+            layer_map = COMPONENT[method](acts, grads)
+        elif method in ELEMENTWISE:
+            contributions = ELEMENTWISE[method](acts, grads)
+            layer_map = first_principal_component(contributions) if eigen_smooth else contributions.sum(1)
         else:
             w = layer_weights(method, model, layer, x, classes, acts, grads)
             if details is not None:

@@ -15,13 +15,14 @@ from pytorch_grad_cam import METHODS
 
 ALL_METHODS = sorted(METHODS)
 GRADIENT_METHODS = sorted(name for name, cls in METHODS.items() if cls.uses_gradients)
-CLASS_DEPENDENT = sorted(name for name in METHODS if name != "eigencam")
+CLASS_DEPENDENT = sorted(name for name, cls in METHODS.items() if cls.class_specific)
 # (method, eigen_smooth): EigenCAM is already a principal component, so its eigen_smooth is the same map.
 METHOD_SMOOTH = [(m, False) for m in ALL_METHODS] + [(m, True) for m in ALL_METHODS if m != "eigencam"]
 
 
 def ours(method, model, layers, x, classes, eigen_smooth=False):
-    cam = METHODS[method](model, target_layers=layers, batch_size=128)
+    seed = {"seed": R.RANDOM_SEED} if method == "randomcam" else {}
+    cam = METHODS[method](model, target_layers=layers, batch_size=128, **seed)
     maps = cam(x, targets=list(classes), eigen_smooth=eigen_smooth)
     assert isinstance(maps, np.ndarray) and maps.dtype == np.float32
     assert maps.shape == (x.shape[0],) + tuple(x.shape[2:])
@@ -171,7 +172,11 @@ def resnet_input(batch, size, seed=7):
 # 256 more in layer3): those run on one 33x33 image (layer4 is then 2x2, layer3 3x3), ScoreCAM on layer4
 # only and AblationCAM on the two-layer case only (which also covers its replay of the layers before
 # each target layer).
-LAYER4_CASES = [(m, s) for m, s in METHOD_SMOOTH if m != "ablationcam" and not (m == "scorecam" and s)]
+# FEM is left out of these: layer4 is 2x2 here, and with N positions no value can exceed
+# mean + sqrt(N - 1) * std, so its k = 2 threshold flags nothing and the map is zero by definition
+# (the tiny nets, with 12x16 maps, cover it).
+LAYER4_CASES = [(m, s) for m, s in METHOD_SMOOTH
+                if m not in ("ablationcam", "fem") and not (m == "scorecam" and s)]
 
 
 @pytest.mark.parametrize("method,eigen_smooth", LAYER4_CASES)
@@ -181,8 +186,50 @@ def test_resnet18_layer4(resnet18_seeded, method, eigen_smooth):
     assert_matches_reference(method, model, [model.layer4[-1]], x, classes, eigen_smooth)
 
 
-@pytest.mark.parametrize("method", [m for m in ALL_METHODS if m != "scorecam"])
+@pytest.mark.parametrize("method", [m for m in ALL_METHODS if m not in ("scorecam", "fem")])
 def test_resnet18_layer3_and_layer4(resnet18_seeded, method):
     model = resnet18_seeded
     x, classes = (resnet_input(1, 33), [7]) if method == "ablationcam" else (resnet_input(2, 64), [3, 7])
     assert_matches_reference(method, model, [model.layer3[-1], model.layer4[-1]], x, classes)
+
+
+# ------------------------------------------------------------------------- method-specific options
+@pytest.mark.parametrize("kernel", ["linear", "rbf", "sigmoid", "poly", "cosine"])
+def test_kpca_cam_kernels(tiny_2d, kernel):
+    model, x = tiny_2d
+    classes = [1, 3]
+    layer = model.relu2
+    data = R.activations_and_gradients(model, [layer], x, classes, with_gradients=False)
+    component = R.kernel_principal_component(data["activations"][0], kernel=kernel)
+    want = np.stack([R.resize(R.normalize(np.maximum(c, 0)), x.shape[2:]) for c in component])
+    want = np.stack([R.normalize(w) for w in want])
+    assert_nontrivial(want)
+    got = METHODS["kpcacam"](model, target_layers=[layer], kernel=kernel)(x, targets=list(classes))
+    torch.testing.assert_close(torch.from_numpy(got), torch.from_numpy(want.astype(np.float32)),
+                               atol=1e-5, rtol=1e-4)
+
+
+def test_kpca_cam_rejects_bad_options(tiny_2d):
+    model = tiny_2d[0]
+    with pytest.raises(ValueError, match="kernel"):
+        METHODS["kpcacam"](model, target_layers=[model.relu2], kernel="laplace")
+    with pytest.raises(ValueError, match="gamma"):
+        METHODS["kpcacam"](model, target_layers=[model.relu2], gamma=0)
+
+
+def test_random_cam_is_random_unless_seeded(tiny_2d):
+    model, x = tiny_2d
+    make = lambda **kw: METHODS["randomcam"](model, target_layers=[model.relu2], **kw)  # noqa: E731
+    first, second = make()(x), make()(x)
+    assert np.abs(first - second).max() > 0.05, "two unseeded RandomCAMs drew the same weights"
+    np.testing.assert_array_equal(make(seed=3)(x), make(seed=3)(x))
+    assert np.abs(make(seed=3)(x) - make(seed=4)(x)).max() > 0.05
+
+
+def test_hirescam_warns_that_eigen_smoothing_gives_up_faithfulness(tiny_2d):
+    model, x = tiny_2d
+    classes = [1, 3]
+    cam = METHODS["hirescam"](model, target_layers=[model.relu2])
+    with pytest.warns(UserWarning, match="faithful") as record:
+        cam(x, targets=list(classes), eigen_smooth=True)
+    assert record[0].filename == __file__, "the warning should point at the caller's line"

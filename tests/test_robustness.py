@@ -24,6 +24,9 @@ NUM_CLASSES = 5
 def make_cam(name, model, layers, **kwargs):
     if name in PERTURBATION:
         kwargs.setdefault("batch_size", 8)
+    if not METHODS[name].deterministic:
+        kwargs.setdefault("seed", 1)  # RandomCAM: these tests compare calls, so fix its draw (a seed
+        # whose weights are not all negative for any image here, which would make a map constant)
     return METHODS[name](model, target_layers=layers, **kwargs)
 
 
@@ -686,7 +689,9 @@ def test_1d_signals_and_3d_volumes(name, kind):
 
 
 # ============================================================================ a model without parameters
-@pytest.mark.parametrize("name", GRADIENT)
+# The hand derivation below holds for maps that are weighted sums of the activations; EigenGrad-CAM
+# and Seg-Eigen-CAM project on a principal component instead (covered in test_formulas.py).
+@pytest.mark.parametrize("name", [n for n in GRADIENT if n not in ("eigengradcam", "segeigencam")])
 def test_model_without_parameters(name):
     model = nn.Sequential(nn.AvgPool2d(2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     assert not list(model.parameters()) and not list(model.buffers())
