@@ -336,7 +336,7 @@ class BaseCAM:
             capture, output = self._forward(x)
             targets = self._resolve_targets(targets, output, x.shape[0])
             scores = self._scores(targets, output, x.shape[0])  # (B,)
-            gradients = self._gradients(scores, capture, x) if self.uses_gradients else {}
+            gradients = self._gradients(scores, capture) if self.uses_gradients else {}
             spatial = x.shape[2:]
             maps = []
             for layer in self.target_layers:
@@ -416,7 +416,7 @@ class BaseCAM:
             raise ValueError(f"the target score is not finite (NaN or Inf) for image(s) {bad}")
         return scores
 
-    def _gradients(self, scores: torch.Tensor, capture: LayerCapture, x: torch.Tensor) -> dict:
+    def _gradients(self, scores: torch.Tensor, capture: LayerCapture) -> dict:
         layers = self.target_layers
         if not scores.requires_grad:
             raise ValueError("the target scores do not depend on the target layers' activations (no "
