@@ -72,9 +72,10 @@ class AblationCAM(BaseCAM):
     channel: the outputs of the modules that ran before it are replayed from the first forward pass,
     the layer's ``forward`` returns the ablated copies (each ``forward`` is swapped for the call and
     restored in ``finally``), and only the rest of the model runs on the batch of ablated copies.
-    The first batch carries the unablated activation too; if its score does not match ``y`` (a model
-    whose forward pass the replay cannot reproduce), the slow path, a full forward pass per ablated
-    copy, is used instead, with a warning.
+    A one-row check pass first replays the unablated activation; if its score does not match ``y`` (a
+    model whose forward pass the replay cannot reproduce), or the replay fails or writes into the
+    recorded outputs, the slow path, a full forward pass per ablated copy, is used instead, with a
+    warning.
     """
 
     name = "ablationcam"
@@ -144,6 +145,8 @@ class _Suffix:
         self.index = index
         self.replay = context.prefix is not None
         self.verified = False
+        # The recorded outputs a replay hands out: their version counters reveal in-place writes.
+        self.recorded = [t for _, out in context.prefix or () for t in _tensors(out)]
 
     def __call__(self, replacement: torch.Tensor) -> torch.Tensor:
         """Scores ``(n,)`` of image ``index``'s target with the layer's output set to ``replacement``."""
@@ -195,7 +198,7 @@ class _Suffix:
                 queues[module].append(_one_image(output, self.index, context.input.shape[0], count))
             for module, queue in queues.items():
                 forwards[module] = _replaying_forward(module.forward, queue, started)
-        recorded = [t for _, out in context.prefix for t in _tensors(out)] if replay else []
+        recorded = self.recorded if replay else []
         versions = [t._version for t in recorded]
         with _swapped_forwards(forwards):
             output = context.model(image)
