@@ -154,6 +154,11 @@ class BaseCAM:
     class_specific: bool = True
     #: Whether two calls on the same input give the same map (RandomCAM without a seed does not).
     deterministic: bool = True
+    #: Whether the method runs the model on many perturbed inputs, ``batch_size`` at a time.
+    perturbation: bool = False
+    #: Whether the map comes from ``target_layers``. FullGrad's does not: it uses every layer with a bias,
+    #: so its ``target_layers`` may be left out (and are ignored when given).
+    uses_target_layers: bool = True
 
     def __init__(
         self,
@@ -177,7 +182,10 @@ class BaseCAM:
         if reshape_transform is not None and not callable(reshape_transform):
             raise TypeError(f"reshape_transform must be callable, got {type(reshape_transform).__name__}")
         self.model = model
-        self.target_layers = self._check_layers(model, target_layers, target_layer)
+        if not self.uses_target_layers and target_layers is None and target_layer is None:
+            self.target_layers: List[nn.Module] = []
+        else:
+            self.target_layers = self._check_layers(model, target_layers, target_layer)
         self.reshape_transform = reshape_transform
         self.device = self._check_device(use_cuda, device)
         self.tta_transforms = tta_transforms

@@ -44,6 +44,7 @@ class ScoreCAM(BaseCAM):
 
     name = "scorecam"
     uses_gradients = False
+    perturbation = True
 
     def cam_weights(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
                     context: LayerContext) -> torch.Tensor:
@@ -80,6 +81,7 @@ class AblationCAM(BaseCAM):
 
     name = "ablationcam"
     uses_gradients = False
+    perturbation = True
     records_prefix = True
     # Only the layers after the target layer run on a batch, and one batch buffer is reused: a large
     # batch costs little memory and saves calls.

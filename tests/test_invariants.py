@@ -9,17 +9,16 @@ interfere.
 import copy
 import threading
 
+import cam_factory
 import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.nn.modules import module as module_globals
 
-from pytorch_grad_cam import METHODS
-
-ALL = sorted(METHODS)
-GRADIENT = [name for name in ALL if METHODS[name].uses_gradients]
-PERTURBATION = ["scorecam", "ablationcam"]
+ALL = cam_factory.ALL
+GRADIENT = cam_factory.GRADIENT
+PERTURBATION = cam_factory.PERTURBATION
 NUM_CLASSES = 5
 
 
@@ -68,13 +67,8 @@ def make_input(batch=2, size=16, seed=1):
 
 
 def make_cam(name, model, layers=None, **kwargs):
-    layers = [model.block] if layers is None else layers
-    if name in PERTURBATION:
-        kwargs.setdefault("batch_size", 4)
-    if not METHODS[name].deterministic:
-        kwargs.setdefault("seed", 1)  # RandomCAM: these tests compare calls, so fix its draw (a seed
-        # whose weights are not all negative for any image here, which would make a map constant)
-    return METHODS[name](model, target_layers=layers, **kwargs)
+    return cam_factory.make_cam(name, model, [model.block] if layers is None else layers,
+                                perturbation_batch=4, **kwargs)
 
 
 # -- snapshots ---------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import functools
 import types
 import warnings
 
+import cam_factory
 import numpy as np
 import pytest
 import torch
@@ -15,19 +16,14 @@ from torch import nn
 from pytorch_grad_cam import METHODS, AblationCAM, GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-ALL = sorted(METHODS)
-GRADIENT = [name for name in ALL if METHODS[name].uses_gradients]
-PERTURBATION = ["scorecam", "ablationcam"]
+ALL = cam_factory.ALL
+GRADIENT = cam_factory.GRADIENT
+PERTURBATION = cam_factory.PERTURBATION
 NUM_CLASSES = 5
 
 
 def make_cam(name, model, layers, **kwargs):
-    if name in PERTURBATION:
-        kwargs.setdefault("batch_size", 8)
-    if not METHODS[name].deterministic:
-        kwargs.setdefault("seed", 1)  # RandomCAM: these tests compare calls, so fix its draw (a seed
-        # whose weights are not all negative for any image here, which would make a map constant)
-    return METHODS[name](model, target_layers=layers, **kwargs)
+    return cam_factory.make_cam(name, model, layers, perturbation_batch=8, **kwargs)
 
 
 def make_input(shape=(2, 3, 16, 16), seed=1):
