@@ -2,8 +2,10 @@
 from .image import deprocess_image, preprocess_image, scale_cam_image, show_cam_on_image
 from .model_targets import (
     BinaryClassifierOutputTarget,
+    ClassifierOutputReST,
     ClassifierOutputSoftmaxTarget,
     ClassifierOutputTarget,
+    FinerWeightedTarget,
     RawScoresOutputTarget,
     SoftmaxOutputTarget,
 )
@@ -11,8 +13,10 @@ from .reshape_transforms import swin_reshape_transform, swinT_reshape_transform,
 
 __all__ = [
     "BinaryClassifierOutputTarget",
+    "ClassifierOutputReST",
     "ClassifierOutputSoftmaxTarget",
     "ClassifierOutputTarget",
+    "FinerWeightedTarget",
     "RawScoresOutputTarget",
     "SoftmaxOutputTarget",
     "deprocess_image",

@@ -21,8 +21,10 @@ import torch
 
 __all__ = [
     "BinaryClassifierOutputTarget",
+    "ClassifierOutputReST",
     "ClassifierOutputSoftmaxTarget",
     "ClassifierOutputTarget",
+    "FinerWeightedTarget",
     "RawScoresOutputTarget",
     "SoftmaxOutputTarget",
 ]
@@ -118,6 +120,85 @@ class ClassifierOutputSoftmaxTarget:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(category={self.category})"
+
+
+class ClassifierOutputReST:
+    """ReST, the residual softmax target of ShapleyCAM (Cai et al., arXiv:2501.06261):
+    ``score = output[category] + log_softmax(output)[category]``, i.e. the logit minus the
+    cross-entropy of the class. It uses both the pre- and the post-softmax score.
+
+    Args:
+        category: the class index, a non-negative int (numpy integers are accepted, bools are not).
+
+    Shapes: ``(num_classes,)`` or ``(1, num_classes)`` -> 0-dim tensor; ``(B, num_classes)`` -> ``(B,)``.
+
+    Example:
+        >>> ClassifierOutputReST(0)(torch.tensor([0.0, 0.0]))  # 0 + log(0.5)
+        tensor(-0.6931)
+    """
+
+    def __init__(self, category: int) -> None:
+        self.category = _check_category(category)
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        rows, scalar = _as_rows(model_output, type(self).__name__)
+        _check_in_range(rows, self.category, type(self).__name__)
+        logit = rows[:, self.category]  # (B,)
+        return _finish(logit + torch.log_softmax(rows, dim=-1)[:, self.category], scalar)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(category={self.category})"
+
+
+class FinerWeightedTarget:
+    """FinerCAM's target (Zhang et al., arXiv:2501.11309): the main class against similar classes.
+
+    ``score = sum_j p_j (y_main - alpha * y_j) / (sum_j p_j + 1e-9)`` over the comparison classes
+    ``j``, with ``y`` the logits and ``p = softmax(y)``. With ``alpha = 0`` it is the plain logit of
+    the main class; with ``alpha = 1`` it explains what sets the main class apart from the classes the
+    model confuses it with.
+
+    Args:
+        main_category: the class to explain (a non-negative int).
+        comparison_categories: the classes to compare with, a non-empty sequence of ints.
+        alpha: the strength of the comparison, a finite float (usually in [0, 1]).
+
+    Shapes: ``(num_classes,)`` or ``(1, num_classes)`` -> 0-dim tensor; ``(B, num_classes)`` -> ``(B,)``.
+
+    Example:
+        >>> target = FinerWeightedTarget(281, [282, 285], alpha=1.0)
+    """
+
+    def __init__(self, main_category: int, comparison_categories, alpha: float = 1.0) -> None:
+        self.main_category = _check_category(main_category, "main_category")
+        try:
+            comparison = [_check_category(c, "comparison_categories[]") for c in comparison_categories]
+        except TypeError as error:
+            if not hasattr(comparison_categories, "__iter__"):
+                raise TypeError(f"comparison_categories must be a sequence of class indices, got "
+                                f"{type(comparison_categories).__name__}") from None
+            raise error
+        if not comparison:
+            raise ValueError("comparison_categories is empty; give at least one class to compare with")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(alpha):
+            raise TypeError(f"alpha must be a finite float, got {alpha!r}")
+        self.comparison_categories = comparison
+        self.alpha = float(alpha)
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        rows, scalar = _as_rows(model_output, type(self).__name__)
+        for category in (self.main_category, *self.comparison_categories):
+            _check_in_range(rows, category, type(self).__name__)
+        main = rows[:, self.main_category, None]  # (B, 1)
+        others = rows[:, self.comparison_categories]  # (B, J)
+        weights = torch.softmax(rows, dim=-1)[:, self.comparison_categories]  # (B, J)
+        score = (weights * (main - self.alpha * others)).sum(-1) / (weights.sum(-1) + 1e-9)  # (B,)
+        return _finish(score, scalar)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(main_category={self.main_category}, "
+                f"comparison_categories={self.comparison_categories}, alpha={self.alpha})")
 
 
 class BinaryClassifierOutputTarget:
