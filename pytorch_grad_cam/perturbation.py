@@ -1,6 +1,7 @@
-"""Perturbation CAMs: channel weights from the scores of perturbed inputs or activations, no gradients.
+"""Perturbation CAMs (ScoreCAM, SS-CAM, IS-CAM, AblationCAM): channel weights from the scores of
+perturbed inputs or activations, no gradients.
 
-Both stream their perturbed batches ``batch_size`` at a time, so memory does not grow with the number
+All stream their perturbed batches ``batch_size`` at a time, so memory does not grow with the number
 of channels.
 """
 from __future__ import annotations
@@ -10,6 +11,7 @@ import warnings
 from collections import defaultdict, deque
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -38,6 +40,10 @@ class ScoreCAM(BaseCAM):
     score on that masked input, and ``w = softmax_k(s)``. Costs ``C`` forward passes per image, run
     ``batch_size`` masked inputs at a time; only one batch of masked inputs exists at any moment.
 
+    SS-CAM and IS-CAM share this streamed loop: a subclass only says how many model inputs one mask
+    gives (``inputs_per_mask``), how it builds them (:meth:`mask_inputs`) and how it combines their
+    scores into one weight per channel (:meth:`combine_scores`).
+
     Example:
         >>> cam = ScoreCAM(model, target_layers=[model.layer4[-1]], batch_size=64)
     """
@@ -45,21 +51,165 @@ class ScoreCAM(BaseCAM):
     name = "scorecam"
     uses_gradients = False
     perturbation = True
+    #: How many model inputs each channel's mask gives (SS-CAM: noisy samples, IS-CAM: path steps).
+    inputs_per_mask: int = 1
 
     def cam_weights(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
                     context: LayerContext) -> torch.Tensor:
         x = context.input  # (B, C_in, *S)
         batch, channels = activations.shape[:2]
-        scores = torch.empty(batch, channels, device=activations.device)  # (B, C)
+        per_mask = self.inputs_per_mask
+        # Model inputs per image: row r is mask r // per_mask, sample r % per_mask.
+        total = channels * per_mask
+        scores = torch.empty(batch, total, device=activations.device)  # (B, C * n)
         for i in range(batch):
-            for start in range(0, channels, context.batch_size):
-                stop = min(start + context.batch_size, channels)
-                masks = resize_maps(activations[i, start:stop], x.shape[2:], align_corners=True)  # (n, *S)
-                masks = min_max_normalize(masks, eps=1e-8)
-                masked = x[i:i + 1] * masks.unsqueeze(1).to(x.dtype)  # (n, C_in, *S)
-                output = context.model(masked)
+            self.start_image(x)
+            for start in range(0, total, context.batch_size):
+                stop = min(start + context.batch_size, total)
+                first, last = start // per_mask, (stop - 1) // per_mask + 1  # the masks this batch uses
+                masks = resize_maps(activations[i, first:last], x.shape[2:], align_corners=True)  # (m, *S)
+                masks = min_max_normalize(masks, eps=1e-8).to(x.dtype)
+                rows = torch.arange(start, stop, device=masks.device)
+                if per_mask > 1:  # several rows share a mask
+                    masks = masks[rows // per_mask - first]  # (n, *S)
+                masked = self.mask_inputs(x[i:i + 1], masks, rows % per_mask)
+                output = context.model(masked)  # masked: (n, C_in, *S)
                 scores[i, start:stop] = _target_scores(context.targets, i, output, stop - start)
-        return scores.softmax(-1)
+        return self.combine_scores(scores.view(batch, channels, per_mask))
+
+    # -- what SS-CAM and IS-CAM change -----------------------------------------------------------
+    def start_image(self, x: torch.Tensor) -> None:
+        """Called before each image's masked inputs (SS-CAM restarts its noise here)."""
+
+    def mask_inputs(self, image: torch.Tensor, masks: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+        """The model inputs ``(n, C_in, *S)`` for one image ``(1, C_in, *S)``, one per row: ``masks``
+        ``(n, *S)`` in [0, 1] and ``samples`` ``(n,)``, each row's index in ``0..inputs_per_mask-1``."""
+        return image * masks.unsqueeze(1)
+
+    def combine_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """``(B, C, inputs_per_mask)`` target scores -> ``(B, C)`` channel weights."""
+        return scores[..., 0].softmax(-1)
+
+
+class SSCAM(ScoreCAM):
+    """SS-CAM, Smoothed Score-CAM (Wang, Naidu et al., arXiv:2006.14255).
+
+    Score-CAM with each channel's score averaged over ``num_samples`` noisy copies of its mask. With
+    ``m_k`` Score-CAM's normalised mask (upsampled ``A_k``, corners aligned, min-max scaled to [0, 1]):
+
+        ``s_k = (1/N) sum_{j=1..N} y(x * (m_k + d_j))``,  ``d_j ~ N(0, std^2)`` per pixel,
+        ``w = softmax_k(s)``,  map ``= ReLU(sum_k w_k A_k)``.
+
+    The noise is added to the normalised mask: the paper's SS-CAM(1), which smooths in feature space
+    (its Algorithm 1; torchcam's ``SSCAM`` does the same: ``(mask + noise) * input``). ``noise="input"``
+    gives the paper's second variant, SS-CAM(2), which adds the noise to the masked input instead:
+    ``y(x * m_k + d_j)`` with ``d_j`` of the input's shape. The paper subtracts the score of a baseline
+    image, ``y(x_b)``; it is the same for every channel, so the softmax ignores it and it is left out.
+    Defaults follow the paper's code and torchcam: ``num_samples=35``, ``std=2.0``.
+
+    Costs ``C * num_samples`` forward passes per image, streamed ``batch_size`` at a time.
+
+    Noise comes from a ``torch.Generator`` on the compute device, restarted for every image (so an
+    image's map does not depend on the others in its batch, nor on ``batch_size``). ``seed=None``
+    draws a fresh seed per call (two calls differ); an int makes every call the same.
+
+    Example:
+        >>> cam = SSCAM(model, target_layers=[model.layer4[-1]], num_samples=35, std=2.0, seed=0)
+        >>> maps = cam(x, targets=[ClassifierOutputTarget(281)])  # (1, 224, 224)
+    """
+
+    name = "sscam"
+    deterministic = False  # unless a seed is given
+
+    def __init__(self, *args: Any, num_samples: int = 35, std: float = 2.0, seed: Optional[int] = None,
+                 noise: str = "mask", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.num_samples = _positive_int(num_samples, "num_samples")
+        if isinstance(std, bool) or not isinstance(std, (int, float)) or not std >= 0 or std == float("inf"):
+            raise ValueError(f"std must be a finite number >= 0, got {std!r}")
+        self.std = float(std)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+        self.seed = None if seed is None else int(seed)
+        if noise not in ("mask", "input"):
+            raise ValueError(f"noise must be 'mask' (SS-CAM(1)) or 'input' (SS-CAM(2)), got {noise!r}")
+        self.noise = noise
+        self._generator: Optional[torch.Generator] = None
+        self._call_seed = 0
+
+    @property
+    def inputs_per_mask(self) -> int:  # type: ignore[override]
+        return self.num_samples
+
+    def cam_weights(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
+                    context: LayerContext) -> torch.Tensor:
+        self._generator = torch.Generator(device=context.input.device)
+        self._call_seed = self.seed if self.seed is not None else self._generator.seed()
+        try:
+            return super().cam_weights(activations, gradients, context)
+        finally:
+            self._generator = None
+
+    def start_image(self, x: torch.Tensor) -> None:
+        self._generator.manual_seed(self._call_seed)
+
+    def mask_inputs(self, image: torch.Tensor, masks: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+        # One draw per row, in row order: the same noise whatever the batch boundaries.
+        shape = masks.shape[1:] if self.noise == "mask" else image.shape[1:]
+        noise = torch.stack([torch.randn(shape, generator=self._generator, device=image.device)
+                             for _ in range(len(masks))]).to(image.dtype) * self.std  # (n, *shape)
+        if self.noise == "mask":
+            return image * (masks + noise).unsqueeze(1)
+        return image * masks.unsqueeze(1) + noise
+
+    def combine_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores.mean(-1).softmax(-1)
+
+
+class ISCAM(ScoreCAM):
+    """IS-CAM, Integrated Score-CAM (Naidu et al., arXiv:2010.03023).
+
+    Score-CAM with each channel's score integrated along a path of growing masks. With ``m_k`` Score-CAM's
+    normalised mask, the paper's Algorithm 1 accumulates the mask step by step,
+    ``M_i = M_{i-1} + (i/N) m_k`` (``M_0 = 0``), i.e. ``M_i = c_i m_k`` with ``c_i = i (i + 1) / (2N)``, and
+    averages the scores of the accumulated masks:
+
+        ``s_k = (1/N) sum_{i=1..N} y(x * c_i m_k)``,  ``w = softmax_k(s)``,  map ``= ReLU(sum_k w_k A_k)``.
+
+    The coefficients grow past 1 (up to ``(N + 1) / 2``): that is the published accumulation, kept as
+    is (torchcam's ``ISCAM`` does the same). The baseline score ``y(x_b)`` the paper subtracts is the
+    same for every channel and drops out of the softmax. Costs ``C * num_samples`` forward passes per
+    image, streamed ``batch_size`` at a time.
+
+    Example:
+        >>> cam = ISCAM(model, target_layers=[model.layer4[-1]], num_samples=10)
+    """
+
+    name = "iscam"
+
+    def __init__(self, *args: Any, num_samples: int = 10, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.num_samples = _positive_int(num_samples, "num_samples")
+
+    @property
+    def inputs_per_mask(self) -> int:  # type: ignore[override]
+        return self.num_samples
+
+    def mask_inputs(self, image: torch.Tensor, masks: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+        step = (samples + 1).to(image.dtype)  # i = 1..N
+        coefficient = step * (step + 1) / (2 * self.num_samples)  # (n,)
+        return image * (coefficient.view(-1, *([1] * (masks.ndim - 1))) * masks).unsqueeze(1)
+
+    def combine_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores.mean(-1).softmax(-1)
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return int(value)
 
 
 class AblationCAM(BaseCAM):

@@ -1,0 +1,413 @@
+"""SS-CAM, IS-CAM and the shared Score-CAM loop against plain references of their papers' formulas;
+AblationCAM on transformer token outputs (ViT-like, Swin) against a full forward pass per ablated channel.
+
+The references here are written out with explicit loops in float64: their own separable linear
+interpolation, their own min-max scaling, one model call per masked input. SS-CAM's noise is the only
+thing a reference has to share with the library: it draws the same ``torch.randn`` sequence from a
+generator seeded the same way (one draw per model input, in channel-then-sample order, restarted for
+every image), which is the documented contract.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from pytorch_grad_cam import ISCAM, SSCAM, AblationCAM, ScoreCAM
+from pytorch_grad_cam.utils.reshape_transforms import swinT_reshape_transform, vit_reshape_transform
+
+NUM_CLASSES = 4
+
+
+# ============================================================================ tiny models
+class SmallNet(nn.Module):
+    """conv - relu - conv (stride 2) - relu [target] - mean - linear (logits of order 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 5, 3, stride=2, padding=1)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(5, NUM_CLASSES)
+
+    def forward(self, x):
+        return self.fc(self.act(self.conv2(torch.relu(self.conv1(x)))).flatten(2).mean(-1))
+
+
+def small_net(seed: int = 0) -> SmallNet:
+    torch.manual_seed(seed)
+    model = SmallNet().eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(8)
+    return model
+
+
+def small_input(batch: int = 2, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, 3, 10, 12, generator=torch.Generator().manual_seed(seed))
+
+
+class CountingModel(nn.Module):
+    """Records the batch size of every call of the wrapped model."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.batches: list = []
+
+    def forward(self, x):
+        self.batches.append(x.shape[0])
+        return self.inner(x)
+
+
+# ============================================================================ plain references
+def interp_axis(a: np.ndarray, axis: int, n: int, align_corners: bool) -> np.ndarray:
+    """Linear interpolation of ``a`` along ``axis`` to ``n`` samples (PyTorch's two sampling conventions)."""
+    m = a.shape[axis]
+    out = []
+    for i in range(n):
+        if align_corners:
+            src = 0.0 if n == 1 else i * (m - 1) / (n - 1)
+        else:
+            src = min(max((i + 0.5) * m / n - 0.5, 0.0), m - 1)
+        lo = int(np.floor(src))
+        hi = min(lo + 1, m - 1)
+        t = src - lo
+        out.append((1 - t) * np.take(a, lo, axis) + t * np.take(a, hi, axis))
+    return np.stack(out, axis)
+
+
+def resize(a: np.ndarray, size, align_corners: bool) -> np.ndarray:
+    for axis, n in enumerate(size):
+        a = interp_axis(a, axis, n, align_corners)
+    return a
+
+
+def layer_output(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> np.ndarray:
+    store = {}
+    handle = layer.register_forward_hook(lambda m, i, o: store.setdefault("a", o.detach().clone()))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    return store["a"].double().numpy()
+
+
+def score_masks(acts: np.ndarray, size) -> np.ndarray:
+    """Score-CAM's masks of one image: each channel upsampled (corners aligned), scaled to [0, 1]."""
+    masks = []
+    for a in acts:
+        up = resize(a, size, align_corners=True)
+        masks.append((up - up.min()) / (up.max() - up.min() + 1e-8))
+    return np.stack(masks)
+
+
+def target_score(model: nn.Module, masked: np.ndarray, category: int) -> float:
+    with torch.no_grad():
+        return float(model(torch.from_numpy(masked[None]))[0, category])
+
+
+def softmax(s: np.ndarray) -> np.ndarray:
+    e = np.exp(s - s.max())
+    return e / e.sum()
+
+
+def cam_from_weights(acts: np.ndarray, weights: np.ndarray, size) -> np.ndarray:
+    """relu(sum_k w_k A_k) -> min-max -> resized to the input (half-pixel centres) -> min-max."""
+    cam = np.maximum((weights[:, None, None] * acts).sum(0), 0)
+    cam = (cam - cam.min()) / (cam.max() - cam.min() + 1e-7)
+    cam = np.maximum(resize(cam, size, align_corners=False), 0)
+    return (cam - cam.min()) / (cam.max() - cam.min() + 1e-7)
+
+
+def reference_sscam(model, x, category, num_samples, std, seed, noise="mask"):
+    """(weights (B, C), maps (B, H, W)): s_k = mean_j y(x * (m_k + d_j)) (or y(x * m_k + d_j)), softmax."""
+    model64 = _double(model)
+    acts = layer_output(model64, model64.act, x.double())
+    size = x.shape[2:]
+    all_w, maps = [], []
+    for i in range(x.shape[0]):
+        image = x[i].double().numpy()
+        generator = torch.Generator().manual_seed(seed)  # restarted for every image
+        masks = score_masks(acts[i], size)
+        s = np.zeros(len(masks))
+        for k, mask in enumerate(masks):
+            total = 0.0
+            for _ in range(num_samples):
+                shape = mask.shape if noise == "mask" else image.shape
+                d = torch.randn(shape, generator=generator).double().numpy() * std
+                masked = image * (mask + d) if noise == "mask" else image * mask + d
+                total += target_score(model64, masked, category[i])
+            s[k] = total / num_samples
+        w = softmax(s)
+        all_w.append(w)
+        maps.append(cam_from_weights(acts[i], w, size))
+    return np.stack(all_w), np.stack(maps)
+
+
+def reference_iscam(model, x, category, num_samples):
+    """IS-CAM, Algorithm 1: M <- M + (i/N) m_k for i = 1..N, s_k = mean_i y(x * M), softmax."""
+    model64 = _double(model)
+    acts = layer_output(model64, model64.act, x.double())
+    size = x.shape[2:]
+    all_w, maps = [], []
+    for i in range(x.shape[0]):
+        image = x[i].double().numpy()
+        masks = score_masks(acts[i], size)
+        s = np.zeros(len(masks))
+        for k, mask in enumerate(masks):
+            accumulated = np.zeros_like(mask)
+            total = 0.0
+            for step in range(1, num_samples + 1):
+                accumulated = accumulated + step / num_samples * mask
+                total += target_score(model64, image * accumulated, category[i])
+            s[k] = total / num_samples
+        w = softmax(s)
+        all_w.append(w)
+        maps.append(cam_from_weights(acts[i], w, size))
+    return np.stack(all_w), np.stack(maps)
+
+
+def _double(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model).double()
+
+
+def assert_nontrivial(weights: np.ndarray, maps: np.ndarray) -> None:
+    """Weights that are not all alike and maps that are not flat: a check that could fail."""
+    assert (weights.max(1) - weights.min(1)).min() > 1e-3, weights
+    for m in maps:
+        assert m.max() - m.min() > 0.5 and 0.01 < (m > 0.5).mean() < 0.95, m
+
+
+# ============================================================================ SS-CAM
+@pytest.mark.parametrize("noise", ["mask", "input"])
+def test_sscam_matches_reference(noise):
+    model, x, classes = small_net(), small_input(), [1, 3]
+    ref_w, ref_maps = reference_sscam(model, x, classes, num_samples=3, std=0.5, seed=7, noise=noise)
+    assert_nontrivial(ref_w, ref_maps)
+    cam = SSCAM(model, [model.act], num_samples=3, std=0.5, seed=7, noise=noise, batch_size=4)
+    np.testing.assert_allclose(cam(x, targets=classes), ref_maps, atol=2e-4)
+
+
+def test_sscam_default_std_and_samples_match_reference():
+    """The paper's defaults (35 samples, std 2) on one image."""
+    model, x, classes = small_net(seed=3), small_input(1, seed=4), [2]
+    ref_w, ref_maps = reference_sscam(model, x, classes, num_samples=35, std=2.0, seed=0)
+    assert (ref_w.max() - ref_w.min()) > 1e-3 and ref_maps.max() - ref_maps.min() > 0.5
+    cam = SSCAM(model, [model.act], seed=0, batch_size=64)
+    assert (cam.num_samples, cam.std) == (35, 2.0)
+    np.testing.assert_allclose(cam(x, targets=classes), ref_maps, atol=2e-4)
+
+
+def test_sscam_without_noise_is_scorecam():
+    model, x = small_net(), small_input()
+    expected = ScoreCAM(model, [model.act])(x, targets=[1, 3])
+    np.testing.assert_allclose(SSCAM(model, [model.act], num_samples=2, std=0.0, seed=1)(x, targets=[1, 3]),
+                               expected, atol=1e-6)
+
+
+def test_sscam_noise_changes_the_map():
+    model, x = small_net(), small_input()
+    plain = ScoreCAM(model, [model.act])(x, targets=[1, 3])
+    noisy = SSCAM(model, [model.act], num_samples=2, std=2.0, seed=1)(x, targets=[1, 3])
+    assert np.abs(plain - noisy).max() > 1e-2
+
+
+def test_sscam_seed():
+    model, x = small_net(), small_input()
+
+    def run(seed, **kwargs):
+        return SSCAM(model, [model.act], num_samples=2, std=1.0, seed=seed, **kwargs)(x, targets=[1, 3])
+
+    np.testing.assert_array_equal(run(5), run(5))
+    np.testing.assert_array_equal(run(5, batch_size=1), run(5, batch_size=64))  # batching draws the same
+    assert np.abs(run(5) - run(6)).max() > 1e-3
+    assert np.abs(run(None) - run(None)).max() > 1e-4  # no seed: every call draws afresh
+    assert not SSCAM.deterministic
+    # Each image's noise restarts: an image's map does not depend on the rest of its batch.
+    single = SSCAM(model, [model.act], num_samples=2, std=1.0, seed=5)(x[1:], targets=[3])
+    np.testing.assert_allclose(run(5)[1:], single, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"num_samples": 0}, ValueError, "num_samples must be a positive int, got 0"),
+    ({"num_samples": 2.0}, TypeError, "num_samples must be a positive int, got float"),
+    ({"std": -1.0}, ValueError, "std must be a finite number >= 0"),
+    ({"std": float("nan")}, ValueError, "std must be a finite number >= 0"),
+    ({"seed": 1.5}, TypeError, "seed must be an int or None"),
+    ({"noise": "activations"}, ValueError, "noise must be 'mask'"),
+])
+def test_sscam_bad_arguments(kwargs, error, match):
+    model = small_net()
+    with pytest.raises(error, match=match):
+        SSCAM(model, [model.act], **kwargs)
+
+
+# ============================================================================ IS-CAM
+def test_iscam_matches_reference():
+    model, x, classes = small_net(seed=2), small_input(seed=5), [0, 2]
+    ref_w, ref_maps = reference_iscam(model, x, classes, num_samples=4)
+    assert_nontrivial(ref_w, ref_maps)
+    cam = ISCAM(model, [model.act], num_samples=4, batch_size=3)
+    np.testing.assert_allclose(cam(x, targets=classes), ref_maps, atol=2e-4)
+
+
+def test_iscam_default_matches_reference():
+    model, x, classes = small_net(seed=3), small_input(1, seed=4), [2]
+    _, ref_maps = reference_iscam(model, x, classes, num_samples=10)
+    cam = ISCAM(model, [model.act])
+    assert cam.num_samples == 10 and ISCAM.deterministic
+    np.testing.assert_allclose(cam(x, targets=classes), ref_maps, atol=2e-4)
+    # One sample: c_1 = 1 / N * 1 = 1, the plain Score-CAM mask.
+    np.testing.assert_allclose(ISCAM(model, [model.act], num_samples=1)(x, targets=classes),
+                               ScoreCAM(model, [model.act])(x, targets=classes), atol=1e-6)
+
+
+def test_iscam_bad_num_samples():
+    model = small_net()
+    with pytest.raises(ValueError, match="num_samples must be a positive int, got -2"):
+        ISCAM(model, [model.act], num_samples=-2)
+
+
+# ============================================================================ the shared stream
+@pytest.mark.parametrize("cls, kwargs, per_channel", [
+    (ScoreCAM, {}, 1), (SSCAM, {"num_samples": 3, "seed": 0}, 3), (ISCAM, {"num_samples": 4}, 4)])
+@pytest.mark.parametrize("batch_size", [1, 4, 7, 100])
+def test_one_streamed_loop(cls, kwargs, per_channel, batch_size):
+    """Every method: C * n masked inputs per image, in calls of at most batch_size, none wasted."""
+    inner = small_net()
+    model = CountingModel(inner)
+    x = small_input()
+    cam = cls(model, [inner.act], batch_size=batch_size, **kwargs)
+    cam(x, targets=[1, 3])
+    channels = inner.conv2.out_channels
+    perturbed = model.batches[1:]  # the first call is the unperturbed batch
+    assert sum(perturbed) == x.shape[0] * channels * per_channel
+    assert max(perturbed) <= batch_size
+    per_image = -(-channels * per_channel // batch_size)
+    assert len(perturbed) == x.shape[0] * per_image
+
+
+# ============================================================================ AblationCAM on transformers
+class TinyViT(nn.Module):
+    """Patch embedding (4x4 patches) + class token + position embedding, two encoder blocks, head on the
+    class token. ``blocks[0]``'s output, (B, 1 + h*w, D), is the target layer."""
+
+    def __init__(self, dim: int = 8, grid=(3, 4)) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, dim, 4, stride=4)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim))
+        self.pos = nn.Parameter(0.5 * torch.randn(1, 1 + grid[0] * grid[1], dim))
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(dim, 2, 16, dropout=0.0, batch_first=True, norm_first=True)
+            for _ in range(2))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, NUM_CLASSES)
+
+    def forward(self, x):
+        tokens = self.embed(x).flatten(2).transpose(1, 2)  # (B, h*w, D)
+        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], 1) + self.pos
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.head(self.norm(tokens[:, 0]))
+
+
+def reference_ablation(model: nn.Module, layer: nn.Module, x: torch.Tensor, classes) -> np.ndarray:
+    """Ablation-CAM the plain way: a full forward pass per ablated channel, the channel being the LAST
+    dim of the layer's raw output (tokens' embedding channel; Swin's (B, H, W, C) channel); w_k =
+    (y - y_k) / y, with the channel set to 0, or to min - 1e7 when the image's output has negatives."""
+    weights = []
+    with torch.no_grad():
+        y = model(x)
+        raw = {}
+        handle = layer.register_forward_hook(lambda m, i, o: raw.setdefault("a", o.detach().clone()))
+        model(x)
+        handle.remove()
+        channels = raw["a"].shape[-1]
+        for i in range(x.shape[0]):
+            lowest = float(raw["a"][i].min())
+            value = 0.0 if lowest >= 0 else lowest - 1e7
+            y_k = []
+            for start in range(0, channels, 32):  # copy r of a chunk has channel start + r ablated
+                count = min(32, channels - start)
+
+                def ablate(module, inputs, output, start=start, count=count, value=value):
+                    output = output.clone()
+                    for r in range(count):
+                        output[r, ..., start + r] = value
+                    return output
+                handle = layer.register_forward_hook(ablate)
+                copies = x[i:i + 1].repeat(count, *([1] * (x.ndim - 1)))
+                y_k.append(model(copies)[:, classes[i]].double().numpy())
+                handle.remove()
+            score = float(y[i, classes[i]])
+            weights.append((score - np.concatenate(y_k)) / score)
+    return np.stack(weights)
+
+
+def maps_from_weights(acts: np.ndarray, weights: np.ndarray, size) -> np.ndarray:
+    return np.stack([cam_from_weights(a, w, size) for a, w in zip(acts, weights)])
+
+
+def test_ablationcam_vit_tokens_ablate_the_embedding_channel():
+    torch.manual_seed(0)
+    model = TinyViT().eval().double()
+    x = torch.randn(2, 3, 12, 16, generator=torch.Generator().manual_seed(1)).double()
+    classes = [1, 2]
+    layer = model.blocks[0]
+    weights = reference_ablation(model, layer, x, classes)  # (B, D)
+    tokens = torch.from_numpy(layer_output(model, layer, x))
+    acts = vit_reshape_transform(tokens, height=3, width=4).numpy()  # (B, D, 3, 4)
+    expected = maps_from_weights(acts, weights, (12, 16))
+    assert_nontrivial(weights, expected)
+
+    def reshape(t):
+        return vit_reshape_transform(t, height=3, width=4)
+
+    cam = AblationCAM(model, [layer], reshape_transform=reshape, batch_size=3)
+    np.testing.assert_allclose(cam(x, targets=classes), expected, atol=1e-5)
+
+
+class TinySwin(nn.Module):
+    """A Swin-like stack: channels-last (B, H, W, C) stages, the target ``stage1`` in the middle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 6, 2, stride=2)
+        self.stage1 = nn.Sequential(nn.LayerNorm(6), nn.Linear(6, 6), nn.GELU())
+        self.stage2 = nn.Sequential(nn.LayerNorm(6), nn.Linear(6, 5))
+        self.head = nn.Linear(5, NUM_CLASSES)
+
+    def forward(self, x):
+        h = self.stage2(self.stage1(self.embed(x).permute(0, 2, 3, 1)))  # (B, H, W, C)
+        return self.head(h.mean((1, 2)))
+
+
+def test_ablationcam_swin_like_channels_last():
+    torch.manual_seed(3)
+    model = TinySwin().eval().double()
+    x = torch.randn(2, 3, 8, 10, generator=torch.Generator().manual_seed(2)).double()
+    classes = [0, 3]
+    weights = reference_ablation(model, model.stage1, x, classes)
+    acts = layer_output(model, model.stage1, x).transpose(0, 3, 1, 2)  # (B, C, H, W)
+    expected = maps_from_weights(acts, weights, (8, 10))
+    assert_nontrivial(weights, expected)
+    cam = AblationCAM(model, [model.stage1], reshape_transform=swinT_reshape_transform, batch_size=4)
+    np.testing.assert_allclose(cam(x, targets=classes), expected, atol=1e-5)
+
+
+def test_ablationcam_torchvision_swin_t():
+    """torchvision's swin_t (random weights) at 64x64 on its first stage (96 channels, (B, 16, 16, 96))."""
+    torch.manual_seed(0)
+    model = torchvision.models.swin_t(weights=None).eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    layer = model.features[1]
+    classes = [int(model(x).argmax())]
+    weights = reference_ablation(model, layer, x, classes)
+    acts = layer_output(model, layer, x).transpose(0, 3, 1, 2)
+    expected = maps_from_weights(acts, weights, (64, 64))
+    assert_nontrivial(weights, expected)
+    cam = AblationCAM(model, [layer], reshape_transform=swinT_reshape_transform, batch_size=96)
+    np.testing.assert_allclose(cam(x, targets=classes), expected, atol=1e-3)
