@@ -86,3 +86,13 @@ def test_vit_example(tmp_path):
         red = redness(read_image(path, (224, 224, 3)), photo)
         # Not the flat all-zero map of a zero-initialised head: some patches hot, others cold.
         assert red.max() > 100 and red.min() < -50, (path.name, red.max(), red.min())
+
+
+def test_swin_example(tmp_path):
+    out, files = run_example("swin_example.py", tmp_path)
+    assert list(files) == ["swin_torchvision.jpg"]
+    assert "--weights DEFAULT" in out
+    photo = cv2.resize(cv2.imread(str(PHOTOS / "cat.jpg")), (224, 224))
+    red = redness(read_image(files["swin_torchvision.jpg"], (224, 224, 3)), photo)
+    # The (B, 7, 7, C) channels-last maps were read right: a map with hot and cold cells, not a flat one.
+    assert red.max() > 100 and red.min() < -50, (red.max(), red.min())
