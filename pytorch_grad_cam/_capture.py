@@ -1,10 +1,34 @@
 """Forward hooks that capture the target layers' activations for exactly one forward pass."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
+
+
+def tensors_of(output: Any) -> List[torch.Tensor]:
+    """The tensors in a layer output: the tensor itself, or those in a (nested) dict/list/tuple."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (list, tuple)):
+        return [t for value in output for t in tensors_of(value)]
+    return []
+
+
+def map_tensors(fn: Callable[[torch.Tensor], Any], output: Any) -> Any:
+    """``output`` with every tensor ``t`` in it replaced by ``fn(t)``; containers keep their type."""
+    if isinstance(output, torch.Tensor):
+        return fn(output)
+    if isinstance(output, dict):
+        return type(output)((key, map_tensors(fn, value)) for key, value in output.items())
+    if isinstance(output, tuple) and hasattr(output, "_fields"):  # a namedtuple
+        return type(output)(*(map_tensors(fn, value) for value in output))
+    if isinstance(output, (list, tuple)):
+        return type(output)(map_tensors(fn, value) for value in output)
+    return output
 
 
 def layer_name(model: nn.Module, layer: nn.Module) -> str:
@@ -29,10 +53,13 @@ class LayerCapture:
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[nn.Module], grad: bool,
-                 record_prefix: bool = False) -> None:
+                 record_prefix: bool = False, structured: bool = False) -> None:
         self.model = model
         self.layers = list(layers)
         self.grad = grad
+        # Whether a layer may return a dict/list/tuple of tensors (an FPN's levels): each tensor in it is
+        # captured; a reshape_transform must then turn the structure into one tensor.
+        self.structured = structured
         self.record_prefix = record_prefix
         self.activations: Dict[int, torch.Tensor] = {}
         # For each target layer: [(module, output), ...] of the outermost calls completed before it.
@@ -73,21 +100,24 @@ class LayerCapture:
                 f"target layer '{layer_name(self.model, module)}' ran more than once in one forward "
                 "pass, so its activation is ambiguous; choose a module that runs once (for a shared "
                 "activation such as ResNet's `relu`, pick the block or the layer before it)")
-        if not isinstance(output, torch.Tensor):
+        if not isinstance(output, torch.Tensor) and not (self.structured and tensors_of(output)):
             raise TypeError(
                 f"target layer '{layer_name(self.model, module)}' returns {type(output).__name__}, "
                 "expected a single tensor; choose a layer whose output is a tensor (for a tuple output, "
-                "pick one of its sub-modules)")
+                "pick one of its sub-modules), or pass a reshape_transform that turns the output into one "
+                "tensor (e.g. fpn_reshape_transform for a feature pyramid's dict of levels)")
         if self.grad and not torch.is_grad_enabled():
             # Everything before this point ran without recording a graph; record from here on.
             torch.set_grad_enabled(True)
-        if self.grad and output.requires_grad:
-            captured = output
-        else:
-            # A leaf: frozen models, no_grad prefixes, and gradient-free methods all land here.
-            captured = output.detach().requires_grad_(self.grad)
+        captured = map_tensors(self._leaf, output)
         self.activations[key] = captured
-        return captured.clone()
+        return map_tensors(torch.Tensor.clone, captured)
+
+    def _leaf(self, output: torch.Tensor) -> torch.Tensor:
+        if self.grad and output.requires_grad:
+            return output
+        # A leaf: frozen models, no_grad prefixes, and gradient-free methods all land here.
+        return output.detach().requires_grad_(self.grad and output.is_floating_point())
 
     def _enter_module(self, module: nn.Module, inputs) -> None:
         self._depth += 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._capture import LayerCapture, layer_name
+from ._capture import LayerCapture, layer_name, map_tensors, tensors_of
 from ._model_state import evaluation_state, model_device, model_float_dtype
 from .utils.model_targets import ClassifierOutputTarget
 
@@ -104,6 +105,11 @@ def _as_target(target: Any, where: str) -> Target:
     return target
 
 
+def _gradient_or_zeros(grads: dict, activation: torch.Tensor) -> torch.Tensor:
+    gradient = grads.get(id(activation))
+    return torch.zeros_like(activation) if gradient is None else gradient.detach()
+
+
 @dataclass
 class LayerContext:
     """What a method may use besides the activations and gradients of one target layer."""
@@ -113,7 +119,9 @@ class LayerContext:
     input: torch.Tensor  # (B, C_in, *spatial): the input on the model's device and dtype
     targets: List[Target]  # one per image
     scores: torch.Tensor  # (B,) float32: each image's target score on the unmodified input
-    raw_activations: torch.Tensor  # the layer's output as the model produced it (before reshape_transform)
+    # The layer's output as the model produced it (before reshape_transform): a tensor, or the dict/list/tuple
+    # of tensors of a layer such as a feature pyramid (only with a reshape_transform).
+    raw_activations: Any
     prefix: Optional[list]  # outermost module calls completed before the layer (record_prefix methods)
     batch_size: int
     channel_dim: int  # the channel axis of raw_activations
@@ -324,8 +332,13 @@ class BaseCAM:
             return None
         if isinstance(targets, (int, np.integer)) or callable(targets):
             return [_as_target(targets, "targets")] * batch  # one target for every image
+        if isinstance(targets, (torch.Tensor, np.ndarray)) and targets.ndim == 0:
+            return [_as_target(targets.item(), "targets")] * batch  # a 0-dim class index, for every image
         if isinstance(targets, torch.Tensor):
             targets = targets.tolist()
+        if isinstance(targets, (str, bytes)):
+            raise TypeError(f"targets must be None, a class index, a callable or a list of those, got "
+                            f"{type(targets).__name__} {targets!r}")
         try:
             targets = list(targets)
         except TypeError:
@@ -352,10 +365,10 @@ class BaseCAM:
                 raw = capture.activations[key]
                 context = LayerContext(
                     model=self.model, layer=layer, input=x, targets=targets,
-                    scores=scores.detach().float(), raw_activations=raw.detach(),
+                    scores=scores.detach().float(), raw_activations=map_tensors(torch.Tensor.detach, raw),
                     prefix=capture.prefix.get(key), batch_size=self.batch_size,
                     channel_dim=1 if self.reshape_transform is None else -1)
-                activations = self._reshape(raw.detach(), layer)
+                activations = self._reshape(map_tensors(torch.Tensor.detach, raw), layer)
                 grads = self._reshape(gradients[key], layer) if key in gradients else None
                 with torch.no_grad():
                     layer_cam = self.layer_map(activations, grads, context, eigen_smooth).float()
@@ -386,7 +399,8 @@ class BaseCAM:
     def _forward(self, x: torch.Tensor):
         """One forward pass with the target layers captured; returns (capture, model output)."""
         capture = LayerCapture(self.model, self.target_layers, grad=self.uses_gradients,
-                               record_prefix=self.records_prefix)
+                               record_prefix=self.records_prefix,
+                               structured=self.reshape_transform is not None)
         with capture, torch.no_grad():
             # Under no_grad until the first target layer, whose hook turns autograd on.
             output = self._run_model(x)
@@ -430,19 +444,51 @@ class BaseCAM:
             raise ValueError("the target scores do not depend on the target layers' activations (no "
                              "gradient reaches them): the target must return a value computed from the "
                              "model output, and the layers must come before the output")
-        inputs = [capture.activations[id(layer)] for layer in layers]
+        # A layer's output may be a structure of tensors (an FPN's dict of levels): differentiate each.
+        per_layer = [[t for t in tensors_of(capture.activations[id(layer)]) if t.requires_grad]
+                     for layer in layers]
+        inputs = [t for tensors in per_layer for t in tensors]
         # Only the graph from the target layers to the score is differentiated; parameters' .grad
         # are neither read nor written.
-        grads = torch.autograd.grad(scores.sum(), inputs, allow_unused=True)
-        unused = [layer_name(self.model, layer) for layer, g in zip(layers, grads) if g is None]
+        flat = list(torch.autograd.grad(scores.sum(), inputs, allow_unused=True))
+        grads, unused = {}, []
+        for layer, tensors in zip(layers, per_layer):
+            layer_grads = {id(t): flat.pop(0) for t in tensors}
+            if all(g is None for g in layer_grads.values()):
+                unused.append(layer_name(self.model, layer))
+                continue
+            # A tensor of the structure that the score does not use (an unused pyramid level) gets zeros.
+            grads[id(layer)] = map_tensors(partial(_gradient_or_zeros, layer_grads),
+                                           capture.activations[id(layer)])
         if unused:
             raise ValueError(f"no gradient reaches target layer(s) {unused}: the score does not depend on "
                              "them; choose layers on the path to the output")
-        return {id(layer): g.detach() for layer, g in zip(layers, grads)}
+        self._warn_zero_gradients(grads, scores.shape[0])
+        return grads
+
+    def _warn_zero_gradients(self, grads: dict, batch: int) -> None:
+        """Warn about images whose target score has an exactly-zero gradient in every target layer."""
+        nonzero = torch.zeros(batch, dtype=torch.bool)
+        for structure in grads.values():
+            for g in tensors_of(structure):
+                if g.ndim and g.shape[0] == batch:
+                    nonzero |= g.reshape(batch, -1).ne(0).any(1).cpu()
+                else:
+                    nonzero[:] = True  # not per image: cannot tell
+        zero = (~nonzero).nonzero().flatten().tolist()
+        if zero:
+            warnings.warn(f"the gradient of the target score with respect to the target layers is exactly "
+                          f"zero for image(s) {zero}: the score does not change with these activations "
+                          "(e.g. a FasterRCNNBoxScoreTarget whose boxes match no detection, or a score read "
+                          "past a saturated/dead unit), so their gradient-based maps carry no information",
+                          RuntimeWarning, stacklevel=5)
 
     def _reshape(self, tensor: torch.Tensor, layer: nn.Module) -> torch.Tensor:
         if self.reshape_transform is not None:
             tensor = self.reshape_transform(tensor)
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(f"reshape_transform must return a tensor (B, C, *spatial), got "
+                                f"{type(tensor).__name__} for target layer '{layer_name(self.model, layer)}'")
         if tensor.ndim < 3:
             raise ValueError(f"target layer '{layer_name(self.model, layer)}' gives shape "
                              f"{tuple(tensor.shape)}; a CAM needs (B, C, *spatial): choose a layer with "
