@@ -24,8 +24,12 @@ __all__ = [
     "ClassifierOutputReST",
     "ClassifierOutputSoftmaxTarget",
     "ClassifierOutputTarget",
+    "DifferenceFromConceptTarget",
+    "FasterRCNNBoxScoreTarget",
     "FinerWeightedTarget",
     "RawScoresOutputTarget",
+    "SemanticSegmentationTarget",
+    "SimilarityToConceptTarget",
     "SoftmaxOutputTarget",
 ]
 
@@ -295,3 +299,244 @@ class SoftmaxOutputTarget:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(category={self.category})"
+
+
+def _as_float_tensor(value: Any, name: str) -> torch.Tensor:
+    """``value`` (a numpy array, a tensor or a nested list of numbers) as a detached floating tensor."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach()
+    else:
+        try:
+            tensor = torch.as_tensor(np.asarray(value))
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{name} must be a numpy array or a tensor of numbers, got "
+                            f"{type(value).__name__}") from None
+    if tensor.dtype == torch.bool or not (tensor.is_floating_point() or tensor.dtype.is_complex):
+        tensor = tensor.to(torch.get_default_dtype())
+    if tensor.dtype.is_complex:
+        raise TypeError(f"{name} must hold real numbers, got dtype {tensor.dtype}")
+    return tensor
+
+
+class SemanticSegmentationTarget:
+    """The summed score of one class over a region: ``score = sum_{h,w} output[category, h, w] * mask[h, w]``.
+
+    For semantic segmentation models, whose output for one image is ``(num_classes, H, W)``. The mask
+    says which pixels to explain (a binary mask of the predicted region, or any weights). torchvision's
+    segmentation models return a dict; its ``"out"`` entry is used.
+
+    Args:
+        category: the class index, a non-negative int.
+        mask: ``(H, W)`` (or ``(*spatial)`` for 1D/3D outputs), a numpy array or a tensor; booleans and
+            integers are converted to floats. It is moved to the output's device and dtype at each call.
+
+    Shapes: ``(num_classes, *spatial)`` or ``(1, num_classes, *spatial)`` (or a dict with ``"out"`` of
+    that shape) -> 0-dim tensor.
+
+    Example:
+        >>> mask = (model(x)["out"][0].argmax(0) == 15).numpy()  # the "person" pixels
+        >>> cam(x, targets=[SemanticSegmentationTarget(15, mask)])
+    """
+
+    def __init__(self, category: int, mask: Any) -> None:
+        self.category = _check_category(category)
+        mask = _as_float_tensor(mask, "mask")
+        if mask.ndim == 0:
+            raise ValueError("mask must be a spatial array of shape (H, W) (the output's spatial shape), "
+                             "got a scalar")
+        if not bool(torch.isfinite(mask).all()):
+            raise ValueError("mask contains NaN or Inf")
+        self.mask = mask
+
+    def __call__(self, model_output: Any) -> torch.Tensor:
+        who = type(self).__name__
+        if isinstance(model_output, dict):
+            if "out" not in model_output:
+                raise ValueError(f"{who} got a dict output without an 'out' entry (keys: "
+                                 f"{list(model_output)}); pass the per-pixel class scores")
+            model_output = model_output["out"]
+        if not isinstance(model_output, torch.Tensor):
+            raise TypeError(f"{who} expects one image's output (num_classes, *spatial) as a tensor, got "
+                            f"{type(model_output).__name__}")
+        if model_output.ndim == self.mask.ndim + 2 and model_output.shape[0] == 1:
+            model_output = model_output[0]  # (1, num_classes, *spatial): one image
+        if model_output.ndim != self.mask.ndim + 1 or tuple(model_output.shape[1:]) != tuple(self.mask.shape):
+            raise ValueError(f"{who}: the mask has shape {tuple(self.mask.shape)} but the model output has "
+                             f"shape {tuple(model_output.shape)}; the mask must match the output's spatial "
+                             "shape (num_classes, *mask.shape)")
+        num_classes = model_output.shape[0]
+        if self.category >= num_classes:
+            raise ValueError(f"{who}: category {self.category} is out of range for a model output with "
+                             f"{num_classes} classes (valid: 0..{num_classes - 1})")
+        mask = self.mask.to(device=model_output.device, dtype=model_output.dtype)
+        return (model_output[self.category] * mask).sum()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(category={self.category}, mask of shape {tuple(self.mask.shape)})"
+
+
+def _box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """IoU of ``(N, 4)`` and ``(M, 4)`` boxes ``(x1, y1, x2, y2)``: ``(N, M)``; 0 where the union is empty."""
+    area1 = (boxes1[:, 2] - boxes1[:, 0]).clamp(min=0) * (boxes1[:, 3] - boxes1[:, 1]).clamp(min=0)  # (N,)
+    area2 = (boxes2[:, 2] - boxes2[:, 0]).clamp(min=0) * (boxes2[:, 3] - boxes2[:, 1]).clamp(min=0)  # (M,)
+    top_left = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])  # (N, M, 2)
+    bottom_right = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])  # (N, M, 2)
+    inter = (bottom_right - top_left).clamp(min=0).prod(-1)  # (N, M)
+    union = area1[:, None] + area2[None, :] - inter
+    safe = union.clamp(min=torch.finfo(union.dtype).tiny)  # no 0/0 (and no NaN gradient) for empty boxes
+    return torch.where(union > 0, inter / safe, torch.zeros_like(inter))
+
+
+class FasterRCNNBoxScoreTarget:
+    """How well a detector still finds given boxes: for object detection models (torchvision's Faster
+    R-CNN, RetinaNet, FCOS...), whose output for one image is a dict with ``"boxes"`` ``(M, 4)``
+    (x1, y1, x2, y2), ``"labels"`` ``(M,)`` and ``"scores"`` ``(M,)``.
+
+    For each wanted box ``b`` with label ``l`` the detection ``d`` with label ``l`` that overlaps ``b``
+    most is found; if ``IoU(b, d) > iou_threshold`` it contributes ``IoU(b, d) + score(d)`` (as in the
+    reference library: both the localisation and the classification of the box are explained),
+    otherwise 0. ``score = sum_b contribution(b)``.
+
+    When no wanted box is matched the score is a zero that is still connected to the output, so the
+    gradients are zero rather than missing (the engine then warns that the target's gradient is zero
+    and gives an all-zero map).
+
+    Args:
+        labels: one class index per wanted box, a sequence of non-negative ints.
+        bounding_boxes: ``(N, 4)`` boxes in the output's coordinates, a numpy array, a tensor or a list.
+        iou_threshold: the overlap a detection needs to count, in ``[0, 1)``.
+
+    Shapes: a dict with ``"boxes"`` ``(M, 4)``, ``"labels"`` ``(M,)`` and ``"scores"`` ``(M,)`` -> 0-dim.
+
+    Example:
+        >>> detections = model(x)[0]  # what the detector found
+        >>> keep = detections["scores"] > 0.9
+        >>> target = FasterRCNNBoxScoreTarget(detections["labels"][keep], detections["boxes"][keep])
+        >>> cam = EigenCAM(model, [model.backbone], reshape_transform=fpn_reshape_transform)
+        >>> maps = cam(x, targets=[target])
+    """
+
+    def __init__(self, labels: Any, bounding_boxes: Any, iou_threshold: float = 0.5) -> None:
+        if isinstance(labels, torch.Tensor):
+            labels = labels.tolist()
+        elif isinstance(labels, np.ndarray):
+            labels = labels.tolist()
+        if isinstance(labels, (int, np.integer)) or not hasattr(labels, "__iter__"):
+            raise TypeError(f"labels must be a sequence of class indices (one per box), got "
+                            f"{type(labels).__name__}")
+        self.labels = [_check_category(label, "labels[]") for label in labels]
+        boxes = _as_float_tensor(bounding_boxes, "bounding_boxes")
+        if boxes.ndim == 1 and boxes.numel() == 4:
+            boxes = boxes[None]  # a single box
+        if boxes.numel() == 0:
+            boxes = boxes.reshape(0, 4)
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"bounding_boxes must have shape (N, 4) (x1, y1, x2, y2), got shape "
+                             f"{tuple(boxes.shape)}")
+        if boxes.shape[0] != len(self.labels):
+            raise ValueError(f"labels has {len(self.labels)} entries but bounding_boxes has {boxes.shape[0]} "
+                             "boxes; give one label per box")
+        if not bool(torch.isfinite(boxes).all()):
+            raise ValueError("bounding_boxes contains NaN or Inf")
+        if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, (int, float, np.integer,
+                                                                              np.floating)):
+            raise TypeError(f"iou_threshold must be a float in [0, 1), got {type(iou_threshold).__name__}")
+        if not 0.0 <= float(iou_threshold) < 1.0:
+            raise ValueError(f"iou_threshold must be in [0, 1), got {iou_threshold}")
+        self.bounding_boxes = boxes
+        self.iou_threshold = float(iou_threshold)
+
+    def __call__(self, model_output: Any) -> torch.Tensor:
+        who = type(self).__name__
+        if not isinstance(model_output, dict) or not {"boxes", "labels", "scores"} <= set(model_output):
+            got = f"a dict with keys {list(model_output)}" if isinstance(model_output, dict) \
+                else type(model_output).__name__
+            raise TypeError(f"{who} expects one image's detections, a dict with 'boxes', 'labels' and "
+                            f"'scores' (torchvision's detection models), got {got}")
+        boxes, labels, scores = model_output["boxes"], model_output["labels"], model_output["scores"]
+        # A zero connected to the output: without a match the gradients are zero, not missing.
+        total = scores.sum() * 0.0
+        if boxes.shape[0] == 0:
+            return total
+        wanted = self.bounding_boxes.to(device=boxes.device, dtype=boxes.dtype)  # (N, 4)
+        ious = _box_iou(wanted, boxes)  # (N, M)
+        for row, label in enumerate(self.labels):
+            same = labels == label  # (M,)
+            if not bool(same.any()):
+                continue
+            candidates = torch.where(same, ious[row], torch.full_like(ious[row], -1.0))
+            best = int(candidates.argmax())
+            if float(ious[row, best].detach()) > self.iou_threshold:
+                total = total + ious[row, best] + scores[best]
+        return total
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(labels={self.labels}, {self.bounding_boxes.shape[0]} boxes, "
+                f"iou_threshold={self.iou_threshold})")
+
+
+class _ConceptTarget:
+    """Shared by the embedding targets: the cosine similarity of the output with a concept vector."""
+
+    def __init__(self, features: Any) -> None:
+        concept = _as_float_tensor(features, "features")
+        if concept.ndim == 2 and concept.shape[0] == 1:
+            concept = concept[0]
+        if concept.ndim != 1 or concept.numel() == 0:
+            raise ValueError(f"features must be one embedding vector of shape (D,) (or (1, D)), got shape "
+                             f"{tuple(concept.shape)}")
+        if not bool(torch.isfinite(concept).all()):
+            raise ValueError("features contains NaN or Inf")
+        if float(concept.norm()) == 0.0:
+            raise ValueError("features is the zero vector; its cosine similarity is undefined")
+        self.features = concept
+
+    def _similarity(self, model_output: torch.Tensor) -> torch.Tensor:
+        who = type(self).__name__
+        rows, scalar = _as_rows(model_output, who)
+        if rows.shape[-1] != self.features.numel():
+            raise ValueError(f"{who}: the model output has {rows.shape[-1]} features (shape "
+                             f"{tuple(model_output.shape)}) but the concept has {self.features.numel()}")
+        concept = self.features.to(device=rows.device, dtype=rows.dtype)
+        # cos = <y, f> / max(|y| |f|, eps), as torch.nn.functional.cosine_similarity.
+        similarity = torch.nn.functional.cosine_similarity(rows, concept[None], dim=-1)  # (B,)
+        return _finish(similarity, scalar)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(features of dimension {self.features.numel()})"
+
+
+class SimilarityToConceptTarget(_ConceptTarget):
+    """For embedding models: the cosine similarity of the image's embedding with a concept's,
+    ``score = <y, f> / (|y| |f|)``, so the CAM shows what makes the image look like the concept.
+
+    Args:
+        features: the concept's embedding ``(D,)`` (or ``(1, D)``), e.g. the embedding of a
+            reference image; a numpy array or a tensor, moved to the output's device at each call.
+
+    Shapes: ``(D,)`` or ``(1, D)`` -> 0-dim tensor; ``(B, D)`` -> ``(B,)``.
+
+    Example:
+        >>> car = model(car_image)[0]
+        >>> cam(x, targets=[SimilarityToConceptTarget(car)])
+    """
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        return self._similarity(model_output)
+
+
+class DifferenceFromConceptTarget(_ConceptTarget):
+    """For embedding models: ``score = 1 - <y, f> / (|y| |f|)``, one minus the cosine similarity of the
+    image's embedding with a concept's, so the CAM shows what makes the image differ from the concept.
+
+    Args:
+        features: the concept's embedding ``(D,)`` (or ``(1, D)``), a numpy array or a tensor.
+
+    Shapes: ``(D,)`` or ``(1, D)`` -> 0-dim tensor; ``(B, D)`` -> ``(B,)``.
+
+    Example:
+        >>> cam(x, targets=[DifferenceFromConceptTarget(model(cloud_image)[0])])
+    """
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        return 1.0 - self._similarity(model_output)

@@ -8,12 +8,16 @@ so both come out as ``(B, C, h, w)`` channel maps on the patch grid. Pass a func
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-__all__ = ["swinT_reshape_transform", "swin_reshape_transform", "vit_reshape_transform"]
+__all__ = [
+    "fasterrcnn_reshape_transform", "fpn_reshape_transform", "swinT_reshape_transform",
+    "swin_reshape_transform", "vit_reshape_transform",
+]
 
 #: The most prefix tokens guessed when none are given: class + distillation + up to a few registers.
 _MAX_INFERRED_PREFIX = 8
@@ -178,3 +182,78 @@ def swinT_reshape_transform(tensor: torch.Tensor, height: int | None = None,
 
 #: Alias of :func:`swinT_reshape_transform`.
 swin_reshape_transform = swinT_reshape_transform
+
+
+def fpn_reshape_transform(features: Union[Mapping[Any, torch.Tensor], Sequence[torch.Tensor]],
+                          size: Union[None, str, Sequence[int]] = None,
+                          absolute: bool = True) -> torch.Tensor:
+    """A feature pyramid's levels -> one ``(B, sum_l C_l, h, w)`` tensor: every level resized to one
+    grid and the levels concatenated along the channels.
+
+    For detectors whose backbone returns a dict of pyramid levels (torchvision's Faster R-CNN,
+    RetinaNet, FCOS: ``target_layers=[model.backbone]``, output ``OrderedDict('0': (B, C, H/8, W/8),
+    ..., 'pool': ...)``). With ``absolute`` (the default, as the reference library's tutorial) each level
+    is replaced by its magnitude first, since FPN outputs are signed (no ReLU); the engine applies the
+    transform to the gradients as well, so pass ``absolute=False`` (``functools.partial``) to keep the
+    gradients' signs for gradient-based methods.
+
+    ``out = cat_l resize(|F_l|, (h, w))`` with bilinear resizing (half-pixel centres).
+
+    Args:
+        features: the levels, a dict (in its order) or a list/tuple of ``(B, C_l, H_l, W_l)`` tensors.
+        size: the common grid: ``None`` for the coarsest level's (the smallest, ``'pool'`` in
+            torchvision, as the reference library), a key of ``features`` for that level's, or ``(h, w)``.
+        absolute: whether to take each level's absolute value.
+
+    Returns:
+        ``(B, sum_l C_l, h, w)`` tensor.
+
+    Example:
+        >>> cam = EigenCAM(model, [model.backbone], reshape_transform=fpn_reshape_transform)
+        >>> levels = {"0": torch.randn(1, 256, 32, 32), "pool": torch.randn(1, 256, 8, 8)}
+        >>> fpn_reshape_transform(levels).shape
+        torch.Size([1, 512, 8, 8])
+    """
+    who = "fpn_reshape_transform"
+    if isinstance(features, Mapping):
+        levels = list(features.values())
+        names = list(features.keys())
+    elif isinstance(features, (list, tuple)):
+        levels, names = list(features), list(range(len(features)))
+    else:
+        raise TypeError(f"{who} expects the pyramid levels as a dict or a list of (B, C, H, W) tensors, got "
+                        f"{type(features).__name__}")
+    if not levels:
+        raise ValueError(f"{who}: got no pyramid levels")
+    for name, level in zip(names, levels):
+        if not isinstance(level, torch.Tensor) or level.ndim != 4:
+            got = tuple(level.shape) if isinstance(level, torch.Tensor) else type(level).__name__
+            raise ValueError(f"{who}: level {name!r} must be a (B, C, H, W) tensor, got {got}")
+        if level.shape[0] != levels[0].shape[0]:
+            raise ValueError(f"{who}: level {name!r} has batch size {level.shape[0]}, level {names[0]!r} has "
+                             f"{levels[0].shape[0]}")
+    if size is None:
+        grid = tuple(min((level.shape[-2:] for level in levels), key=lambda hw: hw[0] * hw[1]))
+    elif isinstance(size, (str, int)) and not isinstance(size, bool) and size in names:
+        grid = tuple(levels[names.index(size)].shape[-2:])
+    elif isinstance(size, str):
+        raise ValueError(f"{who}: size {size!r} is not a level of the pyramid (levels: {names})")
+    else:
+        grid = (_optional_positive_int(size[0], "size[0]"), _optional_positive_int(size[1], "size[1]")) \
+            if isinstance(size, (list, tuple)) and len(size) == 2 else None
+        if grid is None or None in grid:
+            raise ValueError(f"{who}: size must be None, a level's key or (height, width), got {size!r}")
+    resized = []
+    for level in levels:
+        level = level.abs() if absolute else level
+        if tuple(level.shape[-2:]) != grid:
+            level = F.interpolate(level, size=grid, mode="bilinear", align_corners=False)
+        resized.append(level)  # (B, C_l, h, w)
+    return torch.cat(resized, dim=1)
+
+
+def fasterrcnn_reshape_transform(features: Union[Mapping[Any, torch.Tensor], Sequence[torch.Tensor]],
+                                 ) -> torch.Tensor:
+    """The reference library's name for :func:`fpn_reshape_transform` with its defaults: every level's
+    magnitude, resized to the coarsest level's grid, concatenated along the channels."""
+    return fpn_reshape_transform(features)
