@@ -96,3 +96,23 @@ def test_swin_example(tmp_path):
     red = redness(read_image(files["swin_torchvision.jpg"], (224, 224, 3)), photo)
     # The (B, 7, 7, C) channels-last maps were read right: a map with hot and cold cells, not a flat one.
     assert red.max() > 100 and red.min() < -50, (red.max(), red.min())
+
+
+# The espresso cup (without the saucer) in examples/cat_and_coffee.jpg, rows and columns read off the
+# photo; the cat fills the left half.
+CUP = (slice(15, 165), slice(265, 400))
+CAT_HALF = (slice(None), slice(0, 224))
+
+
+def test_embeddings_example_finds_the_concepts(tmp_path):
+    needs_pretrained()
+    out, files = run_example("embeddings_example.py", tmp_path)
+    assert set(files) == {"embedding_similar_to_coffee.jpg", "embedding_similar_to_cat.jpg"}
+    photo = read_image(PHOTOS / "cat_and_coffee.jpg", (224, 448, 3))
+    coffee = redness(read_image(files["embedding_similar_to_coffee.jpg"], photo.shape), photo)
+    cat = redness(read_image(files["embedding_similar_to_cat.jpg"], photo.shape), photo)
+    # Measured: "coffee" is hot on the cup (mean redness +110) and cold everywhere on the cat (max -125);
+    # "cat" is hot on the cat (mean +136) and cold on the cup (mean -131).
+    assert coffee[CUP].mean() > 50 and coffee[CAT_HALF].max() < 0, \
+        (coffee[CUP].mean(), coffee[CAT_HALF].max())
+    assert cat[CAT_HALF].mean() > 50 and cat[CUP].mean() < -50, (cat[CAT_HALF].mean(), cat[CUP].mean())
