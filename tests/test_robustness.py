@@ -18,6 +18,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 ALL = cam_factory.ALL
 GRADIENT = cam_factory.GRADIENT
+LAYERED = cam_factory.LAYERED  # the methods whose map comes from target_layers
 PERTURBATION = cam_factory.PERTURBATION
 NUM_CLASSES = 5
 
@@ -220,7 +221,14 @@ def test_half_precision_models(name, dtype):
         maps = make_cam(name, half, [half.block])(inputs, targets=[1, 3])
         assert maps.dtype == np.float32 and maps.shape == (2, 24, 24)
         assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
-        np.testing.assert_allclose(maps, expected, atol=HALF_ATOL[dtype])
+        if METHODS[name].uses_target_layers:
+            np.testing.assert_allclose(maps, expected, atol=HALF_ATOL[dtype])
+        else:
+            # FullGrad's map is per pixel, nothing is pooled: a ReLU whose input rounds to the other
+            # sign in half precision changes the gradient at its pixels fully (here 1 of 6912 gates
+            # flips in fp16, 11 in bf16: max differences 0.03 / 0.17), so the maps agree on average
+            # (measured mean differences 5.7e-4 / 3.2e-3).
+            assert np.abs(maps - expected).mean() < HALF_ATOL[dtype] / 2
     assert all(p.dtype == dtype for p in half.parameters())
 
 
@@ -238,7 +246,7 @@ def test_target_layer_order_does_not_matter_resnet18():
     assert np.abs(a - only4).max() > 0.01  # the second layer really contributes
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", LAYERED)
 def test_target_layer_order_does_not_matter(name):
     model = make_tiny()
     x = make_input()
@@ -265,7 +273,7 @@ class SharedConv(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", LAYERED)
 def test_module_that_runs_twice_is_refused(name):
     model = SharedConv()
     with pytest.raises(ValueError, match=r"'conv' ran more than once"):
@@ -391,7 +399,7 @@ def counting_extras():
     return model, model.inner
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", LAYERED)
 @pytest.mark.parametrize("bad, error, match", [
     (lambda m: [nn.Conv2d(8, 8, 1)], ValueError, r"target_layers\[0\].*not a module of the model"),
     (lambda m: [m.tiny.block, nn.ReLU()], ValueError, r"target_layers\[1\].*not a module of the model"),
@@ -406,7 +414,7 @@ def test_bad_target_layers_at_construction(name, bad, error, match):
     assert model.calls == 0
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", LAYERED)
 def test_layer_that_never_runs(name):
     model, inner = counting_extras()
     with pytest.raises(ValueError, match=r"'inner\.never' did not run"):
@@ -414,7 +422,7 @@ def test_layer_that_never_runs(name):
     assert model.calls == 2  # one forward pass of the batch, no perturbations
 
 
-@pytest.mark.parametrize("name", GRADIENT)
+@pytest.mark.parametrize("name", [n for n in GRADIENT if n in LAYERED])
 def test_no_gradient_reaching_the_layer(name):
     model, inner = counting_extras()
     with pytest.raises(ValueError, match=r"no gradient reaches target layer\(s\) \['inner\.side'\]"):
@@ -425,7 +433,7 @@ def test_no_gradient_reaching_the_layer(name):
     assert model.calls == 4
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", LAYERED)
 def test_layer_with_tuple_output(name):
     model, inner = counting_extras()
     with pytest.raises(TypeError, match=r"'inner\.pair' returns tuple"):
@@ -686,8 +694,10 @@ def test_1d_signals_and_3d_volumes(name, kind):
 
 # ============================================================================ a model without parameters
 # The hand derivation below holds for maps that are weighted sums of the activations; EigenGrad-CAM
-# and Seg-Eigen-CAM project on a principal component instead (covered in test_formulas.py).
-@pytest.mark.parametrize("name", [n for n in GRADIENT if n not in ("eigengradcam", "segeigencam")])
+# and Seg-Eigen-CAM project on a principal component instead (covered in test_formulas.py); FullGrad
+# has no target layer (its map of this model is checked in test_fullgrad.py).
+@pytest.mark.parametrize("name", [n for n in GRADIENT
+                                  if n in LAYERED and n not in ("eigengradcam", "segeigencam")])
 def test_model_without_parameters(name):
     model = nn.Sequential(nn.AvgPool2d(2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     assert not list(model.parameters()) and not list(model.buffers())
