@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import torch
 
-__all__ = ["deprocess_image", "preprocess_image", "scale_cam_image", "show_cam_on_image"]
+__all__ = ["deprocess_image", "preprocess_image", "scale_cam_image", "show_cam_on_image",
+           "show_factorization_on_image"]
 
 # The reference library's defaults; torchvision's ImageNet models want
 # mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), passed explicitly.
@@ -253,3 +254,129 @@ def scale_cam_image(cam: np.ndarray, target_size: int | Sequence[int] | None = N
         tail = cam.shape[1:] if size is None else tuple(reversed(size))
         return np.zeros((0, *tail), dtype=np.float32)
     return np.stack(result).astype(np.float32)
+
+
+def _concept_colors(colors: Any, n_components: int) -> np.ndarray:
+    """``(K, 3)`` RGB floats in [0, 1]: the given colours, or ``K`` hues evenly spaced on the colour wheel."""
+    if colors is None:
+        import colorsys
+
+        return np.array([colorsys.hsv_to_rgb(i / n_components, 1.0, 1.0) for i in range(n_components)])
+    try:
+        rows = [np.asarray(c, dtype=np.float64).reshape(-1) for c in colors]
+    except (TypeError, ValueError):
+        raise TypeError("colors must be a list of RGB (or RGBA) colours with values in [0, 1], "
+                        f"got {colors!r}") from None
+    if len(rows) != n_components:
+        raise ValueError(f"colors has {len(rows)} entries but explanations has {n_components} components; "
+                         "give one colour per component")
+    for i, row in enumerate(rows):
+        if row.shape[0] not in (3, 4) or not np.all(np.isfinite(row)) or row.min() < 0 or row.max() > 1:
+            raise ValueError(f"colors[{i}] must be 3 (RGB) or 4 (RGBA) values in [0, 1], got {colors[i]!r}; "
+                             "for 0-255 colours divide by 255")
+    return np.stack([row[:3] for row in rows])
+
+
+def _legend_panel(height: int, width: int, colors: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+    """A white ``(height, width, 3)`` uint8 panel: per concept a box of its colour and its label's lines.
+
+    Drawn with OpenCV's Hershey font (ASCII only: other characters are drawn as '?'), sized so that
+    every line fits the panel."""
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    panel = np.full((height, width, 3), 255, dtype=np.uint8)
+    entries = [[line.encode("ascii", "replace").decode("ascii") for line in label.split("\n")]
+               for label in labels]
+    rows = sum(len(lines) for lines in entries) + 0.5 * (len(entries) + 1)  # lines plus half-row gaps
+    row = min(height / rows, height / 8)
+    margin = max(1.0, 0.02 * width)
+    box = 0.8 * row
+    text_x = margin + box + margin
+    (_, text_h), _ = cv2.getTextSize("Ag", font, 1.0, 1)
+    widest = max((cv2.getTextSize(line, font, 1.0, 1)[0][0] for lines in entries for line in lines if line),
+                 default=1)
+    scale = min(0.6 * row / text_h, max(width - text_x - margin, 1.0) / max(widest, 1))
+    thickness = max(1, int(round(scale)))
+    y = 0.5 * row
+    for color, lines in zip(colors, entries):
+        rgb = tuple(int(round(255 * c)) for c in color)
+        top = int(round(y + 0.1 * row))
+        cv2.rectangle(panel, (int(round(margin)), top), (int(round(margin + box)), int(round(top + box))),
+                      rgb, thickness=-1)
+        for j, line in enumerate(lines):
+            baseline = int(round(y + j * row + (row + scale * text_h) / 2))
+            cv2.putText(panel, line, (int(round(text_x)), baseline), font, scale, (0, 0, 0), thickness,
+                        cv2.LINE_AA)
+        y += (len(lines) + 0.5) * row
+    return panel
+
+
+def show_factorization_on_image(img: np.ndarray, explanations: np.ndarray,
+                                colors: Sequence[Sequence[float]] | None = None, image_weight: float = 0.5,
+                                concept_labels: Sequence[str] | None = None) -> np.ndarray:
+    """Colour each pixel by its dominant concept of a Deep Feature Factorization, blended with the image.
+
+    At each pixel the concept with the largest explanation value ``e`` wins (ties: the lowest index);
+    the pixel gets that concept's colour at brightness ``e`` (its hue and saturation, with HSV value
+    ``e``: ``e * c / max(c)``), and ``out = uint8(255 * (image_weight * img + (1 - image_weight) * mask))``.
+
+    Args:
+        img: ``(H, W, 3)`` RGB float image with values in [0, 1].
+        explanations: ``(K, h, w)`` heatmaps in [0, 1], e.g. ``explanations[i]`` of a
+            :class:`~pytorch_grad_cam.DeepFeatureFactorization` call; resized to ``(H, W)`` (bilinear) if
+            needed. Not modified.
+        colors: one RGB (or RGBA, alpha ignored) colour per concept, values in [0, 1]; by default ``K``
+            hues evenly spaced on the colour wheel (red first).
+        image_weight: weight of the image in the blend, in [0, 1].
+        concept_labels: one string per concept (``"\\n"`` separates lines); if given, a legend panel as
+            large as the image, with each concept's colour and label, is drawn (with OpenCV) to the right.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB image, or ``(H, 2 * W, 3)`` with the legend.
+
+    Example:
+        >>> concepts, explanations, logits = dff(x, n_components=4)
+        >>> vis = show_factorization_on_image(rgb, explanations[0], image_weight=0.3,
+        ...                                   concept_labels=["cat", "dog", "grass", "sky"])
+    """
+    _require_array(img, "img")
+    _require_array(explanations, "explanations")
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"img must have shape (H, W, 3), got shape {img.shape}")
+    _require_unit_float_image(img, "img")
+    if explanations.ndim != 3 or explanations.shape[0] == 0 or explanations.size == 0:
+        raise ValueError(f"explanations must have shape (K, H, W) with K >= 1 (one image's heatmaps, e.g. "
+                         f"batch_explanations[0]), got shape {explanations.shape}")
+    if isinstance(image_weight, bool) or not isinstance(image_weight, Real):
+        raise TypeError(f"image_weight must be a float in [0, 1], got {type(image_weight).__name__}")
+    if not 0.0 <= float(image_weight) <= 1.0:
+        raise ValueError(f"image_weight must be in [0, 1], got {image_weight}")
+    n_components = explanations.shape[0]
+    palette = _concept_colors(colors, n_components)  # (K, 3)
+    if concept_labels is not None:
+        if isinstance(concept_labels, str) or len(concept_labels) != n_components:
+            raise ValueError(f"concept_labels must be a list of {n_components} strings (one per component), "
+                             f"got {concept_labels!r}")
+        if not all(isinstance(label, str) for label in concept_labels):
+            raise TypeError("concept_labels must be strings")
+
+    maps = explanations.astype(np.float64)  # a copy: the caller's array is never modified
+    lo, hi = float(np.min(maps)), float(np.max(maps))
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError("explanations contain NaN or infinite values")
+    if lo < -1e-6 or hi > 1 + 1e-6:
+        raise ValueError(f"explanations must be in [0, 1], got min {lo:g} and max {hi:g}")
+    height, width = img.shape[:2]
+    if maps.shape[1:] != (height, width):
+        maps = np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in maps])
+    maps = np.clip(maps, 0.0, 1.0)  # (K, H, W)
+
+    brightest = palette.max(1, keepdims=True)  # (K, 1)
+    # Full-brightness colours; a black colour has no hue, so like HSV it becomes grey.
+    full = np.where(brightest > 0, palette / np.where(brightest > 0, brightest, 1), 1.0)  # (K, 3)
+    dominant = maps.argmax(0)  # (H, W)
+    strength = np.take_along_axis(maps, dominant[None], 0)[0]  # (H, W)
+    mask = full[dominant] * strength[..., None]  # (H, W, 3)
+    result = np.uint8(255 * (image_weight * img.astype(np.float64) + (1 - image_weight) * mask))
+    if concept_labels is None:
+        return result
+    return np.hstack((result, _legend_panel(height, width, palette, concept_labels)))

@@ -1,0 +1,388 @@
+"""Deep Feature Factorization: non-negative matrix factorisation of a layer's activations.
+
+Deep Feature Factorization (Collins, Achanta & Süsstrunk, arXiv:1806.10206) factorises the
+activations of one layer, of all images of a batch together, into ``K`` concepts: channel loadings
+(what a concept looks like to the network) and, per image, a heatmap of where each concept is. It needs
+no gradients and no targets. The NMF is written here in torch (Lee & Seung's multiplicative updates),
+so it runs on the model's device and needs no scikit-learn.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._capture import LayerCapture, layer_name
+from ._model_state import evaluation_state, model_device, model_float_dtype
+from .base_cam import BaseCAM, resize_maps
+
+__all__ = ["DeepFeatureFactorization", "NMFResult", "dff", "nmf"]
+
+NMF_INITS = ("nndsvda", "random")
+NEGATIVES = ("shift", "clamp")
+
+#: How often (in iterations) the reconstruction error is measured for the ``tol`` stopping rule.
+_CHECK_EVERY = 10
+
+
+class NMFResult(NamedTuple):
+    """``w`` ``(M, K)`` and ``h`` ``(K, N)``, non-negative, ``V ~ w @ h``, after ``n_iter`` updates."""
+
+    w: torch.Tensor
+    h: torch.Tensor
+    n_iter: int
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_tol(tol) -> float:
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)):
+        raise TypeError(f"tol must be a float >= 0, got {type(tol).__name__} {tol!r}")
+    if not tol >= 0:  # also refuses NaN
+        raise ValueError(f"tol must be a float >= 0, got {tol}")
+    return float(tol)
+
+
+def _check_choice(value, name: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def _nndsvda(v: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """NNDSVD initialisation (Boutsidis & Gallopoulos, 2008), zeros filled with the mean of ``v``.
+
+    For each of the top ``k`` singular triplets ``(s_j, u_j, v_j)``, the positive or the negative part
+    of ``(u_j, v_j)``, whichever has the larger product of norms ``m``, is kept and normalised:
+    ``w_j = sqrt(s_j m) u_j+ / |u_j+|``, ``h_j = sqrt(s_j m) v_j+ / |v_j+|``. The choice does not depend
+    on the arbitrary sign of the singular vectors, so the initialisation is deterministic. Exact zeros
+    are replaced by ``mean(v)`` ("NNDSVDa"): a multiplicative update can never move a zero.
+    """
+    u, s, vh = torch.linalg.svd(v, full_matrices=False)
+    u, s, vh = u[:, :k], s[:k], vh[:k]  # (M, K), (K,), (K, N)
+    tiny = torch.finfo(v.dtype).tiny
+    up, un = u.clamp_min(0), (-u).clamp_min(0)  # (M, K)
+    vp, vn = vh.clamp_min(0), (-vh).clamp_min(0)  # (K, N)
+    up_norm, un_norm = up.norm(dim=0), un.norm(dim=0)  # (K,)
+    vp_norm, vn_norm = vp.norm(dim=1), vn.norm(dim=1)  # (K,)
+    m_pos, m_neg = up_norm * vp_norm, un_norm * vn_norm  # (K,)
+    positive = m_pos > m_neg
+    w_dir = torch.where(positive, up / up_norm.clamp_min(tiny), un / un_norm.clamp_min(tiny))  # (M, K)
+    h_dir = torch.where(positive[:, None], vp / vp_norm.clamp_min(tiny)[:, None],
+                        vn / vn_norm.clamp_min(tiny)[:, None])  # (K, N)
+    scale = (s * torch.where(positive, m_pos, m_neg)).sqrt()  # (K,)
+    w, h = w_dir * scale, h_dir * scale[:, None]
+    mean = v.mean()
+    w = torch.where(w == 0, mean, w)
+    h = torch.where(h == 0, mean, h)
+    return w, h
+
+
+def _random_init(v: torch.Tensor, k: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``|N(0, 1)| * sqrt(mean(v) / k)`` from a CPU generator seeded with ``seed`` (same draw on any
+    device), so that ``w @ h`` has about the mean of ``v``."""
+    generator = torch.Generator().manual_seed(seed)
+    scale = (v.mean() / k).sqrt()
+    w = torch.randn(v.shape[0], k, generator=generator, dtype=v.dtype).abs().to(v.device) * scale
+    h = torch.randn(k, v.shape[1], generator=generator, dtype=v.dtype).abs().to(v.device) * scale
+    return w, h
+
+
+def nmf(matrix: torch.Tensor, n_components: int, *, max_iter: int = 200, tol: float = 1e-4,
+        init: str = "nndsvda", seed: int = 0) -> NMFResult:
+    """Non-negative matrix factorisation ``V ~ W H`` by Lee & Seung's multiplicative updates.
+
+    Minimises ``|V - W H|_F`` over ``W >= 0`` ``(M, K)`` and ``H >= 0`` ``(K, N)`` by alternating
+
+        ``H <- H * (W^T V) / (W^T W H)``,   then   ``W <- W * (V H^T) / (W H H^T)``,
+
+    each of which never increases the error (Lee & Seung, NIPS 2000). Denominators are clamped at the
+    smallest normal float (a denominator is zero only where its numerator is, so this changes no scale).
+    Every 10 updates the error is measured; the loop stops when it fell by less than
+    ``tol * |V - W0 H0|_F`` over those 10 updates (``tol=0``: always ``max_iter`` updates).
+
+    Computed on ``matrix``'s device, in float64 for a float64 matrix and float32 otherwise.
+
+    Args:
+        matrix: ``(M, N)`` non-negative tensor.
+        n_components: ``K``, between 1 and ``min(M, N)``.
+        max_iter: the most updates of both factors (0: only the initialisation).
+        tol: the relative stopping tolerance, >= 0.
+        init: ``"nndsvda"`` (default; deterministic, from the SVD, see ``_nndsvda``) or ``"random"``
+            (``|N(0, 1)| * sqrt(mean(V) / K)`` from a generator seeded with ``seed``).
+        seed: the seed of the random initialisation.
+
+    Returns:
+        :class:`NMFResult` ``(w, h, n_iter)``.
+
+    Example:
+        >>> v = torch.rand(20, 3) @ torch.rand(3, 30)
+        >>> w, h, n_iter = nmf(v, 3, tol=0, max_iter=500)  # (20, 3), (3, 30); w @ h ~ v
+    """
+    if not isinstance(matrix, torch.Tensor):
+        raise TypeError(f"matrix must be a torch.Tensor, got {type(matrix).__name__}")
+    if matrix.ndim != 2:
+        raise ValueError(f"matrix must be 2-D (M, N), got shape {tuple(matrix.shape)}")
+    k = _check_int(n_components, "n_components", 1)
+    if k > min(matrix.shape):
+        raise ValueError(f"n_components must be at most min(M, N) = {min(matrix.shape)} for a matrix of "
+                         f"shape {tuple(matrix.shape)}, got {k}")
+    max_iter = _check_int(max_iter, "max_iter", 0)
+    tol = _check_tol(tol)
+    _check_choice(init, "init", NMF_INITS)
+    seed = _check_int(seed, "seed", 0)
+    v = matrix.detach().to(torch.float64 if matrix.dtype == torch.float64 else torch.float32)
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError("matrix contains NaN or Inf")
+    if bool((v < 0).any()):
+        raise ValueError(f"matrix must be non-negative, its minimum is {float(v.min()):g}")
+
+    w, h = _nndsvda(v, k) if init == "nndsvda" else _random_init(v, k, seed)
+    tiny = torch.finfo(v.dtype).tiny
+    error_0 = previous = float(torch.linalg.norm(v - w @ h)) if tol > 0 else 0.0
+    n_iter = 0
+    for n_iter in range(1, max_iter + 1):
+        h = h * (w.T @ v) / ((w.T @ w) @ h).clamp_min(tiny)  # (K, N)
+        w = w * (v @ h.T) / (w @ (h @ h.T)).clamp_min(tiny)  # (M, K)
+        if tol > 0 and n_iter % _CHECK_EVERY == 0:
+            error = float(torch.linalg.norm(v - w @ h))
+            if previous - error <= tol * error_0:
+                break
+            previous = error
+    return NMFResult(w, h, n_iter)
+
+
+def _factorize(activations: torch.Tensor, n_components: int, max_iter: int, tol: float, init: str,
+               seed: int, negatives: str, stacklevel: int = 3) -> Tuple[torch.Tensor, torch.Tensor]:
+    """DFF of ``(B, C, *spatial)`` activations -> concepts ``(C, K)`` and heatmaps ``(B, K, *spatial)``.
+
+    ``V`` = the activations as (channels x every position of every image); with negative values each
+    channel with a negative minimum is shifted up by it (``negatives="shift"``) or ``V`` is clamped at
+    0 (``"clamp"``). ``V - offset ~ W H`` by NMF, and each component is rescaled so that its heatmap
+    peaks at 1 over the batch: ``W_k *= max(H_k)``, ``H_k /= max(H_k)``. The concepts are
+    ``W + offset``: the activation vector where concept ``k`` alone is at full strength.
+    """
+    if activations.ndim < 3:
+        raise ValueError(f"activations must have shape (B, C, *spatial), got {tuple(activations.shape)}")
+    if not bool(torch.isfinite(activations).all()):
+        raise ValueError("the activations contain NaN or Inf; DFF needs finite activations")
+    dtype = torch.float64 if activations.dtype == torch.float64 else torch.float32
+    acts = activations.detach().to(dtype)
+    batch, channels, spatial = acts.shape[0], acts.shape[1], acts.shape[2:]
+    v = acts.transpose(0, 1).reshape(channels, -1)  # (C, B*N): every position of every image
+    k = _check_int(n_components, "n_components", 1)
+    if k > min(v.shape):
+        raise ValueError(f"n_components must be at most min(channels, positions) = {min(v.shape)} (the "
+                         f"activations have {channels} channels and {v.shape[1]} positions over the batch), "
+                         f"got {k}")
+    if negatives == "shift":
+        offset = v.amin(1).clamp_max(0)  # (C,): 0 for channels that are already non-negative
+        v = v - offset[:, None]
+    else:
+        offset = torch.zeros(channels, dtype=dtype, device=v.device)
+        v = v.clamp_min(0)
+    if not bool((v > 0).any()):
+        warnings.warn("the activations are all zero (after making them non-negative): every concept and "
+                      "every explanation is zero", RuntimeWarning, stacklevel=stacklevel)
+    w, h, _ = nmf(v, k, max_iter=max_iter, tol=tol, init=init, seed=seed)  # (C, K), (K, B*N)
+    peak = h.amax(1)  # (K,)
+    empty = (peak <= 0).nonzero().flatten().tolist()
+    if empty and bool((v > 0).any()):
+        warnings.warn(f"NMF component(s) {empty} are empty (zero everywhere); use fewer n_components",
+                      RuntimeWarning, stacklevel=stacklevel)
+    scale = torch.where(peak > 0, peak, torch.ones_like(peak))
+    w, h = w * scale, h / scale[:, None]
+    concepts = w + offset[:, None]  # (C, K)
+    explanations = h.reshape(k, batch, *spatial).transpose(0, 1)  # (B, K, *spatial)
+    return concepts, explanations
+
+
+def dff(activations: Union[np.ndarray, torch.Tensor], n_components: int = 5, *, max_iter: int = 200,
+        tol: float = 1e-4, init: str = "nndsvda", seed: int = 0,
+        negatives: str = "shift") -> Tuple[np.ndarray, np.ndarray]:
+    """Deep Feature Factorization of already computed activations (the reference library's ``dff``).
+
+    Args:
+        activations: ``(B, C, *spatial)`` numpy array or tensor (e.g. ``(B, C, H, W)``).
+        n_components: the number of concepts ``K``, at most ``min(C, B * H * W)``.
+        max_iter, tol, init, seed: of the NMF (:func:`nmf`).
+        negatives: ``"shift"`` or ``"clamp"`` (see :class:`DeepFeatureFactorization`).
+
+    Returns:
+        ``(concepts, explanations)``: float32 ``(C, K)`` channel loadings and ``(B, K, *spatial)``
+        heatmaps on the layer's grid (not resized), in [0, 1], each concept peaking at 1 over the batch.
+    """
+    _check_choice(negatives, "negatives", NEGATIVES)
+    if isinstance(activations, np.ndarray):
+        activations = torch.from_numpy(activations)
+    if not isinstance(activations, torch.Tensor):
+        raise TypeError(f"activations must be a numpy array or a torch.Tensor, got "
+                        f"{type(activations).__name__}")
+    if not activations.is_floating_point():
+        activations = activations.float()
+    concepts, explanations = _factorize(activations, n_components, max_iter, tol, init, seed, negatives)
+    return (concepts.cpu().numpy().astype(np.float32),
+            explanations.cpu().numpy().astype(np.float32))
+
+
+class DeepFeatureFactorization:
+    """Deep Feature Factorization (Collins, Achanta & Süsstrunk, arXiv:1806.10206).
+
+    The target layer's activations of all ``B`` images are put side by side as a non-negative matrix
+    ``V`` (channels ``C`` x positions ``B * H * W``) and factorised by NMF: ``V ~ W H``, ``W`` ``(C, K)``,
+    ``H`` ``(K, B * H * W)``. Column ``k`` of ``W`` is a concept, a pattern of channels; row ``k`` of
+    ``H``, cut per image, says where that concept is. Concepts are shared by the images of one call,
+    so a call on several images co-segments them. No gradients, no targets.
+
+    Details (see :func:`nmf` for the factorisation):
+      * Negative activations (a layer before its ReLU, a transformer's tokens): with
+        ``negatives="shift"`` (default, as the reference library) each channel whose minimum over the
+        batch is negative is shifted up by it, ``V - offset ~ W H``, and the offset is added back to the
+        concepts; channels that are already non-negative (every ReLU output) are left as they are, so
+        on ReLU features this is exactly the paper's DFF. ``negatives="clamp"`` sets them to 0 instead.
+      * Scale: each component is rescaled so that its heatmap peaks at 1 over the batch
+        (``W_k *= max(H_k)``, ``H_k /= max(H_k)``). A concept vector ``W_k + offset`` is then the
+        activation the factorisation predicts where concept ``k`` alone is at full strength, which is
+        what ``computation_on_concepts`` (e.g. the classifier head) is applied to.
+      * Explanations are those heatmaps resized (bilinear, as ``cv2.resize``) to the input: values in
+        [0, 1], comparable across the images of the call (the reference normalises each map per image).
+      * Deterministic: NNDSVDa initialisation by default (``init="random"`` uses ``seed``).
+
+    Args:
+        model: the network; left exactly as found (hooks only during a call, eval mode restored).
+        target_layer: the layer whose output is factorised (a module, or a list holding one).
+        reshape_transform: turns the layer's output into ``(B, C, *grid)``, e.g. ``vit_reshape_transform``.
+        computation_on_concepts: optional callable applied to the ``(K, C)`` concept vectors, e.g.
+            ``model.fc`` for a ResNet: its ``(K, num_classes)`` outputs (raw, no softmax) say what each
+            concept is. An ``nn.Module`` runs in eval mode, restored afterwards.
+        max_iter, tol, init, seed: of the NMF (defaults 200, 1e-4, ``"nndsvda"``, 0).
+        negatives: ``"shift"`` or ``"clamp"``, see above.
+        device: where to compute; by default the model's device.
+
+    Call ``dff(input_tensor, n_components=16)`` with a ``(B, C_in, *spatial)`` tensor. Returns
+    ``(concepts, explanations)``, or ``(concepts, explanations, concept_outputs)`` when
+    ``computation_on_concepts`` is given, all float32 numpy arrays:
+
+      * ``concepts``: ``(C, K)`` channel loadings (non-negative for non-negative activations);
+      * ``explanations``: ``(B, K, *spatial)`` heatmaps at the input's size, in [0, 1]
+        (``explanations[i]`` is image ``i``'s ``(K, H, W)``, for ``show_factorization_on_image``);
+      * ``concept_outputs``: ``(K, ...)``, ``computation_on_concepts(concepts.T)``.
+
+    Example:
+        >>> dff = DeepFeatureFactorization(model, model.layer4, computation_on_concepts=model.fc)
+        >>> concepts, explanations, logits = dff(x, n_components=4)  # (512, 4), (B, 4, 224, 224), (4, 1000)
+        >>> probs = torch.softmax(torch.from_numpy(logits), -1)  # what each concept looks like to the model
+        >>> vis = show_factorization_on_image(rgb, explanations[0], image_weight=0.3)
+    """
+
+    name = "dff"
+    uses_gradients = False
+    class_specific = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: Union[nn.Module, Sequence[nn.Module]],
+        reshape_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        computation_on_concepts: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        *,
+        max_iter: int = 200,
+        tol: float = 1e-4,
+        init: str = "nndsvda",
+        seed: int = 0,
+        negatives: str = "shift",
+        device: Union[None, str, torch.device] = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        layers = BaseCAM._check_layers(model, target_layer, None)
+        if len(layers) != 1:
+            raise ValueError(f"target_layer must be one layer, got {len(layers)}; DFF factorises one layer")
+        if reshape_transform is not None and not callable(reshape_transform):
+            raise TypeError(f"reshape_transform must be callable, got {type(reshape_transform).__name__}")
+        if computation_on_concepts is not None and not callable(computation_on_concepts):
+            raise TypeError(f"computation_on_concepts must be callable (e.g. the classifier head), got "
+                            f"{type(computation_on_concepts).__name__}")
+        self.model = model
+        self.target_layer = layers[0]
+        self.reshape_transform = reshape_transform
+        self.computation_on_concepts = computation_on_concepts
+        self.max_iter = _check_int(max_iter, "max_iter", 1)
+        self.tol = _check_tol(tol)
+        self.init = _check_choice(init, "init", NMF_INITS)
+        self.seed = _check_int(seed, "seed", 0)
+        self.negatives = _check_choice(negatives, "negatives", NEGATIVES)
+        self.device = BaseCAM._check_device(None, device)
+
+    def __enter__(self) -> "DeepFeatureFactorization":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        # Hooks only exist during a call: nothing to release, exceptions propagate.
+        return None
+
+    def __call__(self, input_tensor: torch.Tensor, n_components: int = 16) -> tuple:
+        x = BaseCAM._check_input(input_tensor)
+        _check_int(n_components, "n_components", 1)
+        model_dev = model_device(self.model)
+        device = self.device or model_dev or x.device
+        dtype = model_float_dtype(self.model) or x.dtype
+        move_to = self.device if self.device is not None and self.device != model_dev else None
+        with torch.inference_mode(False), evaluation_state(self.model, move_to):
+            x = x.detach().to(device=device, dtype=dtype)
+            activations = self._activations(x)  # (B, C, *grid)
+            concepts, explanations = _factorize(activations, n_components, self.max_iter, self.tol,
+                                                self.init, self.seed, self.negatives)
+            with torch.no_grad():
+                batch, k = explanations.shape[:2]
+                resized = resize_maps(explanations.reshape(batch * k, *explanations.shape[2:]).float(),
+                                      x.shape[2:])
+                resized = resized.reshape(batch, k, *x.shape[2:]).clamp(0, 1)  # (B, K, *spatial)
+            result = (concepts.cpu().numpy().astype(np.float32), resized.cpu().numpy().astype(np.float32))
+            if self.computation_on_concepts is None:
+                return result
+            return (*result, self._concept_outputs(concepts, dtype))
+
+    def _activations(self, x: torch.Tensor) -> torch.Tensor:
+        layer = self.target_layer
+        capture = LayerCapture(self.model, [layer], grad=False)
+        with capture, torch.no_grad():
+            self.model(x.clone())  # a copy: a model that modifies its input in place leaves the user's alone
+        if id(layer) not in capture.activations:
+            raise ValueError(f"target layer '{layer_name(self.model, layer)}' did not run in the model's "
+                             "forward pass; choose a layer that the forward pass uses")
+        activations = capture.activations[id(layer)].detach()
+        if self.reshape_transform is not None:
+            activations = self.reshape_transform(activations)
+        if not isinstance(activations, torch.Tensor) or activations.ndim < 3:
+            got = tuple(activations.shape) if isinstance(activations, torch.Tensor) else type(activations)
+            raise ValueError(f"target layer '{layer_name(self.model, layer)}' gives shape {got}; DFF needs "
+                             "(B, C, *spatial): choose a layer with spatial output or pass a "
+                             "reshape_transform (e.g. vit_reshape_transform for transformer tokens)")
+        return activations
+
+    def _concept_outputs(self, concepts: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+        head = self.computation_on_concepts
+        vectors = concepts.T.contiguous()  # (K, C)
+        if isinstance(head, nn.Module):
+            head_dev, head_dtype = model_device(head), model_float_dtype(head)
+            vectors = vectors.to(device=head_dev or vectors.device, dtype=head_dtype or dtype)
+            state = evaluation_state(head)
+        else:
+            vectors = vectors.to(dtype)
+            state = contextlib.nullcontext()
+        with state, torch.no_grad():
+            outputs = head(vectors)
+        if not isinstance(outputs, torch.Tensor):
+            raise TypeError(f"computation_on_concepts must return a tensor, got {type(outputs).__name__}")
+        return outputs.detach().float().cpu().numpy()
