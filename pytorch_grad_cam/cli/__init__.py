@@ -1,69 +1,93 @@
-"""Command line: explain one image's classification with a CAM method and save the overlay.
+"""Command line: explain images' classifications with CAM methods; overlays, raw maps, grids, a report.
 
-Run as ``pytorch-grad-cam ...`` (the installed console script), ``python cam.py ...`` from a
-source checkout, or call :func:`main` with a list of arguments.
+Run as ``pytorch-grad-cam ...`` (the installed console script), ``python cam.py ...`` from a source
+checkout, or call :func:`main` with a list of arguments.
 """
-
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+import time
+from typing import List, Optional, Sequence
 
-DEFAULT_MODEL = "efficientnet-lite0"
+from .inputs import InputImage, collect_inputs, read_image
+from .models import DEFAULT_MODEL, CliError, LoadedModel, load_model, resolve_categories
+from .outputs import RESULTS_FILE, append_result, load_results, make_grid, write_image, write_report
+
+__all__ = ["CliError", "build_parser", "main"]
+
 DEFAULT_OUTPUT_DIR = "cam_output"
 
 EXAMPLES = """\
 examples:
   # Grad-CAM of the top class, offline pretrained EfficientNet-Lite0:
   python cam.py --image-path examples/cat.jpg
-  # explain a class other than the top one (967 = espresso), with Grad-CAM++:
-  python cam.py --image-path examples/cat_and_coffee.jpg --method gradcam++ --target-category 967
+  # a class by name or index (967 = espresso), with Grad-CAM++; or the 3 most likely classes:
+  python cam.py --image-path examples/cat_and_coffee.jpg --method gradcam++ --target-category espresso
+  python cam.py --image-path examples/cat_and_coffee.jpg --top-k 3
+  # a whole folder (recursively) or a glob, several methods side by side, and an HTML report:
+  python cam.py examples/ --methods gradcam,gradcam++,scorecam,eigencam --report
+  # every method, guided backprop images too, and the raw maps as .npy:
+  python cam.py --image-path examples/cat.jpg --methods all --guided
   # smoother maps (test-time augmentation; first principal component):
   python cam.py --image-path examples/coffee.jpg --method eigencam --aug-smooth --eigen-smooth
-  # a torchvision model (its weights are downloaded once, then cached by torch):
-  python cam.py --image-path examples/cat.jpg --model resnet50 --device cuda
+  # a torchvision model (weights downloaded once, cached by torch), a layer by dotted name:
+  python cam.py --image-path examples/cat.jpg --model resnet50 --target-layer layer4.-1 --device cuda
+  # your own fine-tuned weights for a torchvision architecture:
+  python cam.py --image-path x.jpg --model resnet18 --checkpoint model.pt --target-category 3
 
-exit status: 0 success, 1 failure (unreadable image, weights not available, ...),
-2 bad arguments.
+outputs (in --output-dir): <image>_<method>.jpg overlays, <image>_<method>.npy raw maps (float32 in
+[0, 1], at the image's resolution), <image>_grid.jpg when several methods or classes are asked for,
+<image>_<method>_gb.jpg / _cam_gb.jpg with --guided, results.jsonl (one line per image), report.html.
+Images already in results.jsonl with the same settings are skipped unless --overwrite.
+
+exit status: 0 success, 1 when any image failed (it is reported and skipped), 2 bad arguments.
 """
 
-# torchvision classification model name prefix -> the CAM target layer, as a function of the model.
-# The last convolutional stage before global pooling.
-_TORCHVISION_TARGET_LAYERS: Sequence[tuple[tuple[str, ...], str, Callable]] = (
-    (("resnet", "resnext", "wide_resnet"), "model.layer4[-1]", lambda m: m.layer4[-1]),
-    (("vgg", "densenet"), "model.features[-1]", lambda m: m.features[-1]),
-    (("mnasnet",), "model.layers[-1]", lambda m: m.layers[-1]),
-    (("efficientnet", "mobilenet", "convnext"), "model.features[-1]", lambda m: m.features[-1]),
-)
 
-
-class CliError(Exception):
-    """A failure to report on stderr, then exit with ``code``."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _method_names() -> list[str]:
-    from .registry import METHODS
+def _method_names() -> List[str]:
+    from ..registry import METHODS
 
     return list(METHODS)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Compute a Class Activation Map (Grad-CAM and family) for one image with an "
-        "ImageNet classifier, and save it overlaid on the image as <output-dir>/<stem>_<method>.jpg.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--image-path", "--image_path", dest="image_path", required=True, metavar="PATH",
-                        help="the image to explain (any format OpenCV reads)")
-    parser.add_argument("--method", default="gradcam", choices=_method_names(),
-                        help="the CAM method (default: %(default)s)")
+        prog="pytorch-grad-cam",
+        description="Compute Class Activation Maps (Grad-CAM and family) for images with an ImageNet "
+        "classifier, and save them overlaid on the images.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="*", metavar="INPUT",
+                        help="images, folders (searched recursively) or glob patterns ('photos/**/*.png')")
+    parser.add_argument("--image-path", "--image_path", dest="image_paths", action="extend", nargs="+",
+                        default=[], metavar="PATH", help="the same as INPUT (the reference CLI's flag)")
+    methods = parser.add_mutually_exclusive_group()
+    methods.add_argument("--method", default=None, choices=_method_names(), metavar="NAME",
+                         help=f"the CAM method (default: gradcam); one of: {', '.join(_method_names())}")
+    methods.add_argument("--methods", metavar="LIST",
+                         help="several methods, comma-separated, or 'all': saved side by side in a grid")
+    parser.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME",
+                        help=f"'{DEFAULT_MODEL}' (default: ImageNet-pretrained, weights shipped in a pip "
+                        "package, no download), a torchvision classification model (resnet50, vgg16, "
+                        "densenet121, vit_b_16, swin_t, ...; its weights are downloaded once), or a timm "
+                        "model as timm:NAME (needs timm)")
+    parser.add_argument("--checkpoint", metavar="FILE",
+                        help="a state dict for --model's architecture (e.g. your fine-tuned weights); a "
+                        "different number of classes is handled")
+    parser.add_argument("--target-layer", "--target_layer", dest="target_layer", default="auto",
+                        metavar="NAME", help="the layer to explain by dotted name, negative indices allowed "
+                        "(layer4.-1, features.-1), or 'auto' (default): the last layer with a spatial output "
+                        "that the score depends on, found by tracing one forward pass and printed")
+    parser.add_argument("--target-category", "--target_category", dest="target_category", nargs="+",
+                        metavar="K", help="class(es) to explain, by index (281) or ImageNet name "
+                        "('tabby cat'); default: the top class")
+    parser.add_argument("--top-k", dest="top_k", type=int, metavar="K",
+                        help="explain each image's K most likely classes")
+    parser.add_argument("--batch-size", dest="batch_size", type=int, default=8, metavar="N",
+                        help="images per forward pass (default: %(default)s)")
     device = parser.add_mutually_exclusive_group()
     device.add_argument("--use-cuda", "--use_cuda", dest="use_cuda", action="store_true",
                         help="run on the GPU (same as --device cuda); an error when CUDA is not available")
@@ -75,15 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eigen-smooth", "--eigen_smooth", dest="eigen_smooth", action="store_true",
                         help="keep only the first principal component of the weighted activations "
                         "(less noise)")
-    parser.add_argument("--target-category", "--target_category", dest="target_category", type=int,
-                        metavar="K", help="ImageNet class index (0-999) to explain (default: the top class)")
+    parser.add_argument("--guided", action="store_true",
+                        help="also write guided backpropagation (<image>_<method>_gb.jpg) and guided "
+                        "Grad-CAM (<image>_<method>_cam_gb.jpg) images")
     parser.add_argument("--output-dir", "--output_dir", dest="output_dir", default=DEFAULT_OUTPUT_DIR,
-                        metavar="DIR", help="folder for the overlay image (default: %(default)s)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME",
-                        help=f"'{DEFAULT_MODEL}' (default: ImageNet-pretrained, weights shipped in a pip "
-                        "package, no download) or a torchvision classification model name such as resnet50, "
-                        "vgg16, densenet121, mobilenet_v3_large, efficientnet_b0, convnext_tiny "
-                        "(its default weights are downloaded once)")
+                        metavar="DIR", help="folder for the outputs (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo images that results.jsonl says are already done")
+    parser.add_argument("--report", action="store_true",
+                        help="write report.html: a self-contained page with every image's grid")
+    parser.add_argument("--quiet", "-q", action="store_true", help="print only errors")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return parser
 
@@ -95,6 +120,32 @@ def _version() -> str:
         return version("pytorch_grad_cam")
     except Exception:  # noqa: BLE001 -- not installed: running from a source tree
         return "unknown"
+
+
+# ------------------------------------------------------------------------------------------ checks
+def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    from ..registry import METHODS
+
+    args.inputs = list(args.image_paths) + list(args.inputs)
+    if not args.inputs:
+        parser.error("no input: give images, folders or globs (INPUT or --image-path PATH)")
+    if args.methods is None:
+        args.method_list = [args.method or "gradcam"]
+    elif args.methods.strip().lower() == "all":
+        args.method_list = list(METHODS)
+    else:
+        args.method_list = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
+        unknown = [m for m in args.method_list if m not in METHODS]
+        if unknown or not args.method_list:
+            parser.error(f"--methods: unknown method(s) {unknown}; choose from {', '.join(METHODS)} or 'all'")
+        args.method_list = list(dict.fromkeys(args.method_list))
+    if args.top_k is not None:
+        if args.target_category:
+            parser.error("give --target-category or --top-k, not both")
+        if args.top_k < 1:
+            parser.error(f"--top-k must be >= 1, got {args.top_k}")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
 
 
 def _pick_device(args: argparse.Namespace, parser: argparse.ArgumentParser):
@@ -116,126 +167,299 @@ def _pick_device(args: argparse.Namespace, parser: argparse.ArgumentParser):
     return device
 
 
-def _torchvision_target_layer(name: str, parser: argparse.ArgumentParser):
-    for prefixes, description, getter in _TORCHVISION_TARGET_LAYERS:
-        if name.startswith(prefixes):
-            return description, getter
-    known = ", ".join(p + "*" for prefixes, _, _ in _TORCHVISION_TARGET_LAYERS for p in prefixes)
-    parser.error(f"--model {name}: no known CAM target layer for this architecture; the CLI supports "
-                 f"{DEFAULT_MODEL} and torchvision's {known} (use the Python API to pick a layer yourself)")
+# ------------------------------------------------------------------------------------------ the run
+class _Runner:
+    def __init__(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+        self.args = args
+        self.parser = parser
+        self.device = _pick_device(args, parser)
+        self.loaded: Optional[LoadedModel] = None
+        self.layer = None
+        self.layer_name = ""
+        self.reshape = None
+        self.categories: Optional[List[int]] = None
+        self.failed = 0
+
+    def say(self, text: str) -> None:
+        if not self.args.quiet:
+            print(text, flush=True)
+
+    def warn(self, text: str) -> None:
+        print(f"{self.parser.prog}: {text}", file=sys.stderr, flush=True)
+
+    # -- setup ----------------------------------------------------------------------------------
+    def setup(self, first_tensor) -> None:
+        import torch
+
+        from ..utils.find_layers import find_target_layer, get_layer
+
+        model = self.loaded.model
+        with torch.no_grad():
+            num_classes = model(first_tensor).shape[-1]
+        self.num_classes = int(num_classes)
+        if self.args.target_category:
+            self.categories = resolve_categories(self.args.target_category, self.loaded, self.num_classes)
+        if self.args.top_k is not None and self.args.top_k > self.num_classes:
+            raise CliError(f"--top-k {self.args.top_k} is more than the model's {self.num_classes} classes",
+                           code=2)
+        if self.args.target_layer == "auto":
+            found = find_target_layer(model, first_tensor)
+            self.layer, self.layer_name, self.reshape = found.layer, found.name, found.reshape_transform
+            self.say(f"target layer (auto): {found.describe()}")
+        else:
+            try:
+                self.layer = get_layer(model, self.args.target_layer)
+            except ValueError as exc:
+                raise CliError(f"--target-layer: {exc}", code=2) from exc
+            self.layer_name = self.args.target_layer
+            self.reshape = _reshape_for(model, self.layer, first_tensor, self.args.target_layer)
+
+    def settings_key(self) -> str:
+        """What decides the outputs: images done with other settings are redone."""
+        a = self.args
+        settings = [a.model, a.checkpoint, a.target_layer, a.target_category, a.top_k, a.method_list,
+                    a.aug_smooth, a.eigen_smooth, a.guided]
+        return hashlib.sha1(json.dumps(settings, default=str).encode()).hexdigest()[:16]
+
+    # -- per batch ------------------------------------------------------------------------------
+    def preprocess(self, image):
+        import cv2
+
+        from ..utils.image import preprocess_image
+
+        size = self.loaded.input_size
+        resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+        return preprocess_image(resized, mean=list(self.loaded.mean), std=list(self.loaded.std))
+
+    def run_batch(self, batch: List[InputImage], images: list) -> List[dict]:
+        import torch
+
+        x = torch.cat([self.preprocess(image) for image in images]).to(self.device)  # (B, 3, S, S)
+        with torch.no_grad():
+            probabilities = torch.softmax(self.loaded.model(x).float(), dim=1).cpu()  # (B, K)
+        if self.categories is not None:
+            classes = [list(self.categories) for _ in batch]
+        else:
+            k = self.args.top_k or 1
+            classes = probabilities.topk(k, dim=1).indices.tolist()
+        per_image: List[List[dict]] = [[] for _ in batch]
+        maps = {}  # (method, class slot) -> (B, S, S)
+        for method in self.args.method_list:
+            cam = self._make_cam(method)
+            for slot in range(len(classes[0])):
+                start = time.perf_counter()
+                grayscale = cam(x, targets=[c[slot] for c in classes], aug_smooth=self.args.aug_smooth,
+                                eigen_smooth=self.args.eigen_smooth)
+                seconds = (time.perf_counter() - start) / len(batch)
+                maps[method, slot] = grayscale
+                for i in range(len(batch)):
+                    c = classes[i][slot]
+                    per_image[i].append({"method": method, "class": c,
+                                         "class_name": self.loaded.class_name(c),
+                                         "probability": float(probabilities[i, c]), "seconds": seconds,
+                                         "files": []})
+        guided = self._guided(x, classes) if self.args.guided else None
+        return [self._write_outputs(item, image, i, classes[i], maps, per_image[i], guided)
+                for i, (item, image) in enumerate(zip(batch, images))]
+
+    def _make_cam(self, method: str):
+        from ..registry import METHODS
+
+        return METHODS[method](self.loaded.model, target_layers=[self.layer], reshape_transform=self.reshape,
+                               device=self.device)
+
+    def _guided(self, x, classes):
+        """Guided backprop images (B, S, S, 3) per class slot."""
+        from .. import GuidedBackpropReLUModel
+
+        gb_model = GuidedBackpropReLUModel(self.loaded.model, device=self.device)
+        return [gb_model(x, targets=[c[slot] for c in classes], channels_last=True)
+                for slot in range(len(classes[0]))]
+
+    def _write_outputs(self, item: InputImage, image, index: int, classes: List[int], maps: dict,
+                       entries: List[dict], guided) -> dict:
+        import cv2
+        import numpy as np
+
+        from ..utils.image import deprocess_image, show_cam_on_image
+
+        out_dir = self.args.output_dir
+        height, width = image.shape[:2]
+        several = len(classes) > 1
+        rows = []
+        entry_iter = iter(entries)
+        written = []
+        for method in self.args.method_list:
+            for slot, c in enumerate(classes):
+                entry = next(entry_iter)
+                grayscale = maps[method, slot][index]
+                grayscale = np.clip(cv2.resize(grayscale, (width, height), interpolation=cv2.INTER_LINEAR),
+                                    0.0, 1.0).astype(np.float32)
+                suffix = f"_{method}" + (f"_c{c}" if several else "")
+                overlay = show_cam_on_image(image, grayscale, use_rgb=True)
+                files = [f"{item.key}{suffix}.jpg", f"{item.key}{suffix}.npy"]
+                write_image(os.path.join(out_dir, files[0]), overlay)
+                np.save(os.path.join(out_dir, files[1]), grayscale)
+                if guided is not None:
+                    gb = cv2.resize(guided[slot][index], (width, height), interpolation=cv2.INTER_LINEAR)
+                    cam_gb = deprocess_image(gb * grayscale[..., None])
+                    files += [f"{item.key}{suffix}_gb.jpg", f"{item.key}{suffix}_cam_gb.jpg"]
+                    write_image(os.path.join(out_dir, files[2]), deprocess_image(gb))
+                    write_image(os.path.join(out_dir, files[3]), cam_gb)
+                entry["files"] = files
+                written += files
+                rows.append((slot, f"{method}", overlay))
+        record = {"path": item.path, "status": "ok", "settings": self.settings_key(),
+                  "model": self.args.model, "layer": self.layer_name, "methods": self.args.method_list,
+                  "classes": classes, "maps": entries}
+        if len(self.args.method_list) > 1 or several or self.args.report:
+            original = np.uint8(np.clip(image * 255, 0, 255))
+            grid_rows = []
+            for slot, c in enumerate(classes):
+                label = f"{c} {self.loaded.class_name(c)}"
+                grid_rows.append([(label, original)] + [(m, o) for s, m, o in rows if s == slot])
+            record["grid"] = f"{item.key}_grid.jpg"
+            write_image(os.path.join(out_dir, record["grid"]), make_grid(grid_rows))
+            written.append(record["grid"])
+        record["outputs"] = written
+        return record
 
 
-def _load_model(name: str, parser: argparse.ArgumentParser):
-    """Return (model, target_layer, mean, std, input_size, class_names)."""
-    if name == DEFAULT_MODEL:
-        from . import pretrained
-
-        try:
-            model = pretrained.load_efficientnet_lite0()
-        except ImportError as exc:
-            raise CliError(str(exc)) from exc
-        return (model, pretrained.efficientnet_target_layer(model), pretrained.EFFICIENTNET_LITE0_MEAN,
-                pretrained.EFFICIENTNET_LITE0_STD, pretrained.EFFICIENTNET_LITE0_INPUT_SIZE,
-                pretrained.IMAGENET_CLASSES)
-
+def _reshape_for(model, layer, x, name: str):
+    """The reshape transform a named layer's output needs (None for (B, C, *spatial) maps)."""
     import torch
-    import torchvision
 
-    available = torchvision.models.list_models(module=torchvision.models)
-    if name not in available:
-        parser.error(f"--model {name!r}: not '{DEFAULT_MODEL}' nor a torchvision classification model "
-                     f"(e.g. {', '.join(n for n in ('resnet50', 'vgg16', 'densenet121') if n in available)})")
-    _, get_layer = _torchvision_target_layer(name, parser)
-    weights = torchvision.models.get_model_weights(name).DEFAULT
+    from ..utils.find_layers import guess_reshape_transform
+
+    seen = []
+    handle = layer.register_forward_hook(lambda module, inputs, output: seen.append(output))
     try:
-        model = torchvision.models.get_model(name, weights="DEFAULT")
-    except Exception as exc:  # URLError, HTTPError, SSL, checksum mismatch, ...
-        hub_dir = torch.hub.get_dir()
-        file_name = os.path.basename(weights.url)
-        raise CliError(
-            f"could not download the pretrained weights of {name} ({type(exc).__name__}: {exc}).\n"
-            f"torch caches downloaded weights under {hub_dir} (in its 'checkpoints' folder); copy "
-            f"{file_name} (from {weights.url}) to {os.path.join(hub_dir, 'checkpoints', file_name)} "
-            f"and run again, or leave out --model to use the offline {DEFAULT_MODEL}."
-        ) from exc
-    model.eval()
-    transforms = weights.transforms()
-    mean = tuple(getattr(transforms, "mean", (0.485, 0.456, 0.406)))
-    std = tuple(getattr(transforms, "std", (0.229, 0.224, 0.225)))
-    crop = getattr(transforms, "crop_size", [224])
-    input_size = int(crop[0] if isinstance(crop, (list, tuple)) else crop)
-    return model, get_layer(model), mean, std, input_size, list(weights.meta.get("categories", []))
-
-
-def _read_image(path: str):
-    """The image as float32 RGB in [0, 1], HxWx3."""
-    import cv2
-    import numpy as np
-
-    if not os.path.isfile(path):
-        raise CliError(f"cannot read image {path!r}: no such file")
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise CliError(f"cannot read image {path!r}: not an image format OpenCV can decode")
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    return np.float32(rgb) / 255.0
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    if not seen or not isinstance(seen[0], torch.Tensor):
+        kind = "did not run" if not seen else f"returns {type(seen[0]).__name__}"
+        raise CliError(f"--target-layer {name}: the layer {kind}; choose a layer with a tensor output",
+                       code=2)
+    transform, ok = guess_reshape_transform(seen[0])
+    if not ok:
+        raise CliError(f"--target-layer {name}: its output {tuple(seen[0].shape)} is not a spatial map "
+                       "(B, C, H, W), channels-last (B, H, W, C) or tokens on a square grid", code=2)
+    return transform
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    import cv2
-    import numpy as np
-    import torch
+    _check_args(args, parser)
+    runner = _Runner(args, parser)
+    items, problems = collect_inputs(args.inputs)
+    for spec, why in problems:
+        runner.warn(f"cannot read image {spec!r}: {why}; skipped")
+    runner.failed += len(problems)
+    if not items:
+        raise CliError("no image to explain")
+    runner.loaded = load_model(args.model, args.checkpoint)
+    runner.loaded.model.to(runner.device)
+    done = {} if args.overwrite else load_results(args.output_dir)
+    results = dict(done)
 
-    from .registry import METHODS
-    from .utils.image import preprocess_image, show_cam_on_image
-    from .utils.model_targets import ClassifierOutputTarget
-
-    device = _pick_device(args, parser)
-    if args.target_category is not None and args.target_category < 0:
-        parser.error(f"--target-category must be >= 0, got {args.target_category}")
-    image = _read_image(args.image_path)
-    model, target_layer, mean, std, size, class_names = _load_model(args.model, parser)
-    model = model.to(device)
-
-    resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    input_tensor = preprocess_image(resized, mean=list(mean), std=list(std)).to(device)
-
-    with torch.no_grad():
-        probabilities = torch.softmax(model(input_tensor).float(), dim=1)[0].cpu()
-    num_classes = probabilities.numel()
-    if args.target_category is None:
-        category = int(probabilities.argmax())
-    else:
-        category = args.target_category
-        if category >= num_classes:
-            parser.error(f"--target-category {category} is out of range: the model has {num_classes} classes")
-
-    cam_class = METHODS[args.method]
-    with cam_class(model=model, target_layers=[target_layer], device=device) as cam:
-        grayscale = cam(input_tensor=input_tensor, targets=[ClassifierOutputTarget(category)],
-                        aug_smooth=args.aug_smooth, eigen_smooth=args.eigen_smooth)[0]
-
-    # Overlay at the image's own resolution: the map is upsampled back from the model's input size.
-    height, width = image.shape[:2]
-    if grayscale.shape != (height, width):
-        grayscale = cv2.resize(grayscale, (width, height), interpolation=cv2.INTER_LINEAR)
-    grayscale = np.clip(grayscale, 0.0, 1.0).astype(np.float32)
-    overlay_rgb = show_cam_on_image(image, grayscale, use_rgb=True)
-
-    os.makedirs(args.output_dir, exist_ok=True)
-    stem = os.path.splitext(os.path.basename(args.image_path))[0]
-    out_path = os.path.join(args.output_dir, f"{stem}_{args.method}.jpg")
-    if not cv2.imwrite(out_path, cv2.cvtColor(overlay_rgb, cv2.COLOR_RGB2BGR)):
-        raise CliError(f"could not write {out_path}")
-
-    name = class_names[category] if category < len(class_names) else "?"
-    print(f"model: {args.model}  method: {args.method}  device: {device}")
-    print(f"explained class: {category} ({name}), probability {float(probabilities[category]):.4f}")
-    print(f"wrote: {out_path}")
+    key = None
+    skipped = 0
+    progress = _progress(len(items), args.quiet)
+    try:
+        for start in range(0, len(items), args.batch_size):
+            batch, images = [], []
+            for item in items[start:start + args.batch_size]:
+                try:
+                    image = read_image(item.path)
+                except ValueError as exc:
+                    runner.warn(f"cannot read image {item.path!r}: {exc}; skipped")
+                    runner.failed += 1
+                    record = {"path": item.path, "status": "error", "error": str(exc)}
+                    append_result(args.output_dir, record)
+                    results[item.path] = record
+                    progress.update(1)
+                    continue
+                if runner.layer is None:
+                    runner.setup(runner.preprocess(image).to(runner.device))
+                    key = runner.settings_key()
+                if _already_done(done.get(item.path), key, args.output_dir):
+                    skipped += 1
+                    progress.update(1)
+                    continue
+                batch.append(item)
+                images.append(image)
+            if not batch:
+                continue
+            begin = time.perf_counter()
+            try:
+                records = runner.run_batch(batch, images)
+            except CliError:
+                raise
+            except Exception as exc:  # noqa: BLE001 -- report the batch's images as failed, go on
+                runner.warn(f"failed on {', '.join(i.path for i in batch)}: {type(exc).__name__}: {exc}")
+                runner.failed += len(batch)
+                records = [{"path": i.path, "status": "error", "error": f"{type(exc).__name__}: {exc}"}
+                           for i in batch]
+            elapsed = (time.perf_counter() - begin) / len(batch)
+            for record in records:
+                record["seconds"] = elapsed
+                append_result(args.output_dir, record)
+                results[record["path"]] = record
+                if record["status"] == "ok":
+                    _print_record(runner, record)
+            progress.update(len(batch))
+    finally:
+        progress.close()
+    if skipped:
+        runner.say(f"skipped {skipped} image(s) already done with these settings (see {RESULTS_FILE}; "
+                   "--overwrite to redo them)")
+    if args.report:
+        ordered = [results[i.path] for i in items if i.path in results]
+        runner.say(f"wrote: {write_report(args.output_dir, ordered)}")
+    if runner.failed:
+        runner.warn(f"{runner.failed} input(s) failed; see the messages above")
+        return 1
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _already_done(previous: Optional[dict], key: str, output_dir: str) -> bool:
+    """Done before with the same settings, and every output file still there."""
+    if not previous or previous.get("status") != "ok" or previous.get("settings") != key:
+        return False
+    return all(os.path.isfile(os.path.join(output_dir, name)) for name in previous.get("outputs", []))
+
+
+def _print_record(runner: _Runner, record: dict) -> None:
+    runner.say(f"image: {record['path']}")
+    shown = set()
+    for entry in record["maps"]:
+        if entry["class"] not in shown:
+            shown.add(entry["class"])
+            runner.say(f"explained class: {entry['class']} ({entry['class_name']}), "
+                       f"probability {entry['probability']:.4f}")
+    for name in record["outputs"]:
+        runner.say(f"wrote: {os.path.join(runner.args.output_dir, name)}")
+
+
+class _NoProgress:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, quiet: bool):
+    """A tqdm bar on stderr for runs of several images; nothing for one image or with --quiet."""
+    if quiet or total < 4:
+        return _NoProgress()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="image", file=sys.stderr, leave=False)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status.
 
     Bad arguments raise ``SystemExit(2)`` from argparse, as on the command line.

@@ -1,0 +1,225 @@
+"""The CLI's models: the offline EfficientNet-Lite0, torchvision and timm models by name, checkpoints."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+DEFAULT_MODEL = "efficientnet-lite0"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class CliError(Exception):
+    """A failure to report on stderr, then exit with ``code`` (1: failure, 2: bad arguments)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class LoadedModel:
+    model: object
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    input_size: int
+    class_names: List[str] = field(default_factory=list)
+    source: str = ""
+
+    def class_name(self, index: int) -> str:
+        return self.class_names[index] if 0 <= index < len(self.class_names) else f"class {index}"
+
+
+def load_model(name: str, checkpoint: Optional[str] = None) -> LoadedModel:
+    """``name``: 'efficientnet-lite0', a torchvision classification model, or a timm model ('timm:NAME',
+    or a plain name torchvision does not know when timm is installed). ``checkpoint``: a state dict for
+    that architecture, loaded instead of the pretrained weights."""
+    if name == DEFAULT_MODEL:
+        loaded = _efficientnet_lite0()
+    elif name.startswith("timm:"):
+        loaded = _timm_model(name[len("timm:"):], checkpoint is None)
+    else:
+        import torchvision
+
+        if name in torchvision.models.list_models(module=torchvision.models):
+            loaded = _torchvision_model(name, checkpoint is None)
+        elif _timm_available():
+            loaded = _timm_model(name, checkpoint is None)
+        else:
+            examples = ", ".join(("resnet50", "vgg16", "densenet121", "vit_b_16", "swin_t"))
+            raise CliError(f"--model {name!r}: not '{DEFAULT_MODEL}', not a torchvision classification model "
+                           f"(e.g. {examples}), and timm is not installed for timm models "
+                           "(pip install timm, then --model timm:NAME)", code=2)
+    if checkpoint is not None:
+        load_checkpoint(loaded, checkpoint, name)
+    loaded.model.eval()
+    return loaded
+
+
+def _efficientnet_lite0() -> LoadedModel:
+    from .. import pretrained
+
+    try:
+        model = pretrained.load_efficientnet_lite0()
+    except ImportError as exc:
+        raise CliError(str(exc)) from exc
+    return LoadedModel(model, pretrained.EFFICIENTNET_LITE0_MEAN, pretrained.EFFICIENTNET_LITE0_STD,
+                       pretrained.EFFICIENTNET_LITE0_INPUT_SIZE, list(pretrained.IMAGENET_CLASSES),
+                       source="pretrained (offline, shipped in a pip package)")
+
+
+def _torchvision_model(name: str, pretrained: bool) -> LoadedModel:
+    import torch
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    if not pretrained:
+        model = torchvision.models.get_model(name, weights=None)
+        source = "torchvision architecture"
+    else:
+        try:
+            model = torchvision.models.get_model(name, weights="DEFAULT")
+        except Exception as exc:  # URLError, HTTPError, SSL, checksum mismatch, ...
+            hub_dir = torch.hub.get_dir()
+            file_name = os.path.basename(weights.url)
+            raise CliError(
+                f"could not download the pretrained weights of {name} ({type(exc).__name__}: {exc}).\n"
+                f"torch caches downloaded weights under {hub_dir} (in its 'checkpoints' folder); copy "
+                f"{file_name} (from {weights.url}) to {os.path.join(hub_dir, 'checkpoints', file_name)} "
+                f"and run again, pass --checkpoint FILE, or leave out --model to use the offline "
+                f"{DEFAULT_MODEL}.") from exc
+        source = f"torchvision {weights}"
+    transforms = weights.transforms()
+    mean = tuple(getattr(transforms, "mean", IMAGENET_MEAN))
+    std = tuple(getattr(transforms, "std", IMAGENET_STD))
+    crop = getattr(transforms, "crop_size", [224])
+    size = int(crop[0] if isinstance(crop, (list, tuple)) else crop)
+    return LoadedModel(model, mean, std, size, list(weights.meta.get("categories", [])), source)
+
+
+def _timm_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("timm") is not None
+
+
+def _timm_model(name: str, pretrained: bool) -> LoadedModel:
+    try:
+        import timm
+    except ImportError:
+        raise CliError(f"--model timm:{name} needs timm: pip install timm", code=2) from None
+    try:
+        model = timm.create_model(name, pretrained=pretrained)
+    except RuntimeError as exc:  # unknown model name
+        raise CliError(f"--model {name!r}: timm cannot create it ({exc})", code=2) from exc
+    except Exception as exc:  # download failures
+        raise CliError(f"could not load the pretrained weights of timm model {name} ({type(exc).__name__}: "
+                       f"{exc}); pass --checkpoint FILE") from exc
+    config = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    size = config.get("input_size", (3, 224, 224))[-1]
+    mean, std = tuple(config.get("mean", IMAGENET_MEAN)), tuple(config.get("std", IMAGENET_STD))
+    return LoadedModel(model, mean, std, int(size), [], source=f"timm {name}")
+
+
+def load_checkpoint(loaded: LoadedModel, path: str, name: str) -> None:
+    """Load a state dict (optionally wrapped in {'state_dict': ...} or {'model': ...}, keys optionally
+    prefixed 'module.' by DataParallel) into ``loaded.model``. A classifier with another number of
+    classes is rebuilt to fit the checkpoint (torchvision/timm), and the ImageNet names are dropped."""
+    import torch
+
+    if not os.path.isfile(path):
+        raise CliError(f"--checkpoint {path!r}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 -- any unreadable file
+        raise CliError(f"--checkpoint {path!r} is not a torch state dict "
+                       f"({type(exc).__name__}: {exc})") from exc
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CliError(f"--checkpoint {path!r} holds no state dict of tensors")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    num_classes = _checkpoint_classes(loaded.model, state)
+    if num_classes is not None and num_classes != len(loaded.class_names or []):
+        loaded.model = _rebuild_with_classes(name, num_classes, loaded.model)
+        loaded.class_names = []
+    try:
+        loaded.model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CliError(f"--checkpoint {path!r} does not fit --model {name}: {str(exc).splitlines()[0]} "
+                       f"{_first_lines(str(exc))}") from exc
+    loaded.source = f"checkpoint {path}"
+
+
+def _first_lines(text: str, count: int = 3) -> str:
+    return " ".join(line.strip() for line in text.splitlines()[1:1 + count])
+
+
+def _checkpoint_classes(model, state) -> Optional[int]:
+    """The checkpoint's number of classes, read at the weight of the model's last linear layer."""
+    from torch import nn
+
+    last = None
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = module_name
+    if last is None or f"{last}.weight" not in state:
+        return None
+    return int(state[f"{last}.weight"].shape[0])
+
+
+def _rebuild_with_classes(name: str, num_classes: int, model):
+    if name == DEFAULT_MODEL:
+        raise CliError(f"--checkpoint has {num_classes} classes but {DEFAULT_MODEL} has 1000; use "
+                       "--model with the checkpoint's torchvision architecture", code=2)
+    if name.startswith("timm:") or _is_timm(model):
+        import timm
+
+        return timm.create_model(name.split(":", 1)[-1], pretrained=False, num_classes=num_classes)
+    import torchvision
+
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+
+def _is_timm(model) -> bool:
+    return type(model).__module__.startswith("timm")
+
+
+def resolve_categories(values: Sequence[str], loaded: LoadedModel, num_classes: int) -> List[int]:
+    """``--target-category`` values: class indices, or class names, case-insensitive. A name matches a
+    class exactly, or else the one class whose words all appear in it or that has all its words
+    ("tabby cat" -> "tabby"). Ambiguous or unknown names are errors that list the candidates."""
+    return [_category(value.strip(), loaded, num_classes) for value in values]
+
+
+def _category(text: str, loaded: LoadedModel, num_classes: int) -> int:
+    import difflib
+
+    if text.lstrip("-").isdigit():
+        index = int(text)
+        if not 0 <= index < num_classes:
+            raise CliError(f"--target-category {index} is out of range: the model has {num_classes} "
+                           f"classes (0..{num_classes - 1})", code=2)
+        return index
+    if not loaded.class_names:
+        raise CliError(f"--target-category {text!r}: this model has no class names; use class indices",
+                       code=2)
+    names = [n.lower() for n in loaded.class_names]
+    if text.lower() in names:
+        return names.index(text.lower())
+    words = set(text.lower().replace(",", " ").split())
+    matches = [i for i, n in enumerate(names) if set(n.split()) <= words or words <= set(n.split())]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        listed = ", ".join(f"{i} ({loaded.class_names[i]})" for i in matches[:8])
+        more = ", ..." if len(matches) > 8 else ""
+        raise CliError(f"--target-category {text!r} is ambiguous: {listed}{more}; give the exact name or "
+                       "the index", code=2)
+    close = difflib.get_close_matches(text.lower(), names, n=5, cutoff=0.6)
+    suggestions = ", ".join(repr(loaded.class_names[names.index(c)]) for c in close)
+    hint = f"; did you mean {suggestions}?" if close else ""
+    raise CliError(f"--target-category {text!r}: no class of that name{hint}", code=2)

@@ -1,0 +1,232 @@
+"""Finding layers: by dotted name, by type or predicate, and automatically by tracing one forward pass.
+
+Example:
+    >>> layer = get_layer(model, "layer4.-1")                      # model.layer4[-1]
+    >>> found = find_target_layer(model, x)                         # traces one forward pass
+    >>> found.name, found.reshape_transform                         # ('layer4', None)
+    >>> cam = GradCAM(model, [found.layer], reshape_transform=found.reshape_transform)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, List, Optional, Tuple, Type, Union
+
+import torch
+from torch import nn
+
+__all__ = [
+    "FoundLayer",
+    "TokenGridReshape",
+    "channels_last_reshape",
+    "find_layer_predicate_recursive",
+    "find_layer_types_recursive",
+    "find_target_layer",
+    "get_layer",
+    "guess_reshape_transform",
+    "replace_all_layer_type_recursive",
+    "replace_layer_recursive",
+]
+
+#: Modules whose output adds nothing to locate: resampling or identity-like (VGG's avgpool only copies
+#: its input into a 7x7 grid).
+_PASS_THROUGH = (nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
+                 nn.modules.dropout._DropoutNd, nn.Identity, nn.Flatten)
+
+#: At most this many extra tokens (class token, distillation token, registers) before the patch grid.
+MAX_PREFIX_TOKENS = 16
+
+
+def get_layer(model: nn.Module, name: str) -> nn.Module:
+    """The sub-module of ``model`` at a dotted path; integers index sequences, negatives count from the
+    end: ``"layer4.-1"`` is ``model.layer4[-1]``, ``"features.-1.0"`` is ``model.features[-1][0]``.
+
+    Raises ``ValueError`` naming the part that does not exist and what exists there instead.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"a layer name must be a dotted path such as 'layer4.-1', got {name!r}")
+    module = model
+    walked = []
+    for part in name.strip().split("."):
+        child = None
+        if _is_int(part) and isinstance(module, (nn.Sequential, nn.ModuleList)):
+            index = int(part)
+            if -len(module) <= index < len(module):
+                child = module[index]
+        else:
+            child = module._modules.get(part)
+        if child is None:
+            where = ".".join(walked) or "the model"
+            children = list(module._modules)
+            hint = (f"it has {len(module)} entries (use 0..{len(module) - 1} or -1)"
+                    if isinstance(module, (nn.Sequential, nn.ModuleList)) else
+                    f"its children are {children}" if children else "it has no children")
+            raise ValueError(f"layer {name!r}: {where} ({type(module).__name__}) has no {part!r}; {hint}")
+        module = child
+        walked.append(part)
+    return module
+
+
+def _is_int(text: str) -> bool:
+    return text.lstrip("-").isdigit()
+
+
+def find_layer_types_recursive(model: nn.Module, layer_types: Iterable[Type[nn.Module]]) -> List[nn.Module]:
+    """Every sub-module (the model included) that is an instance of one of ``layer_types``, in order."""
+    types = tuple(layer_types)
+    return [module for module in model.modules() if isinstance(module, types)]
+
+
+def find_layer_predicate_recursive(model: nn.Module,
+                                   predicate: Callable[[nn.Module], bool]) -> List[nn.Module]:
+    """Every sub-module (the model included) for which ``predicate(module)`` is true, in order."""
+    return [module for module in model.modules() if predicate(module)]
+
+
+def replace_layer_recursive(model: nn.Module, old_layer: nn.Module, new_layer: nn.Module) -> bool:
+    """Put ``new_layer`` wherever ``old_layer`` is a child in ``model``'s tree. This CHANGES the model
+    (the CAM methods never do this; it is a utility for the user's own edits). True if found."""
+    found = False
+    for module in model.modules():
+        for key, child in module._modules.items():
+            if child is old_layer:
+                module._modules[key] = new_layer
+                found = True
+    return found
+
+
+def replace_all_layer_type_recursive(model: nn.Module, old_layer_type: Type[nn.Module],
+                                     new_layer: nn.Module) -> None:
+    """Replace every child of type ``old_layer_type`` with ``new_layer`` (changes the model)."""
+    for module in model.modules():
+        for key, child in module._modules.items():
+            if isinstance(child, old_layer_type):
+                module._modules[key] = new_layer
+
+
+# --------------------------------------------------------------------------------- reshape transforms
+@dataclass(frozen=True)
+class TokenGridReshape:
+    """Transformer tokens ``(B, prefix + H*W, D)`` -> ``(B, D, H, W)``, dropping ``prefix`` leading tokens
+    (class token, registers). A picklable callable, usable as any ``reshape_transform``."""
+
+    prefix: int
+    height: int
+    width: int
+
+    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+        grid = tensor[:, self.prefix:, :]  # (B, H*W, D)
+        grid = grid.reshape(tensor.shape[0], self.height, self.width, tensor.shape[2])  # (B, H, W, D)
+        return grid.permute(0, 3, 1, 2)  # (B, D, H, W)
+
+    def describe(self) -> str:
+        extra = f", dropping {self.prefix} leading token(s)" if self.prefix else ""
+        return f"tokens -> {self.height}x{self.width} grid{extra}"
+
+
+def channels_last_reshape(tensor: torch.Tensor) -> torch.Tensor:
+    """``(B, *spatial, C)`` -> ``(B, C, *spatial)`` (Swin-style channels-last feature maps)."""
+    return tensor.movedim(-1, 1)
+
+
+channels_last_reshape.describe = lambda: "channels-last (B, H, W, C) -> (B, C, H, W)"  # type: ignore[attr-defined]
+
+
+def guess_reshape_transform(output: torch.Tensor) -> Tuple[Optional[Callable], bool]:
+    """Recognise a layer output's layout from one example; returns ``(transform or None, ok)``.
+
+    * ``(B, C, *spatial)`` with channels first: no transform needed.
+    * ``(B, H, W, C)`` channels last (Swin): the last axis is longer than both spatial ones.
+    * ``(B, N, D)`` transformer tokens: ``N - p`` must be a square ``H * H`` for some ``p`` in
+      ``0..MAX_PREFIX_TOKENS`` (class token, distillation token, registers); the smallest such ``p`` wins.
+    ``ok`` is False when the layout is not recognisable (e.g. tokens that form no square grid).
+    """
+    if output.ndim == 3:
+        tokens = output.shape[1]
+        for prefix in range(0, min(MAX_PREFIX_TOKENS, tokens - 4) + 1):
+            side = math.isqrt(tokens - prefix)
+            if side >= 2 and side * side == tokens - prefix:
+                return TokenGridReshape(prefix, side, side), True
+        return None, False
+    if output.ndim == 4 and output.shape[3] > output.shape[1] and output.shape[3] > output.shape[2]:
+        return channels_last_reshape, True
+    return None, output.ndim >= 3
+
+
+# --------------------------------------------------------------------------------- automatic choice
+@dataclass
+class FoundLayer:
+    """What :func:`find_target_layer` chose: the module, its dotted name, the reshape transform its output
+    needs (None for channels-first maps), and the shape of its output on the traced input."""
+
+    layer: nn.Module
+    name: str
+    reshape_transform: Optional[Callable]
+    output_shape: Tuple[int, ...]
+
+    def describe(self) -> str:
+        how = getattr(self.reshape_transform, "describe", None)
+        layout = f"; reshape: {how()}" if how else ""
+        return f"{self.name} (output {tuple(self.output_shape)}{layout})"
+
+
+def find_target_layer(model: nn.Module, input_tensor: torch.Tensor,
+                      score: Union[None, Callable[[Any], torch.Tensor]] = None) -> FoundLayer:
+    """The last layer with a spatial output that the score depends on, found by tracing one forward pass.
+
+    Every module that runs exactly once and returns a tensor is recorded (except pass-through modules:
+    adaptive pooling, dropout, identity, flatten). Its output counts as spatial
+    when, after :func:`guess_reshape_transform`, it is ``(B, C, *spatial)`` with more than one position.
+    The score (default: the sum of each image's top logit) is differentiated once with respect to all
+    of them; the chosen layer is the last to finish whose gradient is non-zero at two or more
+    positions. That rules out, e.g., a ViT's last blocks whose patch tokens no longer reach the class
+    token, and picks the attention input of the last block, as practitioners do by hand.
+
+    The model's training flags and parameters are left as they were (it runs in eval mode, and no
+    ``.grad`` is written: ``torch.autograd.grad``). Raises ``ValueError`` when no layer qualifies.
+    """
+    from .._model_state import evaluation_state  # the engine's state keeper
+
+    names = {id(module): name for name, module in model.named_modules() if name}
+    records: List[Tuple[str, nn.Module, torch.Tensor]] = []
+    calls: dict = {}
+
+    def hook(module, inputs, output):
+        key = id(module)
+        calls[key] = calls.get(key, 0) + 1
+        spatial = isinstance(output, torch.Tensor) and output.is_floating_point() and output.ndim >= 3
+        if key in names and spatial and output.requires_grad and not isinstance(module, _PASS_THROUGH):
+            records.append((names[key], module, output))
+
+    handles = [module.register_forward_hook(hook) for module in model.modules()]
+    try:
+        with torch.inference_mode(False), torch.enable_grad(), evaluation_state(model):
+            x = input_tensor.detach().clone().requires_grad_(True)
+            output = model(x)
+            if score is None:
+                if not isinstance(output, torch.Tensor) or output.ndim != 2:
+                    raise ValueError("find_target_layer: the model output is not (B, num_classes); pass "
+                                     "score=... (a function of the output returning a scalar)")
+                value = output.max(-1).values.sum()
+            else:
+                value = score(output)
+            candidates = [r for r in records if calls[id(r[1])] == 1]
+            if not candidates or not value.requires_grad:
+                candidates, grads = [], []
+            else:
+                grads = torch.autograd.grad(value, [r[2] for r in candidates], allow_unused=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for (name, module, out), grad in reversed(list(zip(candidates, grads))):
+        if grad is None:
+            continue
+        transform, ok = guess_reshape_transform(out)
+        if not ok:
+            continue
+        g = transform(grad) if transform is not None else grad  # (B, C, *spatial)
+        positions = g[0].flatten(1).abs().sum(0)  # (N,)
+        if positions.numel() > 1 and int((positions > 0).sum()) >= 2:
+            return FoundLayer(module, name, transform, tuple(out.shape))
+    raise ValueError("no layer with a spatial output that the score depends on was found; pick one with "
+                     "target_layers / --target-layer")

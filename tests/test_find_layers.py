@@ -1,0 +1,108 @@
+"""pytorch_grad_cam.utils.find_layers: dotted names, layouts, and the traced automatic choice."""
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import VisionTransformer
+from torchvision.models.swin_transformer import SwinTransformer
+
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.find_layers import (
+    TokenGridReshape,
+    channels_last_reshape,
+    find_layer_predicate_recursive,
+    find_layer_types_recursive,
+    find_target_layer,
+    get_layer,
+    guess_reshape_transform,
+)
+from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform
+
+
+def test_get_layer_by_dotted_name_with_negative_indices():
+    model = torchvision.models.resnet18()
+    assert get_layer(model, "layer4.-1") is model.layer4[-1]
+    assert get_layer(model, "layer4.0.conv1") is model.layer4[0].conv1
+    assert get_layer(model, "layer3.1") is model.layer3[1]
+    with pytest.raises(ValueError, match=r"layer4 \(Sequential\) has no '2'; it has 2 entries"):
+        get_layer(model, "layer4.2")
+    with pytest.raises(ValueError, match=r"children are \['conv1', 'bn1'"):
+        get_layer(model, "layer9")
+    with pytest.raises(ValueError, match="dotted path"):
+        get_layer(model, "")
+
+
+def test_find_layers_by_type_and_predicate():
+    model = torchvision.models.resnet18()
+    convs = find_layer_types_recursive(model, [nn.Conv2d])
+    assert len(convs) == 20 and convs[0] is model.conv1
+    assert find_layer_predicate_recursive(model, lambda m: m is model.fc) == [model.fc]
+
+
+def test_guess_reshape_transform_layouts():
+    tokens = torch.arange(2 * 17 * 3, dtype=torch.float32).reshape(2, 17, 3)  # class token + 4x4
+    transform, ok = guess_reshape_transform(tokens)
+    assert ok and transform == TokenGridReshape(1, 4, 4)
+    torch.testing.assert_close(transform(tokens), vit_reshape_transform(tokens, 4, 4))
+    registers = torch.randn(1, 1 + 4 + 49, 8)  # class token + 4 registers + 7x7
+    assert guess_reshape_transform(registers)[0] == TokenGridReshape(5, 7, 7)
+    swin = torch.randn(1, 7, 7, 96)
+    transform, ok = guess_reshape_transform(swin)
+    assert ok and transform is channels_last_reshape
+    torch.testing.assert_close(transform(swin), swin.permute(0, 3, 1, 2))
+    assert guess_reshape_transform(torch.randn(1, 512, 7, 7)) == (None, True)
+    assert guess_reshape_transform(torch.randn(1, 3, 5)) == (None, False)  # no square grid
+    assert guess_reshape_transform(torch.randn(1, 10)) == (None, False)
+
+
+def _state(model):
+    return [m.training for m in model.modules()], [p.requires_grad for p in model.parameters()]
+
+
+@pytest.mark.parametrize("arch, expected", [("resnet18", "layer4"), ("vgg11", "features"),
+                                            ("mobilenet_v3_small", "features")])
+def test_find_target_layer_on_cnns(arch, expected):
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(arch).train()
+    before = _state(model)
+    found = find_target_layer(model, torch.randn(1, 3, 64, 64))
+    assert found.name == expected and found.reshape_transform is None and len(found.output_shape) == 4
+    assert _state(model) == before  # training flags and requires_grad as they were
+    assert all(p.grad is None for p in model.parameters())
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_find_target_layer_on_vit_picks_the_last_attention_input():
+    """After the last block's attention, patch tokens no longer reach the class token: the gradient
+    there is zero at every patch, so the last layer the class score depends on is ln_1 of the last block."""
+    torch.manual_seed(0)
+    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
+                            mlp_dim=64).eval()
+    nn.init.normal_(vit.heads.head.weight)  # torchvision initialises the head to zeros
+    found = find_target_layer(vit, torch.randn(2, 3, 32, 32))
+    assert found.name == "encoder.layers.encoder_layer_1.ln_1"
+    assert found.reshape_transform == TokenGridReshape(1, 4, 4)
+    maps = GradCAM(vit, [found.layer], reshape_transform=found.reshape_transform)(
+        torch.randn(2, 3, 32, 32), targets=[0, 1])
+    assert maps.shape == (2, 32, 32) and (maps.reshape(2, -1).std(1) > 0.05).all()
+
+
+def test_find_target_layer_on_swin():
+    torch.manual_seed(0)
+    swin = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[2, 2],
+                           window_size=[2, 2]).eval()
+    found = find_target_layer(swin, torch.randn(1, 3, 32, 32))
+    # torchvision's Swin permutes its channels-last features back to (B, C, H, W) after the last norm
+    assert found.name == "permute" and found.output_shape == (1, 32, 4, 4)
+    head = nn.Sequential(swin.features, swin.norm, nn.Flatten(1), nn.LazyLinear(3))  # (B, H, W, C) norm
+    channels_last = find_target_layer(head, torch.randn(1, 3, 32, 32))
+    assert channels_last.name == "1" and channels_last.reshape_transform is channels_last_reshape
+
+
+def test_find_target_layer_errors():
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
+    with pytest.raises(ValueError, match="no layer with a spatial output"):
+        find_target_layer(flat, torch.randn(1, 3, 2, 2))
+    seg = torchvision.models.resnet18()
+    with pytest.raises(ValueError, match="pass score="):
+        find_target_layer(nn.Sequential(*list(seg.children())[:-2]), torch.randn(1, 3, 32, 32))
