@@ -1,4 +1,5 @@
-"""Gradient-weighted CAMs: channel weights computed from the gradient of the score."""
+"""Gradient-weighted CAMs: channel weights computed from the gradient of the score (and CAM, their
+gradient-free ancestor: the weights of the final linear layer)."""
 from __future__ import annotations
 
 import math
