@@ -299,8 +299,8 @@ def test_matches_reference_library_resnet18(tmp_path):
     (tmp_path / "driver.py").write_text(DRIVER)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(REFERENCE_PATH)
-    result = subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(tmp_path), str(REFERENCE_PATH)],
-                            env=env, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, str(tmp_path / "driver.py"), str(tmp_path), str(REFERENCE_PATH)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     if result.returncode != 0 and "ModuleNotFoundError" in result.stderr:
         pytest.skip(f"the reference does not import here: {result.stderr.strip().splitlines()[-1]}")
     assert result.returncode == 0, result.stderr[-3000:]

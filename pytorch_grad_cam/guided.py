@@ -1,0 +1,242 @@
+"""Guided Backpropagation and Guided Grad-CAM: pixel-resolution gradients, not ``(B, *spatial)`` maps."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from ._model_state import evaluation_state, model_device, model_float_dtype
+from .base_cam import _MISSING, BaseCAM, TargetsArg, select_output
+from .gradient import GradCAM
+
+# The functional spellings of ReLU that the forward pass may call instead of an ``nn.ReLU`` module.
+_FUNCTIONAL_RELUS = frozenset({
+    torch.relu, torch.relu_, torch.nn.functional.relu, torch.nn.functional.relu_,
+    torch.Tensor.relu, torch.Tensor.relu_,
+})
+
+
+class _PositiveGradient(torch.autograd.Function):
+    """Identity forward; backward lets only positive gradients through.
+
+    Placed on a ReLU's output, the ReLU's own backward then applies its forward mask: the gradient that
+    reaches the ReLU's input is ``(x > 0) * relu(grad_out)``, the guided-backpropagation rule.
+    """
+
+    @staticmethod
+    def forward(ctx, output: torch.Tensor) -> torch.Tensor:
+        # A copy, not a view: in-place operations after the ReLU (ResNet's ``out += identity``) must
+        # not modify the output of a custom Function, and the module's own output stays untouched.
+        return output.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.clamp(min=0)
+
+
+class _GuidedReLUs(TorchFunctionMode):
+    """For one forward pass: the guided rule on every ``nn.ReLU`` module (forward hooks) and on the
+    functional ReLUs called in ``forward`` (``F.relu``, ``torch.relu``, ``x.relu()``, their in-place
+    forms, intercepted by this ``TorchFunctionMode``). Hooks are removed and the mode exited on exit.
+
+    An ``nn.ReLU`` module's own ``F.relu`` call is left to its hook (``_depth``), so nothing is wrapped
+    twice. An in-place functional ReLU whose result is discarded (``torch.relu_(x); return x``) cannot be
+    reached: the guided rule applies to the returned tensor.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self._handles: list = []
+        self._depth = 0  # > 0 while an nn.ReLU module runs
+
+    def __enter__(self) -> "_GuidedReLUs":
+        try:
+            for module in self.model.modules():
+                if isinstance(module, nn.ReLU):
+                    self._handles.append(module.register_forward_pre_hook(self._enter_relu))
+                    self._handles.append(module.register_forward_hook(self._leave_relu, always_call=True))
+            return super().__enter__()
+        except BaseException:
+            self._remove()
+            raise
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            super().__exit__(*exc_info)
+        finally:
+            self._remove()
+
+    def _remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _enter_relu(self, module: nn.Module, inputs) -> None:
+        self._depth += 1
+
+    def _leave_relu(self, module: nn.Module, inputs, output):
+        self._depth -= 1
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            return _PositiveGradient.apply(output)
+        return None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if (func in _FUNCTIONAL_RELUS and self._depth == 0 and isinstance(result, torch.Tensor)
+                and result.requires_grad):
+            return _PositiveGradient.apply(result)
+        return result
+
+
+def _layout(gradients: torch.Tensor, channels_last: bool) -> np.ndarray:
+    """``(B, C, *spatial)`` -> float32 numpy ``(B, *spatial, C)`` (``(*spatial, C)`` for one image) or
+    ``(B, C, *spatial)``."""
+    if channels_last:
+        gradients = gradients.movedim(1, -1)  # (B, *spatial, C)
+        if gradients.shape[0] == 1:
+            gradients = gradients[0]  # the reference library's (H, W, C) for one image
+    return gradients.detach().float().cpu().numpy()
+
+
+class GuidedBackpropReLUModel:
+    """Guided Backpropagation (Springenberg et al., arXiv:1412.6806, section 3.4).
+
+    The gradient of each image's target score with respect to the input pixels, where every ReLU's
+    backward pass lets through only positive gradients at positions where its input was positive:
+    ``R_l = (f_l > 0) * (R_{l+1} > 0) * R_{l+1}``. Applies to ``nn.ReLU`` modules (by forward hooks)
+    and to functional ReLUs in ``forward`` (``F.relu``, ``torch.relu``, ``x.relu()``...); the model's
+    modules are never replaced, and its hooks, training flags, ``requires_grad``, ``.grad`` and device
+    are as before after every call, also after one that raises.
+
+    Args:
+        model: the network, ``(B, C, *spatial)`` in.
+        device: where to compute; by default the model's device (a model elsewhere is moved for the call
+            and back). ``use_cuda=True`` (first API) means ``device="cuda"``.
+
+    Call ``gb(input_tensor, target_category=None, *, targets=None, channels_last=True)``: ``targets``
+    (or ``target_category``, the reference's name) is ``None`` (each image's top class), one class index
+    or callable target for every image, or one per image. Returns float32 numpy gradients:
+
+    - ``channels_last=True`` (default, the reference library's layout): ``(B, *spatial, C)``, and for a
+      batch of one image ``(*spatial, C)``, e.g. ``(H, W, 3)``, as grad-cam 1.5.7 returns;
+    - ``channels_last=False``: ``(B, C, *spatial)`` like the input, whatever ``B``.
+
+    Example:
+        >>> gb = GuidedBackpropReLUModel(model=model, device="cpu")(x, target_category=None)  # (H, W, 3)
+        >>> cv2.imwrite("gb.jpg", deprocess_image(gb))
+    """
+
+    def __init__(self, model: nn.Module, device: Union[None, str, torch.device] = None, *,
+                 use_cuda: Optional[bool] = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.device = BaseCAM._check_device(use_cuda, device)
+
+    def forward(self, input_img: torch.Tensor) -> Any:
+        """The model's output (the reference library's ``forward``)."""
+        return self.model(input_img)
+
+    def __call__(self, input_img: torch.Tensor, target_category: Any = None, *, targets: TargetsArg = None,
+                 channels_last: bool = True) -> np.ndarray:
+        if target_category is not None:
+            if targets is not None:
+                raise TypeError("pass targets or target_category (the first API's name), not both")
+            targets = target_category
+        if not isinstance(channels_last, bool):
+            raise TypeError(f"channels_last must be a bool, got {type(channels_last).__name__}")
+        x = BaseCAM._check_input(input_img)
+        target_list = BaseCAM._check_targets(targets, x.shape[0])
+        with self._session(x) as x_dev:
+            return _layout(self._gradients(x_dev, target_list), channels_last)
+
+    @contextlib.contextmanager
+    def _session(self, input_tensor: torch.Tensor) -> Iterator[torch.Tensor]:
+        """The model in eval mode on the compute device, and the input there (restored in finally)."""
+        model_dev = model_device(self.model)
+        device = self.device or model_dev or input_tensor.device
+        dtype = model_float_dtype(self.model) or input_tensor.dtype
+        move_to = self.device if self.device is not None and self.device != model_dev else None
+        with torch.inference_mode(False), evaluation_state(self.model, move_to):
+            yield input_tensor.detach().to(device=device, dtype=dtype)
+
+    def _gradients(self, x: torch.Tensor, targets) -> torch.Tensor:
+        """Guided gradients ``(B, C, *spatial)`` of the target scores, on the compute device."""
+        x_in = x.detach().clone().requires_grad_(True)  # a copy: the user's tensor keeps its flags
+        with torch.enable_grad():
+            with _GuidedReLUs(self.model):
+                output = self.model(x_in.clone())  # a model that modifies its input in place keeps x_in
+            targets = BaseCAM._resolve_targets(targets, output, x.shape[0])
+            scores = []
+            for i, target in enumerate(targets):
+                score = target(select_output(output, i, x.shape[0]))
+                if not isinstance(score, torch.Tensor) or score.numel() != 1:
+                    got = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
+                    raise ValueError(f"targets[{i}] ({target!r}) must return a scalar tensor computed from "
+                                     f"the model output, got {got}")
+                scores.append(score.reshape(()))
+            total = torch.stack(scores).sum()
+        if not total.requires_grad:
+            raise ValueError("the target scores do not depend on the input: the target must return a "
+                             "value computed from the model output")
+        # Only the graph from the input copy to the scores: parameters' .grad are neither read nor written.
+        (grad,) = torch.autograd.grad(total, x_in, allow_unused=True)
+        return torch.zeros_like(x_in) if grad is None else grad.detach()
+
+
+class GuidedGradCAM:
+    """Guided Grad-CAM (Selvaraju et al., arXiv:1610.02391, section 3): guided backpropagation times the
+    class map upsampled to the input, ``cam_gb = gb * cam[..., None]``, high-resolution and
+    class-discriminative.
+
+    Args:
+        model: the network.
+        target_layers, reshape_transform: for the map method (Grad-CAM by default).
+        cam: the map: ``None`` (Grad-CAM), a :class:`BaseCAM` subclass (built with ``model``,
+            ``target_layers``, ``reshape_transform``, ``device``) or any CAM object already built
+            (then ``target_layers`` / ``reshape_transform`` must be left out).
+        device: where to compute (as for the CAMs).
+
+    Call ``ggc(input_tensor, targets=None, *, channels_last=True)``; the result has the layout of
+    :class:`GuidedBackpropReLUModel` (``(H, W, C)`` for one image, ``(B, H, W, C)`` for more, or
+    ``(B, C, H, W)`` with ``channels_last=False``), float32.
+
+    Example:
+        >>> ggc = GuidedGradCAM(model, target_layers=[model.layer4[-1]])
+        >>> cam_gb = ggc(x, targets=[ClassifierOutputTarget(281)])  # (H, W, 3)
+        >>> cv2.imwrite("cam_gb.jpg", deprocess_image(cam_gb))
+    """
+
+    def __init__(self, model: nn.Module,
+                 target_layers: Union[None, nn.Module, Sequence[nn.Module]] = None,
+                 reshape_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, *,
+                 cam: Union[None, type, Callable[..., np.ndarray]] = None,
+                 device: Union[None, str, torch.device] = None, use_cuda: Optional[bool] = None) -> None:
+        self.guided_backprop = GuidedBackpropReLUModel(model, device, use_cuda=use_cuda)
+        if cam is None or (isinstance(cam, type) and issubclass(cam, BaseCAM)):
+            cls = GradCAM if cam is None else cam
+            cam = cls(model, target_layers, reshape_transform, device=self.guided_backprop.device)
+        elif isinstance(cam, type) or not callable(cam):
+            raise TypeError(f"cam must be None, a BaseCAM subclass or a CAM object, got {cam!r}")
+        elif target_layers is not None or reshape_transform is not None:
+            raise TypeError("cam is already built: give target_layers / reshape_transform to it, not here")
+        self.model = model
+        self.cam = cam
+
+    def __call__(self, input_tensor: torch.Tensor, targets: TargetsArg = None, *,
+                 target_category: Any = _MISSING, channels_last: bool = True) -> np.ndarray:
+        if target_category is not _MISSING:
+            if targets is not None:
+                raise TypeError("pass targets or target_category (the first API's name), not both")
+            targets = target_category
+        gb = self.guided_backprop(input_tensor, targets=targets, channels_last=False)  # (B, C, *spatial)
+        maps = np.asarray(self.cam(input_tensor, targets), dtype=np.float32)  # (B, *spatial)
+        if maps.shape != gb.shape[:1] + gb.shape[2:]:
+            raise ValueError(f"the cam returned maps of shape {maps.shape}, expected "
+                             f"{gb.shape[:1] + gb.shape[2:]} (one per image, the input's size)")
+        return _layout(torch.from_numpy(gb * maps[:, None]), channels_last)
