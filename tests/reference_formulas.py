@@ -305,6 +305,10 @@ RANDOM_SEED = 0  # the tests construct RandomCAM with this seed (it gives no all
 
 # ------------------------------------------------------------------------------------- the whole CAM
 GRADIENT_WEIGHTS = {"gradcam": gradcam_weights, "gradcam++": gradcampp_weights, "xgradcam": xgradcam_weights}
+#: The methods this file has a reference for (the others are checked against references in their own
+#: test files: see OWN_FORMULA_TESTS in test_formulas.py).
+COVERED = set(GRADIENT_WEIGHTS) | set(ELEMENTWISE) | set(COMPONENT) | {"scorecam", "ablationcam", "fem",
+                                                                         "randomcam"}
 
 
 def layer_weights(method: str, model, layer, x, classes, acts, grads) -> np.ndarray:

@@ -13,9 +13,17 @@ from torch import nn
 
 from pytorch_grad_cam import METHODS
 
-ALL_METHODS = sorted(METHODS)
-GRADIENT_METHODS = sorted(name for name, cls in METHODS.items() if cls.uses_gradients)
-CLASS_DEPENDENT = sorted(name for name, cls in METHODS.items() if cls.class_specific)
+# Methods whose plain reference lives in their own family's test file (same standard: an independent
+# float64 implementation of the paper's formula, non-degenerate cases).
+OWN_FORMULA_TESTS = {
+    "cam": "test_gradient_extras.py", "smoothgradcam++": "test_gradient_extras.py",
+    "shapleycam": "test_gradient_extras.py", "fullgrad": "test_fullgrad.py",
+    "sscam": "test_perturbation_extras.py", "iscam": "test_perturbation_extras.py",
+    "finercam": "test_composite.py", "refinecam": "test_composite.py", "sess": "test_composite.py",
+}
+ALL_METHODS = sorted(name for name in METHODS if name in R.COVERED)
+GRADIENT_METHODS = sorted(name for name in ALL_METHODS if METHODS[name].uses_gradients)
+CLASS_DEPENDENT = sorted(name for name in ALL_METHODS if METHODS[name].class_specific)
 # (method, eigen_smooth): EigenCAM is already a principal component, so its eigen_smooth is the same map.
 METHOD_SMOOTH = [(m, False) for m in ALL_METHODS] + [(m, True) for m in ALL_METHODS if m != "eigencam"]
 
@@ -45,6 +53,20 @@ def assert_matches_reference(method, model, layers, x, classes, eigen_smooth=Fal
     got = ours(method, model, layers, x, classes, eigen_smooth)
     torch.testing.assert_close(got, torch.from_numpy(want.astype(np.float32)), atol=1e-5, rtol=1e-4)
     return want
+
+
+def test_every_registered_method_has_a_plain_reference():
+    """Here (reference_formulas.py) or in its family's test file, which must exist and test it."""
+    from pathlib import Path
+
+    for name in METHODS:
+        if name in R.COVERED:
+            continue
+        assert name in OWN_FORMULA_TESTS, f"no plain reference test for {name!r}"
+        path = Path(__file__).with_name(OWN_FORMULA_TESTS[name])
+        assert path.is_file(), path
+        text = path.read_text()
+        assert "reference" in text and (name in text or METHODS[name].__name__ in text), (name, path)
 
 
 # ------------------------------------------------------------------------- the reference itself
