@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from ._capture import LayerCapture, layer_name
 from ._model_state import evaluation_state, model_device, model_float_dtype
 from .base_cam import BaseCAM, resize_maps
 
-__all__ = ["DeepFeatureFactorization", "NMFResult", "dff", "nmf"]
+__all__ = ["DeepFeatureFactorization", "NMFResult", "create_labels_legend", "dff", "nmf", "run_dff_on_image"]
 
 NMF_INITS = ("nndsvda", "random")
 NEGATIVES = ("shift", "clamp")
@@ -386,3 +386,63 @@ class DeepFeatureFactorization:
         if not isinstance(outputs, torch.Tensor):
             raise TypeError(f"computation_on_concepts must return a tensor, got {type(outputs).__name__}")
         return outputs.detach().float().cpu().numpy()
+
+
+def create_labels_legend(concept_scores: np.ndarray, labels: Union[Mapping[int, str], Sequence[str]],
+                         top_k: int = 2) -> List[str]:
+    """One legend string per concept: its ``top_k`` classes as ``"name:score"``, one per line.
+
+    ``name`` is the class label up to its third comma-separated synonym. ``concept_scores`` is
+    ``(K, num_classes)``, e.g. the softmax of a :class:`DeepFeatureFactorization` call's
+    ``concept_outputs``; ``labels`` maps a class index to its name (a dict such as a Hugging Face
+    ``model.config.id2label``, or a list). Feeds ``show_factorization_on_image(concept_labels=...)``.
+    """
+    scores = np.asarray(concept_scores)
+    if scores.ndim != 2:
+        raise ValueError(f"concept_scores must be (K, num_classes), got shape {scores.shape}")
+    top_k = _check_int(top_k, "top_k", 1)
+    legend = []
+    for row in scores:
+        best = np.argsort(row)[::-1][:top_k]
+        legend.append("\n".join(f"{','.join(str(labels[int(c)]).split(',')[:3])}:{row[c]:.2f}" for c in best))
+    return legend
+
+
+def run_dff_on_image(model: nn.Module, target_layer: nn.Module,
+                     classifier: Callable[[torch.Tensor], torch.Tensor], img_pil: Any,
+                     img_tensor: torch.Tensor,
+                     reshape_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                     n_components: int = 5, top_k: int = 2,
+                     labels: Union[None, Mapping[int, str], Sequence[str]] = None) -> np.ndarray:
+    """DFF of one image, drawn: the image next to its concepts with a legend of the classifier's top classes.
+
+    Args:
+        model, target_layer, reshape_transform: as :class:`DeepFeatureFactorization`.
+        classifier: applied to the concept vectors (``computation_on_concepts``); its softmax names them.
+        img_pil: the image, ``(H, W, 3)`` RGB uint8 (a PIL image or a numpy array).
+        img_tensor: the model's input for it, ``(C, H, W)``.
+        n_components, top_k: concepts, and classes shown per concept.
+        labels: class index -> name; by default ``model.config.id2label`` (Hugging Face models), else
+            the index itself.
+
+    Returns:
+        ``(H, 3 * W, 3)`` uint8: the image, the concepts on it, and the legend.
+    """
+    from .utils.image import show_factorization_on_image
+
+    rgb = np.asarray(img_pil)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"img_pil must be an (H, W, 3) RGB uint8 image, got shape {rgb.shape} and dtype "
+                         f"{rgb.dtype}")
+    if labels is None:
+        labels = getattr(getattr(model, "config", None), "id2label", None)
+    dff_ = DeepFeatureFactorization(model, target_layer, reshape_transform,
+                                    computation_on_concepts=classifier)
+    _, explanations, outputs = dff_(img_tensor[None], n_components)
+    scores = torch.softmax(torch.from_numpy(outputs), dim=-1).numpy()
+    if labels is None:
+        labels = [str(i) for i in range(scores.shape[1])]
+    legend = create_labels_legend(scores, labels, top_k)
+    visualization = show_factorization_on_image(np.float32(rgb) / 255, explanations[0], image_weight=0.3,
+                                                concept_labels=legend)
+    return np.hstack((rgb, visualization))

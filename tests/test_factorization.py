@@ -592,3 +592,27 @@ def test_dff_agrees_with_the_reference_library_on_the_photo(tmp_path):
     for k in range(2):
         corr = np.corrcoef(explanations[0, k].ravel(), want_maps[order[k]].ravel())[0, 1]
         assert corr > 0.999, (k, corr)
+
+
+def test_create_labels_legend_lists_each_concepts_top_classes():
+    from pytorch_grad_cam.feature_factorization.deep_feature_factorization import create_labels_legend
+
+    scores = np.array([[0.1, 0.7, 0.2], [0.5, 0.05, 0.45]])
+    labels = {0: "tabby, tabby cat", 1: "golden retriever", 2: "a, b, c, d"}
+    assert create_labels_legend(scores, labels, top_k=2) == ["golden retriever:0.70\na, b, c:0.20",
+                                                             "tabby, tabby cat:0.50\na, b, c:0.45"]
+    assert create_labels_legend(scores, ["x", "y", "z"], top_k=1) == ["y:0.70", "x:0.50"]
+
+
+def test_run_dff_on_image_draws_the_image_its_concepts_and_a_legend():
+    from pytorch_grad_cam.feature_factorization.deep_feature_factorization import run_dff_on_image
+
+    model = tiny_net(2, seed=0)
+    x = two_texture_images()[0]  # (3, 32, 32)
+    rgb = np.uint8(np.clip(x.permute(1, 2, 0).numpy() * 40 + 128, 0, 255))
+    out = run_dff_on_image(model, model.relu3, model.fc, rgb, x, n_components=2)
+    assert out.shape == (32, 96, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[:, :32], rgb)
+    _, explanations = DeepFeatureFactorization(model, model.relu3)(x[None], 2)
+    want = show_factorization_on_image(np.float32(rgb) / 255, explanations[0], image_weight=0.3)
+    np.testing.assert_array_equal(out[:, 32:64], want)

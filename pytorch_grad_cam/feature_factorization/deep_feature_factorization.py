@@ -2,6 +2,6 @@
 
 The implementation lives in :mod:`pytorch_grad_cam.factorization`.
 """
-from ..factorization import DeepFeatureFactorization, dff
+from ..factorization import DeepFeatureFactorization, create_labels_legend, dff, run_dff_on_image
 
-__all__ = ["DeepFeatureFactorization", "dff"]
+__all__ = ["DeepFeatureFactorization", "create_labels_legend", "dff", "run_dff_on_image"]
