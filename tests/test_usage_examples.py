@@ -116,3 +116,44 @@ def test_embeddings_example_finds_the_concepts(tmp_path):
     assert coffee[CUP].mean() > 50 and coffee[CAT_HALF].max() < 0, \
         (coffee[CUP].mean(), coffee[CAT_HALF].max())
     assert cat[CAT_HALF].mean() > 50 and cat[CUP].mean() < -50, (cat[CAT_HALF].mean(), cat[CUP].mean())
+
+
+def test_pretrained_example_grid(tmp_path):
+    needs_pretrained()
+    out, files = run_example("pretrained_example.py", tmp_path)
+    assert list(files) == ["pretrained_grid.jpg"]
+    assert "cat_and_coffee.jpg: explained 'Egyptian cat' (285)" in out
+    assert "cat_and_coffee.jpg: explained 'espresso' (967)" in out
+    # 4 rows of a 24-pixel label over 224-pixel cells; the widest row is the 448-wide composite x 5 cells.
+    grid = read_image(files["pretrained_grid.jpg"], (4 * (24 + 224), 5 * 448, 3))
+    photo = cv2.imread(str(PHOTOS / "cat_and_coffee.jpg"))
+
+    def cell(row: int, column: int) -> np.ndarray:  # rows 2 and 3: the composite for 285 and for 967
+        top = row * 248 + 24
+        return redness(grid[top:top + 224, column * 448:(column + 1) * 448], photo)
+
+    def halves(red: np.ndarray):
+        return red[:, :224], red[:, 224:]
+
+    # Grad-CAM (column 1), measured: cat map max +288 on the cat, <= -116 on the cup; espresso map the
+    # other way round.
+    cat, cup = halves(cell(2, 1))
+    assert cat.max() > 150 and cup.max() < 0, (cat.max(), cup.max())
+    cat, cup = halves(cell(3, 1))
+    assert cup.max() > 150 and cat.max() < 0, (cup.max(), cat.max())
+    # Grad-CAM++ (column 2), measured mean redness: cat map 168 on the cat, -148 on the cup; espresso map
+    # -142 on the cat, 14 on the cup.
+    cat, cup = halves(cell(2, 2))
+    assert cat.mean() > cup.mean() + 100, (cat.mean(), cup.mean())
+    cat, cup = halves(cell(3, 2))
+    assert cup.mean() > cat.mean() + 100, (cup.mean(), cat.mean())
+    # Score-CAM (column 3, half-size input): espresso map peaks on the cup; the weaker cat map is still
+    # warmer on the cat (mean -116) than on the cup (-168).
+    cat, cup = halves(cell(3, 3))
+    assert cup.max() > 150 and cat.max() < 0, (cup.max(), cat.max())
+    cat, cup = halves(cell(2, 3))
+    assert cat.mean() > cup.mean() + 20, (cat.mean(), cup.mean())
+    # Eigen-CAM (column 4) is class-agnostic: the same map in both rows, and it is the cup.
+    assert np.abs(cell(2, 4) - cell(3, 4)).mean() < 5
+    cat, cup = halves(cell(2, 4))
+    assert cup.mean() > 50 and cat.max() < 0, (cup.mean(), cat.max())
