@@ -1,0 +1,579 @@
+"""FinerCAM, RefineCAM and SESS against plain references of their formulas, written here.
+
+* FinerCAM == Grad-CAM by hand on the FinerCAM score computed by hand (float64, numpy picks the classes
+  whose logits are closest to the main class's); one forward pass per call.
+* RefineCAM == the product of per-layer Grad-CAM++ maps computed by hand, each normalised, normalised
+  again; one forward pass for all layers.
+* SESS == a plain loop over scales and windows: per-patch scores, pre-filtering, weights, the library's
+  base method per patch (the per-patch oracle), pasting into a frame of zeros, cv2/torch resizing, the
+  thresholded mean (or max), a Gaussian blur and min-max normalisation, all re-implemented here.
+* Optional black-box comparison of the three with grad-cam 1.5.7 (subprocess, PYTHONPATH=/work/refcam).
+"""
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from conftest import seeded_input, tiny_net
+from torch import nn
+
+from pytorch_grad_cam import SESS, FinerCAM, GradCAM, GradCAMPlusPlus, RefineCAM, ScoreCAM
+from pytorch_grad_cam.finer_cam import FinerCAM as FinerCAMPath
+from pytorch_grad_cam.refine_cam import RefineCAM as RefineCAMPath
+from pytorch_grad_cam.sess import SESS as SESSPath
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FinerWeightedTarget
+
+STAGES = ("conv1", "relu1", "conv2", "relu2", "conv3", "relu3")
+MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def assert_nontrivial(maps, peak=0.99):
+    flat = np.asarray(maps).reshape(len(maps), -1)
+    assert (flat.max(1) > peak).all(), "degenerate test case: a reference map is all zeros"
+    assert (flat.std(1) > 0.05).all(), "degenerate test case: a reference map is nearly flat"
+
+
+def normalize(maps):
+    """Per map: (m - min) / (max - min + 1e-7), torch (B, *spatial)."""
+    flat = maps.flatten(1)
+    flat = flat - flat.min(1, keepdim=True).values
+    return (flat / (flat.max(1, keepdim=True).values + 1e-7)).view_as(maps)
+
+
+def split(model, x, layer):
+    """(activations of ``layer`` with requires_grad, logits computed from them) for a TinyConvNet."""
+    h = x
+    for i, name in enumerate(STAGES):
+        h = getattr(model, name)(h)
+        if name == layer:
+            acts = h.detach().requires_grad_(True)
+            h = acts
+            for rest in STAGES[i + 1:]:
+                h = getattr(model, rest)(h)
+            return acts, model.fc(h.flatten(2).mean(-1))
+    raise KeyError(layer)
+
+
+def layer_map_by_hand(acts, grads, method):
+    """Grad-CAM or Grad-CAM++ map of one layer (B, *grid), before normalisation (float64)."""
+    if method == "gradcam":
+        weights = grads.flatten(2).mean(-1)
+    else:  # Grad-CAM++, eq. 19 with exp(S)
+        g2, g3 = grads ** 2, grads ** 3
+        sum_a = acts.flatten(2).sum(-1).reshape(*acts.shape[:2], *[1] * (acts.ndim - 2))
+        alpha = g2 / (2 * g2 + sum_a * g3 + 1e-6)
+        alpha = torch.where(grads != 0, alpha, torch.zeros_like(alpha))
+        weights = (grads.relu() * alpha).flatten(2).sum(-1)
+    weighted = weights.reshape(*weights.shape, *[1] * (acts.ndim - 2)) * acts
+    return weighted.sum(1).relu()
+
+
+def full_map(layer_map, size):
+    """normalise, resize to ``size`` (half-pixel linear), normalise: one layer's map as a method gives it."""
+    resized = F.interpolate(normalize(layer_map)[:, None], size=tuple(size), mode=MODES[len(size)],
+                            align_corners=False)[:, 0]
+    return normalize(resized)
+
+
+class CountCalls(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.inner(x)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.inner, name)
+
+
+# ============================================================================================ FinerCAM
+def finer_by_hand(model, x, layer, alpha=1.0, ranks=(1, 2, 3), mains=None, classes=None):
+    """Grad-CAM of sum_j p_j (y_m - alpha y_j) / (sum_j p_j + 1e-9), in float64, classes picked in numpy."""
+    model = tiny_copy_double(model)
+    x = x.double()
+    acts, logits = split(model, x, layer)
+    y = logits.detach().numpy()  # (B, K)
+    scores = []
+    for i in range(len(x)):
+        main = int(np.argmax(y[i])) if mains is None else mains[i]
+        if classes is None:
+            distance = np.abs(y[i] - y[i, main])
+            distance[main] = -1.0
+            order = np.argsort(distance, kind="stable")
+            comparison = [int(order[r]) for r in ranks]
+        else:
+            comparison = classes[i]
+        p = torch.softmax(logits[i], -1)[comparison]
+        scores.append((p * (logits[i, main] - alpha * logits[i, comparison])).sum() / (p.sum() + 1e-9))
+    (grads,) = torch.autograd.grad(torch.stack(scores).sum(), acts)
+    with torch.no_grad():
+        return full_map(layer_map_by_hand(acts, grads, "gradcam"), x.shape[2:]).numpy()
+
+
+def tiny_copy_double(model):
+    copy = tiny_net(model.conv1.weight.ndim - 2, in_channels=model.conv1.in_channels)
+    copy.load_state_dict(model.state_dict())
+    return copy.double()
+
+
+@pytest.fixture
+def finer_case():
+    # seed 0, classes 5; input seed 3: the top classes differ per image.
+    return tiny_net(2, seed=0), seeded_input(2, 3, 12, 16, seed=3)
+
+
+@pytest.mark.parametrize("options, hand", [
+    ({}, {}),
+    ({"alpha": 0.4}, {"alpha": 0.4}),
+    ({"comparison_categories": [2, 4]}, {"ranks": (2, 4)}),
+    ({"target_idx": 2}, {"mains": [2, 2]}),
+    ({"comparison_classes": [[0, 4], [3]], "alpha": 0.7}, {"classes": [[0, 4], [3]], "alpha": 0.7}),
+    ({"comparison_classes": [1]}, {"classes": [[1], [1]]}),
+], ids=["default", "alpha", "ranks", "target_idx", "per-image-classes", "shared-classes"])
+def test_finercam_is_gradcam_of_the_finer_score(finer_case, options, hand):
+    model, x = finer_case
+    expected = finer_by_hand(model, x, "conv2", **hand)  # negative activations too
+    assert_nontrivial(expected)
+    got = FinerCAM(model, [model.conv2])(x, **options)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_finercam_class_targets_become_the_main_class(finer_case):
+    model, x = finer_case
+    expected = finer_by_hand(model, x, "relu3", mains=[4, 1], alpha=0.5)
+    assert_nontrivial(expected)
+    cam = FinerCAM(model, [model.relu3], alpha=0.5)  # constructor default alpha
+    np.testing.assert_allclose(cam(x, targets=[4, ClassifierOutputTarget(1)]), expected, atol=1e-5)
+    # A FinerWeightedTarget or any other callable is used as given.
+    with torch.no_grad():
+        y = model(x)
+    picked = [FinerWeightedTarget(4, [int(c) for c in np.argsort(np.abs(y[0] - y[0, 4]).numpy())[1:4]], 0.5),
+              FinerWeightedTarget(1, [int(c) for c in np.argsort(np.abs(y[1] - y[1, 1]).numpy())[1:4]], 0.5)]
+    np.testing.assert_allclose(cam(x, targets=picked), expected, atol=1e-5)
+    plain = GradCAM(model, [model.relu3])(x, targets=[lambda out: out[2]] * 2)
+    np.testing.assert_allclose(cam(x, targets=[lambda out: out[2]] * 2), plain, atol=1e-6)
+    # alpha = 0 is the plain logit: FinerCAM == the base method (with any comparison classes).
+    np.testing.assert_allclose(cam(x, targets=[4, 1], alpha=0.0), GradCAM(model, [model.relu3])(x, [4, 1]),
+                               atol=1e-5)
+    assert np.abs(cam(x, targets=[4, 1]) - GradCAM(model, [model.relu3])(x, [4, 1])).max() > 0.1
+
+
+def test_finercam_one_forward_pass_and_any_base_method(finer_case):
+    model, x = finer_case
+    counted = CountCalls(model)
+    FinerCAM(counted, [model.relu2])(x)
+    assert counted.calls == 1  # the classes are picked from the pass the base method uses
+    # Another base method (class or name): the base method on the FinerCAM targets built by hand.
+    with torch.no_grad():
+        y = model(x)
+    targets = []
+    for i, main in enumerate(y.argmax(-1).tolist()):
+        order = np.argsort(np.abs(y[i] - y[i, main]).numpy(), kind="stable")
+        targets.append(FinerWeightedTarget(main, [int(c) for c in order[1:4] if c != main], 1.0))
+    for base in (ScoreCAM, "gradcam++"):
+        expected = (ScoreCAM(model, [model.relu2], batch_size=4) if base is ScoreCAM
+                    else GradCAMPlusPlus(model, [model.relu2]))(x, targets)
+        assert_nontrivial(expected, peak=0.9)
+        got = FinerCAM(model, [model.relu2], base_method=base, batch_size=4)(x)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_finercam_aug_smooth_uses_the_classes_of_the_unaugmented_image(finer_case):
+    model, x = finer_case
+    with torch.no_grad():
+        y = model(x)
+    targets = []
+    for i, main in enumerate(y.argmax(-1).tolist()):
+        order = np.argsort(np.abs(y[i] - y[i, main]).numpy(), kind="stable")
+        targets.append(FinerWeightedTarget(main, [int(c) for c in order[1:4]], 1.0))
+    tta = None  # the default: flips x multiply
+    expected = GradCAM(model, [model.relu2], tta_transforms=tta)(x, targets, aug_smooth=True)
+    got = FinerCAM(model, [model.relu2])(x, aug_smooth=True)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_finercam_reference_call_order_and_errors(finer_case):
+    model, x = finer_case
+    cam = FinerCAM(model, [model.relu2])
+    # The reference's positional order: (input, targets, eigen_smooth, alpha, comparison_categories).
+    np.testing.assert_allclose(cam(x, None, True, 0.5, [1, 2]),
+                               cam(x, eigen_smooth=True, alpha=0.5, comparison_categories=[1, 2]))
+    np.testing.assert_allclose(cam.forward(x, None, False, 0.5), cam(x, alpha=0.5))
+    counted = CountCalls(model)
+    cam = FinerCAM(counted, [model.relu2])
+    for kwargs, error, match in [
+        ({"targets": [1, 2], "target_idx": 1}, TypeError, "targets or target_idx"),
+        ({"alpha": float("nan")}, TypeError, "alpha must be a finite float"),
+        ({"comparison_categories": [0, 1]}, ValueError, "rank 0 is the main class"),
+        ({"comparison_categories": [1], "comparison_classes": [2]}, TypeError, "not both"),
+        ({"comparison_classes": [[1], [2], [3]]}, ValueError, "3 lists but the batch has 2"),
+        ({"comparison_classes": [-1]}, ValueError, "indices >= 0"),
+        ({"target_idx": -1}, TypeError, "target_idx must be a class index"),
+    ]:
+        with pytest.raises(error, match=match):
+            cam(x, **kwargs)
+    assert counted.calls == 0  # refused before any forward pass
+    with pytest.raises(ValueError, match="category 7 is out of range"):
+        cam(x, comparison_classes=[7])
+    with pytest.raises(ValueError, match="category 5 is out of range"):
+        cam(x, target_idx=5)
+    with pytest.raises(TypeError, match="alpha must be a finite float"):
+        FinerCAM(model, [model.relu2], alpha=True)
+    with pytest.raises(TypeError, match="base_method must be a plain CAM method"):
+        FinerCAM(model, [model.relu2], base_method=SESS)
+    assert FinerCAMPath is FinerCAM and RefineCAMPath is RefineCAM and SESSPath is SESS
+
+
+# ============================================================================================ RefineCAM
+def refine_by_hand(model, x, layers, classes, method="gradcam++"):
+    """prod_l normalise(resize(normalise(cam_l))), normalised; each layer by hand, float64."""
+    model = tiny_copy_double(model)
+    x = x.double()
+    product = None
+    for layer in layers:
+        acts, logits = split(model, x, layer)
+        (grads,) = torch.autograd.grad(logits[torch.arange(len(x)), classes].sum(), acts)
+        with torch.no_grad():
+            layer_map = full_map(layer_map_by_hand(acts, grads, method), x.shape[2:])
+        assert_nontrivial(layer_map.numpy(), peak=0.9)
+        product = layer_map if product is None else product * layer_map
+    return normalize(product).numpy()
+
+
+@pytest.mark.parametrize("dim, shape, layers", [
+    (2, (2, 3, 12, 16), ["relu1", "relu2", "relu3"]),
+    (2, (2, 3, 12, 16), ["conv2", "relu3"]),
+    (1, (2, 2, 40), ["relu1", "relu3"]),
+    (3, (2, 1, 6, 8, 10), ["relu1", "relu2"]),
+], ids=["2d-three", "2d-two", "1d", "3d"])
+def test_refinecam_is_the_product_of_the_normalised_layer_maps(dim, shape, layers):
+    model = tiny_net(dim, seed=dim, in_channels=shape[1])
+    x = seeded_input(*shape, seed=7)
+    classes = [1, 3]
+    expected = refine_by_hand(model, x, layers, classes)
+    assert_nontrivial(expected, peak=0.9)
+    counted = CountCalls(model)
+    got = RefineCAM(counted, [getattr(model, name) for name in layers])(x, targets=classes)
+    assert counted.calls == 1  # every layer from one forward (and one backward) pass
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # The same with the library's base method run once per layer, and with Grad-CAM as the base.
+    per_layer = [GradCAMPlusPlus(model, [getattr(model, n)])(x, classes) for n in layers]
+    np.testing.assert_allclose(got, normalize(torch.from_numpy(np.prod(per_layer, 0))).numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        RefineCAM(model, [getattr(model, n) for n in layers], base_method=GradCAM)(x, classes),
+        refine_by_hand(model, x, layers, classes, method="gradcam"), atol=1e-5)
+
+
+def test_refinecam_differs_from_the_average_and_keeps_aug_smooth():
+    model, x = tiny_net(2, seed=0), seeded_input(2, 3, 12, 16, seed=1)
+    layers = [model.relu1, model.relu3]
+    refined = RefineCAM(model, layers)(x, [1, 3])
+    averaged = GradCAMPlusPlus(model, layers)(x, [1, 3])
+    assert np.abs(refined - averaged).max() > 0.1
+    # aug_smooth: the mean of the de-augmented refined maps (one horizontal flip here).
+    import ttach as tta
+
+    flip = tta.Compose([tta.HorizontalFlip()])
+    got = RefineCAM(model, layers, tta_transforms=flip)(x, [1, 3], aug_smooth=True)
+    flipped = RefineCAM(model, layers)(torch.flip(x, [-1]), [1, 3])
+    np.testing.assert_allclose(got, (refined + np.flip(flipped, -1)) / 2, atol=1e-6)
+
+
+# ============================================================================================ SESS
+def window_starts_by_hand(length, window, step):
+    starts, start = [], 0
+    while True:
+        if start + window >= length:
+            starts.append(max(length - window, 0))
+            return starts
+        starts.append(start)
+        start += step
+
+
+def blur_by_hand(cam, size=11, sigma=5.0):
+    """Separable Gaussian, mirrored borders without repeating the edge (numpy 'reflect')."""
+    radius = size // 2
+    offsets = np.arange(-radius, radius + 1)
+    kernel = np.exp(-offsets ** 2 / (2 * sigma ** 2))
+    kernel /= kernel.sum()
+    for axis in range(cam.ndim):
+        padded = np.pad(cam, [(radius, radius) if a == axis else (0, 0) for a in range(cam.ndim)],
+                        mode="reflect")
+        cam = np.apply_along_axis(lambda v: np.convolve(v, kernel, mode="valid"), axis, padded)
+    return cam
+
+
+def sess_by_hand(model, layers, x, classes, scales, window, step, pre_filter_ratio=0.0, theta=0.0,
+                 pool="mean", smooth=True, softmax=True, use_cv2=False):
+    """SESS as a plain loop: every image, scale and window one after the other."""
+    spatial = x.shape[2:]
+    shorter = min(spatial)
+    base = GradCAM(model, layers)
+    maps = []
+    for i in range(len(x)):
+        patches = []  # (patch, scaled size, starts)
+        for scale in scales:
+            size = [int(scale * n / shorter) for n in spatial]
+            if use_cv2:  # cv2.resize takes (width, height)
+                image = np.moveaxis(x[i].numpy(), 0, -1)
+                scaled = torch.from_numpy(np.moveaxis(cv2.resize(image, (size[1], size[0])), -1, 0))[None]
+            elif len(size) == 2:  # torchvision: bilinear, antialiased when shrinking
+                scaled = torchvision.transforms.functional.resize(x[i:i + 1], size)
+            else:
+                scaled = F.interpolate(x[i:i + 1], size=size, mode=MODES[len(size)], align_corners=False)
+            grids = [window_starts_by_hand(n, window, step) for n in size]
+            for starts in np.stack(np.meshgrid(*grids, indexing="ij"), -1).reshape(-1, len(size)):
+                index = (slice(None), slice(None), *(slice(s, s + window) for s in starts))
+                patches.append((scaled[index], size, starts))
+        scores = []
+        for patch, _, _ in patches:
+            with torch.no_grad():
+                out = model(patch)[0]
+            score = (torch.softmax(out, -1) if softmax else out)[classes[i]].item()
+            scores.append(max(score, 0.0))
+        order = np.argsort(scores, kind="stable")[int(len(scores) * pre_filter_ratio):]
+        top = max(scores[k] for k in order)
+        total, count = np.zeros(spatial), np.zeros(spatial)
+        for k in order:
+            patch, size, starts = patches[k]
+            weight = scores[k] / top if top > 0 else 1.0
+            patch_map = base(patch, [classes[i]])[0] * weight
+            frame = np.zeros(size, np.float32)
+            frame[tuple(slice(s, s + window) for s in starts)] = patch_map
+            if use_cv2:
+                back = cv2.resize(frame, (spatial[1], spatial[0]))
+            else:
+                back = F.interpolate(torch.from_numpy(frame)[None, None], size=tuple(spatial),
+                                     mode=MODES[len(size)], align_corners=False)[0, 0].numpy()
+            if pool == "max":
+                total = np.maximum(total, back)
+            else:
+                total += np.where(back > theta, back, 0.0)
+                count += back > theta
+        cam = total if pool == "max" else np.where(count > 0, total / np.maximum(count, 1), 0.0)
+        if smooth:
+            cam = cv2.GaussianBlur(cam.astype(np.float32), (11, 11), 5.0) if use_cv2 else blur_by_hand(cam)
+        cam = cam - cam.min()
+        maps.append(cam / (cam.max() + 1e-7))
+    return np.stack(maps)
+
+
+@pytest.fixture
+def sess_case():
+    # 1 image per target class: one whose top class is 1, the other 3.
+    return tiny_net(2, seed=0), seeded_input(2, 3, 12, 16, seed=1)
+
+
+@pytest.mark.parametrize("kwargs, hand", [
+    ({"num_scales": 3}, {"scales": [12, 15, 18], "window": 12, "step": 12}),
+    ({"scales": [10, 13, 17], "window_size": 10, "step_size": 5, "pre_filter_ratio": 0.5, "theta": 0.1},
+     {"scales": [10, 13, 17], "window": 10, "step": 5, "pre_filter_ratio": 0.5, "theta": 0.1}),
+    ({"num_scales": 2, "window_size": 8, "step_size": 3, "pool": "max", "smooth": False},
+     {"scales": [8, 10], "window": 8, "step": 3, "pool": "max", "smooth": False}),
+    ({"num_scales": 3, "scale_step_ratio": 0.5, "use_softmax_scores": False},
+     {"scales": [12, 18, 24], "window": 12, "step": 12, "softmax": False}),
+], ids=["defaults", "overlap-prefilter-theta", "max-no-smooth", "raw-scores"])
+def test_sess_is_the_plain_loop(sess_case, kwargs, hand):
+    model, x = sess_case
+    classes = [1, 3]
+    expected = sess_by_hand(model, [model.relu2], x, classes, **hand)
+    assert_nontrivial(expected)
+    got = SESS(model, [model.relu2], batch_size=5, **kwargs)(x, targets=classes)
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+    assert np.abs(got - GradCAM(model, [model.relu2])(x, classes)).max() > 0.1  # not the plain map
+
+
+def test_sess_conventions_match_cv2():
+    # torch's half-pixel bilinear resize and mirrored blur are cv2.resize and cv2.GaussianBlur.
+    model, x = tiny_net(2, seed=0), seeded_input(1, 3, 16, 20, seed=4)
+    hand = dict(scales=[16, 21, 26], window=16, step=16, theta=0.0)
+    expected = sess_by_hand(model, [model.relu2], x, [4], use_cv2=True, **hand)
+    assert_nontrivial(expected)
+    np.testing.assert_allclose(expected, sess_by_hand(model, [model.relu2], x, [4], **hand), atol=1e-5)
+    np.testing.assert_allclose(SESS(model, [model.relu2], num_scales=3)(x, [4]), expected, atol=2e-5)
+
+
+@pytest.mark.parametrize("dim, shape", [(1, (2, 2, 40)), (3, (1, 1, 6, 8, 10))], ids=["1d", "3d"])
+def test_sess_1d_and_3d(dim, shape):
+    model = tiny_net(dim, seed=4, in_channels=shape[1])
+    x = seeded_input(*shape, seed=5)
+    classes = [0, 2][:shape[0]]
+    window = min(shape[2:]) if dim == 3 else 16
+    increment = round(window * 2 / 7)
+    scales = [window + increment * k for k in range(3)]
+    step = window // 2 if dim == 1 else window
+    expected = sess_by_hand(model, [model.relu2], x, classes, scales, window, step)
+    assert_nontrivial(expected)
+    got = SESS(model, [model.relu2], num_scales=3, window_size=window if dim == 1 else None,
+               step_size=window // 2 if dim == 1 else None)(x, classes)
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+
+
+def test_sess_batches_are_bounded_and_patches_are_counted(sess_case):
+    model, x = sess_case
+    counted = CountCalls(model)
+    sizes = []
+    counted.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
+    cam = SESS(counted, [model.relu2], num_scales=3, batch_size=4, pre_filter_ratio=0.5)
+    maps = cam(x, targets=[1, 3])
+    # Windows per image: scale 12 -> 12x16: 1x2; 15 -> 15x20: 2x2; 18 -> 18x24: 2x2 => 10; two images.
+    patches = 2 * 10
+    kept = 2 * 5
+    assert sizes[0] == 2  # the whole input first (targets and layers checked)
+    assert max(sizes[1:]) <= 4
+    assert sum(sizes[1:]) == patches + kept  # scored once each, the base method on the kept ones
+    expected = sess_by_hand(model, [model.relu2], x, [1, 3], [12, 15, 18], 12, 12, pre_filter_ratio=0.5)
+    np.testing.assert_allclose(maps, expected, atol=2e-5)
+
+
+def test_sess_top_class_by_default_and_half_precision_with_max_fusion(sess_case):
+    model, x = sess_case
+    with torch.no_grad():
+        top = model(x).argmax(-1).tolist()
+    cam = SESS(model, [model.relu2], num_scales=3)
+    np.testing.assert_allclose(cam(x), cam(x, top), atol=1e-6)
+    # Half precision: with the continuous max fusion the map is the float32 one up to rounding (the
+    # thresholded mean is not: rounding moves tiny values across theta).
+    expected = SESS(model, [model.relu2], num_scales=3, pool="max")(x, top)
+    half = tiny_net(2, seed=0).to(torch.bfloat16)
+    got = SESS(half, [half.relu2], num_scales=3, pool="max")(x, top)
+    np.testing.assert_allclose(got, expected, atol=4e-2)
+
+
+def test_sess_errors_before_any_forward_pass(sess_case):
+    model, x = sess_case
+    counted = CountCalls(model)
+    for kwargs, error, match in [
+        ({"pool": "median"}, ValueError, "pool must be 'mean'"),
+        ({"pre_filter_ratio": 1.0}, ValueError, r"pre_filter_ratio must be a float in \[0, 1\)"),
+        ({"num_scales": 0}, ValueError, "num_scales must be a positive int"),
+        ({"scales": []}, ValueError, "scales must be a non-empty list"),
+        ({"window_size": 2.5}, ValueError, "window_size must be a positive int"),
+    ]:
+        with pytest.raises(error, match=match):
+            SESS(counted, [model.relu2], **kwargs)
+    with pytest.raises(ValueError, match="window_size 13 is larger than the input's shorter side 12"):
+        SESS(counted, [model.relu2], window_size=13)(x)
+    with pytest.raises(ValueError, match=r"every scale must be at least the window size 12"):
+        SESS(counted, [model.relu2], scales=[11, 14])(x)
+    assert counted.calls == 0
+
+
+def test_sess_constant_map_warns_once_and_is_zeros():
+    model = tiny_net(2, seed=0)
+    with torch.no_grad():
+        model.fc.weight.copy_(-model.fc.weight.abs())  # relu3 >= 0 and negative weights: no evidence
+    x = seeded_input(1, 3, 12, 16, seed=1)
+    with pytest.warns(RuntimeWarning) as record:
+        maps = SESS(model, [model.relu3], num_scales=2)(x, [0])
+    assert [str(w.message) for w in record if "constant" in str(w.message)] == [
+        "the SESS map is constant for image(s) [0] (no patch has positive evidence for the target); its map "
+        "is all zeros"]
+    np.testing.assert_array_equal(maps, np.zeros((1, 12, 16), np.float32))
+
+
+# ============================================================================================ grad-cam 1.5.7
+REFERENCE_PATH = Path(os.environ.get("GRAD_CAM_REFERENCE_PATH") or "/work/refcam")
+
+DRIVER = r'''
+import json, sys
+import numpy as np, torch, torchvision
+import pytorch_grad_cam
+work, tests_dir, reference_path = sys.argv[1:4]
+assert pytorch_grad_cam.__file__.startswith(reference_path), pytorch_grad_cam.__file__
+sys.path.append(tests_dir)
+from conftest import TinyConvNet
+from pytorch_grad_cam.finer_cam import FinerCAM
+from pytorch_grad_cam.refine_cam import RefineCAM
+from pytorch_grad_cam.sess import SESS
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+tiny = TinyConvNet(2)
+tiny.load_state_dict(torch.load(f"{work}/tiny.pt"))
+tiny.eval()
+resnet = torchvision.models.resnet18(weights=None)
+resnet.load_state_dict(torch.load(f"{work}/resnet18.pt"))
+resnet.eval()
+x_tiny, x_res = torch.load(f"{work}/x_tiny.pt"), torch.load(f"{work}/x_res.pt")
+out = {}
+out["finer-default"] = FinerCAM(tiny, [tiny.relu2])(x_tiny)
+out["finer-alpha-idx"] = FinerCAM(tiny, [tiny.conv2])(x_tiny, alpha=0.6, target_idx=4,
+                                                       comparison_categories=[1, 3])
+out["finer-resnet"] = FinerCAM(resnet, [resnet.layer4[-1]])(x_res)
+out["refine-tiny"] = RefineCAM(tiny, [tiny.relu1, tiny.relu2, tiny.relu3])(
+    x_tiny, [ClassifierOutputTarget(1), ClassifierOutputTarget(3)])
+out["refine-resnet"] = RefineCAM(resnet, [resnet.layer3[-1], resnet.layer4[-1]])(
+    x_res, [ClassifierOutputTarget(3), ClassifierOutputTarget(7)])
+targets = [ClassifierOutputTarget(1), ClassifierOutputTarget(3)]
+out["sess-default"] = SESS(tiny, [tiny.relu2], num_scales=3, batch_size=5)(x_tiny, targets)
+out["sess-options"] = SESS(tiny, [tiny.relu2], scales=[10, 13, 17], window_size=10, step_size=5,
+                           pre_filter_ratio=0.5, theta=0.1)(x_tiny, targets)
+out["sess-max"] = SESS(tiny, [tiny.relu2], num_scales=2, window_size=8, step_size=3, pool="max",
+                       smooth=False)(x_tiny, None)
+np.savez(f"{work}/reference.npz", **out)
+'''
+
+
+def _reference_inputs():
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18(weights=None).eval()
+    return (tiny_net(2, seed=0), resnet, seeded_input(2, 3, 12, 16, seed=3),
+            seeded_input(2, 3, 64, 64, seed=11))
+
+
+@pytest.fixture(scope="module")
+def reference_maps(tmp_path_factory):
+    if not (REFERENCE_PATH / "pytorch_grad_cam" / "finer_cam.py").is_file():
+        pytest.skip(f"no reference pytorch_grad_cam with FinerCAM under {REFERENCE_PATH}")
+    work = tmp_path_factory.mktemp("refcam_composite")
+    tiny, resnet, x_tiny, x_res = _reference_inputs()
+    torch.save(tiny.state_dict(), work / "tiny.pt")
+    torch.save(resnet.state_dict(), work / "resnet18.pt")
+    torch.save(x_tiny, work / "x_tiny.pt")
+    torch.save(x_res, work / "x_res.pt")
+    (work / "driver.py").write_text(DRIVER)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(REFERENCE_PATH)
+    result = subprocess.run([sys.executable, str(work / "driver.py"), str(work),
+                             str(Path(__file__).resolve().parent), str(REFERENCE_PATH)],
+                            cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    if result.returncode != 0 and "ModuleNotFoundError" in result.stderr:
+        pytest.skip(f"the reference does not import here: {result.stderr.strip().splitlines()[-1]}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(np.load(work / "reference.npz"))
+
+
+def test_matches_reference_library(reference_maps):
+    tiny, resnet, x_tiny, x_res = _reference_inputs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ours = {
+            "finer-default": FinerCAM(tiny, [tiny.relu2])(x_tiny),
+            "finer-alpha-idx": FinerCAM(tiny, [tiny.conv2])(x_tiny, alpha=0.6, target_idx=4,
+                                                           comparison_categories=[1, 3]),
+            "finer-resnet": FinerCAM(resnet, [resnet.layer4[-1]])(x_res),
+            "refine-tiny": RefineCAM(tiny, [tiny.relu1, tiny.relu2, tiny.relu3])(x_tiny, [1, 3]),
+            "refine-resnet": RefineCAM(resnet, [resnet.layer3[-1], resnet.layer4[-1]])(x_res, [3, 7]),
+            "sess-default": SESS(tiny, [tiny.relu2], num_scales=3)(x_tiny, [1, 3]),
+            "sess-options": SESS(tiny, [tiny.relu2], scales=[10, 13, 17], window_size=10, step_size=5,
+                                 pre_filter_ratio=0.5, theta=0.1)(x_tiny, [1, 3]),
+            "sess-max": SESS(tiny, [tiny.relu2], num_scales=2, window_size=8, step_size=3, pool="max",
+                             smooth=False)(x_tiny),
+        }
+    assert sorted(ours) == sorted(reference_maps)
+    for case, theirs in reference_maps.items():
+        assert_nontrivial(theirs, peak=0.9)
+        np.testing.assert_allclose(ours[case], theirs, atol=1e-4, err_msg=case)
