@@ -616,3 +616,29 @@ def test_run_dff_on_image_draws_the_image_its_concepts_and_a_legend():
     _, explanations = DeepFeatureFactorization(model, model.relu3)(x[None], 2)
     want = show_factorization_on_image(np.float32(rgb) / 255, explanations[0], image_weight=0.3)
     np.testing.assert_array_equal(out[:, 32:64], want)
+
+
+def test_dff_inside_inference_mode_and_in_half_precision():
+    model = tiny_net(2, seed=0)
+    x = seeded_input(2, 3, 12, 16, seed=1)
+    want = DeepFeatureFactorization(model, model.relu3, computation_on_concepts=model.fc)(x, 3)
+    with torch.inference_mode():
+        got = DeepFeatureFactorization(model, model.relu3, computation_on_concepts=model.fc)(x.clone(), 3)
+    for a, b in zip(want, got):
+        np.testing.assert_array_equal(a, b)
+    half = tiny_net(2, seed=0).half()  # float16 activations: the NMF runs in float32
+    dff_half = DeepFeatureFactorization(half, half.relu3, computation_on_concepts=half.fc)
+    concepts, explanations, _ = dff_half(x, 3)
+    assert concepts.dtype == explanations.dtype == np.float32
+    np.testing.assert_allclose(explanations, want[1], atol=0.1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_dff_on_gpu_equals_cpu():
+    model = tiny_net(2, seed=0)
+    x = two_texture_images()
+    want = DeepFeatureFactorization(model, model.relu3, computation_on_concepts=model.fc)(x, 2)
+    got = DeepFeatureFactorization(model, model.relu3, computation_on_concepts=model.fc, device="cuda")(x, 2)
+    assert next(model.parameters()).device.type == "cpu"  # moved for the call only
+    for a, b in zip(want, got):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
