@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections import defaultdict, deque
+from functools import partial
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import numpy as np
@@ -239,19 +240,22 @@ class AblationCAM(BaseCAM):
 
     def cam_weights(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
                     context: LayerContext) -> torch.Tensor:
-        raw = context.raw_activations  # the layer's own output, (B, C, ...) or (B, ..., C)
-        channel_dim = context.channel_dim % raw.ndim
-        batch, channels = raw.shape[0], raw.shape[channel_dim]
-        ablated = torch.empty(batch, channels, device=raw.device)  # (B, C)
+        raw = context.raw_activations  # the layer's own output, (B, C, ...) or (B, ..., C), or a structure
+        batch, channels = activations.shape[:2]
+        layout = _channel_layout(raw, context.channel_dim, self.reshape_transform, channels)
+        leaves = _tensors(raw)
+        ablated = torch.empty(batch, channels, device=activations.device)  # (B, C)
         for i in range(batch):
-            original = raw[i:i + 1]
-            lowest = float(original.min())
+            original = _map_tensors(partial(_row, index=i), raw)
+            lowest = min(float(leaf[i].min()) for leaf in leaves)
             # min - 1e7 overflows to -inf in half precision: stay within the dtype's range.
-            value = 0.0 if lowest >= 0 else max(lowest - ABLATION_OFFSET, torch.finfo(raw.dtype).min / 2)
+            floor = torch.finfo(leaves[0].dtype).min / 2
+            value = 0.0 if lowest >= 0 else max(lowest - ABLATION_OFFSET, floor)
             suffix = _Suffix(context, i)
-            copies = _AblatedCopies(original, channel_dim, value)
+            copies = _AblatedCopies(original, layout, value)
             for start in range(0, channels, context.batch_size):
-                index = torch.arange(start, min(start + context.batch_size, channels), device=raw.device)
+                stop = min(start + context.batch_size, channels)
+                index = torch.arange(start, stop, device=activations.device)
                 ablated[i, start:start + len(index)] = suffix(copies.ablate(index))
         score = context.scores[:, None]  # (B, 1)
         # A zero score would divide by zero: keep it finite (the weights then rank by y - y_k).
@@ -259,34 +263,127 @@ class AblationCAM(BaseCAM):
         return (score - ablated) / denominator
 
 
+class _Layout:
+    """Where each channel ``k`` of the reshaped activations lives in the layer's raw output: tensor
+    ``leaf[k]`` of the output's structure (0 for a plain tensor), at ``channel[k]`` along that tensor's
+    ``axes[leaf[k]]``."""
+
+    def __init__(self, leaf: torch.Tensor, channel: torch.Tensor, axes: List[int]) -> None:
+        self.leaf, self.channel, self.axes = leaf, channel, axes
+
+
+def _channel_layout(raw: Any, channel_dim: int, reshape_transform: Optional[Callable],
+                    channels: int) -> _Layout:
+    """The raw output's channel behind each of the ``channels`` reshaped channels.
+
+    A plain tensor: channel ``k`` of ``channel_dim`` (the engine's: 1, or the last dim with a
+    reshape_transform, as for transformer tokens). A structure of tensors (an FPN's dict of levels,
+    turned into one tensor by a reshape_transform such as ``fpn_reshape_transform``): found by a probe,
+    every tensor of one image filled with its channels' running numbers along its axis 1 (then, failing
+    that, the last axis), each constant over the other axes; the reshape_transform's output must show each
+    number once, constant over its positions (true for transforms that concatenate, resize or take the
+    magnitude of the levels).
+    """
+    if isinstance(raw, torch.Tensor):
+        dim = channel_dim % raw.ndim
+        if raw.shape[dim] != channels:
+            raise ValueError(f"AblationCAM ablates axis {channel_dim} of the layer's output "
+                             f"{tuple(raw.shape)}, which has {raw.shape[dim]} channels, but the reshaped "
+                             f"activations have {channels}: the reshape_transform must keep the channels "
+                             "of the layer's last axis")
+        zeros = torch.zeros(channels, dtype=torch.long)
+        return _Layout(zeros, torch.arange(channels), [dim])
+    leaves = _tensors(raw)
+    for axis in (1, -1):
+        counts = [leaf.shape[axis] if leaf.ndim >= 2 else 0 for leaf in leaves]
+        if sum(counts) != channels:
+            continue
+        offsets = [sum(counts[:j]) for j in range(len(counts))]
+        probes = iter([_probe(leaf, axis, offset) for leaf, offset in zip(leaves, offsets)])
+        with torch.no_grad():
+            try:
+                out = reshape_transform(_map_tensors(partial(_next, probes), raw))
+            except Exception:  # the transform does not accept the probe: try the other axis
+                continue
+        if not isinstance(out, torch.Tensor) or out.ndim < 2 or out.shape[1] != channels:
+            continue
+        values = out[0].flatten(1).double()  # (C, positions)
+        numbers = values[:, 0].round()
+        if not (bool(torch.allclose(values, numbers[:, None], atol=1e-3))
+                and sorted(numbers.long().tolist()) == list(range(1, channels + 1))):
+            continue
+        position = numbers.long().cpu() - 1  # the running number behind each reshaped channel
+        starts = torch.tensor(offsets)
+        leaf = torch.searchsorted(starts, position, right=True) - 1
+        return _Layout(leaf, position - starts[leaf], [axis % t.ndim for t in leaves])
+    raise ValueError("AblationCAM cannot tell which channel of the target layer's output (a "
+                     f"{type(raw).__name__} of {len(leaves)} tensors) each of the {channels} reshaped "
+                     "channels is: the reshape_transform must concatenate the tensors' channels (axis 1 "
+                     "or the last axis), as fpn_reshape_transform does")
+
+
+def _row(tensor: torch.Tensor, _unused: Any = None, *, index: int) -> torch.Tensor:
+    return tensor[index:index + 1]
+
+
+def _next(iterator: Iterator, _unused: Any) -> Any:
+    return next(iterator)
+
+
+def _probe(leaf: torch.Tensor, axis: int, offset: int) -> torch.Tensor:
+    """One image's worth of ``leaf``: the running numbers ``offset + 1, offset + 2, ...`` along ``axis``."""
+    shape = [1] * leaf.ndim
+    shape[axis] = leaf.shape[axis]
+    numbers = torch.arange(offset + 1, offset + 1 + leaf.shape[axis], dtype=torch.float64, device=leaf.device)
+    return numbers.view(shape).expand(1, *leaf.shape[1:]).clone()
+
+
 class _AblatedCopies:
     """Row ``r`` of each batch is the layer's output with channel ``index[r]`` ablated.
 
-    One buffer serves every batch of an image: between batches only the channels ablated last time are
-    restored and the new ones set, instead of writing ``n`` whole copies again. If the model modified
-    the buffer in place (an in-place op right after the target layer), its version counter says so and
-    it is filled afresh.
+    The output may be a structure of tensors (an FPN's levels): a channel then lives in one of them
+    (``layout``). One buffer per tensor serves every batch of an image: between batches only the channels
+    ablated last time are restored and the new ones set, instead of writing ``n`` whole copies again.
+    If the model modified a buffer in place (an in-place op right after the target layer), its version
+    counter says so and the buffers are filled afresh.
     """
 
-    def __init__(self, original: torch.Tensor, channel_dim: int, value: float) -> None:
-        self.original = original  # (1, ...) the layer's output for one image
-        self.channel_dim = channel_dim
+    def __init__(self, original: Any, layout: _Layout, value: float) -> None:
+        self.original = original  # the layer's output for one image: (1, ...) tensors
+        self.leaves = _tensors(original)
+        self.layout = layout
         self.value = value
-        self.buffer: Optional[torch.Tensor] = None
-        self.version = -1
+        self.buffers: Optional[List[torch.Tensor]] = None
+        self.versions: List[int] = []
         self.last_index: Optional[torch.Tensor] = None
 
-    def ablate(self, index: torch.Tensor) -> torch.Tensor:
-        rows = torch.arange(len(index), device=index.device)
-        buffer = self.buffer
-        if buffer is None or buffer.shape[0] != len(index) or buffer._version != self.version:
-            buffer = self.original.expand(len(index), *self.original.shape[1:]).clone()
+    def ablate(self, index: torch.Tensor) -> Any:
+        n = len(index)
+        buffers = self.buffers
+        if (buffers is None or buffers[0].shape[0] != n
+                or [b._version for b in buffers] != self.versions):
+            buffers = [leaf.expand(n, *leaf.shape[1:]).clone() for leaf in self.leaves]
         else:
-            restore = self.original.movedim(self.channel_dim, 1)[0, self.last_index]  # (n, ...)
-            buffer.movedim(self.channel_dim, 1)[rows, self.last_index] = restore
-        buffer.movedim(self.channel_dim, 1)[rows, index] = self.value
-        self.buffer, self.version, self.last_index = buffer, buffer._version, index
-        return buffer
+            self._write(buffers, self.last_index, restore=True)
+        self._write(buffers, index, restore=False)
+        self.buffers, self.versions, self.last_index = buffers, [b._version for b in buffers], index
+        rows = iter(buffers)
+        return _map_tensors(lambda t: next(rows), self.original)
+
+    def _write(self, buffers: List[torch.Tensor], index: torch.Tensor, restore: bool) -> None:
+        leaf_of = self.layout.leaf.to(index.device)[index]  # (n,)
+        channel_of = self.layout.channel.to(index.device)[index]  # (n,)
+        rows = torch.arange(len(index), device=index.device)
+        for j, (buffer, leaf) in enumerate(zip(buffers, self.leaves)):
+            mine = leaf_of == j
+            if not bool(mine.any()):
+                continue
+            axis = self.layout.axes[j]
+            target = buffer.movedim(axis, 1)
+            if restore:
+                target[rows[mine], channel_of[mine]] = leaf.movedim(axis, 1)[0, channel_of[mine]]
+            else:
+                target[rows[mine], channel_of[mine]] = self.value
 
 
 class _Suffix:
@@ -295,12 +392,14 @@ class _Suffix:
     def __init__(self, context: LayerContext, index: int) -> None:
         self.context = context
         self.index = index
-        self.replay = context.prefix is not None
+        # A recorded output holding per-image data in an object the replay cannot split per image (e.g.
+        # torchvision detectors' ImageList) would be handed out whole: run the full model instead.
+        self.replay = context.prefix is not None and all(_splittable(out) for _, out in context.prefix)
         self.verified = False
         # The recorded outputs a replay hands out: their version counters reveal in-place writes.
         self.recorded = [t for _, out in context.prefix or () for t in _tensors(out)]
 
-    def __call__(self, replacement: torch.Tensor) -> torch.Tensor:
+    def __call__(self, replacement: Any) -> torch.Tensor:
         """Scores ``(n,)`` of image ``index``'s target with the layer's output set to ``replacement``."""
         if self.replay:
             try:
@@ -319,7 +418,7 @@ class _Suffix:
 
     def _verify(self) -> None:
         """The replay must reproduce the unablated score, or it is not used."""
-        unablated = self.context.raw_activations[self.index:self.index + 1].clone()
+        unablated = _map_tensors(lambda t: t[self.index:self.index + 1].clone(), self.context.raw_activations)
         score = self._run(unablated, replay=True)[0]
         expected = self.context.scores[self.index]
         tolerance = max(1e-3, 10 * torch.finfo(self.context.input.dtype).eps)
@@ -327,8 +426,8 @@ class _Suffix:
             raise RuntimeError(f"the replayed score {float(score):.6g} differs from {float(expected):.6g}")
         self.verified = True
 
-    def _run(self, replacement: torch.Tensor, replay: bool) -> torch.Tensor:
-        context, count = self.context, replacement.shape[0]
+    def _run(self, replacement: Any, replay: bool) -> torch.Tensor:
+        context, count = self.context, _tensors(replacement)[0].shape[0]
         # Each pass gets its own copy of the image: a model may modify its input in place.
         image = context.input[self.index:self.index + 1].clone()
         if replay:
@@ -395,6 +494,30 @@ def _tensors(output: Any) -> List[torch.Tensor]:
     if isinstance(output, (list, tuple)):
         return [t for value in output for t in _tensors(value)]
     return []
+
+
+def _map_tensors(fn: Callable[[torch.Tensor], Any], output: Any) -> Any:
+    """``output`` with every tensor ``t`` in it replaced by ``fn(t)`` (in ``_tensors`` order)."""
+    if isinstance(output, torch.Tensor):
+        return fn(output)
+    if isinstance(output, dict):
+        return type(output)((key, _map_tensors(fn, value)) for key, value in output.items())
+    if isinstance(output, tuple) and hasattr(output, "_fields"):  # a namedtuple
+        return type(output)(*(_map_tensors(fn, value) for value in output))
+    if isinstance(output, (list, tuple)):
+        return type(output)(_map_tensors(fn, value) for value in output)
+    return output
+
+
+def _splittable(output: Any) -> bool:
+    """Whether ``_one_image`` can take one image's part of a recorded output."""
+    if output is None or isinstance(output, (torch.Tensor, bool, int, float, str)):
+        return True
+    if isinstance(output, dict):
+        return all(_splittable(value) for value in output.values())
+    if isinstance(output, (list, tuple)):
+        return all(_splittable(value) for value in output)
+    return False
 
 
 def _one_image(output: Any, index: int, batch: int, count: int) -> Any:

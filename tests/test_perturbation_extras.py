@@ -9,6 +9,8 @@ every image), which is the documented contract.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,12 @@ import torchvision
 from torch import nn
 
 from pytorch_grad_cam import ISCAM, SSCAM, AblationCAM, ScoreCAM
-from pytorch_grad_cam.utils.reshape_transforms import swinT_reshape_transform, vit_reshape_transform
+from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
+from pytorch_grad_cam.utils.reshape_transforms import (
+    fpn_reshape_transform,
+    swinT_reshape_transform,
+    vit_reshape_transform,
+)
 
 NUM_CLASSES = 4
 
@@ -411,3 +418,133 @@ def test_ablationcam_torchvision_swin_t():
     assert_nontrivial(weights, expected)
     cam = AblationCAM(model, [layer], reshape_transform=swinT_reshape_transform, batch_size=96)
     np.testing.assert_allclose(cam(x, targets=classes), expected, atol=1e-3)
+
+
+# ============================================================================ Faster R-CNN (FPN dict output)
+class TinyFPNBackbone(nn.Module):
+    """Two conv stages and torchvision's FeaturePyramidNetwork: an OrderedDict of two levels of 5 channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4, padding=1), nn.ReLU())
+        self.c2 = nn.Sequential(nn.Conv2d(4, 6, 3, stride=2, padding=1), nn.ReLU())
+        self.fpn = torchvision.ops.FeaturePyramidNetwork([4, 6], 5)
+        self.out_channels = 5
+
+    def forward(self, x):
+        a = self.c1(x)
+        return self.fpn(OrderedDict([("0", a), ("1", self.c2(a))]))
+
+
+def tiny_faster_rcnn():
+    """torchvision's FasterRCNN (transform, RPN, RoI heads, postprocess) on a tiny FPN backbone; random
+    weights, so every proposal is kept (box_score_thresh=0)."""
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.rpn import AnchorGenerator
+
+    torch.manual_seed(0)
+    return FasterRCNN(
+        TinyFPNBackbone(), min_size=64, max_size=64,
+        rpn_anchor_generator=AnchorGenerator(((16,), (32,)), ((1.0,), (1.0,))),
+        box_roi_pool=torchvision.ops.MultiScaleRoIAlign(["0", "1"], 4, 2), box_head=TwoMLPHead(5 * 16, 16),
+        box_predictor=FastRCNNPredictor(16, 3), box_score_thresh=0.0, rpn_pre_nms_top_n_test=30,
+        rpn_post_nms_top_n_test=10, box_detections_per_img=5).eval()
+
+
+def detector_case():
+    model = tiny_faster_rcnn()
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        detections = model(x)[0]
+    assert len(detections["boxes"]) >= 2
+    target = FasterRCNNBoxScoreTarget(detections["labels"][:2], detections["boxes"][:2], iou_threshold=0.5)
+    return model, x, target
+
+
+def fpn_levels(model, x) -> OrderedDict:
+    with torch.no_grad():
+        return model.backbone(model.transform([x[0]])[0].tensors)
+
+
+def test_ablationcam_faster_rcnn_fpn_levels():
+    """Reshaped channel k is level k // 5's channel k % 5 (fpn_reshape_transform concatenates the levels in
+    order); ablating it = that one channel of that one level set to min - 1e7, a full forward pass each."""
+    model, x, target = detector_case()
+    levels = fpn_levels(model, x)
+    lowest = min(float(v.min()) for v in levels.values())
+    value = 0.0 if lowest >= 0 else lowest - 1e7
+    with torch.no_grad():
+        y = float(target(model(x)[0]))
+        weights = []
+        for name, level in levels.items():
+            for c in range(level.shape[1]):
+                def ablate(module, inputs, output, name=name, c=c):
+                    output = OrderedDict((k, v.clone()) for k, v in output.items())
+                    output[name][:, c] = value
+                    return output
+                handle = model.backbone.register_forward_hook(ablate)
+                y_k = float(target(model(x)[0]))
+                handle.remove()
+                weights.append((y - y_k) / y)
+    weights = np.array(weights)[None]
+    acts = fpn_reshape_transform(levels).double().numpy()  # (1, 10, 2, 2): the pyramid at the coarsest grid
+    expected = maps_from_weights(acts, weights, (64, 64))
+    assert_nontrivial(weights, expected)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cam = AblationCAM(model, [model.backbone], reshape_transform=fpn_reshape_transform, batch_size=3)
+    np.testing.assert_allclose(cam(x, targets=[target]), expected, atol=1e-4)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert "forward" not in model.backbone.__dict__  # the swapped forward was restored
+
+
+def test_scorecam_family_on_a_detector():
+    """Masking the input works for a detector as for a classifier: ScoreCAM's masks are the reshaped
+    pyramid's channels (upsampled to the input), the score the box target on each masked input."""
+    model, x, target = detector_case()
+    # Masked images rarely keep a detection at the box: any overlap counts here, so the scores differ.
+    target = FasterRCNNBoxScoreTarget(target.labels, target.bounding_boxes, iou_threshold=0.0)
+    acts = fpn_reshape_transform(fpn_levels(model, x)).double().numpy()[0]  # (10, 2, 2)
+    masks = score_masks(acts, (64, 64))
+    with torch.no_grad():
+        s = np.array([float(target(model((x[0].double() * torch.from_numpy(m)).float()[None])[0]))
+                      for m in masks])
+    weights = softmax(s)
+    expected = maps_from_weights(acts[None], weights[None], (64, 64))
+    assert_nontrivial(weights[None], expected)
+    cam = ScoreCAM(model, [model.backbone], reshape_transform=fpn_reshape_transform, batch_size=4)
+    np.testing.assert_allclose(cam(x, targets=[target]), expected, atol=1e-4)
+    for cls, kwargs in ((SSCAM, {"num_samples": 2, "std": 0.2, "seed": 0}), (ISCAM, {"num_samples": 2})):
+        maps = cls(model, [model.backbone], reshape_transform=fpn_reshape_transform, batch_size=8,
+                   **kwargs)(x, targets=[target])
+        assert maps.shape == (1, 64, 64) and maps.max() - maps.min() > 0.5
+
+
+def test_ablationcam_torchvision_fasterrcnn_mobilenet():
+    """The real detector (random weights, 128x128, few proposals): 768 FPN channels ablated; the map is
+    made, lies in [0, 1], is not flat, and the model is left as it was."""
+    torch.manual_seed(0)
+    model = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn(
+        weights=None, weights_backbone=None, min_size=128, max_size=128, box_score_thresh=0.0,
+        rpn_pre_nms_top_n_test=20, rpn_post_nms_top_n_test=2, box_detections_per_img=2).eval()
+    x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        detections = model(x)[0]
+    target = FasterRCNNBoxScoreTarget(detections["labels"][:1], detections["boxes"][:1])
+    cam = AblationCAM(model, [model.backbone], reshape_transform=fpn_reshape_transform, batch_size=768)
+    maps = cam(x, targets=[target])
+    assert maps.shape == (1, 128, 128) and maps.min() >= 0 and maps.max() > 0.99
+    assert 0.01 < (maps > 0.5).mean() < 0.95
+    assert not model.training and "forward" not in model.backbone.__dict__
+
+
+def test_ablationcam_structure_the_transform_does_not_concatenate():
+    """A reshape_transform that mixes the levels' channels cannot be ablated channel by channel."""
+    model, x, target = detector_case()
+
+    def mixed(levels):
+        return sum(nn.functional.interpolate(v, size=(2, 2)) for v in levels.values())  # (B, 5, 2, 2)
+
+    cam = AblationCAM(model, [model.backbone], reshape_transform=mixed)
+    with pytest.raises(ValueError, match="AblationCAM cannot tell which channel"):
+        cam(x, targets=[target])
