@@ -157,3 +157,23 @@ def test_pretrained_example_grid(tmp_path):
     assert np.abs(cell(2, 4) - cell(3, 4)).mean() < 5
     cat, cup = halves(cell(2, 4))
     assert cup.mean() > 50 and cat.max() < 0, (cup.mean(), cat.max())
+
+
+def test_volume_3d_example_peaks_on_the_planted_cube(tmp_path):
+    out, files = run_example("volume_3d_example.py", tmp_path, "--octant", "0", "1", "0")
+    assert set(files) == {f"volume_{n}_slice.png" for n in ("axial", "coronal", "sagittal")}
+    assert float(re.search(r"held-out accuracy ([\d.]+)", out).group(1)) >= 0.9, out
+    peak = tuple(int(v) for v in re.search(r"map peak at voxel \((\d+), (\d+), (\d+)\)", out).groups())
+    share = float(re.search(r"share of the map in the octant ([\d.]+)", out).group(1))
+    # Octant (0, 1, 0): z and x in the lower half, y in the upper half; measured share 1.00.
+    assert peak[0] < 12 and peak[1] >= 12 and peak[2] < 12, peak
+    assert share > 0.5, share  # an even spread would give 1/8
+    # The cube spans voxels 3..8 (z, x) and 15..20 (y); each slice is 24 voxels drawn 8 pixels each.
+    # The slice's grey image has R == B, so red minus blue of the overlay is the heat alone.
+    cube = {"z": (3, 9), "y": (15, 21), "x": (3, 9)}
+    for name, (rows, cols) in {"axial": "yx", "coronal": "zx", "sagittal": "zy"}.items():
+        image = read_image(files[f"volume_{name}_slice.png"], (192, 192, 3)).astype(float)
+        red = image[..., 2] - image[..., 0]
+        row, col = np.unravel_index(red.argmax(), red.shape)
+        (top, bottom), (left, right) = cube[rows], cube[cols]
+        assert top * 8 <= row < bottom * 8 and left * 8 <= col < right * 8, (name, row, col)
