@@ -129,9 +129,12 @@ class FullGrad(BaseCAM):
 
     The bias layers are found generically: every module with a ``bias`` Parameter (or BatchNorm with
     running statistics, whose eval-mode bias is ``beta - mean * gamma / sqrt(var + eps)``) whose output
-    has the input's layout ``(B, C, *spatial)``: convolutions, transposed convolutions, BatchNorm,
-    GroupNorm, InstanceNorm, LayerNorm, Linear layers on spatial maps... The classifier's bias has no
-    spatial output and only enters through the gradients. Works for 1D, 2D and 3D inputs.
+    has as many dims as the input: convolutions, transposed convolutions, BatchNorm, GroupNorm,
+    InstanceNorm, LayerNorm, Linear layers on spatial maps... A ``(C,)`` bias added on the last axis
+    (a Linear or LayerNorm on a channels-last ``(B, *spatial, C)`` map, as in ConvNeXt and Swin) is read
+    as channels-last (so a Linear over a spatial axis, which is rare, is misread). The classifier's bias
+    (no spatial output) and token layers (``(B, N, D)``) only enter through the gradients. Works for 1D,
+    2D and 3D inputs.
 
     ``target_layers`` is not used: it may be left out or empty, and when given (for the reference API,
     ``FullGrad(model, target_layers)``) it is checked like any CAM's and otherwise ignored.
@@ -216,8 +219,11 @@ class FullGrad(BaseCAM):
                 else:
                     terms = [self._post(input_term, spatial)]
                 for _, _, bias, grad in records:
-                    if grad.ndim == x.ndim:  # only layers with spatial output, like the input
-                        terms.append(self._post(grad * bias, spatial))  # (B, *spatial)
+                    if grad.ndim == x.ndim and grad.shape[0] == x.shape[0]:  # spatial output, per image
+                        term = grad * bias
+                        if bias.ndim == 1:  # a (C,) bias on the last axis: a channels-last output,
+                            term = term.movedim(-1, 1)  # e.g. ConvNeXt's / Swin's Linear on (B, H, W, C)
+                        terms.append(self._post(term, spatial))  # (B, *spatial)
                 del records
                 if eigen_smooth:
                     small = [max(1, s // 8) for s in spatial]

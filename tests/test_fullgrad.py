@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torchvision.ops.misc import Permute
 
 from pytorch_grad_cam import METHODS, FullGrad
 from pytorch_grad_cam.fullgrad_cam import FullGrad as FullGradFromReferencePath
@@ -53,11 +54,12 @@ def net_2d(inplace=False, seed=0):
 
 
 def net_1d(seed=0):
-    """GroupNorm, a strided conv and a Linear over the length axis (its bias on the trailing axis)."""
+    """GroupNorm, a strided conv and a Linear on the channels of a channels-last (B, L, C) signal."""
     torch.manual_seed(seed)
     return randomize_norms(nn.Sequential(
         nn.Conv1d(2, 6, 5, padding=2), nn.GroupNorm(2, 6), nn.ReLU(), nn.Conv1d(6, 8, 3, stride=2, padding=1),
-        nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, NUM_CLASSES)), seed)
+        nn.ReLU(), Permute([0, 2, 1]), nn.Linear(8, 8), nn.ReLU(), Permute([0, 2, 1]), nn.Flatten(),
+        nn.Linear(8 * 16, NUM_CLASSES)), seed)
 
 
 def net_3d(seed=0):
@@ -68,26 +70,44 @@ def net_3d(seed=0):
         nn.Linear(6, NUM_CLASSES)), seed)
 
 
-BIAS_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.Linear)
+def net_channels_last(seed=0):
+    """ConvNeXt-style: a Linear and a LayerNorm on a channels-last (B, H, W, C) map between permutes."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), Permute([0, 2, 3, 1]), nn.Linear(6, 8), nn.LayerNorm(8), nn.ReLU(),
+        Permute([0, 3, 1, 2]), nn.Conv2d(8, 8, 3, padding=1, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(8, NUM_CLASSES))
+    with torch.no_grad():
+        model[3].weight.uniform_(0.5, 1.5)
+        model[3].bias.uniform_(-0.2, 0.2)
+    return model.eval()
 
 
-def reference_terms(model, x, classes):
+BIAS_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.Linear,
+              nn.LayerNorm)
+
+
+def reference_terms(model, x, classes, with_layout=False):
     """float64, layer by layer: ``(x * dS/dx, [(dS/dz_l, bias_l broadcast), ...], scores)`` for every
-    bias layer ``l`` (those without spatial output too)."""
+    bias layer ``l`` (those without spatial output too); ``with_layout`` adds to each pair whether the
+    layer's output is channels-last (after an odd number of ``Permute`` layers)."""
     model = copy.deepcopy(model).double()
     h = x.double().requires_grad_(True)
     inp = h
-    outputs, biases = [], []
+    outputs, biases, layouts, channels_last = [], [], [], False
     for layer in model:
         out = layer(h)
+        channels_last ^= isinstance(layer, Permute)
         if isinstance(layer, BIAS_TYPES):
             with torch.no_grad():
                 biases.append(layer(torch.zeros_like(h)))  # the layer's bias, broadcast like its output
             outputs.append(out)
+            layouts.append(channels_last)
         h = out
     scores = h[torch.arange(len(classes)), classes]
     grads = torch.autograd.grad(scores.sum(), [inp, *outputs])
-    return (inp * grads[0]).detach(), list(zip(grads[1:], biases)), scores.detach()
+    pairs = list(zip(grads[1:], biases, layouts)) if with_layout else list(zip(grads[1:], biases))
+    return (inp * grads[0]).detach(), pairs, scores.detach()
 
 
 def minmax(a, axes):
@@ -105,9 +125,13 @@ def resize(a, size):
 
 
 def reference_fullgrad(model, x, classes, per_channel=True):
-    input_term, bias_terms, _ = reference_terms(model, x, classes)
+    input_term, bias_terms, _ = reference_terms(model, x, classes, with_layout=True)
     size = tuple(x.shape[2:])
-    terms = [input_term.numpy()] + [(g * b).numpy() for g, b in bias_terms if g.ndim == x.ndim]
+    terms = [input_term.numpy()]
+    for g, b, channels_last in bias_terms:
+        if g.ndim == x.ndim:
+            term = (g * b).numpy()
+            terms.append(np.moveaxis(term, -1, 1) if channels_last else term)
     maps = []
     for i in range(x.shape[0]):
         total = np.zeros(size)
@@ -130,6 +154,7 @@ CASES = {
     "2d": (net_2d, (2, 3, 12, 16), [1, 3]),
     "1d": (net_1d, (2, 2, 32), [2, 4]),
     "3d": (net_3d, (2, 1, 6, 8, 10), [0, 2]),
+    "channels-last": (net_channels_last, (2, 3, 12, 16), [1, 3]),
 }
 
 
