@@ -177,3 +177,43 @@ def test_volume_3d_example_peaks_on_the_planted_cube(tmp_path):
         row, col = np.unravel_index(red.argmax(), red.shape)
         (top, bottom), (left, right) = cube[rows], cube[cols]
         assert top * 8 <= row < bottom * 8 and left * 8 <= col < right * 8, (name, row, col)
+
+
+def read_video(path: Path) -> list:
+    capture = cv2.VideoCapture(str(path))
+    assert capture.isOpened(), f"{path} is not a readable video"
+    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    assert count == len(frames), (count, len(frames))
+    return frames
+
+
+def test_video_example_follows_the_cat(tmp_path):
+    needs_pretrained()
+    out, files = run_example("video_example.py", tmp_path)
+    video = files.get("cam_video.mp4", files.get("cam_video.avi"))
+    assert video is not None, list(files)
+    frames = read_video(video)
+    assert len(frames) == 8 and all(frame.shape == (224, 224, 3) for frame in frames)
+    if "cam_video.gif" in files:  # written only with Pillow
+        from PIL import Image
+        with Image.open(files["cam_video.gif"]) as gif:
+            assert gif.n_frames == 8 and gif.size == (224, 224)
+
+    # The window's left edge x, per frame, and the map's centre of mass: it moves left with the cat
+    # (measured 108, 103, 88, 79, 70, 63, 61, 56).
+    rows = re.findall(r"window at x=(\d+): the map's centre of mass at column (\d+)", out)
+    offsets, centres = [int(x) for x, _ in rows], [int(c) for _, c in rows]
+    assert offsets == [0, 16, 32, 48, 64, 80, 96, 112], offsets
+    assert all(b <= a + 2 for a, b in zip(centres, centres[1:])) and centres[0] - centres[-1] > 30, centres
+    # In the decoded video: each frame is hot on the cat (left of column 224 - x), cold on the cup.
+    photo = cv2.imread(str(PHOTOS / "cat_and_coffee.jpg"))
+    for x, frame in zip(offsets[1:], frames[1:]):
+        red = redness(frame, photo[:, x:x + 224])
+        assert red[:, :224 - x].max() > 150 and red[:, 224 - x:].max() < 0, (x, red.max())
