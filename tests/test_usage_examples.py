@@ -217,3 +217,18 @@ def test_video_example_follows_the_cat(tmp_path):
     for x, frame in zip(offsets[1:], frames[1:]):
         red = redness(frame, photo[:, x:x + 224])
         assert red[:, :224 - x].max() > 150 and red[:, 224 - x:].max() < 0, (x, red.max())
+
+
+def test_segmentation_example_hirescam_stays_in_the_region(tmp_path):
+    out, files = run_example("segmentation_example.py", tmp_path)
+    assert set(files) == {"segmentation_gradcam.jpg", "segmentation_hirescam.jpg"}
+    assert "--weights DEFAULT" in out
+    photo = cv2.imread(str(PHOTOS / "cat_and_coffee.jpg"))
+    photo = cv2.resize(photo, (320, 160), interpolation=cv2.INTER_AREA)  # as the script
+    gradcam = redness(read_image(files["segmentation_gradcam.jpg"], (160, 320, 3)), photo)
+    hirescam = redness(read_image(files["segmentation_hirescam.jpg"], (160, 320, 3)), photo)
+    assert gradcam.max() > 100 and gradcam.min() < -50  # a map, not a flat image
+    # The region is the left half (columns < 160). FCN-ResNet50 has no global pooling, so outside the
+    # region's receptive field (a few 8-pixel feature cells) the gradients, and HiResCAM's map, are zero.
+    assert hirescam[:, :160].max() > 150 and hirescam[:, 220:].max() < 0, \
+        (hirescam[:, :160].max(), hirescam[:, 220:].max())
