@@ -45,6 +45,11 @@ class ScoreCAM(BaseCAM):
     gives (``inputs_per_mask``), how it builds them (:meth:`mask_inputs`) and how it combines their
     scores into one weight per channel (:meth:`combine_scores`).
 
+    Detectors: masking the input applies to them as to classifiers (all three methods): the masks are the
+    reshaped channels (e.g. ``fpn_reshape_transform`` of ``model.backbone``'s levels) and the score is the
+    target on the detector's output for each masked input (e.g. ``FasterRCNNBoxScoreTarget``; a low
+    ``iou_threshold`` keeps masked inputs whose boxes moved from all scoring 0).
+
     Example:
         >>> cam = ScoreCAM(model, target_layers=[model.layer4[-1]], batch_size=64)
     """
