@@ -434,10 +434,18 @@ class RefineCAM(_Composite):
 @functools.lru_cache(maxsize=None)
 def _quiet_variant(base_cls: Type[BaseCAM]) -> Type[BaseCAM]:
     class Quiet(base_cls):  # type: ignore[misc, valid-type]
-        """``base_cls`` without the constant-map warning: a background patch's map is often constant."""
+        """``base_cls`` without the constant-map warning (a background patch's map is often constant),
+        keeping each forward pass's output for SESS's patch scores."""
+
+        _sess_output: Any = None
 
         def _normalize(self, maps, layer):
             return min_max_normalize(maps)
+
+        def _scores(self, targets, output, batch):
+            # SESS weighs each patch by its score: the output of this forward pass, kept for it.
+            self._sess_output = output.detach() if isinstance(output, torch.Tensor) else output
+            return super()._scores(targets, output, batch)
 
     Quiet.__name__ = Quiet.__qualname__ = f"Quiet{base_cls.__name__}"
     return Quiet
@@ -666,50 +674,14 @@ class SESS(_Composite):
             if base.uses_gradients:
                 base._gradients(scores, capture)
             del capture, output, scores
+            base._sess_output = None
 
-            # Pass 1: every patch's score (no gradients), batch_size patches at a time.
-            owners, patch_scores = [], []
-            with torch.no_grad():
-                for chunk in self._batches(self._patches(x, sizes, window, step), self.batch_size):
-                    images = [item[1] for item in chunk]
-                    output = base._run_model(torch.stack([item[4] for item in chunk]).to(x.dtype))
-                    patch_scores.append(self._patch_scores(output, targets, images))
-                    owners.extend(images)
-            owners_t = torch.tensor(owners, device=x.device)
-            # A patch whose score is not finite (e.g. a NaN logit in the softmax) gets no weight.
-            all_scores = torch.nan_to_num(torch.cat(patch_scores), nan=0.0, posinf=0.0).clamp_min(0.0)
-
-            # Pre-filtering, then the channel-wise weights, per image.
-            weights = torch.zeros_like(all_scores)
-            keep = set()
-            for image in range(batch):
-                ids = (owners_t == image).nonzero().flatten()
-                order = ids[torch.sort(all_scores[ids], stable=True).indices]
-                kept = order[int(len(order) * self.pre_filter_ratio):]
-                top = all_scores[kept].max()
-                weights[kept] = all_scores[kept] / top if top > 0 else 1.0
-                keep.update(kept.tolist())
-
-            # Pass 2: the base method on each kept patch, pasted and fused.
             spatial = tuple(x.shape[2:])
-            total = torch.zeros(batch, *spatial, device=x.device)  # (B, *spatial)
-            counts = torch.zeros_like(total)
-            matrices = {}
-            for chunk in self._batches(self._patches(x, sizes, window, step, keep), self.batch_size):
-                patches = torch.stack([item[4] for item in chunk]).to(x.dtype)  # (n, C, *window)
-                maps = base._compute(patches, [targets[item[1]] for item in chunk], eigen_smooth)
-                maps = maps * weights[[item[0] for item in chunk]].view(-1, *[1] * len(spatial))
-                pasted = self._paste(maps, chunk, sizes, spatial, window, matrices)  # (n, *spatial)
-                images = torch.tensor([item[1] for item in chunk], device=x.device)
-                if self.pool == "max":
-                    for row, image in zip(pasted, images.tolist()):
-                        torch.maximum(total[image], row, out=total[image])
-                else:
-                    mask = pasted > self.theta
-                    total.index_add_(0, images, torch.where(mask, pasted, torch.zeros_like(pasted)))
-                    counts.index_add_(0, images, mask.float())
-            if self.pool == "mean":
-                total = torch.where(counts > 0, total / counts.clamp_min(1.0), torch.zeros_like(total))
+            matrices: dict = {}
+            if self.pre_filter_ratio == 0.0 and self.theta == 0.0:
+                total = self._one_pass(x, targets, sizes, window, step, spatial, eigen_smooth, matrices)
+            else:
+                total = self._two_passes(x, targets, sizes, window, step, spatial, eigen_smooth, matrices)
             if self.smooth:
                 total = _gaussian_blur(total, self.smooth_kernel_size, self.smooth_sigma)
             flat = total.flatten(1)
@@ -718,6 +690,76 @@ class SESS(_Composite):
                 warnings.warn(f"the SESS map is constant for image(s) {constant} (no patch has positive "
                               "evidence for the target); its map is all zeros", RuntimeWarning, stacklevel=4)
             return min_max_normalize(total)
+
+    def _clean_scores(self, output: Any, targets: List[Target], images: List[int]) -> torch.Tensor:
+        with torch.no_grad():
+            scores = self._patch_scores(output, targets, images)
+        # A patch whose score is not finite (e.g. a NaN logit in the softmax) gets no weight.
+        return torch.nan_to_num(scores, nan=0.0, posinf=0.0).clamp_min(0.0)  # (n,)
+
+    def _patch_maps(self, chunk: list, x: torch.Tensor, targets: List[Target], eigen_smooth: bool):
+        """The base method's maps of a chunk of patches ``(n, *window)`` and the model output."""
+        patches = torch.stack([item[4] for item in chunk]).to(x.dtype)  # (n, C, *window)
+        maps = self.base_cam._compute(patches, [targets[item[1]] for item in chunk], eigen_smooth)
+        output, self.base_cam._sess_output = self.base_cam._sess_output, None
+        return maps, output
+
+    def _one_pass(self, x, targets, sizes, window, step, spatial, eigen_smooth, matrices) -> torch.Tensor:
+        """No pre-filtering and ``theta == 0``: the scores come from the base method's own forward pass.
+
+        ``w_p m_p > 0`` exactly where ``s_p m_p > 0``, so the score-weighted maps are fused as they come
+        and divided by the image's top score at the end; an image with no positive score uses the
+        unweighted fusion (all weights 1), kept alongside.
+        """
+        batch = x.shape[0]
+        weighted = _Fusion(batch, spatial, self.pool, self.theta, x.device)
+        plain = _Fusion(batch, spatial, self.pool, self.theta, x.device)
+        top = torch.zeros(batch, device=x.device)
+        for chunk in self._batches(self._patches(x, sizes, window, step), self.batch_size):
+            images = [item[1] for item in chunk]
+            maps, output = self._patch_maps(chunk, x, targets, eigen_smooth)
+            scores = self._clean_scores(output, targets, images)  # (n,)
+            pasted = self._paste(maps, chunk, sizes, spatial, window, matrices)  # (n, *spatial)
+            owners = torch.tensor(images, device=x.device)
+            weighted.add(pasted * scores.view(-1, *[1] * len(spatial)), owners)
+            plain.add(pasted, owners)
+            top = top.index_reduce(0, owners, scores, "amax")
+        scored = top > 0  # (B,)
+        view = (-1, *[1] * len(spatial))
+        return torch.where(scored.view(view), weighted.result() / top.clamp_min(1e-30).view(view),
+                           plain.result())
+
+    def _two_passes(self, x, targets, sizes, window, step, spatial, eigen_smooth, matrices) -> torch.Tensor:
+        """Pass 1 scores every patch (forward only); pass 2 runs the base method on the kept ones."""
+        batch = x.shape[0]
+        owners, patch_scores = [], []
+        with torch.no_grad():
+            for chunk in self._batches(self._patches(x, sizes, window, step), self.batch_size):
+                images = [item[1] for item in chunk]
+                output = self.base_cam._run_model(torch.stack([item[4] for item in chunk]).to(x.dtype))
+                patch_scores.append(self._clean_scores(output, targets, images))
+                owners.extend(images)
+        owners_t = torch.tensor(owners, device=x.device)
+        all_scores = torch.cat(patch_scores)  # (P,)
+
+        # Pre-filtering, then the channel-wise weights, per image.
+        weights = torch.zeros_like(all_scores)
+        keep = set()
+        for image in range(batch):
+            ids = (owners_t == image).nonzero().flatten()
+            order = ids[torch.sort(all_scores[ids], stable=True).indices]
+            kept = order[int(len(order) * self.pre_filter_ratio):]
+            top = all_scores[kept].max()
+            weights[kept] = all_scores[kept] / top if top > 0 else 1.0
+            keep.update(kept.tolist())
+
+        fusion = _Fusion(batch, spatial, self.pool, self.theta, x.device)
+        for chunk in self._batches(self._patches(x, sizes, window, step, keep), self.batch_size):
+            maps, _ = self._patch_maps(chunk, x, targets, eigen_smooth)
+            maps = maps * weights[[item[0] for item in chunk]].view(-1, *[1] * len(spatial))
+            pasted = self._paste(maps, chunk, sizes, spatial, window, matrices)  # (n, *spatial)
+            fusion.add(pasted, torch.tensor([item[1] for item in chunk], device=x.device))
+        return fusion.result()
 
     @staticmethod
     def _paste(maps: torch.Tensor, chunk: list, sizes, spatial, window: int, matrices: dict) -> torch.Tensor:
@@ -739,3 +781,29 @@ class SESS(_Composite):
             resized = moved.reshape(shape[0], -1, shape[-1]) @ slices  # (n, rest, L)
             out = resized.view(*shape[:-1], length).movedim(-1, axis + 1)
         return out
+
+
+class _Fusion:
+    """Per-image accumulation of pasted patch maps: the mean of the values above ``theta`` at each
+    position (0 where none is), or the maximum. Memory: two ``(B, *spatial)`` tensors."""
+
+    def __init__(self, batch: int, spatial: Sequence[int], pool: str, theta: float,
+                 device: torch.device) -> None:
+        self.pool, self.theta = pool, theta
+        self.total = torch.zeros(batch, *spatial, device=device)  # (B, *spatial)
+        self.counts = torch.zeros_like(self.total)
+
+    def add(self, values: torch.Tensor, images: torch.Tensor) -> None:
+        """``values`` ``(n, *spatial)`` of the images ``images`` ``(n,)``."""
+        if self.pool == "max":
+            self.total.index_reduce_(0, images, values, "amax")  # maps are >= 0, total starts at 0
+            return
+        mask = values > self.theta
+        self.total.index_add_(0, images, torch.where(mask, values, torch.zeros_like(values)))
+        self.counts.index_add_(0, images, mask.float())
+
+    def result(self) -> torch.Tensor:
+        if self.pool == "max":
+            return self.total
+        mean = self.total / self.counts.clamp_min(1.0)
+        return torch.where(self.counts > 0, mean, torch.zeros_like(self.total))

@@ -437,6 +437,13 @@ def test_sess_batches_are_bounded_and_patches_are_counted(sess_case):
     assert sum(sizes[1:]) == patches + kept  # scored once each, the base method on the kept ones
     expected = sess_by_hand(model, [model.relu2], x, [1, 3], [12, 15, 18], 12, 12, pre_filter_ratio=0.5)
     np.testing.assert_allclose(maps, expected, atol=2e-5)
+    # Without pre-filtering (and theta == 0) the scores come from the base method's own pass: each patch
+    # runs once.
+    sizes.clear()
+    maps = SESS(counted, [model.relu2], num_scales=3, batch_size=4)(x, targets=[1, 3])
+    assert sizes[0] == 2 and max(sizes[1:]) <= 4 and sum(sizes[1:]) == patches
+    expected = sess_by_hand(model, [model.relu2], x, [1, 3], [12, 15, 18], 12, 12)
+    np.testing.assert_allclose(maps, expected, atol=2e-5)
 
 
 def test_sess_top_class_by_default_and_half_precision_with_max_fusion(sess_case):
