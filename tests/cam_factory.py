@@ -11,7 +11,14 @@ from typing import Any, Callable, Dict
 from pytorch_grad_cam import METHODS
 
 #: name -> function ``(model, layers) -> extra constructor kwargs`` for the generic tests.
-EXTRA_KWARGS: Dict[str, Callable[[Any, Any], dict]] = {}
+EXTRA_KWARGS: Dict[str, Callable[[Any, Any], dict]] = {
+    # SS-CAM and IS-CAM cost num_samples forward passes per channel: keep the generic tests quick.
+    "sscam": lambda model, layers: {"num_samples": 3},
+    "iscam": lambda model, layers: {"num_samples": 3},
+    # SESS runs the base method on every sliding-window patch of every scale: three scales (9 patches of
+    # a square input, 3 windows of overlap at the larger scales) keep the generic tests quick.
+    "sess": lambda model, layers: {"num_scales": 3},
+}
 
 ALL = sorted(METHODS)
 GRADIENT = [name for name in ALL if METHODS[name].uses_gradients]

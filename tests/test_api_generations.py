@@ -233,6 +233,21 @@ def test_use_cuda_without_cuda_is_a_clear_value_error(model):
     ("pytorch_grad_cam.eigen_cam", "EigenCAM"),
     ("pytorch_grad_cam.score_cam", "ScoreCAM"),
     ("pytorch_grad_cam.ablation_cam", "AblationCAM"),
+    ("pytorch_grad_cam.hirescam", "HiResCAM"),
+    ("pytorch_grad_cam.layer_cam", "LayerCAM"),
+    ("pytorch_grad_cam.eigen_grad_cam", "EigenGradCAM"),
+    ("pytorch_grad_cam.grad_cam_elementwise", "GradCAMElementWise"),
+    ("pytorch_grad_cam.kpca_cam", "KPCA_CAM"),
+    ("pytorch_grad_cam.fem", "FEM"),
+    ("pytorch_grad_cam.random_cam", "RandomCAM"),
+    ("pytorch_grad_cam.seg_eigen_cam", "SegEigenCAM"),
+    ("pytorch_grad_cam.shapley_cam", "ShapleyCAM"),
+    ("pytorch_grad_cam.fullgrad_cam", "FullGrad"),
+    ("pytorch_grad_cam.guided_backprop", "GuidedBackpropReLUModel"),
+    ("pytorch_grad_cam.finer_cam", "FinerCAM"),
+    ("pytorch_grad_cam.refine_cam", "RefineCAM"),
+    ("pytorch_grad_cam.sess", "SESS"),
+    ("pytorch_grad_cam.feature_factorization.deep_feature_factorization", "DeepFeatureFactorization"),
 ])
 def test_reference_import_paths(module, name):
     import pytorch_grad_cam

@@ -260,3 +260,20 @@ def test_report_renders_in_headless_chromium(photo_folder, tmp_path, capsys):
     b, g, r = (image[..., i].astype(int) for i in range(3))
     assert ((r > 180) & (g < 90) & (b < 90)).mean() > 0.005
     assert ((b > 120) & (r < 90)).mean() > 0.005
+
+
+@needs_pretrained
+def test_guided_backprop_images(tmp_path, capsys):
+    """--guided writes gb and cam_gb like the reference CLI; Guided Grad-CAM of espresso lights the cup."""
+    assert main([str(BOTH), "--guided", "--target-category", "967", "--output-dir", str(tmp_path)]) == 0
+    gb = cv2.imread(str(tmp_path / "cat_and_coffee_gradcam_gb.jpg")).astype(float)
+    cam_gb = cv2.imread(str(tmp_path / "cat_and_coffee_gradcam_cam_gb.jpg")).astype(float)
+    assert gb.shape == cam_gb.shape == cv2.imread(str(BOTH)).shape
+    # deprocess_image centres at 128: the detail is the deviation from grey
+    assert np.abs(gb - 128).mean() > 5  # guided backprop has detail on both halves
+    half = cam_gb.shape[1] // 2
+    left, right = np.abs(cam_gb[:, :half] - 128).mean(), np.abs(cam_gb[:, half:] - 128).mean()
+    assert right > 3 * left  # the cup (right half), not the cat
+    record = records_of(tmp_path)[0]
+    want = ["cat_and_coffee_gradcam_gb.jpg", "cat_and_coffee_gradcam_cam_gb.jpg"]
+    assert record["maps"][0]["files"][2:] == want

@@ -213,6 +213,9 @@ def _cpu_supports(dtype):
 def test_half_precision_models(name, dtype):
     if not _cpu_supports(dtype):
         pytest.skip(f"this torch has no CPU convolution for {dtype}")
+    if not getattr(METHODS[name], "low_precision_stable", True):
+        pytest.skip("a thresholded fusion (SESS: the mean of the patch maps above theta at each position): "
+                    "half precision moves values across the threshold; see test_composite.py")
     model = make_tiny()
     x = make_input((2, 3, 24, 24))
     expected = make_cam(name, model, [model.block])(x, targets=[1, 3])
@@ -248,6 +251,8 @@ def test_target_layer_order_does_not_matter_resnet18():
 
 @pytest.mark.parametrize("name", LAYERED)
 def test_target_layer_order_does_not_matter(name):
+    if getattr(METHODS[name], "needs_linear_head", False):
+        pytest.skip("CAM explains only the layer pooled into the linear head; 'stem' is not")
     model = make_tiny()
     x = make_input()
     a = make_cam(name, model, [model.block, model.stem])(x, targets=[1, 3])
@@ -505,6 +510,8 @@ def test_model_producing_nan_scores(name):
     cam = make_cam(name, model, [model.inner.tiny.block])
     with pytest.raises(ValueError, match=r"score is not finite \(NaN or Inf\) for image\(s\) \[0, 1\]"):
         cam(make_input(), targets=1)
+    if not getattr(METHODS[name], "explains_given_score", True):
+        return  # FinerCAM's score weighs every class by its softmax: a NaN logit makes every image's NaN
     with pytest.raises(ValueError, match=r"not finite .*image\(s\) \[1\]"):
         cam(make_input(), targets=[0, 4])
     assert model.calls == 4  # no perturbed passes after the first forward pass
@@ -697,7 +704,8 @@ def test_1d_signals_and_3d_volumes(name, kind):
 # and Seg-Eigen-CAM project on a principal component instead (covered in test_formulas.py); FullGrad
 # has no target layer (its map of this model is checked in test_fullgrad.py).
 @pytest.mark.parametrize("name", [n for n in GRADIENT
-                                  if n in LAYERED and n not in ("eigengradcam", "segeigencam")])
+                                  if n in LAYERED and n not in ("eigengradcam", "segeigencam")
+                                  and getattr(METHODS[n], "explains_given_score", True)])
 def test_model_without_parameters(name):
     model = nn.Sequential(nn.AvgPool2d(2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     assert not list(model.parameters()) and not list(model.buffers())

@@ -273,8 +273,11 @@ class _Runner:
         from .. import GuidedBackpropReLUModel
 
         gb_model = GuidedBackpropReLUModel(self.loaded.model, device=self.device)
-        return [gb_model(x, targets=[c[slot] for c in classes], channels_last=True)
-                for slot in range(len(classes[0]))]
+        batch = x.shape[0]
+        # (B, S, S, 3); one image comes back as (S, S, 3), the reference's layout
+        images = [gb_model(x, targets=[c[slot] for c in classes], channels_last=True)
+                  for slot in range(len(classes[0]))]
+        return [image.reshape(batch, *x.shape[2:], -1) for image in images]
 
     def _write_outputs(self, item: InputImage, image, index: int, classes: List[int], maps: dict,
                        entries: List[dict], guided) -> dict:
