@@ -232,3 +232,25 @@ def test_segmentation_example_hirescam_stays_in_the_region(tmp_path):
     # region's receptive field (a few 8-pixel feature cells) the gradients, and HiResCAM's map, are zero.
     assert hirescam[:, :160].max() > 150 and hirescam[:, 220:].max() < 0, \
         (hirescam[:, :160].max(), hirescam[:, 220:].max())
+
+
+def test_detection_example_draws_the_boxes_on_each_map(tmp_path):
+    out, files = run_example("detection_example.py", tmp_path)
+    assert set(files) == {"detection_eigencam.png", "detection_ablationcam_box0.png",
+                          "detection_ablationcam_box1.png"}
+    assert "--weights DEFAULT" in out
+    boxes = [[int(v) for v in box.split(", ")] for box in re.findall(r"^box \d: \[([\d, ]+)\]", out, re.M)]
+    assert len(boxes) == 2, out
+    photo = cv2.imread(str(PHOTOS / "cat_and_coffee.jpg"))
+    photo = cv2.resize(photo, (256, 128), interpolation=cv2.INTER_AREA)  # as the script
+    colours = [(0, 255, 0), (255, 0, 255)]  # BGR of the script's RGB box colours
+    for path in files.values():
+        image = read_image(path, (128, 256, 3))
+        red = redness(image, photo)
+        assert red.max() > 100 and red.min() < -50, (path.name, red.max(), red.min())  # not a flat map
+        # Each box's outline (PNG: exact colours) spans the printed box, to within its 2-pixel line.
+        for (x1, y1, x2, y2), colour in zip(boxes, colours):
+            ys, xs = np.nonzero((image == colour).all(-1))
+            assert len(ys) > 0, (path.name, colour)
+            assert abs(xs.min() - x1) <= 2 and abs(xs.max() - min(x2, 255)) <= 2, (path.name, x1, x2)
+            assert abs(ys.min() - y1) <= 2 and abs(ys.max() - min(y2, 127)) <= 2, (path.name, y1, y2)
