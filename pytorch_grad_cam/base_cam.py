@@ -375,8 +375,14 @@ class BaseCAM:
                     maps.append(resize_maps(self._normalize(layer_cam.relu(), layer), spatial))
             del capture, output
             with torch.no_grad():
-                fused = torch.stack(maps, 1).relu().mean(1)  # (B, *spatial)
+                fused = self._fuse(maps)  # (B, *spatial)
                 return min_max_normalize(fused)
+
+    def _fuse(self, maps: List[torch.Tensor]) -> torch.Tensor:
+        """The target layers' maps, each ``(B, *spatial)`` in ``[0, 1]`` at the input's size, made into one
+        ``(B, *spatial)`` map (min-max normalised afterwards): their mean. A method that combines layers
+        differently (RefineCAM: their product) overrides this."""
+        return torch.stack(maps, 1).relu().mean(1)  # (B, *spatial)
 
     @contextlib.contextmanager
     def _session(self, input_tensor: torch.Tensor) -> Iterator[torch.Tensor]:
