@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base_cam import _MISSING, BaseCAM, LayerContext, Target, min_max_normalize, resize_maps, select_output
+from .base_cam import _MISSING, BaseCAM, Target, min_max_normalize, select_output
 from .gradient import GradCAM, GradCAMPlusPlus
 from .utils.model_targets import ClassifierOutputTarget, FinerWeightedTarget
 
@@ -347,35 +347,14 @@ def _refine_variant(base_cls: Type[BaseCAM]) -> Type[BaseCAM]:
     class Refined(base_cls):  # type: ignore[misc, valid-type]
         """``base_cls`` whose layer maps are multiplied instead of averaged."""
 
-        def _compute(self, input_tensor, targets, eigen_smooth):
-            # The engine's loop (BaseCAM._compute) with the fusion replaced; the engine has no fusion hook.
-            with self._session(input_tensor) as x:  # (B, C, *spatial)
-                capture, output = self._forward(x)
-                targets = self._resolve_targets(targets, output, x.shape[0])
-                scores = self._scores(targets, output, x.shape[0])  # (B,)
-                gradients = self._gradients(scores, capture) if self.uses_gradients else {}
-                spatial = x.shape[2:]
-                product = None
-                for layer in self.target_layers:
-                    key = id(layer)
-                    raw = capture.activations[key]
-                    context = LayerContext(
-                        model=self.model, layer=layer, input=x, targets=targets,
-                        scores=scores.detach().float(), raw_activations=raw.detach(),
-                        prefix=capture.prefix.get(key), batch_size=self.batch_size,
-                        channel_dim=1 if self.reshape_transform is None else -1)
-                    activations = self._reshape(raw.detach(), layer)
-                    grads = self._reshape(gradients[key], layer) if key in gradients else None
-                    with torch.no_grad():
-                        layer_cam = self.layer_map(activations, grads, context, eigen_smooth).float()
-                        # Exactly this layer's map from the base method alone: normalised, resized,
-                        # normalised again.
-                        layer_map = min_max_normalize(
-                            resize_maps(self._normalize(layer_cam.relu(), layer), spatial))  # (B, *spatial)
-                        product = layer_map if product is None else product * layer_map
-                del capture, output
-                with torch.no_grad():
-                    return min_max_normalize(product)
+        def _fuse(self, maps):
+            # Each layer's map exactly as the base method alone would give it (normalised, resized,
+            # normalised again), then their product; the engine min-max normalises the result.
+            product = None
+            for layer_map in maps:
+                layer_map = min_max_normalize(layer_map)  # (B, *spatial)
+                product = layer_map if product is None else product * layer_map
+            return product
 
     Refined.__name__ = Refined.__qualname__ = f"Refined{base_cls.__name__}"
     return Refined

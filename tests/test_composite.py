@@ -277,6 +277,72 @@ def test_refinecam_is_the_product_of_the_normalised_layer_maps(dim, shape, layer
         refine_by_hand(model, x, layers, classes, method="gradcam"), atol=1e-5)
 
 
+class TinyPyramid(nn.Module):
+    """stem (conv 3->4, ReLU; 8x8) -> ``pyramid`` returning a dict of two levels {"fine": (B, 4, 8, 8),
+    "coarse": (B, 4, 4, 4)} -> linear head on both levels' pooled ReLUs (5 classes)."""
+
+    class Levels(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fine = nn.Conv2d(4, 4, 3, padding=1)
+            self.coarse = nn.Conv2d(4, 4, 3, padding=1, stride=2)
+
+        def forward(self, h):
+            return {"fine": self.fine(h), "coarse": self.coarse(h)}
+
+    def __init__(self, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+        self.pyramid = self.Levels()
+        self.fc = nn.Linear(8, 5)
+        with torch.no_grad():
+            self.fc.weight.mul_(10)
+
+    def head(self, levels):
+        pooled = [levels[k].relu().flatten(2).mean(-1) for k in ("fine", "coarse")]
+        return self.fc(torch.cat(pooled, 1))
+
+    def forward(self, x):
+        return self.head(self.pyramid(self.stem(x)))
+
+
+def pyramid_to_tensor(output):
+    """A tensor passes; the levels dict becomes (B, 8, 8, 8): the coarse level repeated to the fine grid."""
+    if isinstance(output, torch.Tensor):
+        return output
+    coarse = output["coarse"].repeat_interleave(2, -1).repeat_interleave(2, -2)
+    return torch.cat([output["fine"], coarse], 1)
+
+
+def test_refinecam_on_a_layer_returning_a_dict_of_levels():
+    """A target layer returning a dict (a feature pyramid) with a reshape_transform: RefineCAM is the
+    product of the stem's and the pyramid's Grad-CAM++ maps, the pyramid's from the gradients of both
+    levels put through the same transform (float64, by hand)."""
+    model, x, classes = TinyPyramid(seed=3).eval(), seeded_input(2, 3, 8, 8, seed=4), [1, 3]
+    copy = TinyPyramid(seed=3).double().eval()
+    copy.load_state_dict(model.state_dict())
+    xd = x.double()
+    stem = copy.stem(xd).detach().requires_grad_(True)
+    levels = {k: v.detach().requires_grad_(True) for k, v in copy.pyramid(stem).items()}
+    # Two graphs: the stem's gradient through the pyramid, the levels' gradient from the head alone.
+    logits_from_stem = copy.head(copy.pyramid(stem))
+    (grad_stem,) = torch.autograd.grad(logits_from_stem[torch.arange(2), classes].sum(), stem)
+    logits = copy.head(levels)
+    grad_levels = dict(zip(levels, torch.autograd.grad(logits[torch.arange(2), classes].sum(),
+                                                       list(levels.values()))))
+    with torch.no_grad():
+        stem_map = full_map(layer_map_by_hand(stem, grad_stem, "gradcam++"), (8, 8))
+        pyramid_map = full_map(layer_map_by_hand(pyramid_to_tensor(levels), pyramid_to_tensor(grad_levels),
+                                                 "gradcam++"), (8, 8))
+    assert_nontrivial(stem_map.numpy(), peak=0.9)
+    assert_nontrivial(pyramid_map.numpy(), peak=0.9)
+    expected = normalize(stem_map * pyramid_map).numpy()
+    assert_nontrivial(expected, peak=0.9)
+    got = RefineCAM(model, [model.stem, model.pyramid], pyramid_to_tensor)(x, classes)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
 def test_refinecam_differs_from_the_average_and_keeps_aug_smooth():
     model, x = tiny_net(2, seed=0), seeded_input(2, 3, 12, 16, seed=1)
     layers = [model.relu1, model.relu3]

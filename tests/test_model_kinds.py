@@ -75,9 +75,6 @@ KNOWN_BUGS: Dict[Tuple[str, str], Tuple[Any, str]] = {
     ("smoothgradcam++", "detection"): (AttributeError, "SmoothGradCAM++ assumes a tensor layer output: a "
                                        "dict of FPN levels fails with 'OrderedDict' object has no attribute "
                                        "'detach' (gradient.py; the engine's map_tensors handles it)"),
-    ("refinecam", "detection"): (AttributeError, "RefineCAM assumes a tensor layer output: a dict of FPN "
-                                 "levels fails with 'OrderedDict' object has no attribute 'detach' "
-                                 "(composite.py)"),
     ("shapleycam", "detection"): (RuntimeError, "ShapleyCAM passes the dict of FPN levels itself to "
                                   "torch.autograd.grad ('all inputs have to be Tensors'); it should use the "
                                   "engine's tensors_of/map_tensors"),
