@@ -151,7 +151,7 @@ def test_methods_all_and_bad_method_lists():
 
     args = parser.parse_args([str(CAT), "--methods", "all"])
     _check_args(args, parser)
-    assert args.method_list == list(METHODS)
+    assert args.method_list == list(METHODS) + ["guidedbackprop", "guidedgradcam", "dff"]
     args = parser.parse_args([str(CAT), "--methods", "gradcam, eigencam,gradcam"])
     _check_args(args, parser)
     assert args.method_list == ["gradcam", "eigencam"]
@@ -277,3 +277,31 @@ def test_guided_backprop_images(tmp_path, capsys):
     record = records_of(tmp_path)[0]
     want = ["cat_and_coffee_gradcam_gb.jpg", "cat_and_coffee_gradcam_cam_gb.jpg"]
     assert record["maps"][0]["files"][2:] == want
+
+
+@needs_pretrained
+def test_pixel_methods_and_dff_in_a_grid(tmp_path, capsys):
+    """--method choices include guided backprop, Guided Grad-CAM and DFF (one picture per image)."""
+    args = [str(BOTH), "--methods", "guidedbackprop,guidedgradcam,dff", "--n-components", "3",
+            "--target-category", "281", "967", "--output-dir", str(tmp_path)]
+    assert main(args) == 0
+    height, width = CAT_AND_COFFEE_SHAPE[:2]
+    explanations = np.load(tmp_path / "cat_and_coffee_dff.npy")
+    assert explanations.shape == (3, height, width) and 0 <= explanations.min() and explanations.max() <= 1
+    dominant = explanations.argmax(0)  # (H, W): each pixel's concept
+    half = width // 2
+    left = np.bincount(dominant[:, :half].ravel(), minlength=3).argmax()
+    right = np.bincount(dominant[:, half:].ravel(), minlength=3).argmax()
+    assert left != right  # the cat and the cup are different concepts
+    for c in (281, 967):
+        gb = np.load(tmp_path / f"cat_and_coffee_guidedbackprop_c{c}.npy")
+        ggc = np.load(tmp_path / f"cat_and_coffee_guidedgradcam_c{c}.npy")
+        assert gb.shape == ggc.shape == (height, width, 3) and np.abs(gb).sum() > 0
+    cup = np.load(tmp_path / "cat_and_coffee_guidedgradcam_c967.npy")
+    assert np.abs(cup[:, half:]).sum() > 3 * np.abs(cup[:, :half]).sum()
+    record = records_of(tmp_path)[0]
+    assert record["maps"][-1]["files"] == []  # DFF is written once, not once per class
+    assert cv2.imread(str(tmp_path / "cat_and_coffee_grid.jpg")) is not None
+
+
+CAT_AND_COFFEE_SHAPE = cv2.imread(str(BOTH)).shape

@@ -49,9 +49,10 @@ exit status: 0 success, 1 when any image failed (it is reported and skipped), 2 
 
 
 def _method_names() -> List[str]:
-    from ..registry import METHODS
+    """Map methods, then guided backpropagation (pixel images) and Deep Feature Factorization."""
+    from ..registry import FACTORIZATION_METHODS, METHODS, PIXEL_METHODS
 
-    return list(METHODS)
+    return list(METHODS) + list(PIXEL_METHODS) + list(FACTORIZATION_METHODS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     methods.add_argument("--method", default=None, choices=_method_names(), metavar="NAME",
                          help=f"the CAM method (default: gradcam); one of: {', '.join(_method_names())}")
     methods.add_argument("--methods", metavar="LIST",
-                         help="several methods, comma-separated, or 'all': saved side by side in a grid")
+                         help="several methods, comma-separated, or 'all': saved side by side in a grid "
+                         "(the perturbation methods scorecam, ablationcam, sscam, iscam and sess run "
+                         "hundreds to tens of thousands of forward passes per image: slow on a CPU)")
     parser.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME",
                         help=f"'{DEFAULT_MODEL}' (default: ImageNet-pretrained, weights shipped in a pip "
                         "package, no download), a torchvision classification model (resnet50, vgg16, "
@@ -99,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eigen-smooth", "--eigen_smooth", dest="eigen_smooth", action="store_true",
                         help="keep only the first principal component of the weighted activations "
                         "(less noise)")
+    parser.add_argument("--n-components", dest="n_components", type=int, default=4, metavar="K",
+                        help="concepts for --method dff (default: %(default)s)")
     parser.add_argument("--guided", action="store_true",
                         help="also write guided backpropagation (<image>_<method>_gb.jpg) and guided "
                         "Grad-CAM (<image>_<method>_cam_gb.jpg) images")
@@ -124,26 +129,27 @@ def _version() -> str:
 
 # ------------------------------------------------------------------------------------------ checks
 def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    from ..registry import METHODS
-
+    names = _method_names()
     args.inputs = list(args.image_paths) + list(args.inputs)
     if not args.inputs:
         parser.error("no input: give images, folders or globs (INPUT or --image-path PATH)")
     if args.methods is None:
         args.method_list = [args.method or "gradcam"]
     elif args.methods.strip().lower() == "all":
-        args.method_list = list(METHODS)
+        args.method_list = names
     else:
         args.method_list = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
-        unknown = [m for m in args.method_list if m not in METHODS]
+        unknown = [m for m in args.method_list if m not in names]
         if unknown or not args.method_list:
-            parser.error(f"--methods: unknown method(s) {unknown}; choose from {', '.join(METHODS)} or 'all'")
+            parser.error(f"--methods: unknown method(s) {unknown}; choose from {', '.join(names)} or 'all'")
         args.method_list = list(dict.fromkeys(args.method_list))
     if args.top_k is not None:
         if args.target_category:
             parser.error("give --target-category or --top-k, not both")
         if args.top_k < 1:
             parser.error(f"--top-k must be >= 1, got {args.top_k}")
+    if args.n_components < 1:
+        parser.error(f"--n-components must be >= 1, got {args.n_components}")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
 
@@ -218,7 +224,7 @@ class _Runner:
         """What decides the outputs: images done with other settings are redone."""
         a = self.args
         settings = [a.model, a.checkpoint, a.target_layer, a.target_category, a.top_k, a.method_list,
-                    a.aug_smooth, a.eigen_smooth, a.guided]
+                    a.aug_smooth, a.eigen_smooth, a.guided, a.n_components]
         return hashlib.sha1(json.dumps(settings, default=str).encode()).hexdigest()[:16]
 
     # -- per batch ------------------------------------------------------------------------------
@@ -243,48 +249,102 @@ class _Runner:
             k = self.args.top_k or 1
             classes = probabilities.topk(k, dim=1).indices.tolist()
         per_image: List[List[dict]] = [[] for _ in batch]
-        maps = {}  # (method, class slot) -> (B, S, S)
+        results = {}  # (method, class slot) -> (kind, batch result)
+        guided_cache: dict = {}
         for method in self.args.method_list:
-            cam = self._make_cam(method)
+            compute = self._method_fn(method, x, classes, guided_cache)
             for slot in range(len(classes[0])):
                 start = time.perf_counter()
-                grayscale = cam(x, targets=[c[slot] for c in classes], aug_smooth=self.args.aug_smooth,
-                                eigen_smooth=self.args.eigen_smooth)
+                if method == "dff" and slot > 0:
+                    results[method, slot] = results[method, 0]  # class-agnostic: computed once
+                else:
+                    results[method, slot] = compute(slot)
                 seconds = (time.perf_counter() - start) / len(batch)
-                maps[method, slot] = grayscale
                 for i in range(len(batch)):
                     c = classes[i][slot]
                     per_image[i].append({"method": method, "class": c,
                                          "class_name": self.loaded.class_name(c),
                                          "probability": float(probabilities[i, c]), "seconds": seconds,
                                          "files": []})
-        guided = self._guided(x, classes) if self.args.guided else None
-        return [self._write_outputs(item, image, i, classes[i], maps, per_image[i], guided)
+        guided = None
+        if self.args.guided:
+            guided = [self._guided(x, classes, slot, guided_cache) for slot in range(len(classes[0]))]
+        return [self._write_outputs(item, image, i, classes[i], results, per_image[i], guided)
                 for i, (item, image) in enumerate(zip(batch, images))]
 
-    def _make_cam(self, method: str):
+    def _method_fn(self, method: str, x, classes, guided_cache: dict):
+        """``slot -> (kind, result)`` for one method: kind "map" (B, S, S) maps, "pixel" (B, S, S, 3)
+        images, or "dff" (explanations (B, K, S, S), concept labels per image)."""
         from ..registry import METHODS
 
-        return METHODS[method](self.loaded.model, target_layers=[self.layer], reshape_transform=self.reshape,
-                               device=self.device)
+        def targets(slot):
+            return [c[slot] for c in classes]
 
-    def _guided(self, x, classes):
-        """Guided backprop images (B, S, S, 3) per class slot."""
-        from .. import GuidedBackpropReLUModel
+        if method in METHODS:
+            cam = METHODS[method](self.loaded.model, target_layers=[self.layer],
+                                  reshape_transform=self.reshape, device=self.device)
+            return lambda slot: ("map", cam(x, targets=targets(slot), aug_smooth=self.args.aug_smooth,
+                                            eigen_smooth=self.args.eigen_smooth))
+        if method == "guidedbackprop":
+            return lambda slot: ("pixel", self._guided(x, classes, slot, guided_cache))
+        if method == "guidedgradcam":
+            cam = METHODS["gradcam"](self.loaded.model, target_layers=[self.layer],
+                                     reshape_transform=self.reshape, device=self.device)
 
-        gb_model = GuidedBackpropReLUModel(self.loaded.model, device=self.device)
-        batch = x.shape[0]
-        # (B, S, S, 3); one image comes back as (S, S, 3), the reference's layout
-        images = [gb_model(x, targets=[c[slot] for c in classes], channels_last=True)
-                  for slot in range(len(classes[0]))]
-        return [image.reshape(batch, *x.shape[2:], -1) for image in images]
+            def guided_gradcam(slot):
+                maps = cam(x, targets=targets(slot), aug_smooth=self.args.aug_smooth,
+                           eigen_smooth=self.args.eigen_smooth)  # (B, S, S)
+                return "pixel", self._guided(x, classes, slot, guided_cache) * maps[..., None]
+            return guided_gradcam
+        if method == "dff":
+            return lambda slot: ("dff", self._dff(x))
+        raise CliError(f"unknown method {method!r}", code=2)  # _check_args validated the names
 
-    def _write_outputs(self, item: InputImage, image, index: int, classes: List[int], maps: dict,
+    def _guided(self, x, classes, slot: int, cache: dict):
+        """Guided backpropagation images (B, S, S, 3) of class slot ``slot``, computed once."""
+        if slot not in cache:
+            from ..guided import GuidedBackpropReLUModel
+
+            gb_model = GuidedBackpropReLUModel(self.loaded.model, device=self.device)
+            # one image comes back as (S, S, 3), the reference's layout
+            image = gb_model(x, targets=[c[slot] for c in classes], channels_last=True)
+            cache[slot] = image.reshape(x.shape[0], *x.shape[2:], -1)
+        return cache[slot]
+
+    def _dff(self, x):
+        """Deep Feature Factorization of each image on its own: (explanations (K, S, S), labels) per image.
+        Concepts are named by the model's last linear layer when it reads the target layer's channels."""
+        import torch
+        from torch import nn
+
+        from ..factorization import DeepFeatureFactorization
+        from ..utils.find_layers import find_layer_types_recursive
+
+        head = None
+        linears = find_layer_types_recursive(self.loaded.model, [nn.Linear])
+        dff = DeepFeatureFactorization(self.loaded.model, self.layer, self.reshape, device=self.device)
+        results = []
+        for i in range(x.shape[0]):
+            concepts, explanations, *_ = dff(x[i:i + 1], self.args.n_components)
+            labels = [f"concept {k}" for k in range(concepts.shape[1])]
+            if linears and linears[-1].in_features == concepts.shape[0]:
+                head = linears[-1]
+                with torch.no_grad():
+                    weight = head.weight.detach().float().cpu()
+                    bias = head.bias.detach().float().cpu() if head.bias is not None else 0
+                    scores = torch.softmax(torch.from_numpy(concepts).T.float() @ weight.T + bias, -1)
+                top = scores.max(-1)
+                labels = [f"{self.loaded.class_name(int(c))} {float(p):.2f}"
+                          for c, p in zip(top.indices, top.values)]
+            results.append((explanations[0], labels))
+        return results
+
+    def _write_outputs(self, item: InputImage, image, index: int, classes: List[int], results: dict,
                        entries: List[dict], guided) -> dict:
         import cv2
         import numpy as np
 
-        from ..utils.image import deprocess_image, show_cam_on_image
+        from ..utils.image import deprocess_image, show_cam_on_image, show_factorization_on_image
 
         out_dir = self.args.output_dir
         height, width = image.shape[:2]
@@ -292,26 +352,45 @@ class _Runner:
         rows = []
         entry_iter = iter(entries)
         written = []
+
+        def save(name, rgb=None, array=None):
+            if rgb is not None:
+                write_image(os.path.join(out_dir, name), rgb)
+            else:
+                np.save(os.path.join(out_dir, name), array)
+            return name
+
         for method in self.args.method_list:
             for slot, c in enumerate(classes):
                 entry = next(entry_iter)
-                grayscale = maps[method, slot][index]
-                grayscale = np.clip(cv2.resize(grayscale, (width, height), interpolation=cv2.INTER_LINEAR),
-                                    0.0, 1.0).astype(np.float32)
-                suffix = f"_{method}" + (f"_c{c}" if several else "")
-                overlay = show_cam_on_image(image, grayscale, use_rgb=True)
-                files = [f"{item.key}{suffix}.jpg", f"{item.key}{suffix}.npy"]
-                write_image(os.path.join(out_dir, files[0]), overlay)
-                np.save(os.path.join(out_dir, files[1]), grayscale)
-                if guided is not None:
-                    gb = cv2.resize(guided[slot][index], (width, height), interpolation=cv2.INTER_LINEAR)
-                    cam_gb = deprocess_image(gb * grayscale[..., None])
-                    files += [f"{item.key}{suffix}_gb.jpg", f"{item.key}{suffix}_cam_gb.jpg"]
-                    write_image(os.path.join(out_dir, files[2]), deprocess_image(gb))
-                    write_image(os.path.join(out_dir, files[3]), cam_gb)
+                kind, result = results[method, slot]
+                suffix = f"_{method}" + (f"_c{c}" if several and kind != "dff" else "")
+                stem = f"{item.key}{suffix}"
+                files = []
+                if kind == "map":
+                    grayscale = cv2.resize(result[index], (width, height), interpolation=cv2.INTER_LINEAR)
+                    grayscale = np.clip(grayscale, 0.0, 1.0).astype(np.float32)
+                    shown = show_cam_on_image(image, grayscale, use_rgb=True)
+                    files += [save(f"{stem}.jpg", shown), save(f"{stem}.npy", array=grayscale)]
+                    if guided is not None:
+                        gb = cv2.resize(guided[slot][index], (width, height), interpolation=cv2.INTER_LINEAR)
+                        files += [save(f"{stem}_gb.jpg", deprocess_image(gb)),
+                                  save(f"{stem}_cam_gb.jpg", deprocess_image(gb * grayscale[..., None]))]
+                elif kind == "pixel":
+                    pixels = cv2.resize(result[index], (width, height), interpolation=cv2.INTER_LINEAR)
+                    shown = deprocess_image(pixels)
+                    files += [save(f"{stem}.jpg", shown),
+                              save(f"{stem}.npy", array=pixels.astype(np.float32))]
+                else:  # dff: one picture per image, whatever the class
+                    explanations, labels = result[index]
+                    resized = np.stack([cv2.resize(e, (width, height), interpolation=cv2.INTER_LINEAR)
+                                        for e in explanations])  # (K, H, W)
+                    shown = show_factorization_on_image(image, resized, concept_labels=labels)
+                    if slot == 0:
+                        files += [save(f"{stem}.jpg", shown), save(f"{stem}.npy", array=resized)]
                 entry["files"] = files
                 written += files
-                rows.append((slot, f"{method}", overlay))
+                rows.append((slot, method, shown))
         record = {"path": item.path, "status": "ok", "settings": self.settings_key(),
                   "model": self.args.model, "layer": self.layer_name, "methods": self.args.method_list,
                   "classes": classes, "maps": entries}
