@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._capture import layer_name
 from .base_cam import BaseCAM, LayerContext, min_max_normalize, resize_maps, select_output
 from .utils.model_targets import ClassifierOutputTarget
 
@@ -263,9 +264,30 @@ class AblationCAM(BaseCAM):
                 index = torch.arange(start, stop, device=activations.device)
                 ablated[i, start:start + len(index)] = suffix(copies.ablate(index))
         score = context.scores[:, None]  # (B, 1)
+        self._warn_unresolved(score - ablated, activations, context)
         # A zero score would divide by zero: keep it finite (the weights then rank by y - y_k).
         denominator = torch.where(score.abs() < 1e-7, torch.full_like(score, 1e-7), score)
         return (score - ablated) / denominator
+
+    @staticmethod
+    def _warn_unresolved(drops: torch.Tensor, activations: torch.Tensor, context: LayerContext) -> None:
+        """Warn about images where no ablation changed the score at all (``drops`` ``(B, C)`` all 0) though
+        the layer is not all zeros: activations too small next to the score for one rounding step of
+        the model's dtype (``|y - y_k| < eps * |y|``), e.g. a random network whose BatchNorm statistics
+        were never fitted. Such a map carries no information; without this, only a constant map shows."""
+        flat = activations.flatten(1).abs()  # (B, C * positions)
+        unresolved = ((drops == 0).all(1) & (flat.amax(1) > 0)).nonzero().flatten().tolist()
+        if not unresolved:
+            return
+        i = unresolved[0]
+        warnings.warn(
+            f"AblationCAM: ablating any one of the {drops.shape[1]} channels of target layer "
+            f"'{layer_name(context.model, context.layer)}' leaves the target score of image(s) {unresolved} "
+            f"exactly unchanged at {context.input.dtype} precision (image {i}: score "
+            f"{float(context.scores[i]):.6g}, largest |activation| {float(flat[i].max()):.3g}): the "
+            "activations are too small to move the score by one rounding step (e.g. a randomly initialised "
+            "network whose BatchNorm statistics were never fitted), so the map carries no information",
+            RuntimeWarning, stacklevel=6)
 
 
 class _Layout:

@@ -9,6 +9,7 @@ every image), which is the documented contract.
 """
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 
 import numpy as np
@@ -548,3 +549,131 @@ def test_ablationcam_structure_the_transform_does_not_concatenate():
     cam = AblationCAM(model, [model.backbone], reshape_transform=mixed)
     with pytest.raises(ValueError, match="AblationCAM cannot tell which channel"):
         cam(x, targets=[target])
+
+
+# ============================================================================ AblationCAM, segmentation
+class Stem(nn.Module):
+    """conv - ReLU - conv (stride 2); counts its own calls (the replay must not run it per ablation)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 6, 3, stride=2, padding=1)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.conv2(torch.relu(self.conv1(x)))
+
+
+class TinySegNet(nn.Module):
+    """A torchvision-like segmentation net: stem -> ReLU [``act``] -> head (conv 3x3, ReLU, conv 1x1 to 3
+    classes) -> bilinear upsampling to the input; returns ``{"out": (B, 3, H, W), "aux": (B, 3, h, w)}``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = Stem()
+        self.act = nn.ReLU()
+        self.head = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 3, 1))
+        self.aux = nn.Conv2d(6, 3, 1)
+        self.scale = 1.0  # 1e-9: activations too small to move the score (the degenerate case)
+
+    def forward(self, x):
+        features = self.act(self.stem(x)) * self.scale
+        logits = self.head(features)
+        out = nn.functional.interpolate(logits, size=x.shape[2:], mode="bilinear", align_corners=False)
+        return {"out": out, "aux": self.aux(features)}
+
+
+def seg_case():
+    torch.manual_seed(3)
+    model = TinySegNet().eval()
+    x = torch.randn(2, 3, 10, 12, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        out = model(x)["out"]
+    # Image 0 explains class 1 on its left half, image 1 class 2 where it is predicted.
+    masks = [np.zeros((10, 12), np.float32), (out[1].argmax(0) == 2).numpy().astype(np.float32)]
+    masks[0][:, :6] = 1.0
+    assert 0 < masks[1].sum() < masks[1].size
+    return model, x, [1, 2], masks
+
+
+def reference_ablation_segmentation(model, layer, x, classes, masks):
+    """Ablation-CAM the plain way on a dict-output segmentation net, in float64: one full forward pass per
+    ablated channel (a forward hook sets channel k of the layer's output to 0, or to min - 1e7 when the
+    image's output has negatives); the score is sum_{h,w} out[category, h, w] * mask[h, w]."""
+    model = _double(model)
+    layer = dict(model.named_modules())[layer]
+    x = x.double()
+    acts = layer_output(model, layer, x)  # (B, C, h, w)
+    weights = []
+    with torch.no_grad():
+        for i in range(x.shape[0]):
+            mask = torch.from_numpy(masks[i]).double()
+
+            def score(output, i=i, mask=mask):
+                return float((output["out"][0, classes[i]] * mask).sum())
+
+            y = score(model(x[i:i + 1]))
+            value = 0.0 if acts[i].min() >= 0 else float(acts[i].min()) - 1e7
+            w = []
+            for k in range(acts.shape[1]):
+                def ablate(module, inputs, output, k=k, value=value):
+                    output = output.clone()
+                    output[:, k] = value
+                    return output
+                handle = layer.register_forward_hook(ablate)
+                w.append((y - score(model(x[i:i + 1]))) / y)
+                handle.remove()
+            weights.append(w)
+    return np.array(weights), acts
+
+
+@pytest.mark.parametrize("layer", ["act", "stem"], ids=["relu-output", "negatives-min-minus-1e7"])
+def test_ablationcam_segmentation_dict_output_matches_full_forward_per_channel(layer):
+    """SemanticSegmentationTarget on a dict output, through the replay fast path (the stem runs once for
+    the whole call), ablated copies in batches of 4 of the 6 channels: the map of the plain reference."""
+    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
+
+    model, x, classes, masks = seg_case()
+    weights, acts = reference_ablation_segmentation(model, layer, x, classes, masks)
+    expected = maps_from_weights(acts, weights, (10, 12))
+    assert_nontrivial(weights, expected)
+    targets = [SemanticSegmentationTarget(c, m) for c, m in zip(classes, masks)]
+    cam = AblationCAM(model, [getattr(model, layer)], batch_size=4)
+    model.stem.calls = 0
+    got = cam(x, targets=targets)
+    # One forward pass for the whole call when the target is the stem's output; with the target after the
+    # stem, its recorded output is replayed for the check pass and every ablated batch.
+    assert model.stem.calls == 1
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert "forward" not in model.stem.__dict__ and "forward" not in model.act.__dict__
+
+
+@pytest.mark.filterwarnings("ignore:the CAM of layer:RuntimeWarning")
+def test_ablationcam_warns_when_no_ablation_moves_the_score():
+    """Activations far below one rounding step of a large score (here 1e-9 against about 100: a random net
+    with unfitted BatchNorm statistics gives such layers): every y - y_k is exactly 0 in float32, as in
+    the plain reference; the method says why its map is empty instead of only that it is constant."""
+    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
+
+    model, x, classes, masks = seg_case()
+    model.scale = 1e-9
+    with torch.no_grad():
+        model.head[2].bias.add_(5.0)
+    targets = [SemanticSegmentationTarget(c, m) for c, m in zip(classes, masks)]
+    with torch.no_grad():
+        out = model(x)["out"]
+        y = float((out[0, classes[0]] * torch.from_numpy(masks[0])).sum())
+    assert abs(y) > 50  # the degenerate case: a large score, tiny activations
+    with pytest.warns(RuntimeWarning, match=r"AblationCAM: ablating any one of the 6 channels of target "
+                      r"layer 'act' leaves the target score of image\(s\) \[0, 1\] exactly unchanged at "
+                      r"torch.float32 precision"):
+        maps = AblationCAM(model, [model.act])(x, targets=targets)
+    assert (maps == 0).all()
+    # The same model at a normal scale: no such warning.
+    model.scale = 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        maps = AblationCAM(model, [model.act])(x, targets=targets)
+    assert maps.max() > 0.99
