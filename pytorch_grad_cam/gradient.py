@@ -2,15 +2,18 @@
 gradient-free ancestor: the weights of the final linear layer)."""
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 import warnings
 from typing import Any, Callable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
-from ._capture import layer_name
+from ._capture import layer_name, map_tensors, tensors_of
 from .base_cam import (
     BaseCAM,
     LayerContext,
@@ -148,6 +151,14 @@ class CAM(BaseCAM):
     (checked after the forward pass, the method's only pass, so a failing target raises its own error).
     The bias is left out (it adds the same constant to every position).
 
+    The formula holds only if the head reads the spatial average of the target layer. That is checked on
+    the call's own forward pass: where ``fc_layer`` runs once on a ``(B, C)`` input, that input must be
+    proportional to the spatial mean of the (reshaped) target layer (cosine >= 0.999 per image), else a
+    ``UserWarning`` says the map does not show what the head reads. It catches e.g. a ViT token layer (the
+    head reads the class token, not the mean of the patch tokens), a layer before a ReLU or a norm that
+    comes before the pooling, or max pooling. Not checked where the head runs several times or its input
+    is not ``(B, C)``.
+
     Shapes: ``W`` ``(num_classes, C)``; activations ``(B, C, *spatial)``; maps ``(B, *spatial)``.
 
     Example:
@@ -191,6 +202,48 @@ class CAM(BaseCAM):
                             f"layer), got {type(module).__name__}")
         return module
 
+    #: The cosine between the head's input and the target layer's spatial mean below which CAM warns.
+    pooled_cosine_tolerance = 0.999
+
+    def _compute(self, input_tensor: torch.Tensor, targets: Optional[List[Target]],
+                 eigen_smooth: bool) -> torch.Tensor:
+        self._head_inputs: List[torch.Tensor] = []  # fc_layer's inputs in this call's forward pass
+        try:
+            return super()._compute(input_tensor, targets, eigen_smooth)
+        finally:
+            del self._head_inputs
+
+    def _forward(self, x: torch.Tensor):
+        def record(module, inputs, output):
+            if inputs and isinstance(inputs[0], torch.Tensor):
+                self._head_inputs.append(inputs[0].detach())
+
+        handle = self.fc_layer.register_forward_hook(record)
+        try:
+            return super()._forward(x)
+        finally:
+            handle.remove()
+
+    def _check_pooled_into_head(self, activations: torch.Tensor, layer: nn.Module) -> None:
+        """Warn where ``fc_layer``'s input is not the spatial mean of the target layer (up to a scale)."""
+        head_inputs = getattr(self, "_head_inputs", [])
+        if len(head_inputs) != 1 or head_inputs[0].shape != activations.shape[:2]:
+            return  # the head ran several times, or not on (B, C): cannot tell
+        head = head_inputs[0].float()  # (B, C)
+        pooled = activations.flatten(2).float().mean(-1)  # (B, C)
+        cosine = torch.nn.functional.cosine_similarity(pooled, head, dim=1, eps=1e-30)  # (B,)
+        bad = (cosine < self.pooled_cosine_tolerance) & (head.norm(dim=1) > 0)
+        if bool(bad.any()):
+            worst = float(cosine[bad].min())
+            warnings.warn(
+                f"CAM: the input of the linear layer '{layer_name(self.model, self.fc_layer)}' is not the "
+                f"spatial average of target layer '{layer_name(self.model, layer)}' (cosine {worst:.3f} for "
+                f"image(s) {bad.nonzero().flatten().tolist()}), so W[c] does not weigh these activations "
+                "the way the head does and the map may not show what the model uses (e.g. a ViT head reads "
+                "only the class token, or a ReLU/norm/max-pool lies between the layer and the head); choose "
+                "the layer that is average-pooled into the head, or a gradient method such as GradCAM",
+                UserWarning, stacklevel=7)
+
     def cam_weights(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
                     context: LayerContext) -> torch.Tensor:
         weight = self.fc_layer.weight.detach()  # (num_classes, in_features)
@@ -200,6 +253,7 @@ class CAM(BaseCAM):
                 f"CAM: the linear layer '{layer_name(self.model, self.fc_layer)}' has in_features="
                 f"{weight.shape[1]} but the target layer '{layer_name(self.model, context.layer)}' has "
                 f"{channels} channels; choose the layer that is pooled into it, or pass fc_layer=")
+        self._check_pooled_into_head(activations, context.layer)
         classes = []
         for i, target in enumerate(context.targets):
             if not isinstance(target, ClassifierOutputTarget):
@@ -289,7 +343,9 @@ class SmoothGradCAMPlusPlus(BaseCAM):
             scores = self._scores(targets, output, batch)  # (B,)
             self._gradients(scores, capture)  # only for its checks: the maps use the noisy gradients
             scores = scores.detach()
-            clean = {id(layer): capture.activations[id(layer)].detach() for layer in self.target_layers}
+            # A layer's output may be a structure of tensors (an FPN's dict of levels): detach each tensor.
+            clean = {id(layer): map_tensors(torch.Tensor.detach, capture.activations[id(layer)])
+                     for layer in self.target_layers}
             del capture, output
             # The noisy pass: all S copies in one batch, sample-major (row s * B + b).
             capture, output = self._forward(self._noisy_copies(x))  # (S * B, ...)
@@ -332,6 +388,98 @@ class SmoothGradCAMPlusPlus(BaseCAM):
 SmoothGradCAMpp = SmoothGradCAMPlusPlus
 
 
+def _math_attention() -> contextlib.AbstractContextManager:
+    """Scaled-dot-product attention restricted to its math kernel for the block (the fused kernels have no
+    double backward); the previous selection is restored on exit. A no-op before torch 2.0 (no SDPA)."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel  # torch >= 2.3
+    except ImportError:
+        cuda_backends = getattr(torch.backends, "cuda", None)
+        if cuda_backends is not None and hasattr(cuda_backends, "sdp_kernel"):  # torch 2.0 - 2.2
+            return cuda_backends.sdp_kernel(enable_flash=False, enable_math=True, enable_mem_efficient=False)
+        return contextlib.nullcontext()
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+def _roi_align_op(name: str) -> Any:
+    """torchvision's registered RoIAlign operator ``name``, or None where torchvision is not loaded."""
+    if "torchvision" not in sys.modules:
+        return None
+    try:
+        return getattr(torch.ops.torchvision, name)
+    except (AttributeError, RuntimeError):
+        return None
+
+
+class _RoIAlign(torch.autograd.Function):
+    """torchvision's RoIAlign, twice differentiable. For fixed boxes RoIAlign is linear in its input, so its
+    backward is the adjoint linear map (torchvision's ``_roi_align_backward``), and the backward of that
+    is RoIAlign again. torchvision's own op refuses double backward; the boxes get no gradient in either."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor, rois: torch.Tensor, *params: Any) -> torch.Tensor:
+        ctx.save_for_backward(rois)
+        ctx.params, ctx.input_shape = params, tuple(input.shape)
+        return _roi_align_op("roi_align")(input, rois, *params)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (rois,) = ctx.saved_tensors
+        adjoint = _RoIAlignAdjoint.apply(grad, rois, ctx.input_shape, *ctx.params)
+        return (adjoint, None) + (None,) * len(ctx.params)
+
+
+class _RoIAlignAdjoint(torch.autograd.Function):
+    """The adjoint of RoIAlign (scatters ``(K, C, PH, PW)`` back to the ``(N, C, H, W)`` input); its backward
+    is RoIAlign."""
+
+    @staticmethod
+    def forward(ctx, grad: torch.Tensor, rois: torch.Tensor, input_shape: tuple, spatial_scale: float,
+                pooled_height: int, pooled_width: int, sampling_ratio: int, aligned: bool) -> torch.Tensor:
+        ctx.save_for_backward(rois)
+        ctx.params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
+        return _roi_align_op("_roi_align_backward")(grad, rois, spatial_scale, pooled_height, pooled_width,
+                                                    *input_shape, sampling_ratio, aligned)
+
+    @staticmethod
+    def backward(ctx, grad_grad: torch.Tensor):
+        (rois,) = ctx.saved_tensors
+        return (_RoIAlign.apply(grad_grad, rois, *ctx.params),) + (None,) * 7
+
+
+class _TwiceDifferentiable(TorchFunctionMode):
+    """For one forward pass: the operations that have no double backward in torch or torchvision replaced by
+    exact twice-differentiable equivalents. Scaled-dot-product attention runs with its math kernel (same
+    result); torchvision's RoIAlign (Faster/Mask R-CNN box heads) with :class:`_RoIAlign`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._roi_align = _roi_align_op("roi_align")
+        self._roi_align_default = getattr(self._roi_align, "default", None)
+        self._attention = _math_attention()
+
+    def __enter__(self) -> "_TwiceDifferentiable":
+        self._attention.__enter__()
+        try:
+            return super().__enter__()
+        except BaseException:
+            self._attention.__exit__(*sys.exc_info())
+            raise
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            super().__exit__(*exc_info)
+        finally:
+            self._attention.__exit__(*exc_info)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self._roi_align is not None and (func is self._roi_align or func is self._roi_align_default) \
+                and not kwargs and args[0].requires_grad and not args[0].is_quantized:
+            return _RoIAlign.apply(*args)
+        return func(*args, **kwargs)
+
+
 class ShapleyCAM(BaseCAM):
     """ShapleyCAM (Cai et al., arXiv:2501.06261): Grad-CAM with a second-order (Hessian) correction.
 
@@ -346,6 +494,14 @@ class ShapleyCAM(BaseCAM):
     Costs one extra backward pass (through the graph of the first one) per target layer; nothing is kept
     after the call.
 
+    Second derivatives need every operation after the target layer to have a double backward. During the
+    forward pass, scaled-dot-product attention is restricted to its math kernel (``sdpa_kernel``: the fused
+    flash/memory-efficient kernels of ViTs have none; note that this selection is process-wide while the
+    call runs) and torchvision's RoIAlign (Faster/Mask R-CNN heads) is replaced by an exact
+    twice-differentiable wrapper; both are restored afterwards. Any other operation without one raises a
+    ``RuntimeError`` naming the layer. A layer returning a dict/list of tensors (FPN levels, with a
+    ``reshape_transform``) gets ``g - 0.5 * H A`` per tensor, ``H`` the Hessian over all of them.
+
     Example:
         >>> cam = ShapleyCAM(model, target_layers=[model.layer4[-1]])
         >>> maps = cam(x, [ClassifierOutputReST(281)])  # (B, H, W)
@@ -353,30 +509,71 @@ class ShapleyCAM(BaseCAM):
 
     name = "shapleycam"
 
+    def _forward(self, x: torch.Tensor):
+        # The Hessian-vector product differentiates the backward pass of every operation after the target
+        # layer, and which backward an operation gets is fixed in the forward pass. The fused
+        # scaled_dot_product_attention kernels (flash, memory-efficient, cuDNN: what nn.MultiheadAttention
+        # and most vision transformers use) have no double backward: the forward pass runs with the math
+        # kernel (the same attention from differentiable operations; more memory for long sequences).
+        # torchvision's RoIAlign has none either: an exact twice-differentiable wrapper replaces it.
+        # Both are undone on exit, also after an exception.
+        with _TwiceDifferentiable():
+            return super()._forward(x)
+
     def _gradients(self, scores: torch.Tensor, capture: Any) -> dict:
-        """Per layer ``g - 0.5 * H A`` in the layer's own layout (``reshape_transform`` is linear)."""
+        """Per layer ``g - 0.5 * H A`` in the layer's own layout (``reshape_transform`` is linear): a tensor,
+        or for a layer that returns a structure of tensors (an FPN's dict of levels) the same structure."""
         layers = self.target_layers
         if not scores.requires_grad:
             raise ValueError("the target scores do not depend on the target layers' activations (no "
                              "gradient reaches them): the target must return a value computed from the "
                              "model output, and the layers must come before the output")
-        inputs = [capture.activations[id(layer)] for layer in layers]
+        per_layer = [[t for t in tensors_of(capture.activations[id(layer)]) if t.requires_grad]
+                     for layer in layers]
+        inputs = [t for tensors in per_layer for t in tensors]
         # create_graph: the gradient is differentiated once more for the Hessian-vector product.
-        grads = torch.autograd.grad(scores.sum(), inputs, allow_unused=True, create_graph=True)
-        unused = [layer_name(self.model, layer) for layer, g in zip(layers, grads) if g is None]
+        flat = list(torch.autograd.grad(scores.sum(), inputs, allow_unused=True, create_graph=True))
+        grads_per_layer = [[flat.pop(0) for _ in tensors] for tensors in per_layer]
+        unused = [layer_name(self.model, layer) for layer, grads in zip(layers, grads_per_layer)
+                  if all(g is None for g in grads)]
         if unused:
             raise ValueError(f"no gradient reaches target layer(s) {unused}: the score does not depend on "
                              "them; choose layers on the path to the output")
         effective = {}
-        for i, (layer, acts, grad) in enumerate(zip(layers, inputs, grads)):
-            hvp = None
-            if grad.requires_grad:  # otherwise the gradient does not depend on anything: H = 0
-                # H A = d/dA (g . A) with A held constant as the vector; layers one at a time, so that
-                # another layer's gradient does not enter this layer's product.
-                (hvp,) = torch.autograd.grad((grad * acts.detach()).sum(), acts, allow_unused=True,
-                                             retain_graph=i < len(layers) - 1)
-            corrected = grad.detach() if hvp is None else grad.detach() - 0.5 * hvp.detach()
-            effective[id(layer)] = corrected
+        for i, (layer, tensors, grads) in enumerate(zip(layers, per_layer, grads_per_layer)):
+            # H A = d/dA (g . A) with A held constant as the vector (summed over every tensor of the layer's
+            # structure); layers one at a time, so that another layer's gradient does not enter this
+            # layer's product.
+            pairs = [(t, g) for t, g in zip(tensors, grads) if g is not None and g.requires_grad]
+            hvps = [None] * len(pairs)  # a gradient that depends on nothing: H = 0 there
+            if pairs:
+                product = sum((g * t.detach()).sum() for t, g in pairs)
+                try:
+                    hvps = torch.autograd.grad(product, [t for t, _ in pairs], allow_unused=True,
+                                               retain_graph=i < len(layers) - 1)
+                except RuntimeError as error:
+                    if "derivative" not in str(error) and "double backward" not in str(error):
+                        raise
+                    raise RuntimeError(
+                        f"ShapleyCAM needs second derivatives of the score with respect to target layer "
+                        f"'{layer_name(self.model, layer)}', but an operation after it has no double "
+                        f"backward in torch ({error}). Scaled-dot-product attention and torchvision's "
+                        "RoIAlign are already made twice differentiable; for another custom or fused "
+                        "kernel, use a model built with plain differentiable operations, or a "
+                        "first-order method such as GradCAM") from error
+            hessian = {id(t): h for (t, _), h in zip(pairs, hvps)}
+            corrected = {}
+            for t, g in zip(tensors, grads):
+                h = hessian.get(id(t))
+                if g is None:  # a tensor of the structure that the score does not use
+                    corrected[id(t)] = torch.zeros_like(t.detach())
+                else:
+                    corrected[id(t)] = g.detach() if h is None else g.detach() - 0.5 * h.detach()
+            effective[id(layer)] = map_tensors(
+                lambda t, corrected=corrected: corrected.get(id(t), torch.zeros_like(t.detach())),
+                capture.activations[id(layer)])
+        del flat, grads_per_layer
+        self._warn_zero_gradients(effective, scores.shape[0])
         return effective
 
     def cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor,

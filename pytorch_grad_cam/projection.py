@@ -1,8 +1,10 @@
 """CAMs that project the activations on their principal components; no gradients needed."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
+import numpy as np
 import torch
 
 from .base_cam import BaseCAM, LayerContext, first_principal_component, orient_like_channel_sum
@@ -41,17 +43,36 @@ class SegEigenCAM(BaseCAM):
 
 
 def _kernel(x: torch.Tensor, kernel: str, gamma: float, degree: int, coef0: float) -> torch.Tensor:
-    """``(B, N, C)`` rows -> ``(B, N, N)`` kernel matrices (scikit-learn's definitions)."""
+    """``(B, N, C)`` rows -> ``(B, N, N)`` kernel matrices (scikit-learn's definitions) minus a constant.
+
+    KPCA-CAM double-centres the kernel matrix, which removes any constant, so each kernel is computed
+    without its constant part: ``exp(-g d^2) - 1`` (``expm1``), ``tanh(g x.y + c) - tanh(c)`` and
+    ``(g x.y + c)^d - c^d`` in closed forms that never subtract two nearly equal numbers. Written as in
+    scikit-learn, the term ``g x.y`` is lost next to ``c`` (and ``d^2`` next to 1) once it falls below
+    float64's resolution (``1e-16 * c``): with small activations (``|x| ~ 1e-8``, as in randomly
+    initialised or deep unnormalised layers) every entry rounds to the same number and the map is flat.
+    """
     if kernel == "linear":
         return x @ x.transpose(1, 2)
     if kernel == "rbf":
-        return torch.exp(-gamma * torch.cdist(x, x).pow(2))
+        return torch.expm1(-gamma * torch.cdist(x, x).pow(2))
     if kernel == "sigmoid":
-        return torch.tanh(gamma * (x @ x.transpose(1, 2)) + coef0)
+        # tanh(a + c) - tanh(c) = tanh(a) sech(c)^2 / (1 + tanh(a) tanh(c)): exact, and free of cancellation
+        # for |a| < 1 (the denominator is then >= 0.23); the plain difference elsewhere, where it is accurate.
+        a = gamma * (x @ x.transpose(1, 2))
+        t = torch.tanh(a)
+        sech2 = 4 * math.exp(-2 * abs(coef0)) / (1 + math.exp(-2 * abs(coef0))) ** 2  # no overflow
+        small = t * sech2 / (1 + t * math.tanh(coef0))
+        return torch.where(a.abs() < 1, small, torch.tanh(a + coef0) - math.tanh(coef0))
     if kernel == "poly":
-        return (gamma * (x @ x.transpose(1, 2)) + coef0).pow(degree)
+        # (u + c)^d - c^d = u * sum_{j<d} (u + c)^j c^(d-1-j), for an integer degree d >= 1
+        u = gamma * (x @ x.transpose(1, 2))
+        a = u + coef0
+        return u * sum(a.pow(j) * coef0 ** (degree - 1 - j) for j in range(degree))
     if kernel == "cosine":
-        unit = torch.nn.functional.normalize(x, dim=-1)
+        # Scale-free: a global rescale first keeps tiny rows away from normalize's eps (1e-12).
+        scale = x.abs().amax((1, 2), keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+        unit = torch.nn.functional.normalize(x / scale, dim=-1)
         return unit @ unit.transpose(1, 2)
     raise ValueError(f"kernel must be one of {KPCA_KERNELS}, got {kernel!r}")
 
@@ -68,7 +89,18 @@ class KPCA_CAM(BaseCAM):
     sign-fixed like Eigen-CAM. Gradient-free and class-agnostic.
 
     Args (besides BaseCAM's): ``kernel`` ('linear', 'rbf', 'sigmoid' (default), 'poly', 'cosine'),
-    ``gamma`` (default ``1 / C``), ``degree`` (3) and ``coef0`` (1), as in scikit-learn's KernelPCA.
+    ``gamma`` (default ``1 / C``), ``degree`` (3, an int >= 1) and ``coef0`` (1), as in scikit-learn's
+    KernelPCA.
+
+    The kernels are evaluated without their constant part (which the centring removes): as written,
+    ``tanh(gamma x.y + 1)`` rounds to ``tanh(1)`` everywhere in float64 once ``|gamma x.y| < 1e-16``, so
+    layers with small activations (``|x| ~ 1e-8``, common in randomly initialised or unnormalised deep
+    nets) gave a flat map. For such activations the sigmoid, rbf and poly kernels tend to a multiple of
+    the linear one, and the map to Eigen-CAM's.
+
+    Example:
+        >>> cam = KPCA_CAM(model, target_layers=[model.layer4[-1]], kernel="rbf")
+        >>> maps = cam(x)  # (B, H, W), class-agnostic
     """
 
     name = "kpcacam"
@@ -81,8 +113,13 @@ class KPCA_CAM(BaseCAM):
             raise ValueError(f"kernel must be one of {KPCA_KERNELS}, got {kernel!r}")
         if gamma is not None and not gamma > 0:
             raise ValueError(f"gamma must be positive, got {gamma}")
+        if isinstance(degree, bool) or not isinstance(degree, (int, np.integer)):
+            raise TypeError(f"degree must be an int >= 1 (the 'poly' kernel's exponent), got "
+                            f"{type(degree).__name__}")
+        if degree < 1:
+            raise ValueError(f"degree must be an int >= 1 (the 'poly' kernel's exponent), got {degree}")
         super().__init__(*args, **kwargs)
-        self.kernel, self.gamma, self.degree, self.coef0 = kernel, gamma, degree, coef0
+        self.kernel, self.gamma, self.degree, self.coef0 = kernel, gamma, int(degree), float(coef0)
 
     def layer_map(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
                   context: LayerContext, eigen_smooth: bool) -> torch.Tensor:

@@ -1,4 +1,8 @@
-"""CAM, Smooth Grad-CAM++ and ShapleyCAM against plain references of their formulas.
+"""CAM, Smooth Grad-CAM++, ShapleyCAM (and KPCA-CAM's numerics) against plain references of their formulas.
+
+Also: layers that return a dict of tensors (FPN levels), ShapleyCAM through fused attention and
+torchvision's RoIAlign (no double backward in torch), CAM's check that the head reads the pooled layer,
+and KPCA-CAM on activations of order 1e-9 (against the kernel formula in 60-digit decimal arithmetic).
 
 The references here are written out in plain torch (float64 copies of the models, forward hooks,
 ``torch.autograd.grad`` / ``torch.autograd.functional.hvp``, explicit loops over noisy samples) and
@@ -461,3 +465,361 @@ def test_shapleycam_matches_reference_library(tiny_2d_sigmoid, tmp_path):
 def test_registry_names():
     assert METHODS["cam"] is CAM and METHODS["shapleycam"] is ShapleyCAM
     assert METHODS["smoothgradcam++"] is SmoothGradCAMPlusPlus
+
+
+# ================================================== layers that return a structure of tensors (FPN levels)
+class SplitLevels(nn.Module):
+    """conv2's output as two "levels" ``{"p0": channels 0-2, "p1": channels 3-5}``, like an FPN's dict."""
+
+    def __init__(self, conv: nn.Module) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, a):
+        y = self.conv(a)
+        return {"p0": y[:, :3], "p1": y[:, 3:]}
+
+
+class SplitNet(nn.Module):
+    """``TinyConvNet`` (its own modules) with conv2 returning a dict of two levels, concatenated again."""
+
+    def __init__(self, tiny: nn.Module) -> None:
+        super().__init__()
+        self.tiny = tiny
+        self.levels = SplitLevels(tiny.conv2)
+
+    def forward(self, x):
+        t = self.tiny
+        levels = self.levels(t.relu1(t.conv1(x)))
+        y = t.relu2(torch.cat([levels["p0"], levels["p1"]], 1))
+        return t.fc(t.relu3(t.conv3(y)).flatten(2).mean(-1))
+
+
+def concat_levels(levels):
+    return torch.cat(list(levels.values()), 1)
+
+
+def test_smooth_gradcampp_on_a_dict_of_levels(tiny_2d):
+    """The dict layer with a concatenating reshape_transform is conv2 itself: the same map as the plain
+    reference on conv2 of the tensor model."""
+    model, x = tiny_2d
+    want = reference_smooth_gradcampp(model, "conv2", x, [1, 3], 3, 0.15, seed=5)
+    assert_nontrivial(want)
+    split = SplitNet(model).eval()
+    cam = SmoothGradCAMPlusPlus(split, [split.levels], reshape_transform=concat_levels, num_samples=3,
+                                std=0.15, seed=5)
+    got = cam(x, targets=[1, 3])
+    torch.testing.assert_close(torch.from_numpy(got), want.float(), atol=1e-5, rtol=1e-4)
+
+
+def test_shapleycam_on_a_dict_of_levels(tiny_2d_sigmoid):
+    model, x = tiny_2d_sigmoid
+    score = rest([1, 3])
+    w, acts, _, hvp = reference_shapley_weights(model, "conv2", tail_after_conv2, x, score)
+    assert hvp.abs().max() > 1e-3
+    want = final_map(weighted_sum(w, acts), x.shape[2:])
+    assert_nontrivial(want)
+    split = SplitNet(model).eval()
+    got = ShapleyCAM(split, [split.levels], reshape_transform=concat_levels)(
+        x, targets=[ClassifierOutputReST(1), ClassifierOutputReST(3)])
+    torch.testing.assert_close(torch.from_numpy(got), want.float(), atol=1e-5, rtol=1e-4)
+
+
+# ==================================== ShapleyCAM through operations torch cannot differentiate twice
+def fd_shapley_weights(model, layer, x, score_fn, h=1e-5):
+    """w = mean_positions(g - 0.5 * H A), H A by central differences of the gradient along A:
+    (g(A (1 + h)) - g(A (1 - h))) / 2h, in float64. Only first derivatives: any attention kernel will do."""
+    m64 = double_copy(model)
+    target = m64.get_submodule(layer)
+    acts, g, _ = acts_and_grads(m64, target, x.double(), score_fn)
+    acts, g = acts.detach(), g.detach()
+
+    def grad_at(a):
+        a = a.clone().requires_grad_(True)
+        handle = target.register_forward_hook(lambda m, i, o: a)  # the layer's output replaced by a
+        try:
+            return torch.autograd.grad(score_fn(m64(x.double())).sum(), a)[0]
+        finally:
+            handle.remove()
+
+    hvp = (grad_at(acts * (1 + h)) - grad_at(acts * (1 - h))) / (2 * h)
+    return (g - 0.5 * hvp).flatten(2).mean(-1), acts, hvp
+
+
+class TinyAttentionNet(nn.Module):
+    """Patch conv (target) -> tokens -> one head of F.scaled_dot_product_attention -> mean -> linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.patch = nn.Conv2d(3, 8, 2, stride=2)
+        self.qkv = nn.Linear(8, 24)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        tokens = self.patch(x).flatten(2).transpose(1, 2)  # (B, N, 8)
+        q, k, v = self.qkv(tokens).unsqueeze(1).chunk(3, -1)  # (B, 1, N, 8) each
+        mixed = torch.nn.functional.scaled_dot_product_attention(q, k, v)[:, 0]  # (B, N, 8)
+        return self.fc(mixed.mean(1))
+
+
+def sdpa_flags():
+    b = torch.backends.cuda
+    return (b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.math_sdp_enabled(),
+            b.cudnn_sdp_enabled())
+
+
+def test_shapleycam_through_fused_attention():
+    model = TinyAttentionNet().eval()
+    x = seeded_input(2, 3, 8, 12, seed=3)
+    score = rest([1, 2])
+    # The premise: the fused CPU attention kernel refuses double backward.
+    xr = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(score(model(xr)).sum(), xr, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(g.sum(), xr)
+    w, acts, hvp = fd_shapley_weights(model, "patch", x, score)
+    assert hvp.abs().max() > 1e-3  # attention is not linear in its input: the correction is real
+    want = final_map(weighted_sum(w, acts), x.shape[2:])
+    assert_nontrivial(want)
+    before = sdpa_flags()
+    targets = [ClassifierOutputReST(1), ClassifierOutputReST(2)]
+    got = ShapleyCAM(model, [model.patch])(x, targets=targets)
+    assert sdpa_flags() == before
+    torch.testing.assert_close(torch.from_numpy(got), want.float(), atol=1e-4, rtol=1e-3)
+    assert np.abs(got - GradCAM(model, [model.patch])(x, targets=targets)).max() > 1e-2
+    # After an error the backend selection is restored too.
+
+    def failing(output):
+        raise KeyError("boom")
+
+    with pytest.raises(KeyError):
+        ShapleyCAM(model, [model.patch])(x, targets=[failing, failing])
+    assert sdpa_flags() == before
+
+
+class TinyRoINet(nn.Module):
+    """conv features (target) -> torchvision RoIAlign on fixed boxes -> sigmoid -> linear, per image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.features = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 2 * 2 * 2, 3)
+        self.register_buffer("boxes", torch.tensor([[1.0, 1.0, 6.5, 5.0], [3.0, 2.0, 11.0, 7.5]]))
+        with torch.no_grad():  # pre-activations of order 1: the sigmoid is not linear there
+            self.features.weight.mul_(4)
+            self.fc.weight.mul_(5)
+
+    def forward(self, x):
+        import torchvision
+
+        f = self.features(x)
+        rois = [self.boxes.to(f.dtype)] * x.shape[0]
+        pooled = torchvision.ops.roi_align(f, rois, output_size=2, sampling_ratio=2)  # (B * 2, 4, 2, 2)
+        return self.fc(torch.sigmoid(pooled).reshape(x.shape[0], -1))
+
+
+def test_shapleycam_through_roi_align():
+    import torchvision
+
+    model = TinyRoINet().eval()
+    x = seeded_input(2, 3, 8, 12, seed=4)
+    score = logit([0, 2])
+    # The premise: torchvision's RoIAlign refuses double backward.
+    xr = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(score(model(xr)).sum(), xr, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backwards on roi_align"):
+        torch.autograd.grad(g.sum(), xr)
+    w, acts, hvp = fd_shapley_weights(model, "features", x, score)
+    assert hvp.abs().max() > 1e-3
+    want = final_map(weighted_sum(w, acts), x.shape[2:])
+    assert_nontrivial(want)
+    got = ShapleyCAM(model, [model.features])(x, targets=[0, 2])
+    torch.testing.assert_close(torch.from_numpy(got), want.float(), atol=1e-4, rtol=1e-3)
+    assert np.abs(got - GradCAM(model, [model.features])(x, targets=[0, 2])).max() > 1e-2
+    # The substitution lasted only for the call: torchvision's own op is back.
+    (g,) = torch.autograd.grad(score(model(xr)).sum(), xr, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backwards on roi_align"):
+        torch.autograd.grad(g.sum(), xr)
+    assert torchvision.ops.roi_align is not None
+
+
+def test_twice_differentiable_roi_align_gradgradcheck():
+    """The wrapper's first and second derivatives against finite differences (float64)."""
+    from pytorch_grad_cam.gradient import _RoIAlign
+
+    feats = torch.randn(2, 3, 6, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    feats.requires_grad_(True)
+    rois = torch.tensor([[0, 0.5, 1.0, 4.5, 5.0], [1, 2.0, 0.0, 6.0, 3.5]], dtype=torch.float64)
+
+    def f(t):
+        return _RoIAlign.apply(t, rois, 1.0, 2, 3, 2, False)
+
+    import torchvision
+    torch.testing.assert_close(f(feats), torchvision.ops.roi_align(feats, rois, (2, 3), 1.0, 2, False))
+    assert torch.autograd.gradcheck(f, (feats,))
+    assert torch.autograd.gradgradcheck(f, (feats,))
+
+
+# ============================================================ CAM: the head must read the pooled layer
+def test_cam_warns_when_the_head_does_not_read_the_pooled_layer(tiny_2d):
+    import warnings
+
+    from torchvision.models import VisionTransformer
+
+    from pytorch_grad_cam.utils import vit_reshape_transform
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(image_size=16, patch_size=4, num_layers=1, num_heads=1, hidden_dim=8,
+                            mlp_dim=16, num_classes=3).eval()
+    with torch.no_grad():  # torchvision's zero-initialised head would give a zero (constant) map
+        vit.heads.head.weight.normal_(0.0, 1.0)
+    x = seeded_input(2, 3, 16, 16, seed=2)
+    # The head reads the class token, not the mean of the patch tokens: warned, at the caller's line.
+    expected = (r"input of the linear layer 'heads.head' is not the spatial average of target layer "
+                r"'encoder.layers.encoder_layer_0.ln_1'")
+    with pytest.warns(UserWarning, match=expected) as rec:
+        CAM(vit, [vit.encoder.layers[0].ln_1], reshape_transform=vit_reshape_transform)(x, targets=[0, 1])
+    assert [r.filename for r in rec if "linear layer" in str(r.message)] == [__file__]
+    # A layer before the ReLU that comes before the pooling: warned.
+    model, x = tiny_2d
+    with pytest.warns(UserWarning, match="is not the spatial average of target layer 'conv3'"):
+        CAM(model, [model.conv3])(x, targets=[1, 3])
+    # The pooled layer itself: no warning at all.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CAM(model, [model.relu3])(x, targets=[1, 3])
+
+
+class SumPoolNet(nn.Module):
+    """features -> sum over positions (not mean) -> linear: the head's input is N times the mean."""
+
+    def __init__(self, tiny: nn.Module) -> None:
+        super().__init__()
+        self.tiny = tiny
+
+    def forward(self, x):
+        t = self.tiny
+        a = t.relu3(t.conv3(t.relu2(t.conv2(t.relu1(t.conv1(x))))))
+        return t.fc(a.flatten(2).sum(-1))
+
+
+def test_cam_accepts_a_head_fed_by_a_multiple_of_the_mean(tiny_2d):
+    import warnings
+
+    model, x = tiny_2d
+    net = SumPoolNet(model).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = CAM(net, [model.relu3])(x, targets=[1, 3])
+    np.testing.assert_allclose(got, CAM(model, [model.relu3])(x, targets=[1, 3]), atol=1e-6)
+
+
+# ======================================================= KPCA-CAM on small activations (projection.py)
+def decimal_kernel_component(acts, kernel, gamma, degree=3, coef0=1.0, digits=60):
+    """KPCA-CAM's component written with scikit-learn's kernels as they are (``tanh(g x.y + c)``,
+    ``exp(-g |x - y|^2)``, ``(g x.y + c)^d``), evaluated and double-centred in 60-digit decimal arithmetic,
+    then the top eigenpair in float64: sqrt(lambda_1) alpha_1, sign by the channel sum. (B, *grid)."""
+    from decimal import Decimal, localcontext
+
+    out = np.zeros((acts.shape[0],) + tuple(acts.shape[2:]))
+    with localcontext() as ctx:
+        ctx.prec = digits
+        g, c = Decimal(repr(gamma)), Decimal(repr(coef0))
+        for b in range(acts.shape[0]):
+            a = acts[b].double().reshape(acts.shape[1], -1).T.tolist()  # (N, C)
+            n, ch = len(a), len(a[0])
+            X = [[Decimal(repr(v)) for v in row] for row in a]
+            means = [sum(X[i][k] for i in range(n)) / n for k in range(ch)]
+            X = [[X[i][k] - means[k] for k in range(ch)] for i in range(n)]
+
+            K = [[_decimal_entry(X[i], X[j], kernel, g, c, degree) for j in range(n)] for i in range(n)]
+            row = [sum(K[i]) / n for i in range(n)]
+            total = sum(row) / n
+            centred = np.array([[float(K[i][j] - row[i] - row[j] + total) for j in range(n)]
+                                for i in range(n)])
+            values, vectors = np.linalg.eigh(centred)
+            projection = vectors[:, -1] * np.sqrt(max(values[-1], 0.0))
+            channel_sum = acts[b].double().sum(0).reshape(-1).numpy()
+            if (projection * (channel_sum - channel_sum.mean())).sum() < 0:
+                projection = -projection
+            out[b] = projection.reshape(acts.shape[2:])
+    return torch.from_numpy(out)
+
+
+def _decimal_entry(xi, xj, kernel, g, c, degree):
+    if kernel == "sigmoid":
+        e = (2 * (g * sum(a * b for a, b in zip(xi, xj)) + c)).exp()
+        return (e - 1) / (e + 1)
+    if kernel == "rbf":
+        return (-g * sum((a - b) ** 2 for a, b in zip(xi, xj))).exp()
+    return (g * sum(a * b for a, b in zip(xi, xj)) + c) ** degree
+
+
+@pytest.mark.parametrize("kernel", ["sigmoid", "rbf", "poly"])
+def test_kpca_cam_on_small_activations(tiny_2d, kernel):
+    """Activations of order 1e-9 (randomly initialised deep nets have such layers): g x.y ~ 1e-18 is lost
+    next to coef0 = 1 in float64 when the kernel is computed as written, and the map was flat. Against the
+    same formula in 60-digit arithmetic."""
+    from pytorch_grad_cam import KPCA_CAM
+
+    model, x = tiny_2d
+    model = copy.deepcopy(model)
+    with torch.no_grad():  # relu2 = relu(conv2) scaled by 1e-9
+        model.conv2.weight.mul_(1e-9)
+        model.conv2.bias.mul_(1e-9)
+    store = {}
+    handle = model.relu2.register_forward_hook(lambda m, i, o: store.__setitem__("a", o.detach()))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    acts = store["a"]  # (2, 6, 6, 8)
+    assert 1e-11 < acts.abs().max() < 1e-8
+    gamma = 1.0 / acts.shape[1]
+    # The premise: the float64 kernel as written is one number everywhere (the flat map).
+    rows = acts.double().flatten(2).transpose(1, 2)
+    rows = rows - rows.mean(1, keepdim=True)
+    dots = rows @ rows.transpose(1, 2)
+    plain = {"sigmoid": torch.tanh(gamma * dots + 1),
+             "rbf": torch.exp(-gamma * torch.cdist(rows, rows) ** 2),
+             "poly": (gamma * dots + 1) ** 3}[kernel]
+    assert (plain == plain.flatten(1)[:, :1, None]).all()
+    component = decimal_kernel_component(acts, kernel, gamma)
+    want = final_map(component, x.shape[2:])
+    assert_nontrivial(want)
+    got = KPCA_CAM(model, [model.relu2], kernel=kernel)(x)
+    torch.testing.assert_close(torch.from_numpy(got), want.float(), atol=1e-4, rtol=1e-3)
+
+
+def test_kpca_cam_closed_forms_agree_with_decimal_at_order_one(tiny_2d):
+    """Where the kernel is far from its constant (|g x.y| > 1 for some pairs, both branches of the sigmoid
+    form), the closed forms equal the formula in 60-digit arithmetic."""
+    from pytorch_grad_cam import KPCA_CAM
+
+    model, x = tiny_2d
+    store = {}
+    handle = model.relu2.register_forward_hook(lambda m, i, o: store.__setitem__("a", o.detach()))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    acts = store["a"]
+    rows = acts.double().flatten(2).transpose(1, 2)
+    rows = rows - rows.mean(1, keepdim=True)
+    gamma, coef0 = 20.0, -0.5
+    assert (gamma * (rows @ rows.transpose(1, 2))).abs().max() > 1
+    for kernel, degree in (("sigmoid", 3), ("poly", 2)):
+        want = final_map(decimal_kernel_component(acts, kernel, gamma, degree, coef0), x.shape[2:])
+        assert_nontrivial(want)
+        got = KPCA_CAM(model, [model.relu2], kernel=kernel, gamma=gamma, degree=degree, coef0=coef0)(x)
+        torch.testing.assert_close(torch.from_numpy(got), want.float(), atol=1e-5, rtol=1e-4)
+
+
+def test_kpca_cam_degree_checks(tiny_2d):
+    from pytorch_grad_cam import KPCA_CAM
+
+    model = tiny_2d[0]
+    with pytest.raises(ValueError, match="degree must be an int >= 1 .* got 0"):
+        KPCA_CAM(model, [model.relu2], kernel="poly", degree=0)
+    with pytest.raises(TypeError, match="degree must be an int >= 1 .* got float"):
+        KPCA_CAM(model, [model.relu2], kernel="poly", degree=2.5)

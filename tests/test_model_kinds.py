@@ -72,22 +72,6 @@ CLEAR_ERRORS: Dict[Tuple[str, str], Tuple[type, str]] = {
 }
 #: (method, kind) -> (exception raised, reason): a bug outside this file's owner's modules (strict xfail).
 KNOWN_BUGS: Dict[Tuple[str, str], Tuple[Any, str]] = {
-    ("smoothgradcam++", "detection"): (AttributeError, "SmoothGradCAM++ assumes a tensor layer output: a "
-                                       "dict of FPN levels fails with 'OrderedDict' object has no attribute "
-                                       "'detach' (gradient.py; the engine's map_tensors handles it)"),
-    ("shapleycam", "detection"): (RuntimeError, "ShapleyCAM passes the dict of FPN levels itself to "
-                                  "torch.autograd.grad ('all inputs have to be Tensors'); it should use the "
-                                  "engine's tensors_of/map_tensors"),
-    ("shapleycam", "vit"): (RuntimeError, "ShapleyCAM needs second derivatives, and torch has no double "
-                            "backward for CPU flash scaled_dot_product_attention (torchvision's "
-                            "MultiheadAttention): raw torch RuntimeError; should run attention with the math "
-                            "SDPA backend or raise a clear error"),
-    ("kpcacam", "detection"): (RuntimeWarning, "KPCA-CAM's map is constant on the FPN features of this "
-                               "random-init detector (constant-map warning) even with gamma=1e-4; cause not "
-                               "determined (kernel saturation suspected)"),
-    ("kpcacam", "segmentation"): (RuntimeWarning, "KPCA-CAM's map is constant at DeepLabV3's "
-                                  "classifier[3] (constant-map warning) for every gamma tried (1e-2..1e-4) "
-                                  "while EigenCAM's is not; cause not determined"),
     ("ablationcam", "segmentation"): (RuntimeWarning, "not a library bug: this random-init DeepLabV3 "
                                       "(eval-mode BatchNorm, unfitted statistics) gives classifier[3] "
                                       "activations <= 3.5e-10 against a score of 88, so no ablation moves "
