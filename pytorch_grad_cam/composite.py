@@ -702,7 +702,7 @@ class SESS(_Composite):
             owners = torch.tensor(images, device=x.device)
             weighted.add(pasted * scores.view(-1, *[1] * len(spatial)), owners)
             plain.add(pasted, owners)
-            top = top.index_reduce(0, owners, scores, "amax")
+            top = top.scatter_reduce(0, owners, scores, "amax")
         scored = top > 0  # (B,)
         view = (-1, *[1] * len(spatial))
         return torch.where(scored.view(view), weighted.result() / top.clamp_min(1e-30).view(view),
