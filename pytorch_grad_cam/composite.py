@@ -775,7 +775,8 @@ class _Fusion:
     def add(self, values: torch.Tensor, images: torch.Tensor) -> None:
         """``values`` ``(n, *spatial)`` of the images ``images`` ``(n,)``."""
         if self.pool == "max":
-            self.total.index_reduce_(0, images, values, "amax")  # maps are >= 0, total starts at 0
+            rows = images.view(-1, *[1] * (values.ndim - 1)).expand_as(values)  # (n, *spatial)
+            self.total.scatter_reduce_(0, rows, values, "amax")  # maps are >= 0, total starts at 0
             return
         mask = values > self.theta
         self.total.index_add_(0, images, torch.where(mask, values, torch.zeros_like(values)))
