@@ -39,7 +39,34 @@ def layer_name(model: nn.Module, layer: nn.Module) -> str:
     return type(layer).__name__
 
 
-class LayerCapture:
+class HookSet:
+    """Hooks that live for one ``with`` block: ``_register`` adds handles to ``self._handles``; all are
+    removed on exit, and also when registering fails half-way."""
+
+    def __init__(self) -> None:
+        self._handles: list = []
+
+    def _register(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        try:
+            self._register()
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+class LayerCapture(HookSet):
     """Hooks on the target layers for the duration of one ``with`` block.
 
     Each hooked layer's output is replaced by a copy, and the original is kept: in-place operations
@@ -54,6 +81,7 @@ class LayerCapture:
 
     def __init__(self, model: nn.Module, layers: Sequence[nn.Module], grad: bool,
                  record_prefix: bool = False, structured: bool = False) -> None:
+        super().__init__()
         self.model = model
         self.layers = list(layers)
         self.grad = grad
@@ -64,32 +92,21 @@ class LayerCapture:
         self.activations: Dict[int, torch.Tensor] = {}
         # For each target layer: [(module, output), ...] of the outermost calls completed before it.
         self.prefix: Dict[int, List[Tuple[nn.Module, object]]] = {}
-        self._handles: list = []
         self._depth = 0
         self._done: List[Tuple[int, nn.Module, object]] = []
 
-    def __enter__(self) -> "LayerCapture":
-        try:
+    def _register(self) -> None:
+        if self.record_prefix:
+            for module in self.model.modules():
+                self._handles.append(module.register_forward_pre_hook(self._enter_module))
+                self._handles.append(module.register_forward_hook(self._leave_module))
+        for layer in self.layers:
+            self._handles.append(layer.register_forward_hook(self._capture))
             if self.record_prefix:
-                for module in self.model.modules():
-                    self._handles.append(module.register_forward_pre_hook(self._enter_module))
-                    self._handles.append(module.register_forward_hook(self._leave_module))
-            for layer in self.layers:
-                self._handles.append(layer.register_forward_hook(self._capture))
-                if self.record_prefix:
-                    self._handles.append(layer.register_forward_pre_hook(self._snapshot_prefix))
-        except BaseException:
-            self.remove()
-            raise
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.remove()
+                self._handles.append(layer.register_forward_pre_hook(self._snapshot_prefix))
 
     def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        super().remove()
         self._done.clear()
 
     # -- hooks -------------------------------------------------------------------------------

@@ -55,3 +55,21 @@ def evaluation_state(model: nn.Module, device: Optional[torch.device] = None) ->
             param.requires_grad_(flag)
         for tensor, original in devices.items():
             _move(tensor, original)
+
+
+@contextlib.contextmanager
+def compute_session(model: nn.Module, device: Optional[torch.device],
+                    input_tensor: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The model in eval mode on the compute device, and a detached copy of the input there.
+
+    The device is ``device`` if given, else the model's, else the input's; the dtype is the model's
+    floating dtype. A model elsewhere than ``device`` is moved for the block and moved back, and its
+    state is restored in ``finally`` (:func:`evaluation_state`). ``inference_mode(False)``: the block
+    must also work inside the user's ``torch.inference_mode()``.
+    """
+    model_dev = model_device(model)
+    target = device or model_dev or input_tensor.device
+    dtype = model_float_dtype(model) or input_tensor.dtype
+    move_to = device if device is not None and device != model_dev else None
+    with torch.inference_mode(False), evaluation_state(model, move_to):
+        yield input_tensor.detach().to(device=target, dtype=dtype)

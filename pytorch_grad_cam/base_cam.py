@@ -9,7 +9,7 @@ import contextlib
 import warnings
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._capture import LayerCapture, layer_name, map_tensors, tensors_of
-from ._model_state import evaluation_state, model_device, model_float_dtype
+from ._model_state import compute_session
 from .utils.model_targets import ClassifierOutputTarget
 
 Target = Callable[[torch.Tensor], torch.Tensor]
@@ -392,12 +392,8 @@ class BaseCAM:
         The model is never given this tensor itself, only copies (``_run_model``), so a model that
         modifies its input in place changes neither the user's tensor nor what later passes see.
         """
-        model_dev = model_device(self.model)
-        device = self.device or model_dev or input_tensor.device
-        dtype = model_float_dtype(self.model) or input_tensor.dtype
-        move_to = self.device if self.device is not None and self.device != model_dev else None
-        with torch.inference_mode(False), evaluation_state(self.model, move_to):
-            yield input_tensor.detach().to(device=device, dtype=dtype)
+        with compute_session(self.model, self.device, input_tensor) as x:
+            yield x
 
     def _run_model(self, x: torch.Tensor) -> Any:
         return self.model(x.clone())
@@ -444,31 +440,38 @@ class BaseCAM:
             raise ValueError(f"the target score is not finite (NaN or Inf) for image(s) {bad}")
         return scores
 
-    def _gradients(self, scores: torch.Tensor, capture: LayerCapture) -> dict:
+    def _layer_gradients(self, scores: torch.Tensor, capture: LayerCapture,
+                         create_graph: bool = False) -> Tuple[List[list], List[list]]:
+        """For each target layer: its captured tensors that require grad (one, or several for a layer
+        returning a structure such as an FPN's dict of levels), and the gradient of the summed scores
+        with respect to each (None where the score does not use it). Refuses a layer that gets none."""
         layers = self.target_layers
         if not scores.requires_grad:
             raise ValueError("the target scores do not depend on the target layers' activations (no "
                              "gradient reaches them): the target must return a value computed from the "
                              "model output, and the layers must come before the output")
-        # A layer's output may be a structure of tensors (an FPN's dict of levels): differentiate each.
         per_layer = [[t for t in tensors_of(capture.activations[id(layer)]) if t.requires_grad]
                      for layer in layers]
         inputs = [t for tensors in per_layer for t in tensors]
         # Only the graph from the target layers to the score is differentiated; parameters' .grad
         # are neither read nor written.
-        flat = list(torch.autograd.grad(scores.sum(), inputs, allow_unused=True))
-        grads, unused = {}, []
-        for layer, tensors in zip(layers, per_layer):
-            layer_grads = {id(t): flat.pop(0) for t in tensors}
-            if all(g is None for g in layer_grads.values()):
-                unused.append(layer_name(self.model, layer))
-                continue
-            # A tensor of the structure that the score does not use (an unused pyramid level) gets zeros.
-            grads[id(layer)] = map_tensors(partial(_gradient_or_zeros, layer_grads),
-                                           capture.activations[id(layer)])
+        flat = iter(torch.autograd.grad(scores.sum(), inputs, allow_unused=True, create_graph=create_graph))
+        grads_per_layer = [[next(flat) for _ in tensors] for tensors in per_layer]
+        unused = [layer_name(self.model, layer) for layer, grads in zip(layers, grads_per_layer)
+                  if all(g is None for g in grads)]
         if unused:
             raise ValueError(f"no gradient reaches target layer(s) {unused}: the score does not depend on "
                              "them; choose layers on the path to the output")
+        return per_layer, grads_per_layer
+
+    def _gradients(self, scores: torch.Tensor, capture: LayerCapture) -> dict:
+        per_layer, grads_per_layer = self._layer_gradients(scores, capture)
+        grads = {}
+        for layer, tensors, layer_grads in zip(self.target_layers, per_layer, grads_per_layer):
+            by_tensor = {id(t): g for t, g in zip(tensors, layer_grads)}
+            # A tensor of the structure that the score does not use (an unused pyramid level) gets zeros.
+            grads[id(layer)] = map_tensors(partial(_gradient_or_zeros, by_tensor),
+                                           capture.activations[id(layer)])
         self._warn_zero_gradients(grads, scores.shape[0])
         return grads
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ._capture import LayerCapture, layer_name
-from ._model_state import evaluation_state, model_device, model_float_dtype
+from ._model_state import compute_session, evaluation_state, model_device, model_float_dtype
 from .base_cam import BaseCAM, resize_maps
 
 __all__ = ["DeepFeatureFactorization", "NMFResult", "create_labels_legend", "dff", "nmf", "run_dff_on_image"]
@@ -334,12 +334,7 @@ class DeepFeatureFactorization:
     def __call__(self, input_tensor: torch.Tensor, n_components: int = 16) -> tuple:
         x = BaseCAM._check_input(input_tensor)
         _check_int(n_components, "n_components", 1)
-        model_dev = model_device(self.model)
-        device = self.device or model_dev or x.device
-        dtype = model_float_dtype(self.model) or x.dtype
-        move_to = self.device if self.device is not None and self.device != model_dev else None
-        with torch.inference_mode(False), evaluation_state(self.model, move_to):
-            x = x.detach().to(device=device, dtype=dtype)
+        with compute_session(self.model, self.device, x) as x:
             activations = self._activations(x)  # (B, C, *grid)
             concepts, explanations = _factorize(activations, n_components, self.max_iter, self.tol,
                                                 self.init, self.seed, self.negatives)
@@ -351,7 +346,7 @@ class DeepFeatureFactorization:
             result = (concepts.cpu().numpy().astype(np.float32), resized.cpu().numpy().astype(np.float32))
             if self.computation_on_concepts is None:
                 return result
-            return (*result, self._concept_outputs(concepts, dtype))
+            return (*result, self._concept_outputs(concepts, x.dtype))
 
     def _activations(self, x: torch.Tensor) -> torch.Tensor:
         layer = self.target_layer

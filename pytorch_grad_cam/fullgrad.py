@@ -8,6 +8,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from ._capture import HookSet
 from .base_cam import BaseCAM, Target, TargetsArg, first_principal_component, min_max_normalize, resize_maps
 
 # Modules whose bias is added along the channel axis (dim 1) of a ``(B, C, *spatial)`` output.
@@ -70,7 +71,7 @@ class FullGradTerms:
     scores: torch.Tensor
 
 
-class _BiasCapture:
+class _BiasCapture(HookSet):
     """Forward hooks on every module with a bias, for one forward pass (removed on exit).
 
     Each call's output is kept and a copy is returned to the model, so in-place operations after the
@@ -78,27 +79,14 @@ class _BiasCapture:
     """
 
     def __init__(self, model: nn.Module) -> None:
+        super().__init__()
         self.model = model
         self.records: List[Tuple[str, nn.Module, torch.Tensor, torch.Tensor]] = []
-        self._handles: list = []
 
-    def __enter__(self) -> "_BiasCapture":
-        try:
-            for name, module in self.model.named_modules():
-                if effective_bias(module) is not None:
-                    self._handles.append(module.register_forward_hook(self._make_hook(name or "<model>")))
-        except BaseException:
-            self.remove()
-            raise
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.remove()
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+    def _register(self) -> None:
+        for name, module in self.model.named_modules():
+            if effective_bias(module) is not None:
+                self._handles.append(module.register_forward_hook(self._make_hook(name or "<model>")))
 
     def _make_hook(self, name: str) -> Callable:
         def hook(module: nn.Module, inputs, output):

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ._capture import layer_name, map_tensors, tensors_of
+from ._capture import layer_name, map_tensors
 from .base_cam import (
     BaseCAM,
     LayerContext,
@@ -524,21 +524,8 @@ class ShapleyCAM(BaseCAM):
         """Per layer ``g - 0.5 * H A`` in the layer's own layout (``reshape_transform`` is linear): a tensor,
         or for a layer that returns a structure of tensors (an FPN's dict of levels) the same structure."""
         layers = self.target_layers
-        if not scores.requires_grad:
-            raise ValueError("the target scores do not depend on the target layers' activations (no "
-                             "gradient reaches them): the target must return a value computed from the "
-                             "model output, and the layers must come before the output")
-        per_layer = [[t for t in tensors_of(capture.activations[id(layer)]) if t.requires_grad]
-                     for layer in layers]
-        inputs = [t for tensors in per_layer for t in tensors]
         # create_graph: the gradient is differentiated once more for the Hessian-vector product.
-        flat = list(torch.autograd.grad(scores.sum(), inputs, allow_unused=True, create_graph=True))
-        grads_per_layer = [[flat.pop(0) for _ in tensors] for tensors in per_layer]
-        unused = [layer_name(self.model, layer) for layer, grads in zip(layers, grads_per_layer)
-                  if all(g is None for g in grads)]
-        if unused:
-            raise ValueError(f"no gradient reaches target layer(s) {unused}: the score does not depend on "
-                             "them; choose layers on the path to the output")
+        per_layer, grads_per_layer = self._layer_gradients(scores, capture, create_graph=True)
         effective = {}
         for i, (layer, tensors, grads) in enumerate(zip(layers, per_layer, grads_per_layer)):
             # H A = d/dA (g . A) with A held constant as the vector (summed over every tensor of the layer's
@@ -572,7 +559,7 @@ class ShapleyCAM(BaseCAM):
             effective[id(layer)] = map_tensors(
                 lambda t, corrected=corrected: corrected.get(id(t), torch.zeros_like(t.detach())),
                 capture.activations[id(layer)])
-        del flat, grads_per_layer
+        del grads_per_layer
         self._warn_zero_gradients(effective, scores.shape[0])
         return effective
 

@@ -1,15 +1,14 @@
 """Guided Backpropagation and Guided Grad-CAM: pixel-resolution gradients, not ``(B, *spatial)`` maps."""
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ._model_state import evaluation_state, model_device, model_float_dtype
+from ._model_state import compute_session
 from .base_cam import _MISSING, BaseCAM, TargetsArg, select_output
 from .gradient import GradCAM
 
@@ -152,18 +151,8 @@ class GuidedBackpropReLUModel:
             raise TypeError(f"channels_last must be a bool, got {type(channels_last).__name__}")
         x = BaseCAM._check_input(input_img)
         target_list = BaseCAM._check_targets(targets, x.shape[0])
-        with self._session(x) as x_dev:
+        with compute_session(self.model, self.device, x) as x_dev:
             return _layout(self._gradients(x_dev, target_list), channels_last)
-
-    @contextlib.contextmanager
-    def _session(self, input_tensor: torch.Tensor) -> Iterator[torch.Tensor]:
-        """The model in eval mode on the compute device, and the input there (restored in finally)."""
-        model_dev = model_device(self.model)
-        device = self.device or model_dev or input_tensor.device
-        dtype = model_float_dtype(self.model) or input_tensor.dtype
-        move_to = self.device if self.device is not None and self.device != model_dev else None
-        with torch.inference_mode(False), evaluation_state(self.model, move_to):
-            yield input_tensor.detach().to(device=device, dtype=dtype)
 
     def _gradients(self, x: torch.Tensor, targets) -> torch.Tensor:
         """Guided gradients ``(B, C, *spatial)`` of the target scores, on the compute device."""
