@@ -12,10 +12,13 @@ from ._model_state import compute_session
 from .base_cam import _MISSING, BaseCAM, TargetsArg, select_output
 from .gradient import GradCAM
 
-# The functional spellings of ReLU that the forward pass may call instead of an ``nn.ReLU`` module.
+# The rectifier modules that get the guided rule: ReLU, and ReLU6 (MobileNet, EfficientNet-Lite), whose
+# own backward then masks with 0 < x < 6.
+_RELU_MODULES = (nn.ReLU, nn.ReLU6)
+# The functional spellings of them that the forward pass may call instead of a module.
 _FUNCTIONAL_RELUS = frozenset({
     torch.relu, torch.relu_, torch.nn.functional.relu, torch.nn.functional.relu_,
-    torch.Tensor.relu, torch.Tensor.relu_,
+    torch.Tensor.relu, torch.Tensor.relu_, torch.nn.functional.relu6,
 })
 
 
@@ -56,7 +59,7 @@ class _GuidedReLUs(TorchFunctionMode):
     def __enter__(self) -> "_GuidedReLUs":
         try:
             for module in self.model.modules():
-                if isinstance(module, nn.ReLU):
+                if isinstance(module, _RELU_MODULES):
                     self._handles.append(module.register_forward_pre_hook(self._enter_relu))
                     self._handles.append(module.register_forward_hook(self._leave_relu, always_call=True))
             return super().__enter__()
@@ -107,8 +110,10 @@ class GuidedBackpropReLUModel:
 
     The gradient of each image's target score with respect to the input pixels, where every ReLU's
     backward pass lets through only positive gradients at positions where its input was positive:
-    ``R_l = (f_l > 0) * (R_{l+1} > 0) * R_{l+1}``. Applies to ``nn.ReLU`` modules (by forward hooks)
-    and to functional ReLUs in ``forward`` (``F.relu``, ``torch.relu``, ``x.relu()``...); the model's
+    ``R_l = (f_l > 0) * (R_{l+1} > 0) * R_{l+1}``. Applies to ``nn.ReLU`` and ``nn.ReLU6`` modules (by
+    forward hooks; for ReLU6 the mask is ``0 < f_l < 6``) and to functional ReLUs in ``forward``
+    (``F.relu``, ``torch.relu``, ``x.relu()``, ``F.relu6``...); other activations (SiLU, GELU) keep their
+    plain gradient. The model's
     modules are never replaced, and its hooks, training flags, ``requires_grad``, ``.grad`` and device
     are as before after every call, also after one that raises.
 

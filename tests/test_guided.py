@@ -37,6 +37,18 @@ class GuidedReLU(torch.autograd.Function):
         return g * (x > 0) * (g > 0)
 
 
+class GuidedReLU6(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp(0, 6)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * ((x > 0) & (x < 6)) * (g > 0)
+
+
 def seeded(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
@@ -116,6 +128,39 @@ def test_module_relus_match_plain_reference(dim):
     # The default, channels-last layout: (B, *spatial, C).
     channels_last = GuidedBackpropReLUModel(model)(x, targets=classes)
     np.testing.assert_array_equal(channels_last, np.moveaxis(got, 1, -1))
+
+
+def test_relu6_modules_and_functional_match_plain_reference():
+    """MobileNet / EfficientNet-Lite rectify with ReLU6: the guided rule with the mask 0 < x < 6."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU6(), nn.Conv2d(6, 8, 3, padding=1),
+                          nn.ReLU6(inplace=True), nn.Flatten(), nn.Linear(8 * 64, NUM_CLASSES)).eval()
+    with torch.no_grad():
+        model[0].weight.mul_(8)  # some inputs above 6, so the upper edge of the mask matters
+    x, classes = seeded(2, 3, 8, 8, seed=1), [1, 3]
+    reference = copy.deepcopy(model).double()
+    h = x.double().requires_grad_(True)
+    out = h
+    for layer in reference:
+        out = GuidedReLU6.apply(out) if isinstance(layer, nn.ReLU6) else layer(out)
+    want = torch.autograd.grad(out[torch.arange(2), classes].sum(), h)[0]
+    assert bool((reference[0](h) > 6).any())  # the upper edge of the mask is exercised
+    assert_guided_is_not_plain(want, model, x, classes)
+    got = GuidedBackpropReLUModel(model)(x, targets=classes, channels_last=False)
+    np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-5, atol=1e-6 * np.abs(got).max())
+
+    class Functional(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            x = F.relu6(self.inner[0](x))
+            x = F.relu6(self.inner[2](x))
+            return self.inner[5](self.inner[4](x))
+
+    got = GuidedBackpropReLUModel(Functional(model))(x, targets=classes, channels_last=False)
+    np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-5, atol=1e-6 * np.abs(got).max())
 
 
 def test_functional_relus_match_plain_reference():
