@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._capture import LayerCapture, layer_name
+from ._capture import LayerCapture, layer_name, map_tensors
 from ._model_state import compute_session, evaluation_state, model_device, model_float_dtype
 from .base_cam import BaseCAM, resize_maps
 
@@ -261,7 +261,9 @@ class DeepFeatureFactorization:
     Args:
         model: the network; left exactly as found (hooks only during a call, eval mode restored).
         target_layer: the layer whose output is factorised (a module, or a list holding one).
-        reshape_transform: turns the layer's output into ``(B, C, *grid)``, e.g. ``vit_reshape_transform``.
+        reshape_transform: turns the layer's output into ``(B, C, *grid)``, e.g. ``vit_reshape_transform``;
+            with one, the layer may return a dict or list of tensors, e.g. a detector's ``backbone``
+            (FPN levels) with ``fpn_reshape_transform``.
         computation_on_concepts: optional callable applied to the ``(K, C)`` concept vectors, e.g.
             ``model.fc`` for a ResNet: its ``(K, num_classes)`` outputs (raw, no softmax) say what each
             concept is. An ``nn.Module`` runs in eval mode, restored afterwards.
@@ -350,17 +352,23 @@ class DeepFeatureFactorization:
 
     def _activations(self, x: torch.Tensor) -> torch.Tensor:
         layer = self.target_layer
-        capture = LayerCapture(self.model, [layer], grad=False)
+        # With a reshape_transform the layer may return a dict/list of tensors (an FPN's levels, e.g. a
+        # detector's backbone): the transform makes them one tensor (fpn_reshape_transform), as in BaseCAM.
+        capture = LayerCapture(self.model, [layer], grad=False, structured=self.reshape_transform is not None)
         with capture, torch.no_grad():
             self.model(x.clone())  # a copy: a model that modifies its input in place leaves the user's alone
         if id(layer) not in capture.activations:
             raise ValueError(f"target layer '{layer_name(self.model, layer)}' did not run in the model's "
                              "forward pass; choose a layer that the forward pass uses")
-        activations = capture.activations[id(layer)].detach()
+        activations = map_tensors(torch.Tensor.detach, capture.activations[id(layer)])
         if self.reshape_transform is not None:
             activations = self.reshape_transform(activations)
-        if not isinstance(activations, torch.Tensor) or activations.ndim < 3:
-            got = tuple(activations.shape) if isinstance(activations, torch.Tensor) else type(activations)
+            if not isinstance(activations, torch.Tensor):
+                raise TypeError(f"reshape_transform must return a tensor (B, C, *spatial), got "
+                                f"{type(activations).__name__} for target layer "
+                                f"'{layer_name(self.model, layer)}'")
+        if activations.ndim < 3:
+            got = tuple(activations.shape)
             raise ValueError(f"target layer '{layer_name(self.model, layer)}' gives shape {got}; DFF needs "
                              "(B, C, *spatial): choose a layer with spatial output or pass a "
                              "reshape_transform (e.g. vit_reshape_transform for transformer tokens)")
