@@ -110,6 +110,54 @@ def _gradient_or_zeros(grads: dict, activation: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(activation) if gradient is None else gradient.detach()
 
 
+def target_scores(targets: Sequence[Target], output: Any, batch: int) -> torch.Tensor:
+    """Each image's target score on the model output, ``(B,)``: ``targets[i]`` gets image ``i``'s part
+    (:func:`select_output`). Refuses a target that does not return a scalar tensor and a score that is
+    not finite (NaN or Inf), naming the image(s). Grad mode is the caller's."""
+    scores = []
+    for i, target in enumerate(targets):
+        score = target(select_output(output, i, batch))
+        if not isinstance(score, torch.Tensor) or score.numel() != 1:
+            got = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
+            raise ValueError(f"targets[{i}] ({target!r}) must return a scalar tensor computed from "
+                             f"the model output, got {got}")
+        scores.append(score.reshape(()))
+    scores = torch.stack(scores)
+    bad = (~torch.isfinite(scores.detach())).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"the target score is not finite (NaN or Inf) for image(s) {bad}")
+    return scores
+
+
+def reshape_layer_output(model: nn.Module, layer: nn.Module, reshape_transform: Optional[Callable],
+                         output: Any) -> torch.Tensor:
+    """A target layer's output (or its gradient) as float32 ``(B, C, *spatial)``: through
+    ``reshape_transform`` when given (it may take a structure of tensors, e.g. an FPN's dict of levels,
+    and must return one tensor); refuses anything without spatial dimensions, saying what to do."""
+    if reshape_transform is not None:
+        output = reshape_transform(output)
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"reshape_transform must return a tensor (B, C, *spatial), got "
+                            f"{type(output).__name__} for target layer '{layer_name(model, layer)}'")
+    if output.ndim < 3:
+        raise ValueError(f"target layer '{layer_name(model, layer)}' gives shape "
+                         f"{tuple(output.shape)}; a CAM needs (B, C, *spatial): choose a layer with "
+                         "spatial output or pass a reshape_transform (e.g. vit_reshape_transform for "
+                         "transformer tokens)")
+    return output.float()
+
+
+def warn_if_constant(maps: torch.Tensor, what: str, stacklevel: int) -> None:
+    """A ``RuntimeWarning`` naming the images whose ``(B, *spatial)`` map is constant (it normalises to
+    all zeros). ``what`` names the map, e.g. "the CAM of layer 'layer4'"."""
+    flat = maps.flatten(1)
+    constant = (flat.amax(1) == flat.amin(1)).nonzero().flatten().tolist()
+    if constant:
+        warnings.warn(f"{what} is constant for image(s) {constant} (often: all weights negative, or no "
+                      "positive evidence for the target); its map is all zeros", RuntimeWarning,
+                      stacklevel=stacklevel + 1)
+
+
 @dataclass
 class LayerContext:
     """What a method may use besides the activations and gradients of one target layer."""
@@ -425,20 +473,8 @@ class BaseCAM:
 
     def _scores(self, targets: List[Target], output, batch: int) -> torch.Tensor:
         """Each image's target score, ``(B,)``, still attached to the graph when gradients are used."""
-        scores = []
         with torch.enable_grad() if self.uses_gradients else torch.no_grad():
-            for i, target in enumerate(targets):
-                score = target(select_output(output, i, batch))
-                if not isinstance(score, torch.Tensor) or score.numel() != 1:
-                    got = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
-                    raise ValueError(f"targets[{i}] ({target!r}) must return a scalar tensor computed from "
-                                     f"the model output, got {got}")
-                scores.append(score.reshape(()))
-        scores = torch.stack(scores)
-        bad = (~torch.isfinite(scores.detach())).nonzero().flatten().tolist()
-        if bad:
-            raise ValueError(f"the target score is not finite (NaN or Inf) for image(s) {bad}")
-        return scores
+            return target_scores(targets, output, batch)
 
     def _layer_gradients(self, scores: torch.Tensor, capture: LayerCapture,
                          create_graph: bool = False) -> Tuple[List[list], List[list]]:
@@ -493,25 +529,10 @@ class BaseCAM:
                           RuntimeWarning, stacklevel=5)
 
     def _reshape(self, tensor: torch.Tensor, layer: nn.Module) -> torch.Tensor:
-        if self.reshape_transform is not None:
-            tensor = self.reshape_transform(tensor)
-            if not isinstance(tensor, torch.Tensor):
-                raise TypeError(f"reshape_transform must return a tensor (B, C, *spatial), got "
-                                f"{type(tensor).__name__} for target layer '{layer_name(self.model, layer)}'")
-        if tensor.ndim < 3:
-            raise ValueError(f"target layer '{layer_name(self.model, layer)}' gives shape "
-                             f"{tuple(tensor.shape)}; a CAM needs (B, C, *spatial): choose a layer with "
-                             "spatial output or pass a reshape_transform (e.g. vit_reshape_transform for "
-                             "transformer tokens)")
-        return tensor.float()
+        return reshape_layer_output(self.model, layer, self.reshape_transform, tensor)
 
     def _normalize(self, maps: torch.Tensor, layer: nn.Module) -> torch.Tensor:
-        flat = maps.flatten(1)
-        constant = (flat.amax(1) == flat.amin(1)).nonzero().flatten().tolist()
-        if constant:
-            warnings.warn(f"the CAM of layer '{layer_name(self.model, layer)}' is constant for image(s) "
-                          f"{constant} (often: all weights negative, or no positive evidence for the "
-                          "target); its map is all zeros", RuntimeWarning, stacklevel=4)
+        warn_if_constant(maps, f"the CAM of layer '{layer_name(self.model, layer)}'", stacklevel=4)
         return min_max_normalize(maps)
 
     # -- smoothing -----------------------------------------------------------------------------
