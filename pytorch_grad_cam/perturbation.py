@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._capture import layer_name
+from ._capture import layer_name, map_tensors, tensors_of
 from .base_cam import BaseCAM, LayerContext, min_max_normalize, resize_maps, select_output
 from .utils.model_targets import ClassifierOutputTarget
 
@@ -249,10 +249,10 @@ class AblationCAM(BaseCAM):
         raw = context.raw_activations  # the layer's own output, (B, C, ...) or (B, ..., C), or a structure
         batch, channels = activations.shape[:2]
         layout = _channel_layout(raw, context.channel_dim, self.reshape_transform, channels)
-        leaves = _tensors(raw)
+        leaves = tensors_of(raw)
         ablated = torch.empty(batch, channels, device=activations.device)  # (B, C)
         for i in range(batch):
-            original = _map_tensors(partial(_row, index=i), raw)
+            original = map_tensors(partial(_row, index=i), raw)
             lowest = min(float(leaf[i].min()) for leaf in leaves)
             # min - 1e7 overflows to -inf in half precision: stay within the dtype's range.
             floor = torch.finfo(leaves[0].dtype).min / 2
@@ -320,7 +320,7 @@ def _channel_layout(raw: Any, channel_dim: int, reshape_transform: Optional[Call
                              "of the layer's last axis")
         zeros = torch.zeros(channels, dtype=torch.long)
         return _Layout(zeros, torch.arange(channels), [dim])
-    leaves = _tensors(raw)
+    leaves = tensors_of(raw)
     for axis in (1, -1):
         counts = [leaf.shape[axis] if leaf.ndim >= 2 else 0 for leaf in leaves]
         if sum(counts) != channels:
@@ -329,7 +329,7 @@ def _channel_layout(raw: Any, channel_dim: int, reshape_transform: Optional[Call
         probes = iter([_probe(leaf, axis, offset) for leaf, offset in zip(leaves, offsets)])
         with torch.no_grad():
             try:
-                out = reshape_transform(_map_tensors(partial(_next, probes), raw))
+                out = reshape_transform(map_tensors(partial(_next, probes), raw))
             except Exception:  # the transform does not accept the probe: try the other axis
                 continue
         if not isinstance(out, torch.Tensor) or out.ndim < 2 or out.shape[1] != channels:
@@ -377,7 +377,7 @@ class _AblatedCopies:
 
     def __init__(self, original: Any, layout: _Layout, value: float) -> None:
         self.original = original  # the layer's output for one image: (1, ...) tensors
-        self.leaves = _tensors(original)
+        self.leaves = tensors_of(original)
         self.layout = layout
         self.value = value
         self.buffers: Optional[List[torch.Tensor]] = None
@@ -395,7 +395,7 @@ class _AblatedCopies:
         self._write(buffers, index, restore=False)
         self.buffers, self.versions, self.last_index = buffers, [b._version for b in buffers], index
         rows = iter(buffers)
-        return _map_tensors(lambda t: next(rows), self.original)
+        return map_tensors(lambda t: next(rows), self.original)
 
     def _write(self, buffers: List[torch.Tensor], index: torch.Tensor, restore: bool) -> None:
         leaf_of = self.layout.leaf.to(index.device)[index]  # (n,)
@@ -424,7 +424,7 @@ class _Suffix:
         self.replay = context.prefix is not None and all(_splittable(out) for _, out in context.prefix)
         self.verified = False
         # The recorded outputs a replay hands out: their version counters reveal in-place writes.
-        self.recorded = [t for _, out in context.prefix or () for t in _tensors(out)]
+        self.recorded = [t for _, out in context.prefix or () for t in tensors_of(out)]
 
     def __call__(self, replacement: Any) -> torch.Tensor:
         """Scores ``(n,)`` of image ``index``'s target with the layer's output set to ``replacement``."""
@@ -445,7 +445,7 @@ class _Suffix:
 
     def _verify(self) -> None:
         """The replay must reproduce the unablated score, or it is not used."""
-        unablated = _map_tensors(lambda t: t[self.index:self.index + 1].clone(), self.context.raw_activations)
+        unablated = map_tensors(lambda t: t[self.index:self.index + 1].clone(), self.context.raw_activations)
         score = self._run(unablated, replay=True)[0]
         expected = self.context.scores[self.index]
         tolerance = max(1e-3, 10 * torch.finfo(self.context.input.dtype).eps)
@@ -454,7 +454,7 @@ class _Suffix:
         self.verified = True
 
     def _run(self, replacement: Any, replay: bool) -> torch.Tensor:
-        context, count = self.context, _tensors(replacement)[0].shape[0]
+        context, count = self.context, tensors_of(replacement)[0].shape[0]
         # Each pass gets its own copy of the image: a model may modify its input in place.
         image = context.input[self.index:self.index + 1].clone()
         if replay:
@@ -510,30 +510,6 @@ def _replaying_forward(forward: Callable, queue: deque, started: List[bool]) -> 
             return queue.popleft()
         return forward(*args, **kwargs)
     return replay
-
-
-def _tensors(output: Any) -> List[torch.Tensor]:
-    """The tensors in a (nested) module output."""
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, dict):
-        output = list(output.values())
-    if isinstance(output, (list, tuple)):
-        return [t for value in output for t in _tensors(value)]
-    return []
-
-
-def _map_tensors(fn: Callable[[torch.Tensor], Any], output: Any) -> Any:
-    """``output`` with every tensor ``t`` in it replaced by ``fn(t)`` (in ``_tensors`` order)."""
-    if isinstance(output, torch.Tensor):
-        return fn(output)
-    if isinstance(output, dict):
-        return type(output)((key, _map_tensors(fn, value)) for key, value in output.items())
-    if isinstance(output, tuple) and hasattr(output, "_fields"):  # a namedtuple
-        return type(output)(*(_map_tensors(fn, value) for value in output))
-    if isinstance(output, (list, tuple)):
-        return type(output)(_map_tensors(fn, value) for value in output)
-    return output
 
 
 def _splittable(output: Any) -> bool:
