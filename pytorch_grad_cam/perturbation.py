@@ -321,6 +321,7 @@ def _channel_layout(raw: Any, channel_dim: int, reshape_transform: Optional[Call
         zeros = torch.zeros(channels, dtype=torch.long)
         return _Layout(zeros, torch.arange(channels), [dim])
     leaves = tensors_of(raw)
+    last_error: Optional[Exception] = None  # why the transform refused a probe, kept as the cause
     for axis in (1, -1):
         counts = [leaf.shape[axis] if leaf.ndim >= 2 else 0 for leaf in leaves]
         if sum(counts) != channels:
@@ -330,7 +331,8 @@ def _channel_layout(raw: Any, channel_dim: int, reshape_transform: Optional[Call
         with torch.no_grad():
             try:
                 out = reshape_transform(map_tensors(partial(_next, probes), raw))
-            except Exception:  # the transform does not accept the probe: try the other axis
+            except Exception as error:  # the transform does not accept the probe: try the other axis
+                last_error = error
                 continue
         if not isinstance(out, torch.Tensor) or out.ndim < 2 or out.shape[1] != channels:
             continue
@@ -346,7 +348,7 @@ def _channel_layout(raw: Any, channel_dim: int, reshape_transform: Optional[Call
     raise ValueError("AblationCAM cannot tell which channel of the target layer's output (a "
                      f"{type(raw).__name__} of {len(leaves)} tensors) each of the {channels} reshaped "
                      "channels is: the reshape_transform must concatenate the tensors' channels (axis 1 "
-                     "or the last axis), as fpn_reshape_transform does")
+                     "or the last axis), as fpn_reshape_transform does") from last_error
 
 
 def _row(tensor: torch.Tensor, _unused: Any = None, *, index: int) -> torch.Tensor:

@@ -551,6 +551,23 @@ def test_ablationcam_structure_the_transform_does_not_concatenate():
         cam(x, targets=[target])
 
 
+def test_ablationcam_layout_error_keeps_the_transforms_own_error_as_its_cause():
+    """A reshape_transform that refuses the channel probe (here: float64 levels) leaves AblationCAM unable
+    to find the channels; the transform's own error is chained as the cause, not discarded."""
+    model, x, target = detector_case()
+
+    def float32_only(levels):
+        if any(v.dtype != torch.float32 for v in levels.values()):
+            raise TypeError("float32_only: levels must be float32")
+        return fpn_reshape_transform(levels)
+
+    cam = AblationCAM(model, [model.backbone], reshape_transform=float32_only)
+    with pytest.raises(ValueError, match="AblationCAM cannot tell which channel") as caught:
+        cam(x, targets=[target])
+    assert isinstance(caught.value.__cause__, TypeError)
+    assert "float32_only: levels must be float32" in str(caught.value.__cause__)
+
+
 # ============================================================================ AblationCAM, segmentation
 class Stem(nn.Module):
     """conv - ReLU - conv (stride 2); counts its own calls (the replay must not run it per ablation)."""
