@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._capture import LayerCapture, layer_name, map_tensors
+from ._capture import map_tensors
 from ._model_state import compute_session, evaluation_state, model_device, model_float_dtype
-from .base_cam import BaseCAM, resize_maps
+from .base_cam import BaseCAM, reshape_layer_output, resize_maps
 
 __all__ = ["DeepFeatureFactorization", "NMFResult", "create_labels_legend", "dff", "nmf", "run_dff_on_image"]
 
@@ -350,29 +350,33 @@ class DeepFeatureFactorization:
                 return result
             return (*result, self._concept_outputs(concepts, x.dtype))
 
+    # The engine's forward pass (BaseCAM._forward): the layer captured by LayerCapture (a dict/list of
+    # tensors allowed with a reshape_transform, e.g. a detector's FPN levels), under no_grad, on a copy of
+    # the input, and the engine's error for a layer that did not run.
+    records_prefix = False
+    _forward = BaseCAM._forward
+    _run_model = BaseCAM._run_model
+
+    @property
+    def target_layers(self) -> List[nn.Module]:
+        return [self.target_layer]
+
     def _activations(self, x: torch.Tensor) -> torch.Tensor:
+        """The target layer's output as ``(B, C, *grid)``, in its own floating dtype."""
         layer = self.target_layer
-        # With a reshape_transform the layer may return a dict/list of tensors (an FPN's levels, e.g. a
-        # detector's backbone): the transform makes them one tensor (fpn_reshape_transform), as in BaseCAM.
-        capture = LayerCapture(self.model, [layer], grad=False, structured=self.reshape_transform is not None)
-        with capture, torch.no_grad():
-            self.model(x.clone())  # a copy: a model that modifies its input in place leaves the user's alone
-        if id(layer) not in capture.activations:
-            raise ValueError(f"target layer '{layer_name(self.model, layer)}' did not run in the model's "
-                             "forward pass; choose a layer that the forward pass uses")
-        activations = map_tensors(torch.Tensor.detach, capture.activations[id(layer)])
-        if self.reshape_transform is not None:
-            activations = self.reshape_transform(activations)
-            if not isinstance(activations, torch.Tensor):
-                raise TypeError(f"reshape_transform must return a tensor (B, C, *spatial), got "
-                                f"{type(activations).__name__} for target layer "
-                                f"'{layer_name(self.model, layer)}'")
-        if activations.ndim < 3:
-            got = tuple(activations.shape)
-            raise ValueError(f"target layer '{layer_name(self.model, layer)}' gives shape {got}; DFF needs "
-                             "(B, C, *spatial): choose a layer with spatial output or pass a "
-                             "reshape_transform (e.g. vit_reshape_transform for transformer tokens)")
-        return activations
+        capture, _ = self._forward(x)
+        raw = map_tensors(torch.Tensor.detach, capture.activations[id(layer)])
+        reshaped = []
+
+        def transform(output: Any) -> Any:
+            output = output if self.reshape_transform is None else self.reshape_transform(output)
+            reshaped.append(output)
+            return output
+
+        # The engine's checks and messages (a tensor with spatial dims); its float32 copy is not used:
+        # a float64 layer is factorised in float64.
+        reshape_layer_output(self.model, layer, transform, raw)
+        return reshaped[0]
 
     def _concept_outputs(self, concepts: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
         head = self.computation_on_concepts
