@@ -205,15 +205,12 @@ class CAM(BaseCAM):
     #: The cosine between the head's input and the target layer's spatial mean below which CAM warns.
     pooled_cosine_tolerance = 0.999
 
-    def _compute(self, input_tensor: torch.Tensor, targets: Optional[List[Target]],
-                 eigen_smooth: bool) -> torch.Tensor:
-        self._head_inputs: List[torch.Tensor] = []  # fc_layer's inputs in this call's forward pass
-        try:
-            return super()._compute(input_tensor, targets, eigen_smooth)
-        finally:
-            del self._head_inputs
-
     def _forward(self, x: torch.Tensor):
+        # fc_layer's inputs in this forward pass, read by _check_pooled_into_head. Made here, not in
+        # _compute, so that every caller of _forward gets it (SESS runs the base method's _forward
+        # directly); the (B, C) tensors of the last pass stay referenced until the next one.
+        self._head_inputs: List[torch.Tensor] = []
+
         def record(module, inputs, output):
             if inputs and isinstance(inputs[0], torch.Tensor):
                 self._head_inputs.append(inputs[0].detach())
@@ -242,7 +239,7 @@ class CAM(BaseCAM):
                 "the way the head does and the map may not show what the model uses (e.g. a ViT head reads "
                 "only the class token, or a ReLU/norm/max-pool lies between the layer and the head); choose "
                 "the layer that is average-pooled into the head, or a gradient method such as GradCAM",
-                UserWarning, stacklevel=7)
+                UserWarning, stacklevel=6)
 
     def cam_weights(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
                     context: LayerContext) -> torch.Tensor:

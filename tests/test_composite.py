@@ -9,6 +9,7 @@
   thresholded mean (or max), a Gaussian blur and min-max normalisation, all re-implemented here.
 * Optional black-box comparison of the three with grad-cam 1.5.7 (subprocess, PYTHONPATH=/work/refcam).
 """
+import functools
 import os
 import subprocess
 import sys
@@ -383,11 +384,14 @@ def blur_by_hand(cam, size=11, sigma=5.0):
 
 
 def sess_by_hand(model, layers, x, classes, scales, window, step, pre_filter_ratio=0.0, theta=0.0,
-                 pool="mean", smooth=True, softmax=True, use_cv2=False):
-    """SESS as a plain loop: every image, scale and window one after the other."""
+                 pool="mean", smooth=True, softmax=True, use_cv2=False, patch_map=None):
+    """SESS as a plain loop: every image, scale and window one after the other. ``patch_map(patch, class)``
+    gives a patch's map (default: GradCAM of ``layers``)."""
     spatial = x.shape[2:]
     shorter = min(spatial)
-    base = GradCAM(model, layers)
+    if patch_map is None:
+        base = GradCAM(model, layers)
+        patch_map = lambda patch, cls: base(patch, [cls])[0]  # noqa: E731
     maps = []
     for i in range(len(x)):
         patches = []  # (patch, scaled size, starts)
@@ -416,9 +420,9 @@ def sess_by_hand(model, layers, x, classes, scales, window, step, pre_filter_rat
         for k in order:
             patch, size, starts = patches[k]
             weight = scores[k] / top if top > 0 else 1.0
-            patch_map = base(patch, [classes[i]])[0] * weight
+            weighted = patch_map(patch, classes[i]) * weight
             frame = np.zeros(size, np.float32)
-            frame[tuple(slice(s, s + window) for s in starts)] = patch_map
+            frame[tuple(slice(s, s + window) for s in starts)] = weighted
             if use_cv2:
                 back = cv2.resize(frame, (spatial[1], spatial[0]))
             else:
@@ -556,6 +560,31 @@ def test_sess_constant_map_warns_once_and_is_zeros():
         "the SESS map is constant for image(s) [0] (no patch has positive evidence for the target); its map "
         "is all zeros"]
     np.testing.assert_array_equal(maps, np.zeros((1, 12, 16), np.float32))
+
+
+def cam_patch_map_by_hand(model, patch, cls):
+    """CAM (Zhou et al.) of TinyConvNet's relu3, the layer pooled into fc, for one (1, C, *window) patch:
+    relu(sum_k W[c, k] A_k), normalised, resized to the patch, normalised (float64)."""
+    model = tiny_copy_double(model)
+    with torch.no_grad():
+        acts = model.relu3(model.conv3(model.relu2(model.conv2(model.relu1(model.conv1(patch.double()))))))
+        layer_map = (model.fc.weight[cls].view(1, -1, *[1] * (acts.ndim - 2)) * acts).sum(1).relu()
+        return full_map(layer_map, patch.shape[2:])[0].numpy()
+
+
+def test_sess_with_cam_as_base_method(sess_case):
+    # CAM's head check used a list made only in CAM._compute; SESS runs the base method's _forward itself.
+    model, x = sess_case
+    classes = [1, 3]
+    expected = sess_by_hand(model, [model.relu3], x, classes, [12, 15, 18], 12, 12,
+                            patch_map=functools.partial(cam_patch_map_by_hand, model))
+    assert_nontrivial(expected)
+    for kwargs in ({}, {"pre_filter_ratio": 0.5}):  # one pass, and scoring pass + kept patches
+        hand = expected if not kwargs else sess_by_hand(
+            model, [model.relu3], x, classes, [12, 15, 18], 12, 12, pre_filter_ratio=0.5,
+            patch_map=functools.partial(cam_patch_map_by_hand, model))
+        got = SESS(model, [model.relu3], base_method="cam", num_scales=3, batch_size=3, **kwargs)(x, classes)
+        np.testing.assert_allclose(got, hand, atol=2e-5)
 
 
 # ============================================================================================ grad-cam 1.5.7
