@@ -1,15 +1,17 @@
 """Guided Backpropagation and Guided Grad-CAM: pixel-resolution gradients, not ``(B, *spatial)`` maps."""
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Union
+import contextlib
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ._capture import HookSet
 from ._model_state import compute_session
-from .base_cam import _MISSING, BaseCAM, TargetsArg, select_output
+from .base_cam import _MISSING, BaseCAM, TargetsArg, target_scores
 from .gradient import GradCAM
 
 # The rectifier modules that get the guided rule: ReLU, and ReLU6 (MobileNet, EfficientNet-Lite), whose
@@ -40,59 +42,57 @@ class _PositiveGradient(torch.autograd.Function):
         return grad.clamp(min=0)
 
 
-class _GuidedReLUs(TorchFunctionMode):
-    """For one forward pass: the guided rule on every ``nn.ReLU`` module (forward hooks) and on the
-    functional ReLUs called in ``forward`` (``F.relu``, ``torch.relu``, ``x.relu()``, their in-place
-    forms, intercepted by this ``TorchFunctionMode``). Hooks are removed and the mode exited on exit.
-
-    An ``nn.ReLU`` module's own ``F.relu`` call is left to its hook (``_depth``), so nothing is wrapped
-    twice. An in-place functional ReLU whose result is discarded (``torch.relu_(x); return x``) cannot be
-    reached: the guided rule applies to the returned tensor.
-    """
+class _ReLUModuleHooks(HookSet):
+    """The guided rule on every ``nn.ReLU`` / ``nn.ReLU6`` module of ``model``, by forward hooks, for one
+    ``with`` block. ``depth > 0`` while such a module runs (its own ``F.relu`` call is then left to
+    the hook, so nothing is wrapped twice)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self._handles: list = []
-        self._depth = 0  # > 0 while an nn.ReLU module runs
+        self.depth = 0
 
-    def __enter__(self) -> "_GuidedReLUs":
-        try:
-            for module in self.model.modules():
-                if isinstance(module, _RELU_MODULES):
-                    self._handles.append(module.register_forward_pre_hook(self._enter_relu))
-                    self._handles.append(module.register_forward_hook(self._leave_relu, always_call=True))
-            return super().__enter__()
-        except BaseException:
-            self._remove()
-            raise
-
-    def __exit__(self, *exc_info) -> None:
-        try:
-            super().__exit__(*exc_info)
-        finally:
-            self._remove()
-
-    def _remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+    def _register(self) -> None:
+        for module in self.model.modules():
+            if isinstance(module, _RELU_MODULES):
+                self._handles.append(module.register_forward_pre_hook(self._enter_relu))
+                self._handles.append(module.register_forward_hook(self._leave_relu, always_call=True))
 
     def _enter_relu(self, module: nn.Module, inputs) -> None:
-        self._depth += 1
+        self.depth += 1
 
     def _leave_relu(self, module: nn.Module, inputs, output):
-        self._depth -= 1
+        self.depth -= 1
         if isinstance(output, torch.Tensor) and output.requires_grad:
             return _PositiveGradient.apply(output)
         return None
 
+
+class _FunctionalReLUs(TorchFunctionMode):
+    """The guided rule on the functional ReLUs called in ``forward`` (``F.relu``, ``torch.relu``,
+    ``x.relu()``, their in-place forms), outside the ReLU modules that ``modules`` hooks. An in-place
+    functional ReLU whose result is discarded (``torch.relu_(x); return x``) cannot be reached: the
+    guided rule applies to the returned tensor."""
+
+    def __init__(self, modules: _ReLUModuleHooks) -> None:
+        super().__init__()
+        self.modules = modules
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         result = func(*args, **(kwargs or {}))
-        if (func in _FUNCTIONAL_RELUS and self._depth == 0 and isinstance(result, torch.Tensor)
+        if (func in _FUNCTIONAL_RELUS and self.modules.depth == 0 and isinstance(result, torch.Tensor)
                 and result.requires_grad):
             return _PositiveGradient.apply(result)
         return result
+
+
+@contextlib.contextmanager
+def _guided_relus(model: nn.Module) -> Iterator[None]:
+    """For one forward pass: the guided rule on every ReLU, module or functional. The hooks are removed
+    and the mode is exited on exit, also when the block, or entering the mode, raises."""
+    hooks = _ReLUModuleHooks(model)
+    with hooks, _FunctionalReLUs(hooks):
+        yield
 
 
 def _layout(gradients: torch.Tensor, channels_last: bool) -> np.ndarray:
@@ -163,18 +163,10 @@ class GuidedBackpropReLUModel:
         """Guided gradients ``(B, C, *spatial)`` of the target scores, on the compute device."""
         x_in = x.detach().clone().requires_grad_(True)  # a copy: the user's tensor keeps its flags
         with torch.enable_grad():
-            with _GuidedReLUs(self.model):
+            with _guided_relus(self.model):
                 output = self.model(x_in.clone())  # a model that modifies its input in place keeps x_in
             targets = BaseCAM._resolve_targets(targets, output, x.shape[0])
-            scores = []
-            for i, target in enumerate(targets):
-                score = target(select_output(output, i, x.shape[0]))
-                if not isinstance(score, torch.Tensor) or score.numel() != 1:
-                    got = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
-                    raise ValueError(f"targets[{i}] ({target!r}) must return a scalar tensor computed from "
-                                     f"the model output, got {got}")
-                scores.append(score.reshape(()))
-            total = torch.stack(scores).sum()
+            total = target_scores(targets, output, x.shape[0]).sum()
         if not total.requires_grad:
             raise ValueError("the target scores do not depend on the input: the target must return a "
                              "value computed from the model output")

@@ -269,6 +269,48 @@ def test_model_untouched_after_normal_and_raising_calls(make):
     assert not torch.overrides._get_current_function_mode_stack()
 
 
+def test_non_finite_score_is_refused_as_by_the_engine():
+    """A target whose score is NaN or Inf for some image: the engine's ValueError naming the images (as
+    GradCAM says it), not a NaN gradient; the hooks and the function mode are gone afterwards."""
+    model, x = module_net(), seeded(3, 3, 8, 8, seed=2)
+    before = snapshot(model)
+    targets = [ClassifierOutputTarget(1), lambda out: out[1] * float("nan"),
+               lambda out: out[2] * float("inf")]
+    message = r"the target score is not finite \(NaN or Inf\) for image\(s\) \[1, 2\]"
+    with pytest.raises(ValueError, match=message) as engine:
+        GradCAM(model, [model[4]])(x, targets=targets)
+    with pytest.raises(ValueError, match=message) as ours:
+        GuidedBackpropReLUModel(model)(x, targets=targets)
+    assert str(ours.value) == str(engine.value)
+    with pytest.raises(ValueError, match=message):
+        GuidedGradCAM(model, [model[4]])(x, targets=targets)
+    assert_same(before, snapshot(model))
+    assert not torch.overrides._get_current_function_mode_stack()
+
+
+def test_hooks_and_mode_gone_when_the_forward_pass_raises():
+    """The model raises half-way through its forward pass, after module and functional ReLUs ran under
+    the guided rule: the ReLU hooks are removed and the TorchFunctionMode is popped."""
+    class Fails(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.relu = nn.Conv2d(3, 4, 3), nn.ReLU()
+
+        def forward(self, x):
+            F.relu(self.relu(self.conv(x)))
+            raise RuntimeError("forward failed")
+
+    model = Fails()
+    before = snapshot(model)
+    with pytest.raises(RuntimeError, match="forward failed"):
+        GuidedBackpropReLUModel(model)(seeded(1, 3, 8, 8, seed=0), targets=[0])
+    assert_same(before, snapshot(model))
+    assert not torch.overrides._get_current_function_mode_stack()
+    x = torch.tensor([-1.0, 2.0], requires_grad=True)
+    (grad,) = torch.autograd.grad((F.relu(x) * torch.tensor([1.0, -3.0])).sum(), x)
+    assert grad.tolist() == [0.0, -3.0]  # the plain rule: the negative gradient passes
+
+
 # ------------------------------------------------------------------------------- Guided Grad-CAM
 def test_guided_gradcam_is_guided_backprop_times_the_map():
     model, x = module_net(), seeded(2, 3, 8, 8, seed=2)
