@@ -414,7 +414,7 @@ class RefineCAM(_Composite):
 def _quiet_variant(base_cls: Type[BaseCAM]) -> Type[BaseCAM]:
     class Quiet(base_cls):  # type: ignore[misc, valid-type]
         """``base_cls`` without the constant-map warning (a background patch's map is often constant),
-        keeping each forward pass's output for SESS's patch scores."""
+        keeping the output of the first forward pass on each patch batch for SESS's patch scores."""
 
         _sess_output: Any = None
 
@@ -422,8 +422,11 @@ def _quiet_variant(base_cls: Type[BaseCAM]) -> Type[BaseCAM]:
             return min_max_normalize(maps)
 
         def _scores(self, targets, output, batch):
-            # SESS weighs each patch by its score: the output of this forward pass, kept for it.
-            self._sess_output = output.detach() if isinstance(output, torch.Tensor) else output
+            # SESS weighs each patch by its score on the patch itself: the output of the first scored pass
+            # since SESS reset _sess_output to None. A method scoring more passes (Smooth Grad-CAM++: the
+            # clean patches, then their noisy copies) must not replace it.
+            if self._sess_output is None:
+                self._sess_output = output.detach() if isinstance(output, torch.Tensor) else output
             return super()._scores(targets, output, batch)
 
     Quiet.__name__ = Quiet.__qualname__ = f"Quiet{base_cls.__name__}"
@@ -645,6 +648,7 @@ class SESS(_Composite):
         base = self.base_cam
         batch = input_tensor.shape[0]
         window, step, sizes = self.geometry(input_tensor.shape[2:])
+        base._sess_output = None  # also after a call that raised half-way
         with base._session(input_tensor) as x:  # (B, C, *spatial) on the model's device and dtype
             # The whole input first: targets, layers and gradients are checked before any patch is run.
             capture, output = base._forward(x)

@@ -587,6 +587,23 @@ def test_sess_with_cam_as_base_method(sess_case):
         np.testing.assert_allclose(got, hand, atol=2e-5)
 
 
+def test_sess_with_smooth_gradcampp_weights_patches_by_their_clean_score(sess_case):
+    # Smooth Grad-CAM++ scores the clean batch, then its noisy copies: SESS must weigh each patch by the
+    # clean patch's score (the plain loop's), not by its first noisy copy's. batch_size=1: each patch is
+    # its own batch, so the seeded noise of a patch is that of SmoothGradCAMPlusPlus called on it alone.
+    from pytorch_grad_cam import SmoothGradCAMPlusPlus
+
+    model, x = sess_case
+    classes = [1, 3]
+    base = SmoothGradCAMPlusPlus(model, [model.relu2], num_samples=3, std=0.5, seed=7)
+    expected = sess_by_hand(model, [model.relu2], x, classes, [12, 15, 18], 12, 12, smooth=False,
+                            patch_map=lambda patch, cls: base(patch, [cls])[0])
+    assert_nontrivial(expected)
+    got = SESS(model, [model.relu2], base_method=SmoothGradCAMPlusPlus, num_scales=3, smooth=False,
+               batch_size=1, num_samples=3, std=0.5, seed=7)(x, classes)
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+
+
 # ============================================================================================ grad-cam 1.5.7
 REFERENCE_PATH = Path(os.environ.get("GRAD_CAM_REFERENCE_PATH") or "/work/refcam")
 
