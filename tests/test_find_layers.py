@@ -55,6 +55,35 @@ def test_guess_reshape_transform_layouts():
     assert guess_reshape_transform(torch.randn(1, 10)) == (None, False)
 
 
+def test_twelve_register_tokens_read_the_same_by_guess_and_vit_transform():
+    """Class token + 12 registers + a 7x7 grid (62 tokens): the automatic guess and vit_reshape_transform's
+    default inference share one prefix limit, so both drop the 13 leading tokens; the guessed transform is
+    picklable and equals the plain reshape written out here."""
+    import pickle
+
+    tokens = torch.randn(2, 1 + 12 + 49, 5, generator=torch.Generator().manual_seed(0))
+    transform, ok = guess_reshape_transform(tokens)
+    assert ok and transform == TokenGridReshape(13, 7, 7)
+    assert transform.describe() == "tokens -> 7x7 grid, dropping 13 leading token(s)"
+    want = torch.stack([torch.stack([tokens[:, 13 + 7 * r + c, :] for c in range(7)], -1)
+                        for r in range(7)], -2)  # (B, D, 7, 7)
+    assert torch.equal(transform(tokens), want)
+    assert torch.equal(vit_reshape_transform(tokens), want)
+    assert torch.equal(pickle.loads(pickle.dumps(transform))(tokens), want)
+    with pytest.raises(ValueError, match="do not fit a 7x7 grid"):
+        transform(tokens[:, 1:])  # a layout that is not the guessed one: vit_reshape_transform's error
+
+
+def test_channels_last_reshape_is_swins_channels_last_branch():
+    from pytorch_grad_cam.utils.reshape_transforms import swinT_reshape_transform
+
+    maps = torch.randn(2, 3, 4, 6)  # (B, H, W, C)
+    want = torch.stack([maps[..., c] for c in range(6)], 1)  # (B, C, H, W)
+    assert torch.equal(channels_last_reshape(maps), want) and torch.equal(swinT_reshape_transform(maps), want)
+    volume = torch.randn(1, 2, 3, 4, 5)  # (B, D, H, W, C): any number of spatial dims
+    assert torch.equal(channels_last_reshape(volume), torch.stack([volume[..., c] for c in range(5)], 1))
+
+
 def _state(model):
     return [m.training for m in model.modules()], [p.requires_grad for p in model.parameters()]
 

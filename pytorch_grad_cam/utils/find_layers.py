@@ -8,12 +8,20 @@ Example:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, List, Optional, Tuple, Type, Union
 
 import torch
 from torch import nn
+
+# MAX_PREFIX_TOKENS: at most this many extra tokens (class, distillation, registers) before the patch grid,
+# the same limit as vit_reshape_transform's (kept importable from here, where it used to live).
+from .reshape_transforms import (
+    MAX_PREFIX_TOKENS,  # noqa: F401
+    channels_last_to_first,
+    infer_square_grid,
+    vit_reshape_transform,
+)
 
 __all__ = [
     "FoundLayer",
@@ -33,8 +41,6 @@ __all__ = [
 _PASS_THROUGH = (nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
                  nn.modules.dropout._DropoutNd, nn.Identity, nn.Flatten)
 
-#: At most this many extra tokens (class token, distillation token, registers) before the patch grid.
-MAX_PREFIX_TOKENS = 16
 
 
 def get_layer(model: nn.Module, name: str) -> nn.Module:
@@ -108,16 +114,15 @@ def replace_all_layer_type_recursive(model: nn.Module, old_layer_type: Type[nn.M
 @dataclass(frozen=True)
 class TokenGridReshape:
     """Transformer tokens ``(B, prefix + H*W, D)`` -> ``(B, D, H, W)``, dropping ``prefix`` leading tokens
-    (class token, registers). A picklable callable, usable as any ``reshape_transform``."""
+    (class token, registers): :func:`vit_reshape_transform` with the grid and prefix fixed. A picklable
+    callable, usable as any ``reshape_transform``."""
 
     prefix: int
     height: int
     width: int
 
     def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
-        grid = tensor[:, self.prefix:, :]  # (B, H*W, D)
-        grid = grid.reshape(tensor.shape[0], self.height, self.width, tensor.shape[2])  # (B, H, W, D)
-        return grid.permute(0, 3, 1, 2)  # (B, D, H, W)
+        return vit_reshape_transform(tensor, self.height, self.width, self.prefix)  # (B, D, H, W)
 
     def describe(self) -> str:
         extra = f", dropping {self.prefix} leading token(s)" if self.prefix else ""
@@ -125,8 +130,9 @@ class TokenGridReshape:
 
 
 def channels_last_reshape(tensor: torch.Tensor) -> torch.Tensor:
-    """``(B, *spatial, C)`` -> ``(B, C, *spatial)`` (Swin-style channels-last feature maps)."""
-    return tensor.movedim(-1, 1)
+    """``(B, *spatial, C)`` -> ``(B, C, *spatial)`` (Swin-style channels-last feature maps); for
+    ``(B, H, W, C)`` the channels-last branch of ``swinT_reshape_transform``."""
+    return channels_last_to_first(tensor)
 
 
 channels_last_reshape.describe = lambda: "channels-last (B, H, W, C) -> (B, C, H, W)"  # type: ignore[attr-defined]
@@ -142,12 +148,12 @@ def guess_reshape_transform(output: torch.Tensor) -> Tuple[Optional[Callable], b
     ``ok`` is False when the layout is not recognisable (e.g. tokens that form no square grid).
     """
     if output.ndim == 3:
-        tokens = output.shape[1]
-        for prefix in range(0, min(MAX_PREFIX_TOKENS, tokens - 4) + 1):
-            side = math.isqrt(tokens - prefix)
-            if side >= 2 and side * side == tokens - prefix:
-                return TokenGridReshape(prefix, side, side), True
-        return None, False
+        # vit_reshape_transform's own inference, at least a 2x2 grid (a 1x1 grid locates nothing).
+        inferred = infer_square_grid(output.shape[1])
+        if inferred is None or inferred[1] < 2:
+            return None, False
+        prefix, side = inferred
+        return TokenGridReshape(prefix, side, side), True
     if output.ndim == 4 and output.shape[3] > output.shape[1] and output.shape[3] > output.shape[2]:
         return channels_last_reshape, True
     return None, output.ndim >= 3

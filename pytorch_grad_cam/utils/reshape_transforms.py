@@ -19,8 +19,10 @@ __all__ = [
     "swin_reshape_transform", "vit_reshape_transform",
 ]
 
-#: The most prefix tokens guessed when none are given: class + distillation + up to a few registers.
-_MAX_INFERRED_PREFIX = 8
+#: The most prefix tokens guessed when none are given (class token, distillation token, registers): the
+#: one limit of :func:`vit_reshape_transform` and of ``find_layers.guess_reshape_transform``, so that a
+#: layout one of them recognises, the other reads the same way.
+MAX_PREFIX_TOKENS = 16
 
 
 def _optional_positive_int(value: Any, name: str) -> int | None:
@@ -50,6 +52,21 @@ def _square_side(count: int) -> int | None:
     return side if side * side == count else None
 
 
+def infer_square_grid(tokens: int) -> tuple[int, int] | None:
+    """``(prefix, side)`` for ``tokens`` = ``prefix`` leading tokens + a ``side x side`` patch grid: the
+    smallest ``prefix`` in ``0..MAX_PREFIX_TOKENS`` that leaves a perfect square; None if there is none."""
+    for prefix in range(min(MAX_PREFIX_TOKENS, tokens) + 1):
+        side = _square_side(tokens - prefix)
+        if side is not None:
+            return prefix, side
+    return None
+
+
+def channels_last_to_first(tensor: torch.Tensor) -> torch.Tensor:
+    """``(B, *spatial, C)`` -> ``(B, C, *spatial)``, contiguous (Swin-style channels-last maps)."""
+    return tensor.movedim(-1, 1).contiguous()
+
+
 def _require_tensor(tensor: Any, who: str) -> None:
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{who} expects a torch.Tensor, got {type(tensor).__name__}")
@@ -67,8 +84,9 @@ def vit_reshape_transform(tensor: torch.Tensor, height: int | None = None, width
     The number of prefix tokens ``p`` is, in order of precedence:
       * ``num_prefix_tokens`` when given;
       * ``N - height * width`` when the grid is given;
-      * otherwise the smallest ``p`` in ``0..8`` for which ``N - p`` is a perfect square
-        (197 tokens -> 1 + 14x14, 50 -> 1 + 7x7). Pass the grid for non-square inputs.
+      * otherwise the smallest ``p`` in ``0..16`` (``MAX_PREFIX_TOKENS``) for which ``N - p`` is a
+        perfect square (197 tokens -> 1 + 14x14, 50 -> 1 + 7x7, 62 -> 1 + 12 registers + 7x7). Pass
+        the grid for non-square inputs.
 
     Works for torchvision's ``vit_b_16`` (``model.encoder.layers[-1].ln_1``) and timm's ViTs
     (``model.blocks[-1].norm1``), both ``(B, 1 + h*w, C)``.
@@ -118,14 +136,12 @@ def vit_reshape_transform(tensor: torch.Tensor, height: int | None = None, width
                              "not a square grid; pass height and width")
         h = w = side
     else:
-        for prefix in range(min(_MAX_INFERRED_PREFIX, tokens) + 1):
-            side = _square_side(tokens - prefix)
-            if side is not None:
-                break
-        else:
+        inferred = infer_square_grid(tokens)
+        if inferred is None:
             raise ValueError(f"{who}: cannot infer a square patch grid from {tokens} tokens (no count of "
-                             f"0..{_MAX_INFERRED_PREFIX} prefix tokens leaves a perfect square); pass "
+                             f"0..{MAX_PREFIX_TOKENS} prefix tokens leaves a perfect square); pass "
                              "height and width, or num_prefix_tokens")
+        prefix, side = inferred
         h = w = side
 
     patches = tensor[:, prefix:, :]  # (B, h*w, C), row-major over the grid
@@ -165,7 +181,7 @@ def swinT_reshape_transform(tensor: torch.Tensor, height: int | None = None,
             raise ValueError(f"{who}: got a {tensor.shape[1]}x{tensor.shape[2]} grid (shape "
                              f"{tuple(tensor.shape)}, read as (B, H, W, C)) but height={grid[0]}, "
                              f"width={grid[1]}")
-        return tensor.permute(0, 3, 1, 2).contiguous()
+        return channels_last_to_first(tensor)  # (B, C, H, W)
     if tensor.ndim == 3:
         batch, tokens, channels = tensor.shape
         if grid is None:
