@@ -128,6 +128,24 @@ def test_find_target_layer_on_swin():
     assert channels_last.name == "1" and channels_last.reshape_transform is channels_last_reshape
 
 
+def test_find_target_layer_moves_the_input_to_the_models_dtype():
+    """A bfloat16 model and a float32 input: the input goes to the model's dtype, as in every method
+    (it used to raise a dtype mismatch); the user's tensor is untouched and the model left as found."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+    model = model.to(torch.bfloat16).train()
+    model[0].weight.requires_grad_(False)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    x_before, before = x.clone(), _state(model)
+    found = find_target_layer(model, x)
+    assert found.name == "3" and found.layer is model[3] and found.output_shape == (2, 6, 8, 8)
+    assert torch.equal(x, x_before) and x.dtype == torch.float32 and not x.requires_grad
+    assert _state(model) == before and all(p.grad is None for p in model.parameters())
+    assert not any(m._forward_hooks for m in model.modules())
+    assert not any(p.dtype != torch.bfloat16 for p in model.parameters())
+
+
 def test_find_target_layer_errors():
     flat = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
     with pytest.raises(ValueError, match="no layer with a spatial output"):

@@ -16,6 +16,8 @@ from torch import nn
 
 # MAX_PREFIX_TOKENS: at most this many extra tokens (class, distillation, registers) before the patch grid,
 # the same limit as vit_reshape_transform's (kept importable from here, where it used to live).
+from .._capture import HookSet
+from .._model_state import compute_session
 from .reshape_transforms import (
     MAX_PREFIX_TOKENS,  # noqa: F401
     channels_last_to_first,
@@ -176,6 +178,28 @@ class FoundLayer:
         return f"{self.name} (output {tuple(self.output_shape)}{layout})"
 
 
+class _OutputRecorder(HookSet):
+    """Forward hooks on every module for one ``with`` block: how often each ran, and the floating-point
+    outputs with spatial dims that require grad, of named modules that are not pass-through."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.names = {id(module): name for name, module in model.named_modules() if name}
+        self.records: List[Tuple[str, nn.Module, torch.Tensor]] = []
+        self.calls: dict = {}
+
+    def _register(self) -> None:
+        self._handles.extend(module.register_forward_hook(self._record) for module in self.model.modules())
+
+    def _record(self, module: nn.Module, inputs, output) -> None:
+        key = id(module)
+        self.calls[key] = self.calls.get(key, 0) + 1
+        spatial = isinstance(output, torch.Tensor) and output.is_floating_point() and output.ndim >= 3
+        if key in self.names and spatial and output.requires_grad and not isinstance(module, _PASS_THROUGH):
+            self.records.append((self.names[key], module, output))
+
+
 def find_target_layer(model: nn.Module, input_tensor: torch.Tensor,
                       score: Union[None, Callable[[Any], torch.Tensor]] = None) -> FoundLayer:
     """The last layer with a spatial output that the score depends on, found by tracing one forward pass.
@@ -188,42 +212,28 @@ def find_target_layer(model: nn.Module, input_tensor: torch.Tensor,
     positions. That rules out, e.g., a ViT's last blocks whose patch tokens no longer reach the class
     token, and picks the attention input of the last block, as practitioners do by hand.
 
-    The model's training flags and parameters are left as they were (it runs in eval mode, and no
-    ``.grad`` is written: ``torch.autograd.grad``). Raises ``ValueError`` when no layer qualifies.
+    The input is moved to the model's device and floating dtype, as every method does. The model's
+    training flags and parameters are left as they were (it runs in eval mode, and no ``.grad`` is
+    written: ``torch.autograd.grad``). Raises ``ValueError`` when no layer qualifies.
     """
-    from .._model_state import evaluation_state  # the engine's state keeper
-
-    names = {id(module): name for name, module in model.named_modules() if name}
-    records: List[Tuple[str, nn.Module, torch.Tensor]] = []
-    calls: dict = {}
-
-    def hook(module, inputs, output):
-        key = id(module)
-        calls[key] = calls.get(key, 0) + 1
-        spatial = isinstance(output, torch.Tensor) and output.is_floating_point() and output.ndim >= 3
-        if key in names and spatial and output.requires_grad and not isinstance(module, _PASS_THROUGH):
-            records.append((names[key], module, output))
-
-    handles = [module.register_forward_hook(hook) for module in model.modules()]
-    try:
-        with torch.inference_mode(False), torch.enable_grad(), evaluation_state(model):
-            x = input_tensor.detach().clone().requires_grad_(True)
+    recorder = _OutputRecorder(model)
+    # The engine's session: eval mode, restored afterwards; the input on the model's device and dtype.
+    with compute_session(model, None, input_tensor) as x, torch.enable_grad():
+        x = x.clone().requires_grad_(True)  # (B, C, *spatial): outputs require grad even if frozen
+        with recorder:
             output = model(x)
-            if score is None:
-                if not isinstance(output, torch.Tensor) or output.ndim != 2:
-                    raise ValueError("find_target_layer: the model output is not (B, num_classes); pass "
-                                     "score=... (a function of the output returning a scalar)")
-                value = output.max(-1).values.sum()
-            else:
-                value = score(output)
-            candidates = [r for r in records if calls[id(r[1])] == 1]
-            if not candidates or not value.requires_grad:
-                candidates, grads = [], []
-            else:
-                grads = torch.autograd.grad(value, [r[2] for r in candidates], allow_unused=True)
-    finally:
-        for handle in handles:
-            handle.remove()
+        if score is None:
+            if not isinstance(output, torch.Tensor) or output.ndim != 2:
+                raise ValueError("find_target_layer: the model output is not (B, num_classes); pass "
+                                 "score=... (a function of the output returning a scalar)")
+            value = output.max(-1).values.sum()
+        else:
+            value = score(output)
+        candidates = [r for r in recorder.records if recorder.calls[id(r[1])] == 1]
+        if not candidates or not value.requires_grad:
+            candidates, grads = [], []
+        else:
+            grads = torch.autograd.grad(value, [r[2] for r in candidates], allow_unused=True)
     for (name, module, out), grad in reversed(list(zip(candidates, grads))):
         if grad is None:
             continue
