@@ -406,25 +406,41 @@ class BaseCAM:
             targets = self._resolve_targets(targets, output, x.shape[0])
             scores = self._scores(targets, output, x.shape[0])  # (B,)
             gradients = self._gradients(scores, capture) if self.uses_gradients else {}
-            spatial = x.shape[2:]
-            maps = []
-            for layer in self.target_layers:
-                key = id(layer)
-                raw = capture.activations[key]
-                context = LayerContext(
-                    model=self.model, layer=layer, input=x, targets=targets,
-                    scores=scores.detach().float(), raw_activations=map_tensors(torch.Tensor.detach, raw),
-                    prefix=capture.prefix.get(key), batch_size=self.batch_size,
-                    channel_dim=1 if self.reshape_transform is None else -1)
-                activations = self._reshape(map_tensors(torch.Tensor.detach, raw), layer)
-                grads = self._reshape(gradients[key], layer) if key in gradients else None
-                with torch.no_grad():
-                    layer_cam = self.layer_map(activations, grads, context, eigen_smooth).float()
-                    maps.append(resize_maps(self._normalize(layer_cam.relu(), layer), spatial))
-            del capture, output
+            maps = self._layer_maps(x, targets, scores, capture.activations, gradients, eigen_smooth,
+                                    capture.prefix)
+            del capture, output, gradients
             with torch.no_grad():
                 fused = self._fuse(maps)  # (B, *spatial)
                 return min_max_normalize(fused)
+
+    def _layer_maps(self, x: torch.Tensor, targets: List[Target], scores: torch.Tensor, activations: dict,
+                    gradients: dict, eigen_smooth: bool,
+                    prefixes: Optional[dict] = None) -> List[torch.Tensor]:
+        """Each target layer's map, ready for :meth:`_fuse`: ``(B, *spatial)`` at the input's size, in
+        ``[0, 1]`` (``relu(layer_map)``, min-max normalised, resized), one per layer in order.
+
+        ``x``: the input ``(B, C, *spatial)``; ``scores``: ``(B,)`` the targets' scores on it;
+        ``activations``/``gradients``/``prefixes``: keyed by ``id(layer)``, each layer's output as the model
+        produced it (a tensor or a structure such as a dict of FPN levels), its gradient in the same
+        layout (no entry: the method uses none) and the module calls before it (``records_prefix``).
+        """
+        spatial = x.shape[2:]
+        prefixes = {} if prefixes is None else prefixes
+        maps = []
+        for layer in self.target_layers:
+            key = id(layer)
+            raw = map_tensors(torch.Tensor.detach, activations[key])
+            context = LayerContext(
+                model=self.model, layer=layer, input=x, targets=targets,
+                scores=scores.detach().float(), raw_activations=raw,
+                prefix=prefixes.get(key), batch_size=self.batch_size,
+                channel_dim=1 if self.reshape_transform is None else -1)
+            layer_activations = self._reshape(raw, layer)  # (B, C, *grid)
+            grads = self._reshape_gradients(gradients[key], layer) if key in gradients else None
+            with torch.no_grad():
+                layer_cam = self.layer_map(layer_activations, grads, context, eigen_smooth).float()
+                maps.append(resize_maps(self._normalize(layer_cam.relu(), layer), spatial))
+        return maps
 
     def _fuse(self, maps: List[torch.Tensor]) -> torch.Tensor:
         """The target layers' maps, each ``(B, *spatial)`` in ``[0, 1]`` at the input's size, made into one
@@ -531,8 +547,13 @@ class BaseCAM:
     def _reshape(self, tensor: torch.Tensor, layer: nn.Module) -> torch.Tensor:
         return reshape_layer_output(self.model, layer, self.reshape_transform, tensor)
 
+    def _reshape_gradients(self, gradients: Any, layer: nn.Module) -> torch.Tensor:
+        """A layer's gradient in the layout :meth:`layer_map` gets (by default the activations')."""
+        return self._reshape(gradients, layer)
+
     def _normalize(self, maps: torch.Tensor, layer: nn.Module) -> torch.Tensor:
-        warn_if_constant(maps, f"the CAM of layer '{layer_name(self.model, layer)}'", stacklevel=4)
+        # The warning points at the user's call: _normalize, _layer_maps, _compute, __call__, the caller.
+        warn_if_constant(maps, f"the CAM of layer '{layer_name(self.model, layer)}'", stacklevel=5)
         return min_max_normalize(maps)
 
     # -- smoothing -----------------------------------------------------------------------------

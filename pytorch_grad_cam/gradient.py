@@ -21,7 +21,6 @@ from .base_cam import (
     broadcast_weights,
     first_principal_component,
     min_max_normalize,
-    resize_maps,
 )
 from .utils.model_targets import ClassifierOutputTarget
 
@@ -94,7 +93,7 @@ class HiResCAM(BaseCAM):
         if eigen_smooth:
             warnings.warn("HiResCAM with eigen_smooth=True is no longer guaranteed to be faithful to the "
                           "model: the principal component replaces the exact element-wise attribution",
-                          UserWarning, stacklevel=4)
+                          UserWarning, stacklevel=5)
         return super().layer_map(activations, gradients, context, eigen_smooth)
 
 
@@ -239,7 +238,7 @@ class CAM(BaseCAM):
                 "the way the head does and the map may not show what the model uses (e.g. a ViT head reads "
                 "only the class token, or a ReLU/norm/max-pool lies between the layer and the head); choose "
                 "the layer that is average-pooled into the head, or a gradient method such as GradCAM",
-                UserWarning, stacklevel=6)
+                UserWarning, stacklevel=7)
 
     def cam_weights(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
                     context: LayerContext) -> torch.Tensor:
@@ -349,26 +348,16 @@ class SmoothGradCAMPlusPlus(BaseCAM):
             noisy_scores = self._scores(list(targets) * samples, output, samples * batch)  # (S * B,)
             gradients = self._gradients(noisy_scores, capture)
             del capture, output, noisy_scores
-            spatial = x.shape[2:]
-            maps = []
-            for layer in self.target_layers:
-                key = id(layer)
-                raw = clean[key]
-                context = LayerContext(
-                    model=self.model, layer=layer, input=x, targets=targets,
-                    scores=scores.float(), raw_activations=raw,
-                    prefix=None, batch_size=self.batch_size,
-                    channel_dim=1 if self.reshape_transform is None else -1)
-                activations = self._reshape(raw, layer)  # (B, C, *grid)
-                grads = self._reshape(gradients[key], layer)  # (S * B, C, *grid)
-                grads = grads.view(samples, batch, *grads.shape[1:])  # (S, B, C, *grid)
-                with torch.no_grad():
-                    layer_cam = self.layer_map(activations, grads, context, eigen_smooth).float()
-                    maps.append(resize_maps(self._normalize(layer_cam.relu(), layer), spatial))
+            # The clean activations with the noisy gradients (_reshape_gradients: (S, B, C, *grid)).
+            maps = self._layer_maps(x, targets, scores, clean, gradients, eigen_smooth)
             del clean, gradients
             with torch.no_grad():
-                fused = torch.stack(maps, 1).relu().mean(1)  # (B, *spatial)
+                fused = self._fuse(maps)  # (B, *spatial)
                 return min_max_normalize(fused)
+
+    def _reshape_gradients(self, gradients: Any, layer: nn.Module) -> torch.Tensor:
+        grads = self._reshape(gradients, layer)  # (S * B, C, *grid), sample-major
+        return grads.view(self.num_samples, -1, *grads.shape[1:])  # (S, B, C, *grid)
 
     def cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor,
                     context: LayerContext) -> torch.Tensor:

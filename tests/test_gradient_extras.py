@@ -216,10 +216,10 @@ def test_cam_targets_none_is_top_class(tiny_2d):
 
 
 # ==================================================================================== Smooth Grad-CAM++
-def reference_smooth_gradcampp(model, layer_name, x, classes, num_samples, std, seed):
+def reference_smooth_gradcampp(model, layer_name, x, classes, num_samples, std, seed, raw=False):
     """The paper's recipe, sample by sample: D^n = mean over noisy copies of g^n (n = 1, 2, 3),
     alpha = D2 / (2 D2 + sum(A) D3), w = sum relu(D1) alpha, A from the clean input. The noise is the
-    class docstring's recipe."""
+    class docstring's recipe. ``raw``: the layer's ``sum_k w_k A_k`` instead of the method's output."""
     m64 = double_copy(model)
     layer = m64.get_submodule(layer_name)
     x64 = x.double()
@@ -236,7 +236,7 @@ def reference_smooth_gradcampp(model, layer_name, x, classes, num_samples, std, 
     alpha = d2 / (2 * d2 + sum_a * d3 + 1e-6)
     alpha = torch.where(d2 != 0, alpha, torch.zeros_like(alpha))
     w = (d1.clamp(min=0) * alpha).flatten(2).sum(-1)
-    return final_map(weighted_sum(w, acts), x.shape[2:])
+    return weighted_sum(w, acts) if raw else final_map(weighted_sum(w, acts), x.shape[2:])
 
 
 @pytest.mark.parametrize("layer,num_samples,std", [("relu2", 4, 0.3), ("conv2", 3, 0.15)])
@@ -262,6 +262,28 @@ def test_smooth_gradcampp_reference_3d(tiny_3d):
     assert_nontrivial(want)
     got = SmoothGradCAMPlusPlus(model, [model.conv2], num_samples=2, std=0.2, seed=3)(x, targets=[0, 4])
     torch.testing.assert_close(torch.from_numpy(got), want.float(), atol=1e-5, rtol=1e-4)
+
+
+def test_smooth_gradcampp_fuses_its_layers_through_the_fuse_hook(tiny_2d):
+    # Two layers from one noisy pass: the engine's per-layer maps, fused by _fuse (the mean by default; a
+    # subclass's own fusion, here the product of the normalised maps, replaces it).
+    model, x = tiny_2d
+    size = x.shape[2:]
+    resized = [resized_layer_map(reference_smooth_gradcampp(model, name, x, [1, 3], 3, 0.3, 5, raw=True),
+                                 size) for name in ("conv2", "relu3")]
+    mean = fuse(resized)
+    product = normalize(normalize(resized[0]) * normalize(resized[1]))
+    assert_nontrivial(mean)
+    assert_nontrivial(product)
+    assert (mean - product).abs().max() > 0.1
+
+    class Product(SmoothGradCAMPlusPlus):
+        def _fuse(self, maps):
+            return normalize(maps[0]) * normalize(maps[1])
+
+    for cls, want in ((SmoothGradCAMPlusPlus, mean), (Product, product)):
+        got = cls(model, [model.conv2, model.relu3], num_samples=3, std=0.3, seed=5)(x, targets=[1, 3])
+        torch.testing.assert_close(torch.from_numpy(got), want.float(), atol=1e-5, rtol=1e-4)
 
 
 def test_smooth_gradcampp_without_noise_is_gradcampp(tiny_2d):
