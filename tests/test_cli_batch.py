@@ -304,4 +304,51 @@ def test_pixel_methods_and_dff_in_a_grid(tmp_path, capsys):
     assert cv2.imread(str(tmp_path / "cat_and_coffee_grid.jpg")) is not None
 
 
+def test_dff_concepts_named_by_the_softmax_of_the_models_head(tmp_path, monkeypatch):
+    """Each concept's label is the top class of softmax(W c + b), the model's last linear layer on the
+    concept vector c, and its probability ("name 0.xx"), written out here in float64 numpy; a target layer
+    whose channel count the head does not read gets "concept k" labels."""
+    import pytorch_grad_cam.cli as cli
+    import pytorch_grad_cam.utils.image as image_utils
+    from pytorch_grad_cam.factorization import DeepFeatureFactorization
+
+    seen = {"labels": [], "calls": [], "runner": None}
+    show = image_utils.show_factorization_on_image
+    call = DeepFeatureFactorization.__call__
+    dff_method = cli._Runner._dff
+
+    def record_labels(*args, concept_labels=None, **kwargs):
+        seen["labels"].append(concept_labels)
+        return show(*args, concept_labels=concept_labels, **kwargs)
+
+    def record_call(self, *args, **kwargs):
+        result = call(self, *args, **kwargs)
+        seen["calls"].append((self.computation_on_concepts, result[0]))
+        return result
+
+    def record_runner(self, x):
+        seen["runner"] = self
+        return dff_method(self, x)
+
+    monkeypatch.setattr(image_utils, "show_factorization_on_image", record_labels)
+    monkeypatch.setattr(DeepFeatureFactorization, "__call__", record_call)
+    monkeypatch.setattr(cli._Runner, "_dff", record_runner)
+    assert main([str(BOTH), "--methods", "dff", "--n-components", "3", "--output-dir", str(tmp_path)]) == 0
+    (head, concepts), = seen["calls"]
+    assert head is not None and concepts.shape == (head.in_features, 3)
+    logits = concepts.T.astype(np.float64) @ head.weight.detach().double().numpy().T \
+        + head.bias.detach().double().numpy()  # (K, num_classes)
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    class_name = seen["runner"].loaded.class_name
+    want = [f"{class_name(int(k))} {p:.2f}" for k, p in zip(probabilities.argmax(1), probabilities.max(1))]
+    assert seen["labels"] == [want]
+    assert len(set(probabilities.argmax(1))) > 1 and probabilities.max() > 0.2  # the labels say something
+
+    seen["labels"].clear(), seen["calls"].clear()
+    assert main([str(BOTH), "--methods", "dff", "--n-components", "3", "--target-layer", "_blocks.3",
+                 "--output-dir", str(tmp_path / "early")]) == 0
+    assert seen["calls"][0][0] is None and seen["labels"] == [["concept 0", "concept 1", "concept 2"]]
+
+
 CAT_AND_COFFEE_SHAPE = cv2.imread(str(BOTH)).shape

@@ -185,6 +185,9 @@ class _Runner:
         self.reshape = None
         self.categories: Optional[List[int]] = None
         self.failed = 0
+        # DFF's computation_on_concepts (the model's last nn.Linear, or None), once it is known.
+        self._dff_head = None
+        self._dff_head_known = False
 
     def say(self, text: str) -> None:
         if not self.args.quiet:
@@ -313,31 +316,49 @@ class _Runner:
 
     def _dff(self, x):
         """Deep Feature Factorization of each image on its own: (explanations (K, S, S), labels) per image.
-        Concepts are named by the model's last linear layer when it reads the target layer's channels."""
+        Concepts are named by the model's last linear layer when it reads the target layer's channels:
+        the softmax of its outputs on the concept vectors, the top class and its probability."""
         import torch
-        from torch import nn
 
         from ..factorization import DeepFeatureFactorization
-        from ..utils.find_layers import find_layer_types_recursive
 
-        head = None
-        linears = find_layer_types_recursive(self.loaded.model, [nn.Linear])
-        dff = DeepFeatureFactorization(self.loaded.model, self.layer, self.reshape, device=self.device)
+        dff = DeepFeatureFactorization(self.loaded.model, self.layer, self.reshape,
+                                       computation_on_concepts=self._concept_head(x), device=self.device)
         results = []
         for i in range(x.shape[0]):
-            concepts, explanations, *_ = dff(x[i:i + 1], self.args.n_components)
+            concepts, explanations, *outputs = dff(x[i:i + 1], self.args.n_components)
             labels = [f"concept {k}" for k in range(concepts.shape[1])]
-            if linears and linears[-1].in_features == concepts.shape[0]:
-                head = linears[-1]
-                with torch.no_grad():
-                    weight = head.weight.detach().float().cpu()
-                    bias = head.bias.detach().float().cpu() if head.bias is not None else 0
-                    scores = torch.softmax(torch.from_numpy(concepts).T.float() @ weight.T + bias, -1)
-                top = scores.max(-1)
+            if outputs:
+                top = torch.softmax(torch.from_numpy(outputs[0]), -1).max(-1)  # (K,) of (K, num_classes)
                 labels = [f"{self.loaded.class_name(int(c))} {float(p):.2f}"
                           for c, p in zip(top.indices, top.values)]
             results.append((explanations[0], labels))
         return results
+
+    def _concept_head(self, x):
+        """The model's last ``nn.Linear`` if it reads as many features as the target layer has channels
+        (after the reshape transform), else None; found once, with one image's forward pass."""
+        if not self._dff_head_known:
+            import torch
+            from torch import nn
+
+            from .._capture import LayerCapture
+            from ..base_cam import reshape_layer_output
+            from ..utils.find_layers import find_layer_types_recursive
+
+            model = self.loaded.model
+            linears = find_layer_types_recursive(model, [nn.Linear])
+            if linears:
+                capture = LayerCapture(model, [self.layer], grad=False, structured=self.reshape is not None)
+                with capture, torch.no_grad():
+                    model(x[:1])
+                output = capture.activations.get(id(self.layer))  # (DFF itself says if the layer did not run)
+                channels = None if output is None else reshape_layer_output(
+                    model, self.layer, self.reshape, output).shape[1]  # of (1, C, *grid)
+                if linears[-1].in_features == channels:
+                    self._dff_head = linears[-1]
+            self._dff_head_known = True
+        return self._dff_head
 
     def _write_outputs(self, item: InputImage, image, index: int, classes: List[int], results: dict,
                        entries: List[dict], guided) -> dict:
