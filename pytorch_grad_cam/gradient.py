@@ -6,6 +6,7 @@ import contextlib
 import math
 import sys
 import warnings
+from functools import partial
 from typing import Any, Callable, List, Optional, Sequence, Union
 
 import numpy as np
@@ -18,6 +19,7 @@ from .base_cam import (
     BaseCAM,
     LayerContext,
     Target,
+    _gradient_or_zeros,
     broadcast_weights,
     first_principal_component,
     min_max_normalize,
@@ -535,16 +537,11 @@ class ShapleyCAM(BaseCAM):
                         "kernel, use a model built with plain differentiable operations, or a "
                         "first-order method such as GradCAM") from error
             hessian = {id(t): h for (t, _), h in zip(pairs, hvps)}
-            corrected = {}
-            for t, g in zip(tensors, grads):
-                h = hessian.get(id(t))
-                if g is None:  # a tensor of the structure that the score does not use
-                    corrected[id(t)] = torch.zeros_like(t.detach())
-                else:
-                    corrected[id(t)] = g.detach() if h is None else g.detach() - 0.5 * h.detach()
-            effective[id(layer)] = map_tensors(
-                lambda t, corrected=corrected: corrected.get(id(t), torch.zeros_like(t.detach())),
-                capture.activations[id(layer)])
+            corrected = {id(t): g if hessian.get(id(t)) is None else g - 0.5 * hessian[id(t)]
+                         for t, g in zip(tensors, grads) if g is not None}
+            # As the engine's gradients: a tensor of the structure that the score does not use gets zeros.
+            effective[id(layer)] = map_tensors(partial(_gradient_or_zeros, corrected),
+                                               capture.activations[id(layer)])
         del grads_per_layer
         self._warn_zero_gradients(effective, scores.shape[0])
         return effective
