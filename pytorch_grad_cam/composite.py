@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base_cam import _MISSING, BaseCAM, Target, min_max_normalize, select_output
+from .base_cam import _INTERPOLATION, _MISSING, BaseCAM, Target, min_max_normalize, select_output
 from .gradient import GradCAM, GradCAMPlusPlus
 from .utils.model_targets import ClassifierOutputTarget, FinerWeightedTarget
 
@@ -592,7 +592,7 @@ class SESS(_Composite):
                  keep: Optional[set] = None) -> Iterator[Tuple[int, int, int, Tuple[int, ...], torch.Tensor]]:
         """``(patch id, image, scale index, starts, patch (C, *window))`` scale by scale; one scaled
         input exists at a time. ``keep``: only these patch ids."""
-        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[x.ndim - 2]
+        mode = _INTERPOLATION[x.ndim - 2]
         work = x.to(torch.promote_types(x.dtype, torch.float32))  # resized in at least float32
         pid = 0
         for scale_index, size in enumerate(sizes):
