@@ -196,6 +196,39 @@ def test_show_cam_on_image_errors():
         show_cam_on_image(img, torch.from_numpy(mask))
 
 
+def test_overlays_share_the_image_weight_and_unit_range_rules():
+    """show_cam_on_image and show_factorization_on_image accept and refuse the same image_weight values
+    with the same words, and refuse a map outside [0, 1] beyond the 1e-6 round-off, or with NaN/Inf."""
+    from pytorch_grad_cam.utils.image import show_factorization_on_image
+
+    img, mask = _small_image_and_mask()
+    explanations = np.stack([mask, 1 - mask])  # (2, h, w)
+    overlays = (lambda **kw: show_cam_on_image(img, mask, **kw),
+                lambda **kw: show_factorization_on_image(img, explanations, **kw))
+    for bad, error in ((1.5, ValueError), (-0.1, ValueError), (float("nan"), ValueError), (True, TypeError),
+                       ("0.5", TypeError)):
+        messages = set()
+        for overlay in overlays:
+            with pytest.raises(error, match="image_weight") as caught:
+                overlay(image_weight=bad)
+            messages.add(str(caught.value))
+        assert len(messages) == 1, messages
+    for weight in (0, 1, 0.25, np.float32(0.75)):
+        for overlay in overlays:
+            assert overlay(image_weight=weight).dtype == np.uint8
+    # Round-off within 1e-6 is accepted (and clipped), anything further out is refused, as is NaN.
+    assert show_cam_on_image(img, mask * (1 + 5e-7)).dtype == np.uint8
+    assert show_factorization_on_image(img, explanations * (1 + 5e-7)).dtype == np.uint8
+    with pytest.raises(ValueError, match=r"mask values must be in \[0, 1\], got min 0 and max 1\.0001"):
+        show_cam_on_image(img, mask * 1.0001)
+    with pytest.raises(ValueError, match=r"explanations must be in \[0, 1\], got min -0\.001 and max 1"):
+        show_factorization_on_image(img, np.stack([mask, mask - 0.001]))
+    with pytest.raises(ValueError, match="mask values contain NaN or infinite values"):
+        show_cam_on_image(img, np.where(mask > 0.5, np.nan, mask))
+    with pytest.raises(ValueError, match="explanations contain NaN or infinite values"):
+        show_factorization_on_image(img, np.stack([mask, np.full_like(mask, np.inf)]))
+
+
 # -------------------------------------------------------------------------- preprocess / deprocess
 
 

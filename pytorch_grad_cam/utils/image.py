@@ -41,6 +41,25 @@ def _require_unit_float_image(img: np.ndarray, name: str) -> None:
                          "normalisation, with values in [0, 1]")
 
 
+def _check_image_weight(image_weight: Any) -> float:
+    """The image's weight in an overlay blend: a real number in [0, 1] (bools refused)."""
+    if isinstance(image_weight, bool) or not isinstance(image_weight, Real):
+        raise TypeError(f"image_weight must be a float in [0, 1], got {type(image_weight).__name__}")
+    if not 0.0 <= float(image_weight) <= 1.0:
+        raise ValueError(f"image_weight must be in [0, 1], got {image_weight}")
+    return float(image_weight)
+
+
+def _check_unit_range(values: np.ndarray, name: str, hint: str = "") -> None:
+    """Raise unless ``values`` (non-empty) are finite and in [0, 1], up to a float round-off of 1e-6:
+    anything further out would wrap around in the uint8 cast of an overlay."""
+    lo, hi = float(np.min(values)), float(np.max(values))
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"{name} contain NaN or infinite values")
+    if lo < -1e-6 or hi > 1 + 1e-6:
+        raise ValueError(f"{name} must be in [0, 1], got min {lo:g} and max {hi:g}{hint}")
+
+
 def show_cam_on_image(img: np.ndarray, mask: np.ndarray, use_rgb: bool = False,
                       colormap: int = cv2.COLORMAP_JET, image_weight: float = 0.5) -> np.ndarray:
     """Overlay a CAM, drawn as a colour heatmap, on an image.
@@ -76,22 +95,13 @@ def show_cam_on_image(img: np.ndarray, mask: np.ndarray, use_rgb: bool = False,
                          "pass one map, e.g. grayscale_cam[0]")
     if mask.size == 0:
         raise ValueError(f"mask is empty (shape {mask.shape})")
-    if isinstance(image_weight, bool) or not isinstance(image_weight, Real):
-        raise TypeError(f"image_weight must be a float in [0, 1], got {type(image_weight).__name__}")
-    if not 0.0 <= float(image_weight) <= 1.0:
-        raise ValueError(f"image_weight must be in [0, 1], got {image_weight}")
+    _check_image_weight(image_weight)
     if isinstance(colormap, bool) or not isinstance(colormap, (int, np.integer)):
         raise TypeError(f"colormap must be an OpenCV colormap id (int, e.g. cv2.COLORMAP_JET), "
                         f"got {type(colormap).__name__}")
 
     mask = mask.astype(np.float32)  # a copy: cv2.resize needs float32, and the caller's array stays intact
-    lo, hi = float(np.min(mask)), float(np.max(mask))
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise ValueError("mask contains NaN or infinite values")
-    # A tiny tolerance for float round-off; anything further out would wrap around in the uint8 cast.
-    if lo < -1e-6 or hi > 1 + 1e-6:
-        raise ValueError(f"mask values must be in [0, 1], got min {lo:g} and max {hi:g}; "
-                         "normalise it first, e.g. with scale_cam_image")
+    _check_unit_range(mask, "mask values", "; normalise it first, e.g. with scale_cam_image")
     height, width = img.shape[:2]
     if mask.shape != (height, width):
         mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_LINEAR)
@@ -346,10 +356,7 @@ def show_factorization_on_image(img: np.ndarray, explanations: np.ndarray,
     if explanations.ndim != 3 or explanations.shape[0] == 0 or explanations.size == 0:
         raise ValueError(f"explanations must have shape (K, H, W) with K >= 1 (one image's heatmaps, e.g. "
                          f"batch_explanations[0]), got shape {explanations.shape}")
-    if isinstance(image_weight, bool) or not isinstance(image_weight, Real):
-        raise TypeError(f"image_weight must be a float in [0, 1], got {type(image_weight).__name__}")
-    if not 0.0 <= float(image_weight) <= 1.0:
-        raise ValueError(f"image_weight must be in [0, 1], got {image_weight}")
+    _check_image_weight(image_weight)
     n_components = explanations.shape[0]
     palette = _concept_colors(colors, n_components)  # (K, 3)
     if concept_labels is not None:
@@ -360,11 +367,7 @@ def show_factorization_on_image(img: np.ndarray, explanations: np.ndarray,
             raise TypeError("concept_labels must be strings")
 
     maps = explanations.astype(np.float64)  # a copy: the caller's array is never modified
-    lo, hi = float(np.min(maps)), float(np.max(maps))
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise ValueError("explanations contain NaN or infinite values")
-    if lo < -1e-6 or hi > 1 + 1e-6:
-        raise ValueError(f"explanations must be in [0, 1], got min {lo:g} and max {hi:g}")
+    _check_unit_range(maps, "explanations")
     height, width = img.shape[:2]
     if maps.shape[1:] != (height, width):
         maps = np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in maps])
