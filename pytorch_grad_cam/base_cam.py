@@ -147,15 +147,19 @@ def reshape_layer_output(model: nn.Module, layer: nn.Module, reshape_transform: 
     return output.float()
 
 
-def warn_if_constant(maps: torch.Tensor, what: str, stacklevel: int) -> None:
+_CONSTANT_REASON = "often: all weights negative, or no positive evidence for the target"
+
+
+def warn_if_constant(maps: torch.Tensor, what: str, stacklevel: int, reason: str = _CONSTANT_REASON) -> None:
     """A ``RuntimeWarning`` naming the images whose ``(B, *spatial)`` map is constant (it normalises to
-    all zeros). ``what`` names the map, e.g. "the CAM of layer 'layer4'"."""
+    all zeros). ``what`` names the map, e.g. "the CAM of layer 'layer4'"; ``reason`` says why it usually
+    happens for this method. ``stacklevel`` counts from the caller of this function (as for
+    ``warnings.warn`` called there)."""
     flat = maps.flatten(1)
     constant = (flat.amax(1) == flat.amin(1)).nonzero().flatten().tolist()
     if constant:
-        warnings.warn(f"{what} is constant for image(s) {constant} (often: all weights negative, or no "
-                      "positive evidence for the target); its map is all zeros", RuntimeWarning,
-                      stacklevel=stacklevel + 1)
+        warnings.warn(f"{what} is constant for image(s) {constant} ({reason}); its map is all zeros",
+                      RuntimeWarning, stacklevel=stacklevel + 1)
 
 
 @dataclass

@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import warnings
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
@@ -22,7 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base_cam import _INTERPOLATION, _MISSING, BaseCAM, Target, min_max_normalize, select_output
+from .base_cam import (
+    _INTERPOLATION,
+    _MISSING,
+    BaseCAM,
+    Target,
+    min_max_normalize,
+    select_output,
+    warn_if_constant,
+)
 from .gradient import GradCAM, GradCAMPlusPlus
 from .utils.model_targets import ClassifierOutputTarget, FinerWeightedTarget
 
@@ -667,11 +674,9 @@ class SESS(_Composite):
                 total = self._two_passes(x, targets, sizes, window, step, spatial, eigen_smooth, matrices)
             if self.smooth:
                 total = _gaussian_blur(total, self.smooth_kernel_size, self.smooth_sigma)
-            flat = total.flatten(1)
-            constant = (flat.amax(1) == flat.amin(1)).nonzero().flatten().tolist()
-            if constant:
-                warnings.warn(f"the SESS map is constant for image(s) {constant} (no patch has positive "
-                              "evidence for the target); its map is all zeros", RuntimeWarning, stacklevel=4)
+            # At the user's call: _compute, BaseCAM.__call__, _Composite.__call__, the caller.
+            warn_if_constant(total, "the SESS map", stacklevel=4,
+                             reason="no patch has positive evidence for the target")
             return min_max_normalize(total)
 
     def _clean_scores(self, output: Any, targets: List[Target], images: List[int]) -> torch.Tensor:

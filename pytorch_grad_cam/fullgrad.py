@@ -1,7 +1,6 @@
 """FullGrad: the input-gradient and every bias-gradient of the network, summed into one saliency map."""
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
@@ -9,7 +8,15 @@ import torch
 from torch import nn
 
 from ._capture import HookSet
-from .base_cam import BaseCAM, Target, TargetsArg, first_principal_component, min_max_normalize, resize_maps
+from .base_cam import (
+    BaseCAM,
+    Target,
+    TargetsArg,
+    first_principal_component,
+    min_max_normalize,
+    resize_maps,
+    warn_if_constant,
+)
 
 # Modules whose bias is added along the channel axis (dim 1) of a ``(B, C, *spatial)`` output.
 _CHANNEL_BIAS = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.GroupNorm,
@@ -220,10 +227,7 @@ class FullGrad(BaseCAM):
                     fused = resize_maps(first_principal_component(reduced), spatial)
                 else:
                     fused = torch.stack(terms, 1).sum(1)  # (B, *spatial)
-                flat = fused.flatten(1)
-                constant = (flat.amax(1) == flat.amin(1)).nonzero().flatten().tolist()
-                if constant:
-                    warnings.warn(f"the FullGrad map is constant for image(s) {constant} (no gradient "
-                                  "reaches the input or the bias layers); its map is all zeros",
-                                  RuntimeWarning, stacklevel=3)
+                # At the user's call: _compute, BaseCAM.__call__, the caller.
+                warn_if_constant(fused, "the FullGrad map", stacklevel=3,
+                                 reason="no gradient reaches the input or the bias layers")
                 return min_max_normalize(fused)

@@ -604,6 +604,19 @@ def test_sess_with_smooth_gradcampp_weights_patches_by_their_clean_score(sess_ca
     np.testing.assert_allclose(got, expected, atol=2e-5)
 
 
+def test_sess_constant_map_warning_points_at_the_callers_line():
+    model = tiny_net(2, seed=0)
+    with torch.no_grad():
+        model.fc.weight.copy_(-model.fc.weight.abs())  # relu3 >= 0 and negative weights: no evidence
+    x = seeded_input(1, 3, 12, 16, seed=1)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        SESS(model, [model.relu3], num_scales=2)(x, [0])
+    constant = [w for w in record if "SESS map is constant" in str(w.message)]
+    assert len(constant) == 1 and constant[0].category is RuntimeWarning
+    assert constant[0].filename == __file__, "the warning should point at the caller's line"
+
+
 # ============================================================================================ grad-cam 1.5.7
 REFERENCE_PATH = Path(os.environ.get("GRAD_CAM_REFERENCE_PATH") or "/work/refcam")
 

@@ -10,6 +10,7 @@ import copy
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import cv2
@@ -258,6 +259,21 @@ def test_bad_arguments():
         FullGrad(model, per_channel="yes")
     with pytest.raises(ValueError, match="do not depend on the input"):
         FullGrad(model)(seeded(2, 3, 12, 16), targets=lambda out: torch.tensor(1.0))
+
+
+def test_constant_map_warns_at_the_callers_line():
+    # A score whose gradient is zero everywhere: every term is zero, so the map is constant.
+    model, x = net_2d(), seeded(2, 3, 12, 16, seed=1)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        maps = FullGrad(model)(x, targets=lambda out: out.sum() * 0.0)
+    constant = [w for w in record if "constant" in str(w.message)]
+    assert [str(w.message) for w in constant] == [
+        "the FullGrad map is constant for image(s) [0, 1] (no gradient reaches the input or the bias "
+        "layers); its map is all zeros"]
+    assert constant[0].category is RuntimeWarning
+    assert constant[0].filename == __file__, "the warning should point at the caller's line"
+    np.testing.assert_array_equal(maps, np.zeros((2, 12, 16), np.float32))
 
 
 def test_top_class_by_default_and_batch_equals_single():
