@@ -3,18 +3,17 @@ gradient-free ancestor: the weights of the final linear layer)."""
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
 import warnings
 from functools import partial
 from typing import Any, Callable, List, Optional, Sequence, Union
 
-import numpy as np
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ._capture import layer_name, map_tensors
+from ._checks import check_float, check_int, check_seed
 from .base_cam import (
     BaseCAM,
     LayerContext,
@@ -301,19 +300,9 @@ class SmoothGradCAMPlusPlus(BaseCAM):
                  reshape_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, *,
                  num_samples: int = 4, std: float = 0.3, seed: Optional[int] = None, **kwargs: Any) -> None:
         super().__init__(model, target_layers, reshape_transform, **kwargs)
-        if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)):
-            raise TypeError(f"num_samples must be an int >= 1, got {type(num_samples).__name__}")
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be an int >= 1, got {num_samples}")
-        if isinstance(std, bool) or not isinstance(std, (int, float, np.integer, np.floating)):
-            raise TypeError(f"std must be a non-negative float, got {type(std).__name__}")
-        if not math.isfinite(std) or std < 0:
-            raise ValueError(f"std must be a non-negative finite float, got {std}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise TypeError(f"seed must be None or an int, got {type(seed).__name__}")
-        self.num_samples = int(num_samples)
-        self.std = float(std)
-        self.seed = None if seed is None else int(seed)
+        self.num_samples = check_int(num_samples, "num_samples", 1)
+        self.std = check_float(std, "std", 0)
+        self.seed = check_seed(seed)
 
     def _noisy_copies(self, x: torch.Tensor) -> torch.Tensor:
         """``(S * B, C, *spatial)``: the noisy copies, sample-major (copy ``s`` of image ``b`` is row
