@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._checks import check_float, check_int
 from .base_cam import (
     _INTERPOLATION,
     _MISSING,
@@ -153,10 +153,7 @@ def _check_rank_list(value: Any, name: str) -> List[int]:
         items = list(value)
     except TypeError:
         raise TypeError(f"{name} must be a sequence of ints, got {type(value).__name__}") from None
-    for item in items:
-        if isinstance(item, (bool, np.bool_)) or not isinstance(item, (int, np.integer)):
-            raise TypeError(f"{name} must be a sequence of ints, got an element {item!r}")
-    return [int(item) for item in items]
+    return [check_int(item, f"{name}[{i}]") for i, item in enumerate(items)]
 
 
 class FinerCAM(_Composite):
@@ -202,12 +199,7 @@ class FinerCAM(_Composite):
                  base_method: BaseMethod = GradCAM, *, alpha: float = 1.0, num_comparisons: int = 3,
                  **kwargs: Any) -> None:
         self.alpha = self._check_alpha(alpha)
-        if isinstance(num_comparisons, (bool, np.bool_)) \
-                or not isinstance(num_comparisons, (int, np.integer)):
-            raise TypeError(f"num_comparisons must be a positive int, got {type(num_comparisons).__name__}")
-        if num_comparisons < 1:
-            raise ValueError(f"num_comparisons must be a positive int, got {num_comparisons}")
-        self.num_comparisons = int(num_comparisons)
+        self.num_comparisons = check_int(num_comparisons, "num_comparisons", 1)
         super().__init__(model, target_layers, reshape_transform, base_method, **kwargs)
         self.base_cam._finer_resolver = self._resolve_targets
         self._options: Optional[dict] = None
@@ -216,10 +208,7 @@ class FinerCAM(_Composite):
 
     @staticmethod
     def _check_alpha(alpha: Any) -> float:
-        if isinstance(alpha, (bool, np.bool_)) \
-                or not isinstance(alpha, (int, float, np.integer, np.floating)) or not math.isfinite(alpha):
-            raise TypeError(f"alpha must be a finite float, got {alpha!r}")
-        return float(alpha)
+        return check_float(alpha, "alpha")
 
     def __call__(self, input_tensor: torch.Tensor, targets: Any = None, eigen_smooth: bool = False,
                  alpha: Optional[float] = None, comparison_categories: Optional[Sequence[int]] = None,
@@ -257,10 +246,7 @@ class FinerCAM(_Composite):
                 raise ValueError(f"comparison_categories must be ranks >= 1 in the order of similarity to "
                                  f"the main class (rank 0 is the main class itself), got {ranks}")
         if target_idx is not None:
-            if isinstance(target_idx, (bool, np.bool_)) or not isinstance(target_idx, (int, np.integer)) \
-                    or target_idx < 0:
-                raise TypeError(f"target_idx must be a class index (an int >= 0) or None, got {target_idx!r}")
-            target_idx = int(target_idx)
+            target_idx = check_int(target_idx, "target_idx", 0)
         per_image = None
         if comparison_classes is not None:
             try:
@@ -535,39 +521,34 @@ class SESS(_Composite):
                  **kwargs: Any) -> None:
         if pool not in ("mean", "max"):
             raise ValueError(f"pool must be 'mean' (spatial weighted average) or 'max', got {pool!r}")
-        if isinstance(pre_filter_ratio, bool) or not isinstance(pre_filter_ratio, (int, float)) \
-                or not 0.0 <= pre_filter_ratio < 1.0:
-            raise ValueError(f"pre_filter_ratio must be a float in [0, 1), got {pre_filter_ratio!r}")
-        if not isinstance(theta, (int, float)) or not math.isfinite(theta):
-            raise TypeError(f"theta must be a finite float, got {theta!r}")
-        for name, value in (("num_scales", num_scales), ("window_size", window_size),
-                            ("step_size", step_size), ("smooth_kernel_size", smooth_kernel_size)):
-            if value is None and name in ("window_size", "step_size"):
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not isinstance(scale_step_ratio, (int, float)) or not scale_step_ratio > 0:
-            raise ValueError(f"scale_step_ratio must be a positive float, got {scale_step_ratio!r}")
-        if not isinstance(smooth_sigma, (int, float)) or not smooth_sigma > 0:
-            raise ValueError(f"smooth_sigma must be a positive float, got {smooth_sigma!r}")
+        pre_filter_ratio = check_float(pre_filter_ratio, "pre_filter_ratio")  # the type; [0, 1) below
+        if not 0.0 <= pre_filter_ratio < 1.0:
+            raise ValueError(f"pre_filter_ratio must be a float in [0, 1), got {pre_filter_ratio}")
+        theta = check_float(theta, "theta")
+        num_scales = check_int(num_scales, "num_scales", 1)
+        window_size = None if window_size is None else check_int(window_size, "window_size", 1)
+        step_size = None if step_size is None else check_int(step_size, "step_size", 1)
+        smooth_kernel_size = check_int(smooth_kernel_size, "smooth_kernel_size", 1)
+        scale_step_ratio = check_float(scale_step_ratio, "scale_step_ratio", 0, include_minimum=False)
+        smooth_sigma = check_float(smooth_sigma, "smooth_sigma", 0, include_minimum=False)
         if scales is not None:
-            scales = [int(s) for s in _check_rank_list(scales, "scales")]
+            scales = _check_rank_list(scales, "scales")
             if not scales or min(scales) < 1:
                 raise ValueError(f"scales must be a non-empty list of positive ints, got {scales}")
         super().__init__(model, target_layers, reshape_transform, base_method, batch_size=batch_size,
                          **kwargs)
         self.scales = scales
-        self.num_scales = int(num_scales)
-        self.scale_step_ratio = float(scale_step_ratio)
+        self.num_scales = num_scales
+        self.scale_step_ratio = scale_step_ratio
         self.window_size = window_size
         self.step_size = step_size
-        self.pre_filter_ratio = float(pre_filter_ratio)
-        self.theta = float(theta)
+        self.pre_filter_ratio = pre_filter_ratio
+        self.theta = theta
         self.pool = pool
         self.smooth = bool(smooth)
         self.use_softmax_scores = bool(use_softmax_scores)
-        self.smooth_kernel_size = int(smooth_kernel_size)
-        self.smooth_sigma = float(smooth_sigma)
+        self.smooth_kernel_size = smooth_kernel_size
+        self.smooth_sigma = smooth_sigma
 
     _variant = staticmethod(_quiet_variant)
 

@@ -217,12 +217,12 @@ def test_finercam_reference_call_order_and_errors(finer_case):
     cam = FinerCAM(counted, [model.relu2])
     for kwargs, error, match in [
         ({"targets": [1, 2], "target_idx": 1}, TypeError, "targets or target_idx"),
-        ({"alpha": float("nan")}, TypeError, "alpha must be a finite float"),
+        ({"alpha": float("nan")}, ValueError, "alpha must be a finite float, got nan"),
         ({"comparison_categories": [0, 1]}, ValueError, "rank 0 is the main class"),
         ({"comparison_categories": [1], "comparison_classes": [2]}, TypeError, "not both"),
         ({"comparison_classes": [[1], [2], [3]]}, ValueError, "3 lists but the batch has 2"),
         ({"comparison_classes": [-1]}, ValueError, "indices >= 0"),
-        ({"target_idx": -1}, TypeError, "target_idx must be a class index"),
+        ({"target_idx": -1}, ValueError, "target_idx must be an int >= 0, got -1"),
     ]:
         with pytest.raises(error, match=match):
             cam(x, **kwargs)
@@ -536,9 +536,9 @@ def test_sess_errors_before_any_forward_pass(sess_case):
     for kwargs, error, match in [
         ({"pool": "median"}, ValueError, "pool must be 'mean'"),
         ({"pre_filter_ratio": 1.0}, ValueError, r"pre_filter_ratio must be a float in \[0, 1\)"),
-        ({"num_scales": 0}, ValueError, "num_scales must be a positive int"),
+        ({"num_scales": 0}, ValueError, "num_scales must be an int >= 1, got 0"),
         ({"scales": []}, ValueError, "scales must be a non-empty list"),
-        ({"window_size": 2.5}, ValueError, "window_size must be a positive int"),
+        ({"window_size": 2.5}, TypeError, "window_size must be an int >= 1, got float 2.5"),
     ]:
         with pytest.raises(error, match=match):
             SESS(counted, [model.relu2], **kwargs)
@@ -547,6 +547,47 @@ def test_sess_errors_before_any_forward_pass(sess_case):
     with pytest.raises(ValueError, match=r"every scale must be at least the window size 12"):
         SESS(counted, [model.relu2], scales=[11, 14])(x)
     assert counted.calls == 0
+
+
+def test_argument_checks_type_error_for_the_type_value_error_for_the_range(sess_case):
+    model, x = sess_case
+    counted = CountCalls(model)
+    layers = [model.relu2]
+    for cls, kwargs, error, match in [
+        (SESS, {"theta": float("nan")}, ValueError, r"theta must be a finite float, got nan"),
+        (SESS, {"theta": "0.1"}, TypeError, r"theta must be a finite float, got str '0.1'"),
+        (SESS, {"pre_filter_ratio": -0.1}, ValueError,
+         r"pre_filter_ratio must be a float in \[0, 1\), got -0.1"),
+        (SESS, {"pre_filter_ratio": "0.5"}, TypeError, r"pre_filter_ratio must be a finite float, got str"),
+        (SESS, {"pre_filter_ratio": True}, TypeError, r"pre_filter_ratio must be a finite float, got bool"),
+        (SESS, {"scale_step_ratio": 0.0}, ValueError,
+         r"scale_step_ratio must be a finite float > 0, got 0.0"),
+        (SESS, {"smooth_sigma": "5"}, TypeError, r"smooth_sigma must be a finite float > 0, got str"),
+        (SESS, {"smooth_kernel_size": 0}, ValueError, r"smooth_kernel_size must be an int >= 1, got 0"),
+        (SESS, {"step_size": True}, TypeError, r"step_size must be an int >= 1, got bool"),
+        (SESS, {"scales": [12, 14.0]}, TypeError, r"scales\[1\] must be an int, got float 14.0"),
+        (FinerCAM, {"num_comparisons": 0}, ValueError, r"num_comparisons must be an int >= 1, got 0"),
+        (FinerCAM, {"num_comparisons": 1.5}, TypeError, r"num_comparisons must be an int >= 1, got float"),
+        (FinerCAM, {"alpha": "1"}, TypeError, r"alpha must be a finite float, got str"),
+        (FinerCAM, {"alpha": float("inf")}, ValueError, r"alpha must be a finite float, got inf"),
+    ]:
+        with pytest.raises(error, match=match):
+            cls(counted, layers, **kwargs)
+    cam = FinerCAM(counted, layers)
+    for kwargs, error, match in [
+        ({"target_idx": 1.0}, TypeError, r"target_idx must be an int >= 0, got float"),
+        ({"comparison_classes": [1, "2"]}, TypeError, r"comparison_classes\[1\] must be an int, got str"),
+        ({"comparison_classes": [[1], [2.0]]}, TypeError, r"comparison_classes\[1\]\[0\] must be an int"),
+        ({"comparison_categories": [1, None]}, TypeError, r"comparison_categories\[1\] must be an int"),
+    ]:
+        with pytest.raises(error, match=match):
+            cam(x, **kwargs)
+    assert counted.calls == 0
+    # numpy numbers are accepted as ints and floats
+    sess = SESS(model, layers, num_scales=np.int64(2), theta=np.float32(0.25),
+                pre_filter_ratio=np.float64(0.5))
+    assert (sess.num_scales, sess.theta, sess.pre_filter_ratio) == (2, 0.25, 0.5)
+    assert type(sess.num_scales) is int and type(sess.theta) is float
 
 
 def test_sess_constant_map_warns_once_and_is_zeros():
