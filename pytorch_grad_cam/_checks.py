@@ -43,4 +43,6 @@ def check_float(value: Any, name: str, minimum: Optional[float] = None, maximum:
 
 def check_seed(seed: Any, name: str = "seed") -> Optional[int]:
     """``None`` (fresh randomness on every call) or an int seed."""
-    return None if seed is None else check_int(seed, name)
+    if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, _INTS)):
+        raise TypeError(f"{name} must be None or an int, got {type(seed).__name__} {seed!r}")
+    return None if seed is None else int(seed)

@@ -6,7 +6,6 @@ per channel, or per position) or, for the few that are not a weighted sum, :meth
 from __future__ import annotations
 
 import contextlib
-import warnings
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -18,6 +17,7 @@ from torch import nn
 
 from ._capture import LayerCapture, layer_name, map_tensors, tensors_of
 from ._model_state import compute_session
+from ._warnings import warn
 from .utils.model_targets import ClassifierOutputTarget
 
 Target = Callable[[torch.Tensor], torch.Tensor]
@@ -150,16 +150,14 @@ def reshape_layer_output(model: nn.Module, layer: nn.Module, reshape_transform: 
 _CONSTANT_REASON = "often: all weights negative, or no positive evidence for the target"
 
 
-def warn_if_constant(maps: torch.Tensor, what: str, stacklevel: int, reason: str = _CONSTANT_REASON) -> None:
+def warn_if_constant(maps: torch.Tensor, what: str, reason: str = _CONSTANT_REASON) -> None:
     """A ``RuntimeWarning`` naming the images whose ``(B, *spatial)`` map is constant (it normalises to
-    all zeros). ``what`` names the map, e.g. "the CAM of layer 'layer4'"; ``reason`` says why it usually
-    happens for this method. ``stacklevel`` counts from the caller of this function (as for
-    ``warnings.warn`` called there)."""
+    all zeros), attributed to the user's line. ``what`` names the map, e.g. "the CAM of layer 'layer4'";
+    ``reason`` says why it usually happens for this method."""
     flat = maps.flatten(1)
     constant = (flat.amax(1) == flat.amin(1)).nonzero().flatten().tolist()
     if constant:
-        warnings.warn(f"{what} is constant for image(s) {constant} ({reason}); its map is all zeros",
-                      RuntimeWarning, stacklevel=stacklevel + 1)
+        warn(f"{what} is constant for image(s) {constant} ({reason}); its map is all zeros", RuntimeWarning)
 
 
 @dataclass
@@ -542,11 +540,11 @@ class BaseCAM:
                     nonzero[:] = True  # not per image: cannot tell
         zero = (~nonzero).nonzero().flatten().tolist()
         if zero:
-            warnings.warn(f"the gradient of the target score with respect to the target layers is exactly "
+            warn(f"the gradient of the target score with respect to the target layers is exactly "
                           f"zero for image(s) {zero}: the score does not change with these activations "
                           "(e.g. a FasterRCNNBoxScoreTarget whose boxes match no detection, or a score read "
                           "past a saturated/dead unit), so their gradient-based maps carry no information",
-                          RuntimeWarning, stacklevel=5)
+                          RuntimeWarning)
 
     def _reshape(self, tensor: torch.Tensor, layer: nn.Module) -> torch.Tensor:
         return reshape_layer_output(self.model, layer, self.reshape_transform, tensor)
@@ -557,7 +555,7 @@ class BaseCAM:
 
     def _normalize(self, maps: torch.Tensor, layer: nn.Module) -> torch.Tensor:
         # The warning points at the user's call: _normalize, _layer_maps, _compute, __call__, the caller.
-        warn_if_constant(maps, f"the CAM of layer '{layer_name(self.model, layer)}'", stacklevel=5)
+        warn_if_constant(maps, f"the CAM of layer '{layer_name(self.model, layer)}'")
         return min_max_normalize(maps)
 
     # -- smoothing -----------------------------------------------------------------------------

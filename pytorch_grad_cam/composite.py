@@ -656,7 +656,7 @@ class SESS(_Composite):
             if self.smooth:
                 total = _gaussian_blur(total, self.smooth_kernel_size, self.smooth_sigma)
             # At the user's call: _compute, BaseCAM.__call__, _Composite.__call__, the caller.
-            warn_if_constant(total, "the SESS map", stacklevel=4,
+            warn_if_constant(total, "the SESS map",
                              reason="no patch has positive evidence for the target")
             return min_max_normalize(total)
 

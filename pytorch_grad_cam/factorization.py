@@ -9,7 +9,6 @@ so it runs on the model's device and needs no scikit-learn.
 from __future__ import annotations
 
 import contextlib
-import warnings
 from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -17,7 +16,9 @@ import torch
 from torch import nn
 
 from ._capture import map_tensors
+from ._checks import check_float, check_int
 from ._model_state import compute_session, evaluation_state, model_device, model_float_dtype
+from ._warnings import warn
 from .base_cam import BaseCAM, reshape_layer_output, resize_maps
 
 __all__ = ["DeepFeatureFactorization", "NMFResult", "create_labels_legend", "dff", "nmf", "run_dff_on_image"]
@@ -35,22 +36,6 @@ class NMFResult(NamedTuple):
     w: torch.Tensor
     h: torch.Tensor
     n_iter: int
-
-
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_tol(tol) -> float:
-    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)):
-        raise TypeError(f"tol must be a float >= 0, got {type(tol).__name__} {tol!r}")
-    if not tol >= 0:  # also refuses NaN
-        raise ValueError(f"tol must be a float >= 0, got {tol}")
-    return float(tol)
 
 
 def _check_choice(value, name: str, choices: Sequence[str]) -> str:
@@ -133,14 +118,14 @@ def nmf(matrix: torch.Tensor, n_components: int, *, max_iter: int = 200, tol: fl
         raise TypeError(f"matrix must be a torch.Tensor, got {type(matrix).__name__}")
     if matrix.ndim != 2:
         raise ValueError(f"matrix must be 2-D (M, N), got shape {tuple(matrix.shape)}")
-    k = _check_int(n_components, "n_components", 1)
+    k = check_int(n_components, "n_components", 1)
     if k > min(matrix.shape):
         raise ValueError(f"n_components must be at most min(M, N) = {min(matrix.shape)} for a matrix of "
                          f"shape {tuple(matrix.shape)}, got {k}")
-    max_iter = _check_int(max_iter, "max_iter", 0)
-    tol = _check_tol(tol)
+    max_iter = check_int(max_iter, "max_iter", 0)
+    tol = check_float(tol, "tol", minimum=0)
     _check_choice(init, "init", NMF_INITS)
-    seed = _check_int(seed, "seed", 0)
+    seed = check_int(seed, "seed", 0)
     v = matrix.detach().to(torch.float64 if matrix.dtype == torch.float64 else torch.float32)
     if not bool(torch.isfinite(v).all()):
         raise ValueError("matrix contains NaN or Inf")
@@ -163,7 +148,7 @@ def nmf(matrix: torch.Tensor, n_components: int, *, max_iter: int = 200, tol: fl
 
 
 def _factorize(activations: torch.Tensor, n_components: int, max_iter: int, tol: float, init: str,
-               seed: int, negatives: str, stacklevel: int = 3) -> Tuple[torch.Tensor, torch.Tensor]:
+               seed: int, negatives: str) -> Tuple[torch.Tensor, torch.Tensor]:
     """DFF of ``(B, C, *spatial)`` activations -> concepts ``(C, K)`` and heatmaps ``(B, K, *spatial)``.
 
     ``V`` = the activations as (channels x every position of every image); with negative values each
@@ -180,7 +165,7 @@ def _factorize(activations: torch.Tensor, n_components: int, max_iter: int, tol:
     acts = activations.detach().to(dtype)
     batch, channels, spatial = acts.shape[0], acts.shape[1], acts.shape[2:]
     v = acts.transpose(0, 1).reshape(channels, -1)  # (C, B*N): every position of every image
-    k = _check_int(n_components, "n_components", 1)
+    k = check_int(n_components, "n_components", 1)
     if k > min(v.shape):
         raise ValueError(f"n_components must be at most min(channels, positions) = {min(v.shape)} (the "
                          f"activations have {channels} channels and {v.shape[1]} positions over the batch), "
@@ -192,14 +177,14 @@ def _factorize(activations: torch.Tensor, n_components: int, max_iter: int, tol:
         offset = torch.zeros(channels, dtype=dtype, device=v.device)
         v = v.clamp_min(0)
     if not bool((v > 0).any()):
-        warnings.warn("the activations are all zero (after making them non-negative): every concept and "
-                      "every explanation is zero", RuntimeWarning, stacklevel=stacklevel)
+        warn("the activations are all zero (after making them non-negative): every concept and "
+                      "every explanation is zero", RuntimeWarning)
     w, h, _ = nmf(v, k, max_iter=max_iter, tol=tol, init=init, seed=seed)  # (C, K), (K, B*N)
     peak = h.amax(1)  # (K,)
     empty = (peak <= 0).nonzero().flatten().tolist()
     if empty and bool((v > 0).any()):
-        warnings.warn(f"NMF component(s) {empty} are empty (zero everywhere); use fewer n_components",
-                      RuntimeWarning, stacklevel=stacklevel)
+        warn(f"NMF component(s) {empty} are empty (zero everywhere); use fewer n_components",
+                      RuntimeWarning)
     scale = torch.where(peak > 0, peak, torch.ones_like(peak))
     w, h = w * scale, h / scale[:, None]
     concepts = w + offset[:, None]  # (C, K)
@@ -319,10 +304,10 @@ class DeepFeatureFactorization:
         self.target_layer = layers[0]
         self.reshape_transform = reshape_transform
         self.computation_on_concepts = computation_on_concepts
-        self.max_iter = _check_int(max_iter, "max_iter", 1)
-        self.tol = _check_tol(tol)
+        self.max_iter = check_int(max_iter, "max_iter", 1)
+        self.tol = check_float(tol, "tol", minimum=0)
         self.init = _check_choice(init, "init", NMF_INITS)
-        self.seed = _check_int(seed, "seed", 0)
+        self.seed = check_int(seed, "seed", 0)
         self.negatives = _check_choice(negatives, "negatives", NEGATIVES)
         self.device = BaseCAM._check_device(None, device)
 
@@ -335,7 +320,7 @@ class DeepFeatureFactorization:
 
     def __call__(self, input_tensor: torch.Tensor, n_components: int = 16) -> tuple:
         x = BaseCAM._check_input(input_tensor)
-        _check_int(n_components, "n_components", 1)
+        check_int(n_components, "n_components", 1)
         with compute_session(self.model, self.device, x) as x:
             activations = self._activations(x)  # (B, C, *grid)
             concepts, explanations = _factorize(activations, n_components, self.max_iter, self.tol,
@@ -407,7 +392,7 @@ def create_labels_legend(concept_scores: np.ndarray, labels: Union[Mapping[int, 
     scores = np.asarray(concept_scores)
     if scores.ndim != 2:
         raise ValueError(f"concept_scores must be (K, num_classes), got shape {scores.shape}")
-    top_k = _check_int(top_k, "top_k", 1)
+    top_k = check_int(top_k, "top_k", 1)
     legend = []
     for row in scores:
         best = np.argsort(row)[::-1][:top_k]

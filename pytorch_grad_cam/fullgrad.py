@@ -228,6 +228,6 @@ class FullGrad(BaseCAM):
                 else:
                     fused = torch.stack(terms, 1).sum(1)  # (B, *spatial)
                 # At the user's call: _compute, BaseCAM.__call__, the caller.
-                warn_if_constant(fused, "the FullGrad map", stacklevel=3,
+                warn_if_constant(fused, "the FullGrad map",
                                  reason="no gradient reaches the input or the bias layers")
                 return min_max_normalize(fused)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import warnings
 from functools import partial
 from typing import Any, Callable, List, Optional, Sequence, Union
 
@@ -14,6 +13,7 @@ from torch.overrides import TorchFunctionMode
 
 from ._capture import layer_name, map_tensors
 from ._checks import check_float, check_int, check_seed
+from ._warnings import warn
 from .base_cam import (
     BaseCAM,
     LayerContext,
@@ -92,9 +92,9 @@ class HiResCAM(BaseCAM):
     def layer_map(self, activations: torch.Tensor, gradients: torch.Tensor,
                   context: LayerContext, eigen_smooth: bool) -> torch.Tensor:
         if eigen_smooth:
-            warnings.warn("HiResCAM with eigen_smooth=True is no longer guaranteed to be faithful to the "
+            warn("HiResCAM with eigen_smooth=True is no longer guaranteed to be faithful to the "
                           "model: the principal component replaces the exact element-wise attribution",
-                          UserWarning, stacklevel=5)
+                          UserWarning)
         return super().layer_map(activations, gradients, context, eigen_smooth)
 
 
@@ -232,14 +232,14 @@ class CAM(BaseCAM):
         bad = (cosine < self.pooled_cosine_tolerance) & (head.norm(dim=1) > 0)
         if bool(bad.any()):
             worst = float(cosine[bad].min())
-            warnings.warn(
+            warn(
                 f"CAM: the input of the linear layer '{layer_name(self.model, self.fc_layer)}' is not the "
                 f"spatial average of target layer '{layer_name(self.model, layer)}' (cosine {worst:.3f} for "
                 f"image(s) {bad.nonzero().flatten().tolist()}), so W[c] does not weigh these activations "
                 "the way the head does and the map may not show what the model uses (e.g. a ViT head reads "
                 "only the class token, or a ReLU/norm/max-pool lies between the layer and the head); choose "
                 "the layer that is average-pooled into the head, or a gradient method such as GradCAM",
-                UserWarning, stacklevel=7)
+                UserWarning)
 
     def cam_weights(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
                     context: LayerContext) -> torch.Tensor:

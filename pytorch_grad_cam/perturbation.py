@@ -7,16 +7,16 @@ of channels.
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections import defaultdict, deque
 from functools import partial
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
-import numpy as np
 import torch
 from torch import nn
 
 from ._capture import layer_name, map_tensors, tensors_of
+from ._checks import check_float, check_int, check_seed
+from ._warnings import warn
 from .base_cam import BaseCAM, LayerContext, min_max_normalize, resize_maps, select_output
 from .utils.model_targets import ClassifierOutputTarget
 
@@ -131,13 +131,9 @@ class SSCAM(ScoreCAM):
     def __init__(self, *args: Any, num_samples: int = 35, std: float = 2.0, seed: Optional[int] = None,
                  noise: str = "mask", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.num_samples = _positive_int(num_samples, "num_samples")
-        if isinstance(std, bool) or not isinstance(std, (int, float)) or not std >= 0 or std == float("inf"):
-            raise ValueError(f"std must be a finite number >= 0, got {std!r}")
-        self.std = float(std)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-        self.seed = None if seed is None else int(seed)
+        self.num_samples = check_int(num_samples, "num_samples", 1)
+        self.std = check_float(std, "std", minimum=0)
+        self.seed = check_seed(seed)
         if noise not in ("mask", "input"):
             raise ValueError(f"noise must be 'mask' (SS-CAM(1)) or 'input' (SS-CAM(2)), got {noise!r}")
         self.noise = noise
@@ -196,7 +192,7 @@ class ISCAM(ScoreCAM):
 
     def __init__(self, *args: Any, num_samples: int = 10, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.num_samples = _positive_int(num_samples, "num_samples")
+        self.num_samples = check_int(num_samples, "num_samples", 1)
 
     @property
     def inputs_per_mask(self) -> int:  # type: ignore[override]
@@ -209,14 +205,6 @@ class ISCAM(ScoreCAM):
 
     def combine_scores(self, scores: torch.Tensor) -> torch.Tensor:
         return scores.mean(-1).softmax(-1)
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return int(value)
 
 
 class AblationCAM(BaseCAM):
@@ -280,14 +268,14 @@ class AblationCAM(BaseCAM):
         if not unresolved:
             return
         i = unresolved[0]
-        warnings.warn(
+        warn(
             f"AblationCAM: ablating any one of the {drops.shape[1]} channels of target layer "
             f"'{layer_name(context.model, context.layer)}' leaves the target score of image(s) {unresolved} "
             f"exactly unchanged at {context.input.dtype} precision (image {i}: score "
             f"{float(context.scores[i]):.6g}, largest |activation| {float(flat[i].max()):.3g}): the "
             "activations are too small to move the score by one rounding step (e.g. a randomly initialised "
             "network whose BatchNorm statistics were never fitted), so the map carries no information",
-            RuntimeWarning, stacklevel=6)
+            RuntimeWarning)
 
 
 class _Layout:
@@ -438,10 +426,10 @@ class _Suffix:
             except RuntimeError as error:
                 # Not swallowed: the full forward pass below runs the same model and raises if the
                 # model itself is at fault; here only the shortcut is given up.
-                warnings.warn(
+                warn(
                     "AblationCAM could not reuse the layers before the target layer for this model "
                     f"({error}); running the whole model for every ablated channel instead (slower)",
-                    RuntimeWarning, stacklevel=3)
+                    RuntimeWarning)
                 self.replay = False
         return self._run(replacement, replay=False)
 

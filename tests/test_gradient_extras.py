@@ -326,7 +326,7 @@ def test_smooth_gradcampp_argument_checks(tiny_2d):
         ({"std": -0.1}, ValueError, r"std must be a finite float >= 0, got -0.1"),
         ({"std": float("nan")}, ValueError, r"std must be a finite float >= 0, got nan"),
         ({"std": "0.3"}, TypeError, r"std must be a finite float >= 0, got str"),
-        ({"seed": 1.5}, TypeError, r"seed must be an int, got float"),
+        ({"seed": 1.5}, TypeError, r"seed must be None or an int, got float"),
     ):
         with pytest.raises(error, match=pattern):
             SmoothGradCAMPlusPlus(model, layers, **kwargs)

@@ -240,11 +240,11 @@ def test_sscam_seed():
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    ({"num_samples": 0}, ValueError, "num_samples must be a positive int, got 0"),
-    ({"num_samples": 2.0}, TypeError, "num_samples must be a positive int, got float"),
-    ({"std": -1.0}, ValueError, "std must be a finite number >= 0"),
-    ({"std": float("nan")}, ValueError, "std must be a finite number >= 0"),
-    ({"seed": 1.5}, TypeError, "seed must be an int or None"),
+    ({"num_samples": 0}, ValueError, "num_samples must be an int >= 1, got 0"),
+    ({"num_samples": 2.0}, TypeError, "num_samples must be an int >= 1, got float"),
+    ({"std": -1.0}, ValueError, "std must be a finite float >= 0, got -1.0"),
+    ({"std": float("nan")}, ValueError, "std must be a finite float >= 0, got nan"),
+    ({"seed": 1.5}, TypeError, "seed must be None or an int, got float"),
     ({"noise": "activations"}, ValueError, "noise must be 'mask'"),
 ])
 def test_sscam_bad_arguments(kwargs, error, match):
@@ -275,7 +275,7 @@ def test_iscam_default_matches_reference():
 
 def test_iscam_bad_num_samples():
     model = small_net()
-    with pytest.raises(ValueError, match="num_samples must be a positive int, got -2"):
+    with pytest.raises(ValueError, match="num_samples must be an int >= 1, got -2"):
         ISCAM(model, [model.act], num_samples=-2)
 
 
