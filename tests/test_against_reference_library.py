@@ -22,10 +22,10 @@ import reference_formulas as R
 import torch
 import torchvision
 from conftest import seeded_input, tiny_net
+from reference_library import REFERENCE_PATH
 
 from pytorch_grad_cam import METHODS
 
-REFERENCE_PATH = Path(os.environ.get("GRAD_CAM_REFERENCE_PATH") or "/work/refcam")
 if not (REFERENCE_PATH / "pytorch_grad_cam" / "__init__.py").is_file():
     pytest.skip(f"no reference pytorch_grad_cam under {REFERENCE_PATH} (set GRAD_CAM_REFERENCE_PATH)",
                 allow_module_level=True)

@@ -10,11 +10,7 @@
 * Optional black-box comparison of the three with grad-cam 1.5.7 (subprocess, PYTHONPATH=/work/refcam).
 """
 import functools
-import os
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -23,6 +19,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from conftest import seeded_input, tiny_net
+from reference_library import REFERENCE_PATH, TESTS_DIR, reference_has, run_reference
 from torch import nn
 
 from pytorch_grad_cam import SESS, FinerCAM, GradCAM, GradCAMPlusPlus, RefineCAM, ScoreCAM
@@ -659,7 +656,6 @@ def test_sess_constant_map_warning_points_at_the_callers_line():
 
 
 # ============================================================================================ grad-cam 1.5.7
-REFERENCE_PATH = Path(os.environ.get("GRAD_CAM_REFERENCE_PATH") or "/work/refcam")
 
 DRIVER = r'''
 import json, sys
@@ -709,7 +705,7 @@ def _reference_inputs():
 
 @pytest.fixture(scope="module")
 def reference_maps(tmp_path_factory):
-    if not (REFERENCE_PATH / "pytorch_grad_cam" / "finer_cam.py").is_file():
+    if not reference_has("finer_cam.py"):
         pytest.skip(f"no reference pytorch_grad_cam with FinerCAM under {REFERENCE_PATH}")
     work = tmp_path_factory.mktemp("refcam_composite")
     tiny, resnet, x_tiny, x_res = _reference_inputs()
@@ -717,15 +713,7 @@ def reference_maps(tmp_path_factory):
     torch.save(resnet.state_dict(), work / "resnet18.pt")
     torch.save(x_tiny, work / "x_tiny.pt")
     torch.save(x_res, work / "x_res.pt")
-    (work / "driver.py").write_text(DRIVER)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["PYTHONPATH"] = str(REFERENCE_PATH)
-    result = subprocess.run([sys.executable, str(work / "driver.py"), str(work),
-                             str(Path(__file__).resolve().parent), str(REFERENCE_PATH)],
-                            cwd=work, env=env, capture_output=True, text=True, timeout=300)
-    if result.returncode != 0 and "ModuleNotFoundError" in result.stderr:
-        pytest.skip(f"the reference does not import here: {result.stderr.strip().splitlines()[-1]}")
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_reference(DRIVER, work, TESTS_DIR, REFERENCE_PATH, cwd=work)
     return dict(np.load(work / "reference.npz"))
 
 

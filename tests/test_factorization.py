@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import seeded_input, tiny_net
+from reference_library import REFERENCE_PATH, reference_has, run_reference
 from torch import nn
 
 from pytorch_grad_cam import FACTORIZATION_METHODS, DeepFeatureFactorization
@@ -602,22 +603,12 @@ def test_dff_agrees_with_the_reference_library_on_the_photo(tmp_path):
     """Black box: grad-cam 1.5.7 (scikit-learn's NMF, random init) in a subprocess finds the same two
     concepts up to order: channel loadings with cosine > 0.999 and heatmaps correlated > 0.999
     (measured 0.99998 and 0.99999)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    reference = Path(os.environ.get("GRAD_CAM_REFERENCE_PATH") or "/work/refcam")
-    if not (reference / "pytorch_grad_cam" / "feature_factorization").is_dir():
-        pytest.skip(f"no reference pytorch_grad_cam with DFF under {reference}")
+    if not reference_has("feature_factorization"):
+        pytest.skip(f"no reference pytorch_grad_cam with DFF under {REFERENCE_PATH}")
     pytest.importorskip("sklearn")
     _, model, x = _composite_and_model()
     torch.save(x, tmp_path / "x.pt")
-    done = subprocess.run([sys.executable, "-c", REF_DRIVER, str(tmp_path), str(reference)],
-                          capture_output=True, text=True, cwd=tmp_path,  # not our checkout's package
-                          env={**os.environ, "PYTHONPATH": str(reference)})
-    if done.returncode != 0:
-        pytest.skip(f"the reference DFF did not run here: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    run_reference(REF_DRIVER, tmp_path, REFERENCE_PATH, cwd=tmp_path)  # cwd: not our checkout's package
     want_concepts = np.load(tmp_path / "concepts.npy")  # (1280, 2)
     want_maps = np.load(tmp_path / "explanations.npy")[0]  # (2, 224, 448)
     concepts, explanations = DeepFeatureFactorization(model, model.features)(x, 2)

@@ -7,11 +7,7 @@ for a zero input (``conv(0) = b``, ``BatchNorm_eval(0) = beta - mean * gamma / s
 ``GroupNorm(0) = beta``, ``Linear(0) = b``), so BatchNorm's effective bias is not derived the same way.
 """
 import copy
-import os
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from reference_library import REFERENCE_PATH, needs_reference, run_reference
 from torch import nn
 from torchvision.ops.misc import Permute
 
@@ -309,8 +306,6 @@ def test_eigen_smooth_is_the_principal_component_of_the_terms():
 
 
 # ------------------------------------------------------------------- the reference library (optional)
-REFERENCE_PATH = Path(os.environ.get("GRAD_CAM_REFERENCE_PATH") or "/work/refcam")
-
 DRIVER = r'''
 import sys, numpy as np, torch, torchvision
 import pytorch_grad_cam
@@ -328,8 +323,7 @@ np.savez(f"{work}/out.npz", **out)
 '''
 
 
-@pytest.mark.skipif(not (REFERENCE_PATH / "pytorch_grad_cam" / "__init__.py").is_file(),
-                    reason="no reference grad-cam under GRAD_CAM_REFERENCE_PATH")
+@needs_reference
 def test_matches_reference_library_resnet18(tmp_path):
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None)
@@ -337,14 +331,7 @@ def test_matches_reference_library_resnet18(tmp_path):
     x = seeded(2, 3, 64, 64, seed=11)
     torch.save(model.state_dict(), tmp_path / "model.pt")
     torch.save(x, tmp_path / "x.pt")
-    (tmp_path / "driver.py").write_text(DRIVER)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["PYTHONPATH"] = str(REFERENCE_PATH)
-    command = [sys.executable, str(tmp_path / "driver.py"), str(tmp_path), str(REFERENCE_PATH)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    if result.returncode != 0 and "ModuleNotFoundError" in result.stderr:
-        pytest.skip(f"the reference does not import here: {result.stderr.strip().splitlines()[-1]}")
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_reference(DRIVER, tmp_path, REFERENCE_PATH, cwd=tmp_path)
     want = dict(np.load(tmp_path / "out.npz"))
     assert_nontrivial(want["plain"])
     cam = FullGrad(model)

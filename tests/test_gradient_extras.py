@@ -11,17 +11,14 @@ reuse nothing from the library. The fused map of one target layer is
 final normalisation after fusing), as documented in ``BaseCAM``.
 """
 import copy
-import os
-import subprocess
-import sys
 import weakref
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import seeded_input
+from reference_library import REFERENCE_PATH, TESTS_DIR, needs_reference, run_reference
 from torch import nn
 
 from pytorch_grad_cam import (
@@ -451,7 +448,6 @@ def test_shapleycam_keeps_no_graph(tiny_2d_sigmoid):
 
 
 # --------------------------------------------------------- optional: grad-cam 1.5.7's ShapleyCAM
-REFERENCE_PATH = Path(os.environ.get("GRAD_CAM_REFERENCE_PATH") or "/work/refcam")
 DRIVER = r'''
 import sys
 import numpy as np, torch
@@ -468,16 +464,11 @@ np.save(sys.argv[1], maps)
 '''
 
 
-@pytest.mark.skipif(not (REFERENCE_PATH / "pytorch_grad_cam" / "__init__.py").is_file(),
-                    reason="grad-cam 1.5.7 not available (set GRAD_CAM_REFERENCE_PATH)")
+@needs_reference
 def test_shapleycam_matches_reference_library(tiny_2d_sigmoid, tmp_path):
     model, x = tiny_2d_sigmoid
     out = tmp_path / "maps.npy"
-    run = subprocess.run([sys.executable, "-c", DRIVER, str(out), str(Path(__file__).parent),
-                          str(REFERENCE_PATH)], capture_output=True, text=True, cwd=tmp_path,
-                         env={**os.environ, "PYTHONPATH": str(REFERENCE_PATH)})
-    if run.returncode != 0:
-        pytest.skip(f"the reference library did not run: {run.stderr.strip().splitlines()[-1:]}")
+    run_reference(DRIVER, out, TESTS_DIR, REFERENCE_PATH, cwd=tmp_path)
     theirs = np.load(out)
     ours = ShapleyCAM(model, [model.conv2])(x, targets=[ClassifierOutputReST(1), ClassifierOutputReST(3)])
     assert_nontrivial(torch.from_numpy(ours))

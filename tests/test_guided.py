@@ -6,16 +6,13 @@ layer by layer, with every ReLU replaced by ``GuidedReLU`` below, an ``autograd.
 is the guided rule ``(x > 0) * (g > 0) * g`` of Springenberg et al. (arXiv:1412.6806).
 """
 import copy
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from reference_library import REFERENCE_PATH, needs_reference, run_reference
 from torch import nn
 
 from pytorch_grad_cam import PIXEL_METHODS, GradCAM, GuidedBackpropReLUModel, GuidedGradCAM, LayerCAM
@@ -340,8 +337,6 @@ def test_registry_and_import_paths():
 
 
 # ------------------------------------------------------------------- the reference library (optional)
-REFERENCE_PATH = Path(os.environ.get("GRAD_CAM_REFERENCE_PATH") or "/work/refcam")
-
 DRIVER = r'''
 import sys, numpy as np, torch, torchvision
 import pytorch_grad_cam
@@ -358,22 +353,14 @@ np.save(f"{work}/out.npy", np.stack(out))
 '''
 
 
-@pytest.mark.skipif(not (REFERENCE_PATH / "pytorch_grad_cam" / "__init__.py").is_file(),
-                    reason="no reference grad-cam under GRAD_CAM_REFERENCE_PATH")
+@needs_reference
 def test_matches_reference_library_resnet18(tmp_path):
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None).eval()
     x = seeded(2, 3, 64, 64, seed=11)
     torch.save(model.state_dict(), tmp_path / "model.pt")
     torch.save(x, tmp_path / "x.pt")
-    (tmp_path / "driver.py").write_text(DRIVER)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["PYTHONPATH"] = str(REFERENCE_PATH)
-    command = [sys.executable, str(tmp_path / "driver.py"), str(tmp_path), str(REFERENCE_PATH)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    if result.returncode != 0 and "ModuleNotFoundError" in result.stderr:
-        pytest.skip(f"the reference does not import here: {result.stderr.strip().splitlines()[-1]}")
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_reference(DRIVER, tmp_path, REFERENCE_PATH, cwd=tmp_path)
     want = np.load(tmp_path / "out.npy")  # (3, H, W, C)
     assert (np.abs(want).reshape(3, -1).max(1) > 0).all()
     gb = GuidedBackpropReLUModel(model=model, device="cpu")
