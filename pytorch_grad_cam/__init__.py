@@ -1,13 +1,18 @@
-"""Class Activation Maps for PyTorch vision models: Grad-CAM and its family."""
+"""Class Activation Maps for PyTorch models: Grad-CAM and its family.
+
+Importing the package defines every method (each registers itself in ``pytorch_grad_cam.registry``) and
+does not import OpenCV: only ``pytorch_grad_cam.utils.image`` and the command line need it.
+"""
+
 from importlib.metadata import PackageNotFoundError, version
 
+from . import registry
 from .base_cam import BaseCAM
-from .composite import SESS, FinerCAM, RefineCAM
-from .factorization import DeepFeatureFactorization
-from .fullgrad import FullGrad
-from .gradient import (
-    CAM,
-    EigenGradCAM,
+from .methods.activation import CAM, FEM, RandomCAM
+from .methods.composite import SESS, FinerCAM, RefineCAM
+from .methods.factorization import DeepFeatureFactorization
+from .methods.fullgrad import FullGrad
+from .methods.gradient import (
     GradCAM,
     GradCAMElementWise,
     GradCAMPlusPlus,
@@ -18,9 +23,9 @@ from .gradient import (
     SmoothGradCAMpp,
     XGradCAM,
 )
-from .guided import GuidedBackpropReLUModel, GuidedGradCAM
-from .perturbation import ISCAM, SSCAM, AblationCAM, ScoreCAM
-from .projection import FEM, KPCA_CAM, EigenCAM, RandomCAM, SegEigenCAM
+from .methods.guided import GuidedBackpropReLUModel, GuidedGradCAM
+from .methods.perturbation import ISCAM, SSCAM, AblationCAM, ScoreCAM
+from .methods.projection import KPCA_CAM, EigenCAM, EigenGradCAM, SegEigenCAM
 from .registry import FACTORIZATION_METHODS, METHODS, PIXEL_METHODS, get_method
 
 try:
@@ -28,14 +33,14 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0+unknown"
 
+# Every registered class, then the aliases and the registry itself: derived, never edited by hand.
 __all__ = [
-    "BaseCAM", "GradCAM", "GradCAMPlusPlus", "XGradCAM", "EigenCAM", "ScoreCAM", "AblationCAM",
-    "HiResCAM", "GradCAMElementWise", "LayerCAM", "EigenGradCAM", "SegEigenCAM", "KPCA_CAM", "FEM",
-    "RandomCAM", "CAM", "SmoothGradCAMPlusPlus", "SmoothGradCAMpp", "ShapleyCAM",
-    "SSCAM", "ISCAM",
-    "FullGrad",
-    "GuidedBackpropReLUModel", "GuidedGradCAM", "PIXEL_METHODS",
-    "FinerCAM", "RefineCAM", "SESS",
-    "DeepFeatureFactorization", "FACTORIZATION_METHODS",
-    "METHODS", "get_method", "__version__",
+    "BaseCAM",
+    *sorted({cls.__name__ for table in registry.KINDS.values() for cls in table.values()}),
+    "SmoothGradCAMpp",
+    "FACTORIZATION_METHODS",
+    "METHODS",
+    "PIXEL_METHODS",
+    "__version__",
+    "get_method",
 ]

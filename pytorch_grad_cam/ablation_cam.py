@@ -1,4 +1,6 @@
-"""Import path of the reference library: ``from pytorch_grad_cam.ablation_cam import AblationCAM``."""
-from .perturbation import AblationCAM
+"""The reference library's import path ``pytorch_grad_cam.ablation_cam``.
 
-__all__ = ["AblationCAM"]
+The code lives in ``pytorch_grad_cam.methods.perturbation``.
+"""
+
+from .methods.perturbation import AblationCAM as AblationCAM

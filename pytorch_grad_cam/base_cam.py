@@ -1,86 +1,40 @@
-"""The engine shared by every CAM method: hooks, targets, the batched compute loop, fusion, smoothing.
+"""BaseCAM: the pipeline every CAM method runs, its targets, and the contract for writing a method.
 
-A method is a small subclass of :class:`BaseCAM` that overrides :meth:`BaseCAM.cam_weights` (one weight
-per channel, or per position) or, for the few that are not a weighted sum, :meth:`BaseCAM.layer_map`.
+A method is a small subclass of :class:`BaseCAM`; see its docstring for the extension contract.
 """
+
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ._capture import LayerCapture, layer_name, map_tensors, tensors_of
-from ._model_state import compute_session
-from ._warnings import warn
+from ._engine.capture import LayerCapture, capture_forward, layer_name, map_tensors, tensors_of
+from ._engine.checks import check_device, check_input, check_layers
+from ._engine.maps import broadcast_weights, first_principal_component, min_max_normalize, resize_maps
+from ._engine.maps import warn_if_constant as warn_if_constant
+from ._engine.session import compute_session
+from ._engine.warnings import warn
+from .registry import Registered
 from .utils.model_targets import ClassifierOutputTarget
 
-Target = Callable[[torch.Tensor], torch.Tensor]
+Target = Callable[[Any], torch.Tensor]
 TargetsArg = Union[None, int, Target, Sequence[Union[int, Target]]]
+#: ``(targets or None, model output, batch) -> one target per image``: how a call's targets are resolved.
+TargetResolver = Callable[[Optional[List[Target]], Any, int], List[Target]]
+#: ``[(B, *spatial) per target layer] -> (B, *spatial)``: how a call fuses its layers' maps.
+LayerFusion = Callable[[List[torch.Tensor]], torch.Tensor]
 
-_INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
-_MISSING = object()
-
-
-def resize_maps(maps: torch.Tensor, size: Sequence[int], align_corners: bool = False) -> torch.Tensor:
-    """Resize ``(B, *spatial)`` maps to ``(B, *size)``: (bi/tri)linear, half-pixel centres by default
-    (the same sampling as ``cv2.resize``)."""
-    size = tuple(int(s) for s in size)
-    if tuple(maps.shape[1:]) == size:
-        return maps
-    mode = _INTERPOLATION[len(size)]
-    return F.interpolate(maps.unsqueeze(1), size=size, mode=mode, align_corners=align_corners)[:, 0]
+#: Marks an argument that was not given (``None`` is a meaningful value for ``targets``).
+UNSET: Any = object()
 
 
-def min_max_normalize(maps: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Per map: ``(m - min) / (max - min + eps)`` over all positions. ``(B, *spatial)`` in and out."""
-    flat = maps.flatten(1)  # (B, N)
-    flat = flat - flat.amin(1, keepdim=True)
-    flat = flat / (flat.amax(1, keepdim=True) + eps)
-    return flat.view_as(maps)
-
-
-def broadcast_weights(weights: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
-    """``(B, C)`` channel weights viewed as ``(B, C, 1, ..., 1)`` to multiply ``(B, C, *spatial)``."""
-    return weights.reshape(*weights.shape, *([1] * (activations.ndim - weights.ndim)))
-
-
-def first_principal_component(activations: torch.Tensor) -> torch.Tensor:
-    """Projection of each position on the first principal component of the channels.
-
-    ``(B, C, *spatial)`` -> ``(B, *spatial)``. Per image the activations are reshaped to
-    ``X`` = (positions x channels), each channel is centred, and ``X v`` is returned, with ``v`` the
-    first right singular vector of ``X`` (EigenCAM, arXiv:2008.00299). Computed in float32 in one
-    batched SVD.
-
-    The sign of a singular vector is arbitrary (it depends on the SVD backend), so it is fixed here:
-    the projection is made to correlate non-negatively with the channel sum of the activations, the
-    map one gets without the SVD. For EigenCAM that is the total activation; for eigen smoothing of
-    ``w * A`` it is the plain CAM. So the component always points at what the layer responds to, never
-    at the background.
-    """
-    acts = torch.nan_to_num(activations.float(), nan=0.0)
-    x = acts.flatten(2).transpose(1, 2)  # (B, N, C)
-    x = x - x.mean(1, keepdim=True)
-    _, _, vh = torch.linalg.svd(x, full_matrices=False)  # vh: (B, min(N, C), C)
-    projection = (x @ vh[:, 0, :, None])[..., 0]  # (B, N)
-    return orient_like_channel_sum(projection, acts)
-
-
-def orient_like_channel_sum(projection: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
-    """Fix the arbitrary sign of a component: ``(B, N)`` projections are flipped where they correlate
-    negatively with the channel sum of ``(B, C, *spatial)`` activations; returns ``(B, *spatial)``."""
-    reference = activations.flatten(2).sum(1)  # (B, N)
-    reference = reference - reference.mean(1, keepdim=True)
-    sign = torch.where((projection * reference).sum(1) < 0, -1.0, 1.0)  # (B,)
-    return (projection * sign[:, None]).view(activations.shape[0], *activations.shape[2:])
-
-
+# -- targets: normalisation, resolution and scoring -------------------------------------------------------
 def select_output(output: Any, index: int, batch: int) -> Any:
     """Image ``index``'s part of a model output: a tensor row, a list element, or a dict of rows."""
     if isinstance(output, torch.Tensor):
@@ -105,9 +59,42 @@ def _as_target(target: Any, where: str) -> Target:
     return target
 
 
-def _gradient_or_zeros(grads: dict, activation: torch.Tensor) -> torch.Tensor:
-    gradient = grads.get(id(activation))
-    return torch.zeros_like(activation) if gradient is None else gradient.detach()
+def normalize_targets(targets: TargetsArg, batch: int) -> Optional[List[Target]]:
+    """A call's ``targets`` as one callable per image, or ``None`` (each image's top class).
+
+    Accepted: ``None``; one class index or callable for every image (also a 0-dim tensor or array); a
+    list (or 1-D tensor/array) with one class index or callable per image. A length that is not the
+    batch's is a ValueError; anything else a TypeError.
+    """
+    if targets is None:
+        return None
+    if isinstance(targets, (int, np.integer)) or callable(targets):
+        return [_as_target(targets, "targets")] * batch  # one target for every image
+    if isinstance(targets, (torch.Tensor, np.ndarray)) and targets.ndim == 0:
+        return [_as_target(targets.item(), "targets")] * batch  # a 0-dim class index, for every image
+    if isinstance(targets, torch.Tensor):
+        targets = targets.tolist()
+    if isinstance(targets, (str, bytes)):
+        raise TypeError(f"targets must be None, a class index, a callable or a list of those, got "
+                        f"{type(targets).__name__} {targets!r}")
+    try:
+        targets = list(targets)
+    except TypeError:
+        raise TypeError(f"targets must be None, a class index, a callable or a list of those, got "
+                        f"{type(targets).__name__}") from None
+    if len(targets) != batch:
+        raise ValueError(f"targets has {len(targets)} entries but the batch has {batch} images; give one "
+                         "target per image (or None for each image's top class)")
+    return [_as_target(t, f"targets[{i}]") for i, t in enumerate(targets)]
+
+
+def top_class_targets(output: Any, batch: int) -> List[Target]:
+    """Each image's top class as a :class:`ClassifierOutputTarget`; needs a ``(B, num_classes)`` output."""
+    if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[0] != batch:
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise ValueError(f"targets=None picks each image's top class, which needs a (B, num_classes) "
+                         f"output; this model returns {shape}: pass explicit targets")
+    return [ClassifierOutputTarget(int(k)) for k in output.argmax(-1).tolist()]
 
 
 def target_scores(targets: Sequence[Target], output: Any, batch: int) -> torch.Tensor:
@@ -122,13 +109,14 @@ def target_scores(targets: Sequence[Target], output: Any, batch: int) -> torch.T
             raise ValueError(f"targets[{i}] ({target!r}) must return a scalar tensor computed from "
                              f"the model output, got {got}")
         scores.append(score.reshape(()))
-    scores = torch.stack(scores)
-    bad = (~torch.isfinite(scores.detach())).nonzero().flatten().tolist()
+    stacked = torch.stack(scores)
+    bad = (~torch.isfinite(stacked.detach())).nonzero().flatten().tolist()
     if bad:
         raise ValueError(f"the target score is not finite (NaN or Inf) for image(s) {bad}")
-    return scores
+    return stacked
 
 
+# -- layers, gradients ------------------------------------------------------------------------------------
 def reshape_layer_output(model: nn.Module, layer: nn.Module, reshape_transform: Optional[Callable],
                          output: Any) -> torch.Tensor:
     """A target layer's output (or its gradient) as float32 ``(B, C, *spatial)``: through
@@ -147,17 +135,77 @@ def reshape_layer_output(model: nn.Module, layer: nn.Module, reshape_transform: 
     return output.float()
 
 
-_CONSTANT_REASON = "often: all weights negative, or no positive evidence for the target"
+def gradient_or_zeros(grads: Dict[int, Optional[torch.Tensor]], activation: torch.Tensor) -> torch.Tensor:
+    """The gradient computed for ``activation`` (keyed by ``id``), detached; zeros where the score does not
+    use it (a tensor of a layer's structure, such as an unused pyramid level)."""
+    gradient = grads.get(id(activation))
+    return torch.zeros_like(activation) if gradient is None else gradient.detach()
 
 
-def warn_if_constant(maps: torch.Tensor, what: str, reason: str = _CONSTANT_REASON) -> None:
-    """A ``RuntimeWarning`` naming the images whose ``(B, *spatial)`` map is constant (it normalises to
-    all zeros), attributed to the user's line. ``what`` names the map, e.g. "the CAM of layer 'layer4'";
-    ``reason`` says why it usually happens for this method."""
-    flat = maps.flatten(1)
-    constant = (flat.amax(1) == flat.amin(1)).nonzero().flatten().tolist()
-    if constant:
-        warn(f"{what} is constant for image(s) {constant} ({reason}); its map is all zeros", RuntimeWarning)
+def warn_if_zero_gradients(grads: Dict[int, Any], batch: int) -> None:
+    """Warn about images whose target score has an exactly-zero gradient in every target layer."""
+    nonzero = torch.zeros(batch, dtype=torch.bool)
+    for structure in grads.values():
+        for g in tensors_of(structure):
+            if g.ndim and g.shape[0] == batch:
+                nonzero |= g.reshape(batch, -1).ne(0).any(1).cpu()
+            else:
+                nonzero[:] = True  # not per image: cannot tell
+    zero = (~nonzero).nonzero().flatten().tolist()
+    if zero:
+        warn(f"the gradient of the target score with respect to the target layers is exactly "
+             f"zero for image(s) {zero}: the score does not change with these activations "
+             "(e.g. a FasterRCNNBoxScoreTarget whose boxes match no detection, or a score read "
+             "past a saturated/dead unit), so their gradient-based maps carry no information",
+             RuntimeWarning)
+
+
+def to_numpy(maps: torch.Tensor) -> np.ndarray:
+    """Maps as the public call returns them: float32 numpy on the CPU."""
+    return maps.detach().cpu().numpy().astype(np.float32, copy=False)
+
+
+# -- the per-call objects ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CallOptions:
+    """How one call departs from the method's own pipeline; given by a method that runs another one
+    (FinerCAM, RefineCAM, SESS) through :meth:`BaseCAM.explain` or :meth:`BaseCAM.compute_maps`.
+
+    Attributes:
+        resolve_targets: replaces :meth:`BaseCAM.resolve_targets` (FinerCAM's comparison targets).
+        fuse: replaces :meth:`BaseCAM.fuse_layer_maps` (RefineCAM's product of the layers' maps).
+        on_output: called with the model output of every scored pass, in order (SESS weighs each patch by
+            its score on the first one).
+        warn_constant: whether a constant layer map warns (SESS's background patches often are).
+    """
+
+    resolve_targets: Optional[TargetResolver] = None
+    fuse: Optional[LayerFusion] = None
+    on_output: Optional[Callable[[Any], None]] = None
+    warn_constant: bool = True
+
+
+#: A call with the method's own pipeline.
+DEFAULT_OPTIONS = CallOptions()
+
+
+@dataclass
+class ForwardPass:
+    """One forward pass of a call: the model output and what was captured, keyed by ``id(layer)``.
+
+    Attributes:
+        output: the model output.
+        activations: each target layer's output as the model produced it (a tensor, or a structure such
+            as a dict of FPN levels), attached to the graph when the method uses gradients.
+        prefix: for ``records_prefix`` methods, the outermost module calls completed before each layer.
+        extras: what a method's :meth:`BaseCAM.forward_pass` records for its own use in this call (CAM:
+            the inputs of the linear head), handed to its layers as ``LayerContext.extras``.
+    """
+
+    output: Any
+    activations: Dict[int, Any]
+    prefix: Dict[int, list] = field(default_factory=dict)
+    extras: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -172,12 +220,13 @@ class LayerContext:
     # The layer's output as the model produced it (before reshape_transform): a tensor, or the dict/list/tuple
     # of tensors of a layer such as a feature pyramid (only with a reshape_transform).
     raw_activations: Any
-    prefix: Optional[list]  # outermost module calls completed before the layer (record_prefix methods)
+    prefix: Optional[list]  # outermost module calls completed before the layer (records_prefix methods)
     batch_size: int
     channel_dim: int  # the channel axis of raw_activations
+    extras: Dict[str, Any] = field(default_factory=dict)  # ForwardPass.extras of this call
 
 
-class BaseCAM:
+class BaseCAM(Registered):
     """Base class of every CAM method: hooks, targets, device, the batched loop, fusion and smoothing.
 
     Args:
@@ -195,11 +244,33 @@ class BaseCAM:
         target_layer, use_cuda: the first API generation's names, still accepted.
 
     Call ``cam(input_tensor, targets=None, aug_smooth=False, eigen_smooth=False)`` with a
-    ``(B, C, *spatial)`` tensor; it returns ``np.float32`` maps ``(B, *spatial)`` in ``[0, 1]``.
+    ``(B, C, *spatial)`` tensor; it returns ``np.float32`` maps ``(B, *spatial)`` in ``[0, 1]``;
+    :meth:`explain` returns the same maps as a tensor on the compute device.
 
     Example:
         >>> cam = GradCAM(model, target_layers=[model.layer4[-1]])
         >>> maps = cam(x, targets=[ClassifierOutputTarget(281)])  # (1, 224, 224)
+
+    **Writing a method: the extension contract**, tier by tier; use the first tier that suffices.
+
+    1. The formula. Override :meth:`cam_weights` (channel weights ``(B, C)``, or position weights
+       ``(B, C, *spatial)``; the map is ``sum_k w_k A_k``), or :meth:`layer_map` for a map that is not a
+       weighted sum (EigenCAM). Declare what the method needs as class attributes (``uses_gradients``,
+       ``records_prefix``, ``class_specific``...) and set ``name`` to register it: the registry, the
+       package's ``__all__``, the CLI and the generic test suites follow.
+    2. Named pipeline steps, each documented below, for methods that change how a call runs rather than
+       the formula. A call is :meth:`explain` (checks) -> :meth:`smooth_over_augmentations` (with
+       ``aug_smooth``) -> :meth:`compute_maps` (one batch, in a :meth:`session`), which runs
+       :meth:`forward_pass` -> :meth:`resolve_targets` -> :meth:`score_targets` ->
+       :meth:`layer_gradients` -> :meth:`layer_maps` (:meth:`reshape_activations`,
+       :meth:`reshape_gradients`, the formula, :meth:`normalize_layer_map`) -> :meth:`fuse_layer_maps`.
+       CAM extends :meth:`forward_pass` (it records the head's input in ``ForwardPass.extras``),
+       ShapleyCAM :meth:`forward_pass` and :meth:`layer_gradients`, Smooth Grad-CAM++ and FullGrad
+       :meth:`compute_maps`.
+    3. A method built on another method holds an instance of it and calls its public API with
+       :class:`CallOptions`: a target resolver (FinerCAM), a fusion of layer maps (RefineCAM), a callback
+       for each scored pass's output and no constant-map warning (SESS). Nothing is injected into the
+       inner object, and no state lives on either object between or during calls.
     """
 
     #: Whether the method needs the gradient of the score with respect to the activations.
@@ -243,56 +314,11 @@ class BaseCAM:
         if not self.uses_target_layers and target_layers is None and target_layer is None:
             self.target_layers: List[nn.Module] = []
         else:
-            self.target_layers = self._check_layers(model, target_layers, target_layer)
+            self.target_layers = check_layers(model, target_layers, target_layer)
         self.reshape_transform = reshape_transform
-        self.device = self._check_device(use_cuda, device)
+        self.device = check_device(use_cuda, device)
         self.tta_transforms = tta_transforms
         self.batch_size = self.default_batch_size if batch_size is None else batch_size
-
-    # -- configuration -------------------------------------------------------------------------
-    @staticmethod
-    def _check_layers(model, target_layers, target_layer) -> List[nn.Module]:
-        if target_layers is not None and target_layer is not None:
-            raise TypeError("pass target_layers (a list) or target_layer (the first API's name), not both")
-        layers = target_layers if target_layers is not None else target_layer
-        if layers is None:
-            raise TypeError("target_layers is required: the layer(s) to explain, e.g. [model.layer4[-1]]")
-        if isinstance(layers, nn.Module):
-            layers = [layers]  # one module means that module, even an iterable nn.Sequential
-        try:
-            layers = list(layers)
-        except TypeError:
-            raise TypeError(
-                f"target_layers must be a list of nn.Module, got {type(layers).__name__}") from None
-        if not layers:
-            raise ValueError("target_layers is empty; give at least one layer")
-        in_model = {id(m) for m in model.modules()}
-        for i, layer in enumerate(layers):
-            if not isinstance(layer, nn.Module):
-                raise TypeError(f"target_layers[{i}] must be an nn.Module, got {type(layer).__name__}")
-            if id(layer) not in in_model:
-                raise ValueError(f"target_layers[{i}] ({type(layer).__name__}) is not a module of the model")
-        if len({id(layer) for layer in layers}) != len(layers):
-            raise ValueError("target_layers lists the same module more than once")
-        return layers
-
-    @staticmethod
-    def _check_device(use_cuda, device) -> Optional[torch.device]:
-        if use_cuda is not None and device is not None:
-            raise TypeError("pass device or use_cuda (the first API's name), not both")
-        if use_cuda:
-            device = "cuda"
-        if device is None:
-            return None
-        device = torch.device(device)
-        if device.type == "cuda":
-            if not torch.cuda.is_available():
-                raise ValueError(f"device {device} was requested (use_cuda=True or device='cuda') but CUDA "
-                                 "is not available here; use device='cpu' or leave it out to follow the "
-                                 "model")
-            if device.index is None:
-                device = torch.device("cuda", torch.cuda.current_device())
-        return device
 
     @property
     def batch_size(self) -> int:
@@ -307,14 +333,14 @@ class BaseCAM:
             raise ValueError(f"batch_size must be a positive int, got {value}")
         self._batch_size = int(value)
 
-    def __enter__(self) -> "BaseCAM":
+    def __enter__(self) -> BaseCAM:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         # Hooks only exist during a call, so there is nothing to release; exceptions propagate.
         return None
 
-    # -- what a method overrides -------------------------------------------------------------
+    # -- tier 1: the formula ---------------------------------------------------------------------------
     def cam_weights(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
                     context: LayerContext) -> torch.Tensor:
         """Channel weights ``(B, C)`` (or position weights ``(B, C, *spatial)``), float32."""
@@ -330,172 +356,102 @@ class BaseCAM:
             return first_principal_component(weighted)
         return weighted.sum(1)
 
-    # -- the public call -----------------------------------------------------------------------
+    # -- the public call -------------------------------------------------------------------------------
     def __call__(self, input_tensor: torch.Tensor, targets: TargetsArg = None, aug_smooth: bool = False,
-                 eigen_smooth: bool = False, *, target_category: Any = _MISSING) -> np.ndarray:
+                 eigen_smooth: bool = False, *, target_category: Any = UNSET) -> np.ndarray:
         """Maps ``(B, *spatial)`` float32 in ``[0, 1]`` for a ``(B, C, *spatial)`` input.
 
         ``targets``: ``None`` (each image's top class), one class index or target for every image, or a
         list with one per image of class indices or callables (``ClassifierOutputTarget(k)``...).
         ``target_category`` is the first API's name for the same thing.
         """
-        if target_category is not _MISSING:
+        if target_category is not UNSET:
             if targets is not None:
                 raise TypeError("pass targets or target_category (the first API's name), not both")
             targets = target_category
-        x = self._check_input(input_tensor)
-        target_list = self._check_targets(targets, x.shape[0])
-        if aug_smooth:
-            maps = self._augmentation_smoothing(x, target_list, eigen_smooth)
-        else:
-            maps = self._compute(x, target_list, eigen_smooth)
-        return maps.detach().cpu().numpy().astype(np.float32, copy=False)
+        return to_numpy(self.explain(input_tensor, targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth))
 
     def forward(self, input_tensor: torch.Tensor, targets: TargetsArg = None,
                 eigen_smooth: bool = False) -> np.ndarray:
         """The call without augmentation smoothing (the reference library's ``forward``)."""
         return self(input_tensor, targets, eigen_smooth=eigen_smooth)
 
-    # -- validation ----------------------------------------------------------------------------
-    @staticmethod
-    def _check_input(input_tensor) -> torch.Tensor:
-        if not isinstance(input_tensor, torch.Tensor):
-            raise TypeError(f"input_tensor must be a torch.Tensor of shape (B, C, *spatial), got "
-                            f"{type(input_tensor).__name__}")
-        if not input_tensor.is_floating_point():
-            raise TypeError(f"input_tensor must be a floating-point tensor, got dtype {input_tensor.dtype}")
-        if input_tensor.ndim < 3:
-            raise ValueError(f"input_tensor must have shape (B, C, *spatial) with 1-3 spatial dims, got "
-                             f"shape {tuple(input_tensor.shape)}")
-        if input_tensor.shape[0] == 0:
-            raise ValueError("input_tensor is an empty batch (B == 0)")
-        if input_tensor.ndim - 2 not in _INTERPOLATION:
-            raise ValueError(
-                f"input_tensor has {input_tensor.ndim - 2} spatial dims; 1, 2 or 3 are supported")
-        if not bool(torch.isfinite(input_tensor).all()):
-            raise ValueError("input_tensor contains NaN or Inf")
-        return input_tensor
+    def explain(self, input_tensor: torch.Tensor, targets: TargetsArg = None, *, aug_smooth: bool = False,
+                eigen_smooth: bool = False, options: CallOptions = DEFAULT_OPTIONS) -> torch.Tensor:
+        """The maps as a tensor: ``(B, *spatial)`` float32 in ``[0, 1]`` on the compute device.
 
-    @staticmethod
-    def _check_targets(targets: TargetsArg, batch: int) -> Optional[List[Target]]:
-        if targets is None:
-            return None
-        if isinstance(targets, (int, np.integer)) or callable(targets):
-            return [_as_target(targets, "targets")] * batch  # one target for every image
-        if isinstance(targets, (torch.Tensor, np.ndarray)) and targets.ndim == 0:
-            return [_as_target(targets.item(), "targets")] * batch  # a 0-dim class index, for every image
-        if isinstance(targets, torch.Tensor):
-            targets = targets.tolist()
-        if isinstance(targets, (str, bytes)):
-            raise TypeError(f"targets must be None, a class index, a callable or a list of those, got "
-                            f"{type(targets).__name__} {targets!r}")
-        try:
-            targets = list(targets)
-        except TypeError:
-            raise TypeError(f"targets must be None, a class index, a callable or a list of those, got "
-                            f"{type(targets).__name__}") from None
-        if len(targets) != batch:
-            raise ValueError(f"targets has {len(targets)} entries but the batch has {batch} images; give one "
-                             "target per image (or None for each image's top class)")
-        return [_as_target(t, f"targets[{i}]") for i, t in enumerate(targets)]
+        The input and the targets are checked first (before any forward pass); ``options`` changes steps
+        of this one call (see :class:`CallOptions`).
+        """
+        x = check_input(input_tensor)
+        target_list = normalize_targets(targets, x.shape[0])
+        if aug_smooth:
+            return self.smooth_over_augmentations(x, target_list, eigen_smooth, options)
+        return self.compute_maps(x, target_list, eigen_smooth, options)
 
-    # -- the engine ----------------------------------------------------------------------------
-    def _compute(self, input_tensor: torch.Tensor, targets: Optional[List[Target]],
-                 eigen_smooth: bool) -> torch.Tensor:
-        """Fused maps ``(B, *spatial)``, float32, on the compute device."""
-        with self._session(input_tensor) as x:  # (B, C, *spatial) on the model's device and dtype
-            capture, output = self._forward(x)
-            targets = self._resolve_targets(targets, output, x.shape[0])
-            scores = self._scores(targets, output, x.shape[0])  # (B,)
-            gradients = self._gradients(scores, capture) if self.uses_gradients else {}
-            maps = self._layer_maps(x, targets, scores, capture.activations, gradients, eigen_smooth,
-                                    capture.prefix)
-            del capture, output, gradients
+    # -- tier 2: the pipeline steps --------------------------------------------------------------------
+    def compute_maps(self, input_tensor: torch.Tensor, targets: Optional[List[Target]], eigen_smooth: bool,
+                     options: CallOptions = DEFAULT_OPTIONS) -> torch.Tensor:
+        """Step: one checked batch -> fused maps ``(B, *spatial)``, float32 in ``[0, 1]``, on the compute
+        device. ``targets``: one per image, or ``None``."""
+        with self.session(input_tensor) as x:  # (B, C, *spatial) on the model's device and dtype
+            forward = self.forward_pass(x, options)
+            resolved = self.resolve_targets(targets, forward.output, x.shape[0], options)
+            scores = self.score_targets(resolved, forward.output, x.shape[0], options)  # (B,)
+            gradients = self.layer_gradients(scores, forward) if self.uses_gradients else {}
+            maps = self.layer_maps(x, resolved, scores, forward, gradients, eigen_smooth, options)
+            del forward, gradients
             with torch.no_grad():
-                fused = self._fuse(maps)  # (B, *spatial)
+                fused = self.fuse_layer_maps(maps, options)  # (B, *spatial)
                 return min_max_normalize(fused)
 
-    def _layer_maps(self, x: torch.Tensor, targets: List[Target], scores: torch.Tensor, activations: dict,
-                    gradients: dict, eigen_smooth: bool,
-                    prefixes: Optional[dict] = None) -> List[torch.Tensor]:
-        """Each target layer's map, ready for :meth:`_fuse`: ``(B, *spatial)`` at the input's size, in
-        ``[0, 1]`` (``relu(layer_map)``, min-max normalised, resized), one per layer in order.
-
-        ``x``: the input ``(B, C, *spatial)``; ``scores``: ``(B,)`` the targets' scores on it;
-        ``activations``/``gradients``/``prefixes``: keyed by ``id(layer)``, each layer's output as the model
-        produced it (a tensor or a structure such as a dict of FPN levels), its gradient in the same
-        layout (no entry: the method uses none) and the module calls before it (``records_prefix``).
-        """
-        spatial = x.shape[2:]
-        prefixes = {} if prefixes is None else prefixes
-        maps = []
-        for layer in self.target_layers:
-            key = id(layer)
-            raw = map_tensors(torch.Tensor.detach, activations[key])
-            context = LayerContext(
-                model=self.model, layer=layer, input=x, targets=targets,
-                scores=scores.detach().float(), raw_activations=raw,
-                prefix=prefixes.get(key), batch_size=self.batch_size,
-                channel_dim=1 if self.reshape_transform is None else -1)
-            layer_activations = self._reshape(raw, layer)  # (B, C, *grid)
-            grads = self._reshape_gradients(gradients[key], layer) if key in gradients else None
-            with torch.no_grad():
-                layer_cam = self.layer_map(layer_activations, grads, context, eigen_smooth).float()
-                maps.append(resize_maps(self._normalize(layer_cam.relu(), layer), spatial))
-        return maps
-
-    def _fuse(self, maps: List[torch.Tensor]) -> torch.Tensor:
-        """The target layers' maps, each ``(B, *spatial)`` in ``[0, 1]`` at the input's size, made into one
-        ``(B, *spatial)`` map (min-max normalised afterwards): their mean. A method that combines layers
-        differently (RefineCAM: their product) overrides this."""
-        return torch.stack(maps, 1).relu().mean(1)  # (B, *spatial)
-
     @contextlib.contextmanager
-    def _session(self, input_tensor: torch.Tensor) -> Iterator[torch.Tensor]:
-        """The model in eval mode on the compute device, and the input there.
+    def session(self, input_tensor: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Step: the model in eval mode on the compute device, and the input there.
 
         ``inference_mode(False)``: the call must also work inside the user's ``torch.inference_mode()``.
-        The model is never given this tensor itself, only copies (``_run_model``), so a model that
+        The model is never given this tensor itself, only copies (:meth:`run_model`), so a model that
         modifies its input in place changes neither the user's tensor nor what later passes see.
         """
         with compute_session(self.model, self.device, input_tensor) as x:
             yield x
 
-    def _run_model(self, x: torch.Tensor) -> Any:
+    def run_model(self, x: torch.Tensor) -> Any:
+        """Step: the model's output on a copy of ``x`` (inside :meth:`session`)."""
         return self.model(x.clone())
 
-    def _forward(self, x: torch.Tensor):
-        """One forward pass with the target layers captured; returns (capture, model output)."""
-        capture = LayerCapture(self.model, self.target_layers, grad=self.uses_gradients,
-                               record_prefix=self.records_prefix,
-                               structured=self.reshape_transform is not None)
-        with capture, torch.no_grad():
-            # Under no_grad until the first target layer, whose hook turns autograd on.
-            output = self._run_model(x)
-        missing = [layer for layer in self.target_layers if id(layer) not in capture.activations]
-        if missing:
-            names = ", ".join(f"'{layer_name(self.model, layer)}'" for layer in missing)
-            raise ValueError(f"target layer(s) {names} did not run in the model's forward pass; choose "
-                             "layers that the forward pass uses")
-        return capture, output
+    def forward_pass(self, x: torch.Tensor, options: CallOptions = DEFAULT_OPTIONS) -> ForwardPass:
+        """Step: one forward pass with the target layers captured (under ``no_grad`` until the first of
+        them); a layer that did not run is a ValueError."""
+        capture, output = self._capture(x)
+        return ForwardPass(output, capture.activations, capture.prefix)
 
-    @staticmethod
-    def _resolve_targets(targets, output, batch) -> List[Target]:
+    def _capture(self, x: torch.Tensor) -> Tuple[LayerCapture, Any]:
+        return capture_forward(self.model, self.target_layers, partial(self.run_model, x),
+                               grad=self.uses_gradients, record_prefix=self.records_prefix,
+                               structured=self.reshape_transform is not None)
+
+    def resolve_targets(self, targets: Optional[List[Target]], output: Any, batch: int,
+                        options: CallOptions = DEFAULT_OPTIONS) -> List[Target]:
+        """Step: the call's targets, one per image: as given, else each image's top class; a resolver in
+        ``options`` replaces this."""
+        if options.resolve_targets is not None:
+            return options.resolve_targets(targets, output, batch)
         if targets is not None:
             return targets
-        if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[0] != batch:
-            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-            raise ValueError(f"targets=None picks each image's top class, which needs a (B, num_classes) "
-                             f"output; this model returns {shape}: pass explicit targets")
-        return [ClassifierOutputTarget(int(k)) for k in output.argmax(-1).tolist()]
+        return top_class_targets(output, batch)
 
-    def _scores(self, targets: List[Target], output, batch: int) -> torch.Tensor:
-        """Each image's target score, ``(B,)``, still attached to the graph when gradients are used."""
+    def score_targets(self, targets: List[Target], output: Any, batch: int,
+                      options: CallOptions = DEFAULT_OPTIONS) -> torch.Tensor:
+        """Step: each image's target score, ``(B,)``, still attached to the graph when gradients are used.
+        ``options.on_output`` first sees the output."""
+        if options.on_output is not None:
+            options.on_output(output.detach() if isinstance(output, torch.Tensor) else output)
         with torch.enable_grad() if self.uses_gradients else torch.no_grad():
             return target_scores(targets, output, batch)
 
-    def _layer_gradients(self, scores: torch.Tensor, capture: LayerCapture,
-                         create_graph: bool = False) -> Tuple[List[list], List[list]]:
+    def raw_layer_gradients(self, scores: torch.Tensor, forward: ForwardPass,
+                            create_graph: bool = False) -> Tuple[List[list], List[list]]:
         """For each target layer: its captured tensors that require grad (one, or several for a layer
         returning a structure such as an FPN's dict of levels), and the gradient of the summed scores
         with respect to each (None where the score does not use it). Refuses a layer that gets none."""
@@ -504,7 +460,7 @@ class BaseCAM:
             raise ValueError("the target scores do not depend on the target layers' activations (no "
                              "gradient reaches them): the target must return a value computed from the "
                              "model output, and the layers must come before the output")
-        per_layer = [[t for t in tensors_of(capture.activations[id(layer)]) if t.requires_grad]
+        per_layer = [[t for t in tensors_of(forward.activations[id(layer)]) if t.requires_grad]
                      for layer in layers]
         inputs = [t for tensors in per_layer for t in tensors]
         # Only the graph from the target layers to the score is differentiated; parameters' .grad
@@ -518,50 +474,75 @@ class BaseCAM:
                              "them; choose layers on the path to the output")
         return per_layer, grads_per_layer
 
-    def _gradients(self, scores: torch.Tensor, capture: LayerCapture) -> dict:
-        per_layer, grads_per_layer = self._layer_gradients(scores, capture)
+    def layer_gradients(self, scores: torch.Tensor, forward: ForwardPass) -> Dict[int, Any]:
+        """Step: each target layer's gradient, keyed by ``id(layer)``, in the layout of its activations
+        (zeros for a tensor of its structure that the score does not use); warns about images whose
+        gradient is zero everywhere."""
+        per_layer, grads_per_layer = self.raw_layer_gradients(scores, forward)
         grads = {}
         for layer, tensors, layer_grads in zip(self.target_layers, per_layer, grads_per_layer):
             by_tensor = {id(t): g for t, g in zip(tensors, layer_grads)}
-            # A tensor of the structure that the score does not use (an unused pyramid level) gets zeros.
-            grads[id(layer)] = map_tensors(partial(_gradient_or_zeros, by_tensor),
-                                           capture.activations[id(layer)])
-        self._warn_zero_gradients(grads, scores.shape[0])
+            grads[id(layer)] = map_tensors(partial(gradient_or_zeros, by_tensor),
+                                           forward.activations[id(layer)])
+        warn_if_zero_gradients(grads, scores.shape[0])
         return grads
 
-    def _warn_zero_gradients(self, grads: dict, batch: int) -> None:
-        """Warn about images whose target score has an exactly-zero gradient in every target layer."""
-        nonzero = torch.zeros(batch, dtype=torch.bool)
-        for structure in grads.values():
-            for g in tensors_of(structure):
-                if g.ndim and g.shape[0] == batch:
-                    nonzero |= g.reshape(batch, -1).ne(0).any(1).cpu()
-                else:
-                    nonzero[:] = True  # not per image: cannot tell
-        zero = (~nonzero).nonzero().flatten().tolist()
-        if zero:
-            warn(f"the gradient of the target score with respect to the target layers is exactly "
-                          f"zero for image(s) {zero}: the score does not change with these activations "
-                          "(e.g. a FasterRCNNBoxScoreTarget whose boxes match no detection, or a score read "
-                          "past a saturated/dead unit), so their gradient-based maps carry no information",
-                          RuntimeWarning)
+    def layer_maps(self, x: torch.Tensor, targets: List[Target], scores: torch.Tensor, forward: ForwardPass,
+                   gradients: Dict[int, Any], eigen_smooth: bool,
+                   options: CallOptions = DEFAULT_OPTIONS) -> List[torch.Tensor]:
+        """Step: each target layer's map, ready for :meth:`fuse_layer_maps`: ``(B, *spatial)`` at the
+        input's size, in ``[0, 1]`` (``relu(layer_map)``, min-max normalised, resized), one per layer.
 
-    def _reshape(self, tensor: torch.Tensor, layer: nn.Module) -> torch.Tensor:
-        return reshape_layer_output(self.model, layer, self.reshape_transform, tensor)
+        ``x``: the input ``(B, C, *spatial)``; ``scores``: ``(B,)`` the targets' scores on it;
+        ``forward``: the pass whose activations (and prefix, extras) are explained; ``gradients``: keyed by
+        ``id(layer)``, in the layout of the activations (no entry: the method uses none).
+        """
+        spatial = x.shape[2:]
+        maps = []
+        for layer in self.target_layers:
+            key = id(layer)
+            raw = map_tensors(torch.Tensor.detach, forward.activations[key])
+            context = LayerContext(
+                model=self.model, layer=layer, input=x, targets=targets,
+                scores=scores.detach().float(), raw_activations=raw,
+                prefix=forward.prefix.get(key), batch_size=self.batch_size,
+                channel_dim=1 if self.reshape_transform is None else -1, extras=forward.extras)
+            layer_activations = self.reshape_activations(raw, layer)  # (B, C, *grid)
+            grads = self.reshape_gradients(gradients[key], layer) if key in gradients else None
+            with torch.no_grad():
+                layer_cam = self.layer_map(layer_activations, grads, context, eigen_smooth).float()
+                normalized = self.normalize_layer_map(layer_cam.relu(), layer, options)
+                maps.append(resize_maps(normalized, spatial))
+        return maps
 
-    def _reshape_gradients(self, gradients: Any, layer: nn.Module) -> torch.Tensor:
-        """A layer's gradient in the layout :meth:`layer_map` gets (by default the activations')."""
-        return self._reshape(gradients, layer)
+    def reshape_activations(self, activations: Any, layer: nn.Module) -> torch.Tensor:
+        """Step: a layer's output as float32 ``(B, C, *grid)`` (through ``reshape_transform``)."""
+        return reshape_layer_output(self.model, layer, self.reshape_transform, activations)
 
-    def _normalize(self, maps: torch.Tensor, layer: nn.Module) -> torch.Tensor:
-        # The warning points at the user's call: _normalize, _layer_maps, _compute, __call__, the caller.
-        warn_if_constant(maps, f"the CAM of layer '{layer_name(self.model, layer)}'")
+    def reshape_gradients(self, gradients: Any, layer: nn.Module) -> torch.Tensor:
+        """Step: a layer's gradient in the layout :meth:`layer_map` gets (by default the activations')."""
+        return self.reshape_activations(gradients, layer)
+
+    def normalize_layer_map(self, maps: torch.Tensor, layer: nn.Module,
+                            options: CallOptions = DEFAULT_OPTIONS) -> torch.Tensor:
+        """Step: one layer's ``(B, *grid)`` map min-max normalised, warning where it is constant."""
+        if options.warn_constant:
+            warn_if_constant(maps, f"the CAM of layer '{layer_name(self.model, layer)}'")
         return min_max_normalize(maps)
 
-    # -- smoothing -----------------------------------------------------------------------------
-    def _augmentation_smoothing(self, x: torch.Tensor, targets: Optional[List[Target]],
-                                eigen_smooth: bool) -> torch.Tensor:
-        """Test-time augmentation: every augmented copy in one batch, each map de-augmented, averaged."""
+    def fuse_layer_maps(self, maps: List[torch.Tensor],
+                        options: CallOptions = DEFAULT_OPTIONS) -> torch.Tensor:
+        """Step: the target layers' maps, each ``(B, *spatial)`` in ``[0, 1]`` at the input's size, made
+        into one ``(B, *spatial)`` map (min-max normalised afterwards): their mean, or ``options.fuse``."""
+        if options.fuse is not None:
+            return options.fuse(maps)
+        return torch.stack(maps, 1).relu().mean(1)  # (B, *spatial)
+
+    def smooth_over_augmentations(self, x: torch.Tensor, targets: Optional[List[Target]], eigen_smooth: bool,
+                                  options: CallOptions = DEFAULT_OPTIONS) -> torch.Tensor:
+        """Step: test-time augmentation: every augmented copy in one batch, each map de-augmented,
+        averaged. The targets are resolved on the unaugmented image (each image's top class, or the
+        resolver's targets), so every copy explains the same thing."""
         transforms = self.tta_transforms
         if transforms is None:
             if x.ndim != 4:
@@ -572,13 +553,25 @@ class BaseCAM:
             transforms = tta.Compose([tta.HorizontalFlip(), tta.Multiply(factors=[0.9, 1, 1.1])])
         transforms = list(transforms)
         batch = x.shape[0]
-        if targets is None:
-            # Explain each image's top class on the unaugmented image, the same class in every copy.
-            with self._session(x) as x_on_device, torch.no_grad():
-                output = self._run_model(x_on_device)
-            targets = self._resolve_targets(None, output, batch)
+        if targets is None or options.resolve_targets is not None:
+            with self.session(x) as x_on_device, torch.no_grad():
+                output = self.run_model(x_on_device)
+            targets = self.resolve_targets(targets, output, batch, options)
         augmented = torch.cat([t.augment_image(x) for t in transforms])  # (T*B, C, *spatial)
-        maps = self._compute(augmented, targets * len(transforms), eigen_smooth)  # (T*B, *spatial)
+        maps = self.compute_maps(augmented, targets * len(transforms), eigen_smooth, options)  # (T*B, ...)
         maps = maps.view(len(transforms), batch, *maps.shape[1:])
         restored = [t.deaugment_mask(m.unsqueeze(1))[:, 0] for t, m in zip(transforms, maps)]
         return torch.stack(restored).mean(0)
+
+    def prepare_targets(self, input_tensor: torch.Tensor, targets: Optional[List[Target]],
+                        options: CallOptions = DEFAULT_OPTIONS) -> List[Target]:
+        """Step: the targets resolved on one forward pass of the (checked) batch, scored, and for gradient
+        methods differentiated, so that every error of a call comes before its expensive work; no map is
+        made. SESS calls it on the whole input before running the method on its patches."""
+        with self.session(input_tensor) as x:
+            forward = self.forward_pass(x, options)
+            resolved = self.resolve_targets(targets, forward.output, x.shape[0], options)
+            scores = self.score_targets(resolved, forward.output, x.shape[0], options)
+            if self.uses_gradients:
+                self.layer_gradients(scores, forward)
+            return resolved

@@ -1,4 +1,6 @@
-"""Import path of the reference library: ``from pytorch_grad_cam.eigen_cam import EigenCAM``."""
-from .projection import EigenCAM
+"""The reference library's import path ``pytorch_grad_cam.eigen_cam``.
 
-__all__ = ["EigenCAM"]
+The code lives in ``pytorch_grad_cam.methods.projection``.
+"""
+
+from .methods.projection import EigenCAM as EigenCAM

@@ -1,4 +1,6 @@
-"""Import path of the reference library: ``from pytorch_grad_cam.eigen_grad_cam import EigenGradCAM``."""
-from .gradient import EigenGradCAM
+"""The reference library's import path ``pytorch_grad_cam.eigen_grad_cam``.
 
-__all__ = ["EigenGradCAM"]
+The code lives in ``pytorch_grad_cam.methods.projection``.
+"""
+
+from .methods.projection import EigenGradCAM as EigenGradCAM

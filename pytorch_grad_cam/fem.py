@@ -1,4 +1,6 @@
-"""Import path of the reference library: ``from pytorch_grad_cam.fem import FEM``."""
-from .projection import FEM
+"""The reference library's import path ``pytorch_grad_cam.fem``.
 
-__all__ = ["FEM"]
+The code lives in ``pytorch_grad_cam.methods.activation``.
+"""
+
+from .methods.activation import FEM as FEM

@@ -1,4 +1,6 @@
-"""Import path of the reference library: ``from pytorch_grad_cam.finer_cam import FinerCAM``."""
-from .composite import FinerCAM
+"""The reference library's import path ``pytorch_grad_cam.finer_cam``.
 
-__all__ = ["FinerCAM"]
+The code lives in ``pytorch_grad_cam.methods.composite.finer``.
+"""
+
+from .methods.composite.finer import FinerCAM as FinerCAM

@@ -1,4 +1,6 @@
-"""Import path of the reference library: ``from pytorch_grad_cam.fullgrad_cam import FullGrad``."""
-from .fullgrad import FullGrad
+"""The reference library's import path ``pytorch_grad_cam.fullgrad_cam``.
 
-__all__ = ["FullGrad"]
+The code lives in ``pytorch_grad_cam.methods.fullgrad``.
+"""
+
+from .methods.fullgrad import FullGrad as FullGrad

@@ -1,4 +1,6 @@
-"""Import path of the reference library: ``from pytorch_grad_cam.grad_cam import GradCAM``."""
-from .gradient import GradCAM
+"""The reference library's import path ``pytorch_grad_cam.grad_cam``.
 
-__all__ = ["GradCAM"]
+The code lives in ``pytorch_grad_cam.methods.gradient``.
+"""
+
+from .methods.gradient import GradCAM as GradCAM

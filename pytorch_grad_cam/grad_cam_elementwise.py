@@ -1,5 +1,6 @@
-"""Import path of the reference library:
-``from pytorch_grad_cam.grad_cam_elementwise import GradCAMElementWise``."""
-from .gradient import GradCAMElementWise
+"""The reference library's import path ``pytorch_grad_cam.grad_cam_elementwise``.
 
-__all__ = ["GradCAMElementWise"]
+The code lives in ``pytorch_grad_cam.methods.gradient``.
+"""
+
+from .methods.gradient import GradCAMElementWise as GradCAMElementWise

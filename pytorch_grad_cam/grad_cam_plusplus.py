@@ -1,4 +1,6 @@
-"""The reference library's import path for ``GradCAMPlusPlus``."""
-from .gradient import GradCAMPlusPlus
+"""The reference library's import path ``pytorch_grad_cam.grad_cam_plusplus``.
 
-__all__ = ["GradCAMPlusPlus"]
+The code lives in ``pytorch_grad_cam.methods.gradient``.
+"""
+
+from .methods.gradient import GradCAMPlusPlus as GradCAMPlusPlus

@@ -1,5 +1,6 @@
-"""Import path of the reference library:
-``from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel``."""
-from .guided import GuidedBackpropReLUModel
+"""The reference library's import path ``pytorch_grad_cam.guided_backprop``.
 
-__all__ = ["GuidedBackpropReLUModel"]
+The code lives in ``pytorch_grad_cam.methods.guided``.
+"""
+
+from .methods.guided import GuidedBackpropReLUModel as GuidedBackpropReLUModel

@@ -1,4 +1,6 @@
-"""Import path of the reference library: ``from pytorch_grad_cam.hirescam import HiResCAM``."""
-from .gradient import HiResCAM
+"""The reference library's import path ``pytorch_grad_cam.hirescam``.
 
-__all__ = ["HiResCAM"]
+The code lives in ``pytorch_grad_cam.methods.gradient``.
+"""
+
+from .methods.gradient import HiResCAM as HiResCAM

@@ -1,4 +1,6 @@
-"""Import path of the reference library: ``from pytorch_grad_cam.kpca_cam import KPCA_CAM``."""
-from .projection import KPCA_CAM
+"""The reference library's import path ``pytorch_grad_cam.kpca_cam``.
 
-__all__ = ["KPCA_CAM"]
+The code lives in ``pytorch_grad_cam.methods.projection``.
+"""
+
+from .methods.projection import KPCA_CAM as KPCA_CAM

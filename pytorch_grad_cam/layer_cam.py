@@ -1,4 +1,6 @@
-"""Import path of the reference library: ``from pytorch_grad_cam.layer_cam import LayerCAM``."""
-from .gradient import LayerCAM
+"""The reference library's import path ``pytorch_grad_cam.layer_cam``.
 
-__all__ = ["LayerCAM"]
+The code lives in ``pytorch_grad_cam.methods.gradient``.
+"""
+
+from .methods.gradient import LayerCAM as LayerCAM

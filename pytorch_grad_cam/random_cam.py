@@ -1,4 +1,6 @@
-"""Import path of the reference library: ``from pytorch_grad_cam.random_cam import RandomCAM``."""
-from .projection import RandomCAM
+"""The reference library's import path ``pytorch_grad_cam.random_cam``.
 
-__all__ = ["RandomCAM"]
+The code lives in ``pytorch_grad_cam.methods.activation``.
+"""
+
+from .methods.activation import RandomCAM as RandomCAM

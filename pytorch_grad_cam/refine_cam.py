@@ -1,4 +1,6 @@
-"""Import path of the reference library: ``from pytorch_grad_cam.refine_cam import RefineCAM``."""
-from .composite import RefineCAM
+"""The reference library's import path ``pytorch_grad_cam.refine_cam``.
 
-__all__ = ["RefineCAM"]
+The code lives in ``pytorch_grad_cam.methods.composite.refine``.
+"""
+
+from .methods.composite.refine import RefineCAM as RefineCAM

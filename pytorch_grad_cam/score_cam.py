@@ -1,4 +1,6 @@
-"""Import path of the reference library: ``from pytorch_grad_cam.score_cam import ScoreCAM``."""
-from .perturbation import ScoreCAM
+"""The reference library's import path ``pytorch_grad_cam.score_cam``.
 
-__all__ = ["ScoreCAM"]
+The code lives in ``pytorch_grad_cam.methods.perturbation``.
+"""
+
+from .methods.perturbation import ScoreCAM as ScoreCAM

@@ -1,4 +1,6 @@
-"""Import path of the reference library: ``from pytorch_grad_cam.seg_eigen_cam import SegEigenCAM``."""
-from .projection import SegEigenCAM
+"""The reference library's import path ``pytorch_grad_cam.seg_eigen_cam``.
 
-__all__ = ["SegEigenCAM"]
+The code lives in ``pytorch_grad_cam.methods.projection``.
+"""
+
+from .methods.projection import SegEigenCAM as SegEigenCAM

@@ -1,4 +1,6 @@
-"""Import path of the reference library: ``from pytorch_grad_cam.sess import SESS``."""
-from .composite import SESS
+"""The reference library's import path ``pytorch_grad_cam.sess``.
 
-__all__ = ["SESS"]
+The code lives in ``pytorch_grad_cam.methods.composite.sess``.
+"""
+
+from .methods.composite.sess import SESS as SESS

@@ -1,4 +1,6 @@
-"""Import path of the reference library: ``from pytorch_grad_cam.shapley_cam import ShapleyCAM``."""
-from .gradient import ShapleyCAM
+"""The reference library's import path ``pytorch_grad_cam.shapley_cam``.
 
-__all__ = ["ShapleyCAM"]
+The code lives in ``pytorch_grad_cam.methods.gradient``.
+"""
+
+from .methods.gradient import ShapleyCAM as ShapleyCAM

@@ -1,4 +1,6 @@
-"""Import path of the reference library: ``from pytorch_grad_cam.xgrad_cam import XGradCAM``."""
-from .gradient import XGradCAM
+"""The reference library's import path ``pytorch_grad_cam.xgrad_cam``.
 
-__all__ = ["XGradCAM"]
+The code lives in ``pytorch_grad_cam.methods.gradient``.
+"""
+
+from .methods.gradient import XGradCAM as XGradCAM

@@ -310,7 +310,7 @@ def test_dff_concepts_named_by_the_softmax_of_the_models_head(tmp_path, monkeypa
     whose channel count the head does not read gets "concept k" labels."""
     import pytorch_grad_cam.cli as cli
     import pytorch_grad_cam.utils.image as image_utils
-    from pytorch_grad_cam.factorization import DeepFeatureFactorization
+    from pytorch_grad_cam.methods.factorization import DeepFeatureFactorization
 
     seen = {"labels": [], "calls": [], "runner": None}
     show = image_utils.show_factorization_on_image

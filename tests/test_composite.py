@@ -531,7 +531,7 @@ def test_sess_errors_before_any_forward_pass(sess_case):
     model, x = sess_case
     counted = CountCalls(model)
     for kwargs, error, match in [
-        ({"pool": "median"}, ValueError, "pool must be 'mean'"),
+        ({"pool": "median"}, ValueError, r"pool must be one of \('mean', 'max'\), got 'median'"),
         ({"pre_filter_ratio": 1.0}, ValueError, r"pre_filter_ratio must be a float in \[0, 1\)"),
         ({"num_scales": 0}, ValueError, "num_scales must be an int >= 1, got 0"),
         ({"scales": []}, ValueError, "scales must be a non-empty list"),

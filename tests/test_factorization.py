@@ -16,7 +16,7 @@ from reference_library import REFERENCE_PATH, reference_has, run_reference
 from torch import nn
 
 from pytorch_grad_cam import FACTORIZATION_METHODS, DeepFeatureFactorization
-from pytorch_grad_cam.factorization import dff, nmf
+from pytorch_grad_cam.methods.factorization import dff, nmf
 from pytorch_grad_cam.utils.image import show_factorization_on_image
 from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform
 

@@ -52,7 +52,7 @@ from pytorch_grad_cam import (
     GuidedBackpropReLUModel,
     GuidedGradCAM,
 )
-from pytorch_grad_cam.factorization import dff
+from pytorch_grad_cam.methods.factorization import dff
 from pytorch_grad_cam.utils import (
     FasterRCNNBoxScoreTarget,
     SemanticSegmentationTarget,

@@ -41,7 +41,10 @@ def test_finer_weighted_target_formula_and_limits():
     ((1, [], 1.0), ValueError, "comparison_categories is empty"),
     ((1, 3, 1.0), TypeError, "comparison_categories must be a sequence"),
     ((1, [2, -1], 1.0), ValueError, "non-negative"),
-    ((1, [2], float("nan")), TypeError, "alpha must be a finite float"),
+    # The one rule: the right type (a float) out of range (NaN) is a ValueError, as for FinerCAM(alpha=nan).
+    ((1, [2], float("nan")), ValueError, "alpha must be a finite float, got nan"),
+    ((1, [2], "1"), TypeError, "alpha must be a finite float, got str '1'"),
+    ((1, [2, -1], 1.0), ValueError, r"comparison_categories\[1\] must be a non-negative int"),
     ((True, [2], 1.0), TypeError, "main_category"),
 ])
 def test_finer_weighted_target_refuses_bad_arguments(args, error, match):
@@ -56,7 +59,7 @@ import warnings  # noqa: E402
 from torch import nn  # noqa: E402
 
 from pytorch_grad_cam import GradCAM  # noqa: E402
-from pytorch_grad_cam.base_cam import BaseCAM  # noqa: E402
+from pytorch_grad_cam.base_cam import normalize_targets  # noqa: E402
 from pytorch_grad_cam.utils import (  # noqa: E402
     ClassifierOutputTarget,
     DifferenceFromConceptTarget,
@@ -186,7 +189,8 @@ def test_targets_move_their_tensors_to_the_output_dtype():
     (([1], np.zeros((1, 5))), ValueError, r"shape \(N, 4\)"),
     ((1, np.zeros((1, 4))), TypeError, "labels must be a sequence"),
     (([-1], np.zeros((1, 4))), ValueError, "non-negative"),
-    (([1], np.zeros((1, 4)), 1.5), ValueError, r"iou_threshold must be in \[0, 1\)"),
+    (([1], np.zeros((1, 4)), 1.5), ValueError, r"iou_threshold must be a finite float >= 0 and < 1, got 1.5"),
+    (([1], np.zeros((1, 4)), float("nan")), ValueError, r"iou_threshold must be a finite float >= 0 and < 1"),
     (([1], np.zeros((1, 4)), "0.5"), TypeError, "iou_threshold"),
     (([1], np.full((1, 4), np.inf)), ValueError, "NaN or Inf"),
 ])
@@ -250,7 +254,7 @@ def test_class_indices_are_accepted_wherever_a_target_list_is(targets):
     model = _Tiny().eval()
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     want = GradCAM(model, [model.features])(x, targets=[ClassifierOutputTarget(2)] * 2)
-    resolved = BaseCAM._check_targets(targets, 2)
+    resolved = normalize_targets(targets, 2)
     assert [type(t) for t in resolved] == [ClassifierOutputTarget] * 2
     assert [t.category for t in resolved] == [2, 2]
     np.testing.assert_array_equal(GradCAM(model, [model.features])(x, targets=targets), want)
@@ -264,7 +268,7 @@ def test_class_indices_are_accepted_wherever_a_target_list_is(targets):
 ])
 def test_bad_class_indices_are_refused(targets, error, match):
     with pytest.raises(error, match=match):
-        BaseCAM._check_targets(targets, 2)
+        normalize_targets(targets, 2)
 
 
 def test_a_target_with_zero_gradient_warns_and_gives_zeros():

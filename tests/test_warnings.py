@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from pytorch_grad_cam import SESS, AblationCAM, FullGrad, GradCAM, HiResCAM, RefineCAM
-from pytorch_grad_cam._checks import check_float, check_int, check_seed
+from pytorch_grad_cam._engine.checks import check_float, check_int, check_seed
 
 
 def tiny():

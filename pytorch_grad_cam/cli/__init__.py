@@ -306,7 +306,7 @@ class _Runner:
     def _guided(self, x, classes, slot: int, cache: dict):
         """Guided backpropagation images (B, S, S, 3) of class slot ``slot``, computed once."""
         if slot not in cache:
-            from ..guided import GuidedBackpropReLUModel
+            from .. import GuidedBackpropReLUModel
 
             gb_model = GuidedBackpropReLUModel(self.loaded.model, device=self.device)
             # one image comes back as (S, S, 3), the reference's layout
@@ -320,7 +320,7 @@ class _Runner:
         the softmax of its outputs on the concept vectors, the top class and its probability."""
         import torch
 
-        from ..factorization import DeepFeatureFactorization
+        from .. import DeepFeatureFactorization
 
         dff = DeepFeatureFactorization(self.loaded.model, self.layer, self.reshape,
                                        computation_on_concepts=self._concept_head(x), device=self.device)
@@ -342,7 +342,7 @@ class _Runner:
             import torch
             from torch import nn
 
-            from .._capture import LayerCapture
+            from .._engine.capture import LayerCapture
             from ..base_cam import reshape_layer_output
             from ..utils.find_layers import find_layer_types_recursive
 

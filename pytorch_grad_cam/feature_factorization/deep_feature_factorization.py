@@ -1,7 +1,17 @@
-"""``pytorch_grad_cam.feature_factorization.deep_feature_factorization``: the reference library's module path.
+"""The reference library's import path ``pytorch_grad_cam.feature_factorization.deep_feature_factorization``.
 
-The implementation lives in :mod:`pytorch_grad_cam.factorization`.
+The code lives in ``pytorch_grad_cam.methods.factorization``.
 """
-from ..factorization import DeepFeatureFactorization, create_labels_legend, dff, run_dff_on_image
 
-__all__ = ["DeepFeatureFactorization", "create_labels_legend", "dff", "run_dff_on_image"]
+from ..methods.factorization import (
+    DeepFeatureFactorization as DeepFeatureFactorization,
+)
+from ..methods.factorization import (
+    create_labels_legend as create_labels_legend,
+)
+from ..methods.factorization import (
+    dff as dff,
+)
+from ..methods.factorization import (
+    run_dff_on_image as run_dff_on_image,
+)

@@ -1,5 +1,11 @@
-"""Helpers around the CAM engine: targets, image utilities and transformer reshape transforms."""
-from .image import deprocess_image, preprocess_image, scale_cam_image, show_cam_on_image
+"""Helpers around the CAM engine: targets, image utilities and transformer reshape transforms.
+
+The image utilities need OpenCV; they are imported on first use, so that ``import pytorch_grad_cam``
+does not import it.
+"""
+
+from typing import Any
+
 from .model_targets import (
     BinaryClassifierOutputTarget,
     ClassifierOutputReST,
@@ -43,3 +49,14 @@ __all__ = [
     "swin_reshape_transform",
     "vit_reshape_transform",
 ]
+
+_IMAGE_NAMES = ("deprocess_image", "preprocess_image", "scale_cam_image", "show_cam_on_image")
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: the image utilities (and OpenCV) load on first access, e.g. ``utils.show_cam_on_image``.
+    if name in _IMAGE_NAMES:
+        from . import image
+
+        return getattr(image, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,8 +16,8 @@ from torch import nn
 
 # MAX_PREFIX_TOKENS: at most this many extra tokens (class, distillation, registers) before the patch grid,
 # the same limit as vit_reshape_transform's (kept importable from here, where it used to live).
-from .._capture import HookSet
-from .._model_state import compute_session
+from .._engine.capture import HookSet
+from .._engine.session import compute_session
 from .reshape_transforms import (
     MAX_PREFIX_TOKENS,  # noqa: F401
     channels_last_to_first,

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from numbers import Real
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
+
+from .._engine.checks import check_bool, check_float
 
 __all__ = ["deprocess_image", "preprocess_image", "scale_cam_image", "show_cam_on_image",
            "show_factorization_on_image"]
@@ -43,11 +44,7 @@ def _require_unit_float_image(img: np.ndarray, name: str) -> None:
 
 def _check_image_weight(image_weight: Any) -> float:
     """The image's weight in an overlay blend: a real number in [0, 1] (bools refused)."""
-    if isinstance(image_weight, bool) or not isinstance(image_weight, Real):
-        raise TypeError(f"image_weight must be a float in [0, 1], got {type(image_weight).__name__}")
-    if not 0.0 <= float(image_weight) <= 1.0:
-        raise ValueError(f"image_weight must be in [0, 1], got {image_weight}")
-    return float(image_weight)
+    return check_float(image_weight, "image_weight", 0, 1)
 
 
 def _check_unit_range(values: np.ndarray, name: str, hint: str = "") -> None:
@@ -95,7 +92,8 @@ def show_cam_on_image(img: np.ndarray, mask: np.ndarray, use_rgb: bool = False,
                          "pass one map, e.g. grayscale_cam[0]")
     if mask.size == 0:
         raise ValueError(f"mask is empty (shape {mask.shape})")
-    _check_image_weight(image_weight)
+    image_weight = _check_image_weight(image_weight)
+    use_rgb = check_bool(use_rgb, "use_rgb")
     if isinstance(colormap, bool) or not isinstance(colormap, (int, np.integer)):
         raise TypeError(f"colormap must be an OpenCV colormap id (int, e.g. cv2.COLORMAP_JET), "
                         f"got {type(colormap).__name__}")

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._engine.checks import check_float
+
 __all__ = [
     "BinaryClassifierOutputTarget",
     "ClassifierOutputReST",
@@ -175,20 +177,16 @@ class FinerWeightedTarget:
 
     def __init__(self, main_category: int, comparison_categories, alpha: float = 1.0) -> None:
         self.main_category = _check_category(main_category, "main_category")
-        try:
-            comparison = [_check_category(c, "comparison_categories[]") for c in comparison_categories]
-        except TypeError as error:
-            if not hasattr(comparison_categories, "__iter__"):
-                raise TypeError(f"comparison_categories must be a sequence of class indices, got "
-                                f"{type(comparison_categories).__name__}") from None
-            raise error
+        if isinstance(comparison_categories, (str, bytes)) or not hasattr(comparison_categories, "__iter__"):
+            raise TypeError(f"comparison_categories must be a sequence of class indices, got "
+                            f"{type(comparison_categories).__name__}")
+        comparison = [_check_category(c, f"comparison_categories[{i}]")
+                      for i, c in enumerate(comparison_categories)]
         if not comparison:
             raise ValueError("comparison_categories is empty; give at least one class to compare with")
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)) \
-                or not np.isfinite(alpha):
-            raise TypeError(f"alpha must be a finite float, got {alpha!r}")
+        alpha = check_float(alpha, "alpha")
         self.comparison_categories = comparison
-        self.alpha = float(alpha)
+        self.alpha = alpha
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
         rows, scalar = _as_rows(model_output, type(self).__name__)
@@ -424,7 +422,7 @@ class FasterRCNNBoxScoreTarget:
         if isinstance(labels, (int, np.integer)) or not hasattr(labels, "__iter__"):
             raise TypeError(f"labels must be a sequence of class indices (one per box), got "
                             f"{type(labels).__name__}")
-        self.labels = [_check_category(label, "labels[]") for label in labels]
+        self.labels = [_check_category(label, f"labels[{i}]") for i, label in enumerate(labels)]
         boxes = _as_float_tensor(bounding_boxes, "bounding_boxes")
         if boxes.ndim == 1 and boxes.numel() == 4:
             boxes = boxes[None]  # a single box
@@ -438,13 +436,9 @@ class FasterRCNNBoxScoreTarget:
                              "boxes; give one label per box")
         if not bool(torch.isfinite(boxes).all()):
             raise ValueError("bounding_boxes contains NaN or Inf")
-        if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, (int, float, np.integer,
-                                                                              np.floating)):
-            raise TypeError(f"iou_threshold must be a float in [0, 1), got {type(iou_threshold).__name__}")
-        if not 0.0 <= float(iou_threshold) < 1.0:
-            raise ValueError(f"iou_threshold must be in [0, 1), got {iou_threshold}")
+        iou_threshold = check_float(iou_threshold, "iou_threshold", 0, 1, include_maximum=False)
         self.bounding_boxes = boxes
-        self.iou_threshold = float(iou_threshold)
+        self.iou_threshold = iou_threshold
 
     def __call__(self, model_output: Any) -> torch.Tensor:
         who = type(self).__name__

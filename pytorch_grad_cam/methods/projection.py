@@ -1,13 +1,16 @@
-"""CAMs that project the activations on their principal components; no gradients needed."""
+"""Projection CAMs: the map is the activations' projection on a principal component (of ``A``, of
+``g * A`` for Eigen-Grad-CAM, or in a kernel's feature space for KPCA-CAM)."""
+
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
-import numpy as np
 import torch
 
-from .base_cam import BaseCAM, LayerContext, first_principal_component, orient_like_channel_sum
+from .._engine.checks import check_choice, check_float, check_int
+from .._engine.maps import first_principal_component, orient_like_channel_sum
+from ..base_cam import BaseCAM, LayerContext
 
 
 class EigenCAM(BaseCAM):
@@ -107,17 +110,14 @@ class KPCA_CAM(BaseCAM):
     uses_gradients = False
     class_specific = False
 
-    def __init__(self, *args, kernel: str = "sigmoid", gamma: Optional[float] = None, degree: int = 3,
-                 coef0: float = 1.0, **kwargs) -> None:
-        if kernel not in KPCA_KERNELS:
-            raise ValueError(f"kernel must be one of {KPCA_KERNELS}, got {kernel!r}")
-        if gamma is not None and not gamma > 0:
-            raise ValueError(f"gamma must be positive, got {gamma}")
-        if isinstance(degree, bool) or not isinstance(degree, (int, np.integer)):
-            raise TypeError(f"degree must be an int >= 1 (the 'poly' kernel's exponent), got "
-                            f"{type(degree).__name__}")
-        if degree < 1:
-            raise ValueError(f"degree must be an int >= 1 (the 'poly' kernel's exponent), got {degree}")
+    def __init__(self, *args: Any, kernel: str = "sigmoid", gamma: Optional[float] = None, degree: int = 3,
+                 coef0: float = 1.0, **kwargs: Any) -> None:
+        kernel = check_choice(kernel, "kernel", KPCA_KERNELS)
+        if gamma is not None:
+            gamma = check_float(gamma, "gamma", 0, include_minimum=False)
+        # The 'poly' kernel's exponent.
+        degree = check_int(degree, "degree", 1)
+        coef0 = check_float(coef0, "coef0")
         super().__init__(*args, **kwargs)
         self.kernel, self.gamma, self.degree, self.coef0 = kernel, gamma, int(degree), float(coef0)
 
@@ -134,51 +134,11 @@ class KPCA_CAM(BaseCAM):
         return orient_like_channel_sum(projection.float(), acts)
 
 
-class FEM(BaseCAM):
-    """FEM, the Feature Explanation Method (Fuad et al., IPTA 2020).
+class EigenGradCAM(BaseCAM):
+    """Eigen-Grad-CAM: the first principal component of ``g * A`` (class-discriminative Eigen-CAM)."""
 
-    Each channel is binarised at ``mu_k + k * sigma_k`` (its spatial mean and standard deviation),
-    and weighted by how much of it is active: ``w_k = mean_ij [A_k[i, j] >= mu_k + k sigma_k]``;
-    ``cam = sum_k w_k A_k``. Gradient-free and class-agnostic. ``k`` (default 2) is a constructor
-    argument.
-    """
+    name = "eigengradcam"
 
-    name = "fem"
-    uses_gradients = False
-    class_specific = False
-
-    def __init__(self, *args, k: float = 2.0, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.k = float(k)
-
-    def cam_weights(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
-                    context: LayerContext) -> torch.Tensor:
-        flat = activations.flatten(2)  # (B, C, N)
-        threshold = flat.mean(-1, keepdim=True) + self.k * flat.std(-1, unbiased=False, keepdim=True)
-        return (flat >= threshold).float().mean(-1)  # (B, C): the active fraction
-
-
-class RandomCAM(BaseCAM):
-    """Random channel weights in [-1, 1]: a baseline for CAM metrics (a real method should beat it).
-
-    ``seed`` (constructor) makes it reproducible: every call draws the same weights for the same shapes.
-    """
-
-    name = "randomcam"
-    uses_gradients = False
-    class_specific = False
-    deterministic = False  # unless a seed is given
-
-    def __init__(self, *args, seed: Optional[int] = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.seed = seed
-
-    def cam_weights(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
-                    context: LayerContext) -> torch.Tensor:
-        generator = torch.Generator()
-        if self.seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(self.seed)
-        weights = torch.rand(activations.shape[:2], generator=generator) * 2 - 1  # (B, C)
-        return weights.to(activations.device)
+    def layer_map(self, activations: torch.Tensor, gradients: torch.Tensor,
+                  context: LayerContext, eigen_smooth: bool) -> torch.Tensor:
+        return first_principal_component(gradients * activations)  # (B, *spatial)

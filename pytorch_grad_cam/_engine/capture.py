@@ -148,3 +148,21 @@ class LayerCapture(HookSet):
 
     def _snapshot_prefix(self, module: nn.Module, inputs) -> None:
         self.prefix[id(module)] = [(m, out) for _, m, out in self._done]
+
+
+def capture_forward(model: nn.Module, layers: Sequence[nn.Module], run: Callable[[], Any], *, grad: bool,
+                    record_prefix: bool = False, structured: bool = False) -> Tuple[LayerCapture, Any]:
+    """One forward pass, ``run()``, with ``layers`` captured: returns ``(capture, model output)``.
+
+    The pass runs under ``no_grad`` until the first target layer, whose hook turns autograd on when
+    ``grad``; a layer that did not run is a ValueError naming it.
+    """
+    capture = LayerCapture(model, layers, grad=grad, record_prefix=record_prefix, structured=structured)
+    with capture, torch.no_grad():
+        output = run()
+    missing = [layer for layer in layers if id(layer) not in capture.activations]
+    if missing:
+        names = ", ".join(f"'{layer_name(model, layer)}'" for layer in missing)
+        raise ValueError(f"target layer(s) {names} did not run in the model's forward pass; choose "
+                         "layers that the forward pass uses")
+    return capture, output

@@ -9,9 +9,11 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ._capture import HookSet
-from ._model_state import compute_session
-from .base_cam import _MISSING, BaseCAM, TargetsArg, target_scores
+from .._engine.capture import HookSet
+from .._engine.checks import check_bool, check_device, check_input
+from .._engine.session import compute_session
+from ..base_cam import UNSET, BaseCAM, TargetsArg, normalize_targets, target_scores, top_class_targets
+from ..registry import Registered
 from .gradient import GradCAM
 
 # The rectifier modules that get the guided rule: ReLU, and ReLU6 (MobileNet, EfficientNet-Lite), whose
@@ -105,7 +107,7 @@ def _layout(gradients: torch.Tensor, channels_last: bool) -> np.ndarray:
     return gradients.detach().float().cpu().numpy()
 
 
-class GuidedBackpropReLUModel:
+class GuidedBackpropReLUModel(Registered):
     """Guided Backpropagation (Springenberg et al., arXiv:1412.6806, section 3.4).
 
     The gradient of each image's target score with respect to the input pixels, where every ReLU's
@@ -135,12 +137,15 @@ class GuidedBackpropReLUModel:
         >>> cv2.imwrite("gb.jpg", deprocess_image(gb))
     """
 
+    name = "guidedbackprop"
+    kind = "pixel"
+
     def __init__(self, model: nn.Module, device: Union[None, str, torch.device] = None, *,
                  use_cuda: Optional[bool] = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self.device = BaseCAM._check_device(use_cuda, device)
+        self.device = check_device(use_cuda, device)
 
     def forward(self, input_img: torch.Tensor) -> Any:
         """The model's output (the reference library's ``forward``)."""
@@ -152,10 +157,9 @@ class GuidedBackpropReLUModel:
             if targets is not None:
                 raise TypeError("pass targets or target_category (the first API's name), not both")
             targets = target_category
-        if not isinstance(channels_last, bool):
-            raise TypeError(f"channels_last must be a bool, got {type(channels_last).__name__}")
-        x = BaseCAM._check_input(input_img)
-        target_list = BaseCAM._check_targets(targets, x.shape[0])
+        channels_last = check_bool(channels_last, "channels_last")
+        x = check_input(input_img)
+        target_list = normalize_targets(targets, x.shape[0])
         with compute_session(self.model, self.device, x) as x_dev:
             return _layout(self._gradients(x_dev, target_list), channels_last)
 
@@ -165,7 +169,8 @@ class GuidedBackpropReLUModel:
         with torch.enable_grad():
             with _guided_relus(self.model):
                 output = self.model(x_in.clone())  # a model that modifies its input in place keeps x_in
-            targets = BaseCAM._resolve_targets(targets, output, x.shape[0])
+            if targets is None:
+                targets = top_class_targets(output, x.shape[0])
             total = target_scores(targets, output, x.shape[0]).sum()
         if not total.requires_grad:
             raise ValueError("the target scores do not depend on the input: the target must return a "
@@ -175,7 +180,7 @@ class GuidedBackpropReLUModel:
         return torch.zeros_like(x_in) if grad is None else grad.detach()
 
 
-class GuidedGradCAM:
+class GuidedGradCAM(Registered):
     """Guided Grad-CAM (Selvaraju et al., arXiv:1610.02391, section 3): guided backpropagation times the
     class map upsampled to the input, ``cam_gb = gb * cam[..., None]``, high-resolution and
     class-discriminative.
@@ -198,6 +203,9 @@ class GuidedGradCAM:
         >>> cv2.imwrite("cam_gb.jpg", deprocess_image(cam_gb))
     """
 
+    name = "guidedgradcam"
+    kind = "pixel"
+
     def __init__(self, model: nn.Module,
                  target_layers: Union[None, nn.Module, Sequence[nn.Module]] = None,
                  reshape_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, *,
@@ -215,8 +223,8 @@ class GuidedGradCAM:
         self.cam = cam
 
     def __call__(self, input_tensor: torch.Tensor, targets: TargetsArg = None, *,
-                 target_category: Any = _MISSING, channels_last: bool = True) -> np.ndarray:
-        if target_category is not _MISSING:
+                 target_category: Any = UNSET, channels_last: bool = True) -> np.ndarray:
+        if target_category is not UNSET:
             if targets is not None:
                 raise TypeError("pass targets or target_category (the first API's name), not both")
             targets = target_category

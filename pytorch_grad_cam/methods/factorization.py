@@ -15,11 +15,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._capture import map_tensors
-from ._checks import check_float, check_int
-from ._model_state import compute_session, evaluation_state, model_device, model_float_dtype
-from ._warnings import warn
-from .base_cam import BaseCAM, reshape_layer_output, resize_maps
+from .._engine.capture import capture_forward, map_tensors
+from .._engine.checks import check_choice, check_device, check_float, check_input, check_int, check_layers
+from .._engine.maps import resize_maps
+from .._engine.session import compute_session, evaluation_state, model_device, model_float_dtype
+from .._engine.warnings import warn
+from ..base_cam import reshape_layer_output
+from ..registry import Registered
 
 __all__ = ["DeepFeatureFactorization", "NMFResult", "create_labels_legend", "dff", "nmf", "run_dff_on_image"]
 
@@ -36,12 +38,6 @@ class NMFResult(NamedTuple):
     w: torch.Tensor
     h: torch.Tensor
     n_iter: int
-
-
-def _check_choice(value, name: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
-    return value
 
 
 def _nndsvda(v: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -124,7 +120,7 @@ def nmf(matrix: torch.Tensor, n_components: int, *, max_iter: int = 200, tol: fl
                          f"shape {tuple(matrix.shape)}, got {k}")
     max_iter = check_int(max_iter, "max_iter", 0)
     tol = check_float(tol, "tol", minimum=0)
-    _check_choice(init, "init", NMF_INITS)
+    check_choice(init, "init", NMF_INITS)
     seed = check_int(seed, "seed", 0)
     v = matrix.detach().to(torch.float64 if matrix.dtype == torch.float64 else torch.float32)
     if not bool(torch.isfinite(v).all()):
@@ -207,7 +203,7 @@ def dff(activations: Union[np.ndarray, torch.Tensor], n_components: int = 5, *, 
         ``(concepts, explanations)``: float32 ``(C, K)`` channel loadings and ``(B, K, *spatial)``
         heatmaps on the layer's grid (not resized), in [0, 1], each concept peaking at 1 over the batch.
     """
-    _check_choice(negatives, "negatives", NEGATIVES)
+    check_choice(negatives, "negatives", NEGATIVES)
     if isinstance(activations, np.ndarray):
         activations = torch.from_numpy(activations)
     if not isinstance(activations, torch.Tensor):
@@ -220,7 +216,7 @@ def dff(activations: Union[np.ndarray, torch.Tensor], n_components: int = 5, *, 
             explanations.cpu().numpy().astype(np.float32))
 
 
-class DeepFeatureFactorization:
+class DeepFeatureFactorization(Registered):
     """Deep Feature Factorization (Collins, Achanta & Süsstrunk, arXiv:1806.10206).
 
     The target layer's activations of all ``B`` images are put side by side as a non-negative matrix
@@ -273,6 +269,7 @@ class DeepFeatureFactorization:
     """
 
     name = "dff"
+    kind = "factorization"
     uses_gradients = False
     class_specific = False
 
@@ -292,7 +289,7 @@ class DeepFeatureFactorization:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        layers = BaseCAM._check_layers(model, target_layer, None)
+        layers = check_layers(model, target_layer, None)
         if len(layers) != 1:
             raise ValueError(f"target_layer must be one layer, got {len(layers)}; DFF factorises one layer")
         if reshape_transform is not None and not callable(reshape_transform):
@@ -306,10 +303,10 @@ class DeepFeatureFactorization:
         self.computation_on_concepts = computation_on_concepts
         self.max_iter = check_int(max_iter, "max_iter", 1)
         self.tol = check_float(tol, "tol", minimum=0)
-        self.init = _check_choice(init, "init", NMF_INITS)
+        self.init = check_choice(init, "init", NMF_INITS)
         self.seed = check_int(seed, "seed", 0)
-        self.negatives = _check_choice(negatives, "negatives", NEGATIVES)
-        self.device = BaseCAM._check_device(None, device)
+        self.negatives = check_choice(negatives, "negatives", NEGATIVES)
+        self.device = check_device(None, device)
 
     def __enter__(self) -> "DeepFeatureFactorization":
         return self
@@ -319,7 +316,7 @@ class DeepFeatureFactorization:
         return None
 
     def __call__(self, input_tensor: torch.Tensor, n_components: int = 16) -> tuple:
-        x = BaseCAM._check_input(input_tensor)
+        x = check_input(input_tensor)
         check_int(n_components, "n_components", 1)
         with compute_session(self.model, self.device, x) as x:
             activations = self._activations(x)  # (B, C, *grid)
@@ -335,13 +332,6 @@ class DeepFeatureFactorization:
                 return result
             return (*result, self._concept_outputs(concepts, x.dtype))
 
-    # The engine's forward pass (BaseCAM._forward): the layer captured by LayerCapture (a dict/list of
-    # tensors allowed with a reshape_transform, e.g. a detector's FPN levels), under no_grad, on a copy of
-    # the input, and the engine's error for a layer that did not run.
-    records_prefix = False
-    _forward = BaseCAM._forward
-    _run_model = BaseCAM._run_model
-
     @property
     def target_layers(self) -> List[nn.Module]:
         return [self.target_layer]
@@ -349,7 +339,11 @@ class DeepFeatureFactorization:
     def _activations(self, x: torch.Tensor) -> torch.Tensor:
         """The target layer's output as ``(B, C, *grid)``, in its own floating dtype."""
         layer = self.target_layer
-        capture, _ = self._forward(x)
+        # The engine's forward pass: the layer captured (a dict/list of tensors allowed with a
+        # reshape_transform, e.g. a detector's FPN levels), under no_grad, on a copy of the input, and the
+        # engine's error for a layer that did not run.
+        capture, _ = capture_forward(self.model, [layer], lambda: self.model(x.clone()), grad=False,
+                                     structured=self.reshape_transform is not None)
         raw = map_tensors(torch.Tensor.detach, capture.activations[id(layer)])
         reshaped = []
 
@@ -420,7 +414,7 @@ def run_dff_on_image(model: nn.Module, target_layer: nn.Module,
     Returns:
         ``(H, 3 * W, 3)`` uint8: the image, the concepts on it, and the legend.
     """
-    from .utils.image import show_factorization_on_image
+    from ..utils.image import show_factorization_on_image
 
     rgb = np.asarray(img_pil)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:

@@ -7,16 +7,10 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ._capture import HookSet
-from .base_cam import (
-    BaseCAM,
-    Target,
-    TargetsArg,
-    first_principal_component,
-    min_max_normalize,
-    resize_maps,
-    warn_if_constant,
-)
+from .._engine.capture import HookSet
+from .._engine.checks import check_bool, check_input
+from .._engine.maps import first_principal_component, min_max_normalize, resize_maps, warn_if_constant
+from ..base_cam import DEFAULT_OPTIONS, BaseCAM, CallOptions, Target, TargetsArg, normalize_targets
 
 # Modules whose bias is added along the channel axis (dim 1) of a ``(B, C, *spatial)`` output.
 _CHANNEL_BIAS = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.GroupNorm,
@@ -159,12 +153,11 @@ class FullGrad(BaseCAM):
         if self.reshape_transform is not None:
             raise ValueError("FullGrad does not support reshape_transform: it uses every bias layer whose "
                              "output is (B, C, *spatial) like the input; leave reshape_transform out")
-        if not isinstance(per_channel, bool):
-            raise TypeError(f"per_channel must be a bool, got {type(per_channel).__name__}")
-        self.per_channel = per_channel
+        self.per_channel = check_bool(per_channel, "per_channel")
 
     # -- the raw decomposition -----------------------------------------------------------------
-    def _decomposition(self, x: torch.Tensor, targets: Optional[List[Target]]) -> tuple:
+    def _decomposition(self, x: torch.Tensor, targets: Optional[List[Target]],
+                       options: CallOptions = DEFAULT_OPTIONS) -> tuple:
         """Inside a session: one forward pass and one gradient.
 
         Returns ``x * grad_x`` ``(B, C, *spatial)``, ``[(name, module, bias, grad_out), ...]`` (``bias``
@@ -172,9 +165,9 @@ class FullGrad(BaseCAM):
         """
         x_in = x.detach().clone().requires_grad_(True)  # a copy (also of inference tensors): never the user's
         with _BiasCapture(self.model) as capture, torch.enable_grad():
-            output = self._run_model(x_in)
-        targets = self._resolve_targets(targets, output, x.shape[0])
-        scores = self._scores(targets, output, x.shape[0])  # (B,)
+            output = self.run_model(x_in)
+        targets = self.resolve_targets(targets, output, x.shape[0], options)
+        scores = self.score_targets(targets, output, x.shape[0], options)  # (B,)
         if not scores.requires_grad:
             raise ValueError("the target scores do not depend on the input: the target must return a "
                              "value computed from the model output")
@@ -188,9 +181,9 @@ class FullGrad(BaseCAM):
     def decompose(self, input_tensor: torch.Tensor, targets: TargetsArg = None) -> FullGradTerms:
         """The raw full-gradient terms of each image's score (no abs, no normalisation), on the compute
         device, in the model's dtype. See :class:`FullGradTerms`."""
-        x = self._check_input(input_tensor)
-        target_list = self._check_targets(targets, x.shape[0])
-        with self._session(x) as x_dev:
+        x = check_input(input_tensor)
+        target_list = normalize_targets(targets, x.shape[0])
+        with self.session(x) as x_dev:
             input_term, records, scores = self._decomposition(x_dev, target_list)
             bias_terms = [(name, grad * bias) for name, _, bias, grad in records]
             return FullGradTerms(input_term, bias_terms, scores)
@@ -203,11 +196,13 @@ class FullGrad(BaseCAM):
         normalised = min_max_normalize(term.flatten(0, 1) if self.per_channel else term).view_as(term)
         return resize_maps(normalised.sum(1), spatial)  # (B, *spatial)
 
-    def _compute(self, input_tensor: torch.Tensor, targets: Optional[List[Target]],
-                 eigen_smooth: bool) -> torch.Tensor:
-        with self._session(input_tensor) as x:  # (B, C, *spatial) on the model's device and dtype
+    def compute_maps(self, input_tensor: torch.Tensor, targets: Optional[List[Target]], eigen_smooth: bool,
+                     options: CallOptions = DEFAULT_OPTIONS) -> torch.Tensor:
+        # FullGrad has no target layers to fuse: its terms are every bias layer's, summed; options may
+        # change how targets are resolved and see the pass's output.
+        with self.session(input_tensor) as x:  # (B, C, *spatial) on the model's device and dtype
             spatial = x.shape[2:]
-            input_term, records, _ = self._decomposition(x, targets)
+            input_term, records, _ = self._decomposition(x, targets, options)
             with torch.no_grad():
                 if eigen_smooth:  # each input channel is one term, as in grad-cam 1.5.7
                     terms = [self._post(input_term[:, c:c + 1], spatial) for c in range(x.shape[1])]
@@ -227,7 +222,6 @@ class FullGrad(BaseCAM):
                     fused = resize_maps(first_principal_component(reduced), spatial)
                 else:
                     fused = torch.stack(terms, 1).sum(1)  # (B, *spatial)
-                # At the user's call: _compute, BaseCAM.__call__, the caller.
                 warn_if_constant(fused, "the FullGrad map",
                                  reason="no gradient reaches the input or the bias layers")
                 return min_max_normalize(fused)
