@@ -91,15 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_input_options(parser)
-    _add_method_options(parser)
-    _add_model_options(parser)
+    # In four groups, in the order --help lists them.
+    _add_input_and_method_options(parser)
+    _add_model_and_class_options(parser)
+    _add_compute_options(parser)
     _add_output_options(parser)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return parser
 
 
-def _add_input_options(parser: argparse.ArgumentParser) -> None:
+def _add_input_and_method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "inputs",
         nargs="*",
@@ -116,17 +117,6 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="the same as INPUT (the reference CLI's flag)",
     )
-    parser.add_argument(
-        "--batch-size",
-        dest="batch_size",
-        action=_IntAtLeast,
-        default=8,
-        metavar="N",
-        help="images per forward pass (default: %(default)s)",
-    )
-
-
-def _add_method_options(parser: argparse.ArgumentParser) -> None:
     names = _method_names()
     methods = parser.add_mutually_exclusive_group()
     methods.add_argument(
@@ -143,6 +133,34 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
         "(the perturbation methods scorecam, ablationcam, sscam, iscam and sess run "
         "hundreds to tens of thousands of forward passes per image: slow on a CPU)",
     )
+
+
+def _add_model_and_class_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        metavar="NAME",
+        help=f"'{DEFAULT_MODEL}' (default: ImageNet-pretrained, weights shipped in a pip "
+        "package, no download), a torchvision classification model (resnet50, vgg16, "
+        "densenet121, vit_b_16, swin_t, ...; its weights are downloaded once), or a timm "
+        "model as timm:NAME (needs timm)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="a state dict for --model's architecture (e.g. your fine-tuned weights); a "
+        "different number of classes is handled",
+    )
+    parser.add_argument(
+        "--target-layer",
+        "--target_layer",
+        dest="target_layer",
+        default="auto",
+        metavar="NAME",
+        help="the layer to explain by dotted name, negative indices allowed "
+        "(layer4.-1, features.-1), or 'auto' (default): the last layer with a spatial output "
+        "that the score depends on, found by tracing one forward pass and printed",
+    )
     parser.add_argument(
         "--target-category",
         "--target_category",
@@ -157,6 +175,28 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
         action=_IntAtLeast,
         metavar="K",
         help="explain each image's K most likely classes",
+    )
+
+
+def _add_compute_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--batch-size",
+        dest="batch_size",
+        action=_IntAtLeast,
+        default=8,
+        metavar="N",
+        help="images per forward pass (default: %(default)s)",
+    )
+    device = parser.add_mutually_exclusive_group()
+    device.add_argument(
+        "--use-cuda",
+        "--use_cuda",
+        dest="use_cuda",
+        action="store_true",
+        help="run on the GPU (same as --device cuda); an error when CUDA is not available",
+    )
+    device.add_argument(
+        "--device", metavar="DEV", help="torch device to run on, e.g. cpu, cuda, cuda:1 (default: cpu)"
     )
     parser.add_argument(
         "--aug-smooth",
@@ -186,45 +226,6 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also write guided backpropagation (<image>_<method>_gb.jpg) and guided "
         "Grad-CAM (<image>_<method>_cam_gb.jpg) images",
-    )
-
-
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        metavar="NAME",
-        help=f"'{DEFAULT_MODEL}' (default: ImageNet-pretrained, weights shipped in a pip "
-        "package, no download), a torchvision classification model (resnet50, vgg16, "
-        "densenet121, vit_b_16, swin_t, ...; its weights are downloaded once), or a timm "
-        "model as timm:NAME (needs timm)",
-    )
-    parser.add_argument(
-        "--checkpoint",
-        metavar="FILE",
-        help="a state dict for --model's architecture (e.g. your fine-tuned weights); a "
-        "different number of classes is handled",
-    )
-    parser.add_argument(
-        "--target-layer",
-        "--target_layer",
-        dest="target_layer",
-        default="auto",
-        metavar="NAME",
-        help="the layer to explain by dotted name, negative indices allowed "
-        "(layer4.-1, features.-1), or 'auto' (default): the last layer with a spatial output "
-        "that the score depends on, found by tracing one forward pass and printed",
-    )
-    device = parser.add_mutually_exclusive_group()
-    device.add_argument(
-        "--use-cuda",
-        "--use_cuda",
-        dest="use_cuda",
-        action="store_true",
-        help="run on the GPU (same as --device cuda); an error when CUDA is not available",
-    )
-    device.add_argument(
-        "--device", metavar="DEV", help="torch device to run on, e.g. cpu, cuda, cuda:1 (default: cpu)"
     )
 
 
@@ -285,7 +286,7 @@ def _method_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> L
         _reject(
             parser,
             "--methods",
-            f"'all' or a comma-separated list of: {', '.join(names)}",
+            f"'all' or a comma-separated list of method names ({', '.join(names)})",
             repr(args.methods),
             why,
         )

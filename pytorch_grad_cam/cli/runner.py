@@ -15,7 +15,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -34,13 +34,17 @@ from .models import CliError, LoadedModel, resolve_categories
 from .outputs import make_grid, write_image
 
 __all__ = [
+    "BatchContext",
     "FactorizationAdapter",
+    "ImageOut",
     "MapAdapter",
+    "MethodAdapter",
     "PixelAdapter",
     "RunOptions",
     "Runner",
     "TargetSetup",
     "adapter_for",
+    "prepare_target",
     "preprocess",
 ]
 
@@ -245,6 +249,25 @@ class ImageOut:
 
 
 # ------------------------------------------------------------------------------------------ adapters
+class MethodAdapter(Protocol):
+    """What the runner needs of one kind of method.
+
+    Attributes:
+        class_agnostic: the result does not depend on the class (computed for slot 0, reused for the
+            others, written once).
+    """
+
+    class_agnostic: bool
+
+    def bind(self, ctx: BatchContext) -> Callable[[int], Any]:
+        """``slot -> result`` for the batch of ``ctx``; the method is built once per batch."""
+        ...
+
+    def render(self, result: Any, out: ImageOut, slot: int, stem: str) -> Tuple[np.ndarray, List[str]]:
+        """One image's picture for the grid (RGB uint8) and the files written, named from ``stem``."""
+        ...
+
+
 class MapAdapter:
     """A map method (``cls(model, target_layers=..., reshape_transform=..., device=...)``): (B, S, S) maps
     per class slot; writes the overlay and the map, and with --guided the gb and cam_gb images."""
@@ -361,7 +384,7 @@ class FactorizationAdapter:
 _KINDS = ((METHODS, MapAdapter), (PIXEL_METHODS, PixelAdapter), (FACTORIZATION_METHODS, FactorizationAdapter))
 
 
-def adapter_for(name: str):
+def adapter_for(name: str) -> MethodAdapter:
     """The adapter of the method registered as ``name``, by the registry dict that holds it."""
     for registry, adapter in _KINDS:
         if name in registry:
@@ -383,7 +406,7 @@ class Runner:
         self.device = device
         self.options = options
         self.setup = setup
-        self.adapters = {name: adapter_for(name) for name in options.methods}
+        self.adapters: Dict[str, MethodAdapter] = {name: adapter_for(name) for name in options.methods}
         self.guided = PixelAdapter(GuidedBackpropReLUModel)  # --guided: the same memo as guidedbackprop
 
     @classmethod
