@@ -240,10 +240,12 @@ class ImageOut:
         return cv2.resize(array, (width, height), interpolation=cv2.INTER_LINEAR)
 
     def save_jpg(self, name: str, rgb: np.ndarray) -> str:
+        """Write an RGB uint8 image under the output folder; returns ``name``."""
         write_image(os.path.join(self.out_dir, name), rgb)
         return name
 
     def save_npy(self, name: str, array: np.ndarray) -> str:
+        """Write an array as .npy under the output folder; returns ``name``."""
         np.save(os.path.join(self.out_dir, name), array)
         return name
 
