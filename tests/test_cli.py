@@ -94,6 +94,36 @@ def test_bad_method_exits_2(capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--batch-size", "0", "--batch-size must be an int >= 1, got 0"),
+    ("--batch-size", "two", "--batch-size must be an int >= 1, got 'two'"),
+    ("--batch-size", "2.5", "--batch-size must be an int >= 1, got '2.5'"),
+    ("--top-k", "0", "--top-k must be an int >= 1, got 0"),
+    ("--top-k", "-3", "--top-k must be an int >= 1, got -3"),
+    ("--n-components", "0", "--n-components must be an int >= 1, got 0"),
+    ("--methods", "gradcam,nope", "--methods must be 'all' or a comma-separated list of method names ("),
+    ("--methods", " , ", "--methods must be 'all' or a comma-separated list of method names ("),
+    ("--device", "toaster", "--device must be a torch device such as cpu, cuda or cuda:1, got 'toaster'"),
+])
+def test_bad_option_values_exit_2_naming_option_expectation_and_value(tmp_path, capsys, option, value,
+                                                                       message):
+    """One rule for every checked option: argparse's exit 2, the option, what it must be, what it got."""
+    with pytest.raises(SystemExit) as exc:
+        main(["--image-path", str(CAT), option, value, "--output-dir", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: {message}" in err, err
+    if option == "--methods" and "nope" in value:
+        assert "got 'gradcam,nope' (unknown: nope)" in err
+    assert not any(tmp_path.iterdir())  # rejected before any model is loaded or file written
+
+
+@needs_pretrained
+def test_top_k_beyond_the_models_classes_exits_2(tmp_path, capsys):
+    assert main(["--image-path", str(CAT), "--top-k", "1001", "--output-dir", str(tmp_path)]) == 2
+    assert "--top-k must be an int <= the model's 1000 classes, got 1001" in capsys.readouterr().err
+
+
 def test_missing_image_path_exits_2(capsys):
     with pytest.raises(SystemExit) as exc:
         main([])

@@ -15,6 +15,7 @@ from pytorch_grad_cam.utils.find_layers import (
     find_target_layer,
     get_layer,
     guess_reshape_transform,
+    layer_output_layout,
 )
 from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform
 
@@ -153,3 +154,54 @@ def test_find_target_layer_errors():
     seg = torchvision.models.resnet18()
     with pytest.raises(ValueError, match="pass score="):
         find_target_layer(nn.Sequential(*list(seg.children())[:-2]), torch.randn(1, 3, 32, 32))
+
+
+def test_layer_output_layout_reads_cnn_vit_and_channels_last_outputs():
+    """The output shape, the guessed transform and the (B, C, *spatial) shape it gives, for a CNN block,
+    ViT tokens (class token + 4x4 patches) and a Swin-style (B, H, W, C) map; the model is left as found."""
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18().train()
+    before = _state(resnet)
+    layout = layer_output_layout(resnet, resnet.layer4[-1], torch.randn(2, 3, 64, 64))
+    assert layout.output_shape == (2, 512, 2, 2) and layout.map_shape == (2, 512, 2, 2)
+    assert layout.reshape_transform is None
+    assert _state(resnet) == before and not any(m._forward_hooks for m in resnet.modules())
+
+    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
+                            mlp_dim=64).eval()
+    layer = vit.encoder.layers[-1].ln_1
+    x = torch.randn(1, 3, 32, 32)
+    layout = layer_output_layout(vit, layer, x)
+    assert layout.output_shape == (1, 17, 32) and layout.map_shape == (1, 32, 4, 4)
+    assert layout.reshape_transform == TokenGridReshape(1, 4, 4)
+    tokens = []
+    handle = layer.register_forward_hook(lambda module, inputs, output: tokens.append(output))
+    with torch.no_grad():
+        vit(x)
+    handle.remove()
+    grid = layout.reshape_transform(tokens[0])  # patch (r, c) is token 1 + 4 * r + c
+    assert torch.equal(grid[0, :, 2, 3], tokens[0][0, 1 + 4 * 2 + 3])
+
+    swin = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[2, 2],
+                           window_size=[2, 2]).eval()
+    layout = layer_output_layout(swin, swin.norm, torch.randn(1, 3, 32, 32))
+    assert layout.output_shape == (1, 4, 4, 32) and layout.map_shape == (1, 32, 4, 4)
+    assert layout.reshape_transform is channels_last_reshape
+
+
+def test_layer_output_layout_errors_name_the_problem():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 2))
+    unused = nn.Conv2d(3, 3, 1)
+    x = torch.randn(1, 3, 6, 6)
+    with pytest.raises(ValueError, match="the layer did not run"):
+        layer_output_layout(model, unused, x)
+    with pytest.raises(ValueError, match=r"its output \(1, 64\) is not a spatial map"):
+        layer_output_layout(model, model[1], x)
+
+    class TupleOut(nn.Module):
+        def forward(self, x):
+            return x, x
+
+    net = nn.Sequential(TupleOut())
+    with pytest.raises(ValueError, match="the layer returns tuple"):
+        layer_output_layout(net, net[0], x)

@@ -1,10 +1,14 @@
 """The CLI's inputs: files, folders (recursively) and glob patterns, each image read once."""
+
 from __future__ import annotations
 
 import glob
 import os
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import TYPE_CHECKING, Iterator, List, Sequence, Tuple
+
+if TYPE_CHECKING:  # numpy and OpenCV load when an image is read, not when the CLI starts
+    import numpy as np
 
 #: Extensions taken when walking a folder (any explicitly named file is tried whatever its name).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -12,6 +16,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", "
 
 @dataclass(frozen=True)
 class InputImage:
+    """One image to explain: where it is, and the stem of its outputs' names."""
+
     path: str  # as the user can find it (the path given, or under the folder given)
     key: str  # where its outputs go, relative to --output-dir, without extension: "cat" or "sub/cat"
 
@@ -25,21 +31,10 @@ def collect_inputs(specs: Sequence[str]) -> Tuple[List[InputImage], List[Tuple[s
     found: List[Tuple[str, str]] = []  # (path, key)
     problems: List[Tuple[str, str]] = []
     for spec in specs:
-        if os.path.isdir(spec):
-            root = spec
-            paths = sorted(_walk_images(root))
-            if not paths:
-                problems.append((spec, f"no images ({', '.join(IMAGE_EXTENSIONS[:4])}, ...) in this folder"))
-            found.extend((p, _stem(os.path.relpath(p, root))) for p in paths)
-        elif os.path.isfile(spec):
-            found.append((spec, _stem(os.path.basename(spec))))
-        elif glob.has_magic(spec):
-            paths = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
-            if not paths:
-                problems.append((spec, "the pattern matches no file"))
-            found.extend((p, _stem(os.path.basename(p))) for p in paths)
-        else:
-            problems.append((spec, "no such file or folder"))
+        matched, why = _expand(spec)
+        found.extend(matched)
+        if why:
+            problems.append((spec, why))
     images, seen_paths, seen_keys = [], set(), set()
     for path, key in found:
         real = os.path.realpath(path)
@@ -55,7 +50,24 @@ def collect_inputs(specs: Sequence[str]) -> Tuple[List[InputImage], List[Tuple[s
     return images, problems
 
 
-def _walk_images(root: str):
+def _expand(spec: str) -> Tuple[List[Tuple[str, str]], str]:
+    """``([(path, key)], why)`` of one spec: a folder (walked), a file, or a glob; ``why`` says why it
+    matches nothing (empty when it matches something, or is a file)."""
+    if os.path.isdir(spec):
+        paths = sorted(_walk_images(spec))
+        why = "" if paths else f"no images ({', '.join(IMAGE_EXTENSIONS[:4])}, ...) in this folder"
+        return [(p, _stem(os.path.relpath(p, spec))) for p in paths], why
+    if os.path.isfile(spec):
+        return [(spec, _stem(os.path.basename(spec)))], ""
+    if glob.has_magic(spec):
+        paths = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+        return [
+            (p, _stem(os.path.basename(p))) for p in paths
+        ], "" if paths else "the pattern matches no file"
+    return [], "no such file or folder"
+
+
+def _walk_images(root: str) -> Iterator[str]:
     for folder, dirs, files in os.walk(root):
         dirs.sort()
         for name in files:
@@ -67,7 +79,7 @@ def _stem(relative: str) -> str:
     return os.path.splitext(relative)[0].replace(os.sep, "/")
 
 
-def read_image(path: str):
+def read_image(path: str) -> "np.ndarray":
     """The image as float32 RGB in [0, 1], HxWx3; raises ValueError saying why it cannot be read."""
     import cv2
     import numpy as np

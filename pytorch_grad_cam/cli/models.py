@@ -1,4 +1,5 @@
 """The CLI's models: the offline EfficientNet-Lite0, torchvision and timm models by name, checkpoints."""
+
 from __future__ import annotations
 
 import os
@@ -20,6 +21,9 @@ class CliError(Exception):
 
 @dataclass
 class LoadedModel:
+    """A model ready to explain: the network (eval mode), its preprocessing (mean, std, square input
+    size), its class names (empty when unknown) and where its weights came from."""
+
     model: object
     mean: Tuple[float, ...]
     std: Tuple[float, ...]
@@ -28,6 +32,7 @@ class LoadedModel:
     source: str = ""
 
     def class_name(self, index: int) -> str:
+        """The class's name, or ``"class <index>"`` when the model has no name for it."""
         return self.class_names[index] if 0 <= index < len(self.class_names) else f"class {index}"
 
 
@@ -38,7 +43,7 @@ def load_model(name: str, checkpoint: Optional[str] = None) -> LoadedModel:
     if name == DEFAULT_MODEL:
         loaded = _efficientnet_lite0()
     elif name.startswith("timm:"):
-        loaded = _timm_model(name[len("timm:"):], checkpoint is None)
+        loaded = _timm_model(name[len("timm:") :], checkpoint is None)
     else:
         import torchvision
 
@@ -48,9 +53,12 @@ def load_model(name: str, checkpoint: Optional[str] = None) -> LoadedModel:
             loaded = _timm_model(name, checkpoint is None)
         else:
             examples = ", ".join(("resnet50", "vgg16", "densenet121", "vit_b_16", "swin_t"))
-            raise CliError(f"--model {name!r}: not '{DEFAULT_MODEL}', not a torchvision classification model "
-                           f"(e.g. {examples}), and timm is not installed for timm models "
-                           "(pip install timm, then --model timm:NAME)", code=2)
+            raise CliError(
+                f"--model {name!r}: not '{DEFAULT_MODEL}', not a torchvision classification model "
+                f"(e.g. {examples}), and timm is not installed for timm models "
+                "(pip install timm, then --model timm:NAME)",
+                code=2,
+            )
     if checkpoint is not None:
         load_checkpoint(loaded, checkpoint, name)
     loaded.model.eval()
@@ -64,9 +72,14 @@ def _efficientnet_lite0() -> LoadedModel:
         model = pretrained.load_efficientnet_lite0()
     except ImportError as exc:
         raise CliError(str(exc)) from exc
-    return LoadedModel(model, pretrained.EFFICIENTNET_LITE0_MEAN, pretrained.EFFICIENTNET_LITE0_STD,
-                       pretrained.EFFICIENTNET_LITE0_INPUT_SIZE, list(pretrained.IMAGENET_CLASSES),
-                       source="pretrained (offline, shipped in a pip package)")
+    return LoadedModel(
+        model,
+        pretrained.EFFICIENTNET_LITE0_MEAN,
+        pretrained.EFFICIENTNET_LITE0_STD,
+        pretrained.EFFICIENTNET_LITE0_INPUT_SIZE,
+        list(pretrained.IMAGENET_CLASSES),
+        source="pretrained (offline, shipped in a pip package)",
+    )
 
 
 def _torchvision_model(name: str, pretrained: bool) -> LoadedModel:
@@ -88,7 +101,8 @@ def _torchvision_model(name: str, pretrained: bool) -> LoadedModel:
                 f"torch caches downloaded weights under {hub_dir} (in its 'checkpoints' folder); copy "
                 f"{file_name} (from {weights.url}) to {os.path.join(hub_dir, 'checkpoints', file_name)} "
                 f"and run again, pass --checkpoint FILE, or leave out --model to use the offline "
-                f"{DEFAULT_MODEL}.") from exc
+                f"{DEFAULT_MODEL}."
+            ) from exc
         source = f"torchvision {weights}"
     transforms = weights.transforms()
     mean = tuple(getattr(transforms, "mean", IMAGENET_MEAN))
@@ -114,8 +128,10 @@ def _timm_model(name: str, pretrained: bool) -> LoadedModel:
     except RuntimeError as exc:  # unknown model name
         raise CliError(f"--model {name!r}: timm cannot create it ({exc})", code=2) from exc
     except Exception as exc:  # download failures
-        raise CliError(f"could not load the pretrained weights of timm model {name} ({type(exc).__name__}: "
-                       f"{exc}); pass --checkpoint FILE") from exc
+        raise CliError(
+            f"could not load the pretrained weights of timm model {name} ({type(exc).__name__}: "
+            f"{exc}); pass --checkpoint FILE"
+        ) from exc
     config = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     size = config.get("input_size", (3, 224, 224))[-1]
     mean, std = tuple(config.get("mean", IMAGENET_MEAN)), tuple(config.get("std", IMAGENET_STD))
@@ -133,15 +149,16 @@ def load_checkpoint(loaded: LoadedModel, path: str, name: str) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 -- any unreadable file
-        raise CliError(f"--checkpoint {path!r} is not a torch state dict "
-                       f"({type(exc).__name__}: {exc})") from exc
+        raise CliError(
+            f"--checkpoint {path!r} is not a torch state dict ({type(exc).__name__}: {exc})"
+        ) from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CliError(f"--checkpoint {path!r} holds no state dict of tensors")
     if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     num_classes = _checkpoint_classes(loaded.model, state)
     if num_classes is not None and num_classes != len(loaded.class_names or []):
         loaded.model = _rebuild_with_classes(name, num_classes, loaded.model)
@@ -149,13 +166,15 @@ def load_checkpoint(loaded: LoadedModel, path: str, name: str) -> None:
     try:
         loaded.model.load_state_dict(state)
     except RuntimeError as exc:
-        raise CliError(f"--checkpoint {path!r} does not fit --model {name}: {str(exc).splitlines()[0]} "
-                       f"{_first_lines(str(exc))}") from exc
+        raise CliError(
+            f"--checkpoint {path!r} does not fit --model {name}: {str(exc).splitlines()[0]} "
+            f"{_first_lines(str(exc))}"
+        ) from exc
     loaded.source = f"checkpoint {path}"
 
 
 def _first_lines(text: str, count: int = 3) -> str:
-    return " ".join(line.strip() for line in text.splitlines()[1:1 + count])
+    return " ".join(line.strip() for line in text.splitlines()[1 : 1 + count])
 
 
 def _checkpoint_classes(model, state) -> Optional[int]:
@@ -173,8 +192,11 @@ def _checkpoint_classes(model, state) -> Optional[int]:
 
 def _rebuild_with_classes(name: str, num_classes: int, model):
     if name == DEFAULT_MODEL:
-        raise CliError(f"--checkpoint has {num_classes} classes but {DEFAULT_MODEL} has 1000; use "
-                       "--model with the checkpoint's torchvision architecture", code=2)
+        raise CliError(
+            f"--checkpoint has {num_classes} classes but {DEFAULT_MODEL} has 1000; use "
+            "--model with the checkpoint's torchvision architecture",
+            code=2,
+        )
     if name.startswith("timm:") or _is_timm(model):
         import timm
 
@@ -201,12 +223,16 @@ def _category(text: str, loaded: LoadedModel, num_classes: int) -> int:
     if text.lstrip("-").isdigit():
         index = int(text)
         if not 0 <= index < num_classes:
-            raise CliError(f"--target-category {index} is out of range: the model has {num_classes} "
-                           f"classes (0..{num_classes - 1})", code=2)
+            raise CliError(
+                f"--target-category {index} is out of range: the model has {num_classes} "
+                f"classes (0..{num_classes - 1})",
+                code=2,
+            )
         return index
     if not loaded.class_names:
-        raise CliError(f"--target-category {text!r}: this model has no class names; use class indices",
-                       code=2)
+        raise CliError(
+            f"--target-category {text!r}: this model has no class names; use class indices", code=2
+        )
     names = [n.lower() for n in loaded.class_names]
     if text.lower() in names:
         return names.index(text.lower())
@@ -217,8 +243,10 @@ def _category(text: str, loaded: LoadedModel, num_classes: int) -> int:
     if matches:
         listed = ", ".join(f"{i} ({loaded.class_names[i]})" for i in matches[:8])
         more = ", ..." if len(matches) > 8 else ""
-        raise CliError(f"--target-category {text!r} is ambiguous: {listed}{more}; give the exact name or "
-                       "the index", code=2)
+        raise CliError(
+            f"--target-category {text!r} is ambiguous: {listed}{more}; give the exact name or the index",
+            code=2,
+        )
     close = difflib.get_close_matches(text.lower(), names, n=5, cutoff=0.6)
     suggestions = ", ".join(repr(loaded.class_names[names.index(c)]) for c in close)
     hint = f"; did you mean {suggestions}?" if close else ""

@@ -1,4 +1,5 @@
 """The CLI's outputs: labelled grids, the results.jsonl log and the HTML report."""
+
 from __future__ import annotations
 
 import base64
@@ -74,6 +75,7 @@ def load_results(output_dir: str) -> Dict[str, dict]:
 
 
 def append_result(output_dir: str, record: dict) -> None:
+    """Add one record to results.jsonl, flushed at once: an interrupted run keeps what it finished."""
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, RESULTS_FILE), "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -98,10 +100,10 @@ img {{ max-width: 100%; height: auto; display: block; margin: 8px 0; }}
 table {{ border-collapse: collapse; font-size: 13px; }} td, th {{ border: 1px solid #ddd; padding: 3px 8px; }}
 .error {{ color: #b00020; }} .meta {{ font-size: 13px; color: #555; }}
 </style></head>
-<body data-images-expected="{sum('grid' in r for r in records)}">
+<body data-images-expected="{sum("grid" in r for r in records)}">
 <h1>{html.escape(title)}</h1>
 <p class="meta">{ok} of {len(records)} image(s) explained.</p>
-{''.join(sections)}
+{"".join(sections)}
 <script>
 window.addEventListener('load', () => {{
   const images = Array.from(document.images);
@@ -131,7 +133,11 @@ def _section(output_dir: str, record: dict) -> str:
         image = f"<img alt='{esc(grid)}' src='data:image/jpeg;base64,{data}'>"
     rows = "".join(
         f"<tr><td>{esc(m['method'])}</td><td>{m['class']}</td><td>{esc(m['class_name'])}</td>"
-        f"<td>{m['probability']:.4f}</td><td>{m['seconds']:.3f}</td></tr>" for m in record.get("maps", []))
-    table = ("<table><tr><th>method</th><th>class</th><th>name</th><th>probability</th><th>seconds</th></tr>"
-             f"{rows}</table>")
+        f"<td>{m['probability']:.4f}</td><td>{m['seconds']:.3f}</td></tr>"
+        for m in record.get("maps", [])
+    )
+    table = (
+        "<table><tr><th>method</th><th>class</th><th>name</th><th>probability</th><th>seconds</th></tr>"
+        f"{rows}</table>"
+    )
     return f"<section>{head}{meta}{image}{table}</section>"

@@ -27,6 +27,7 @@ from .reshape_transforms import (
 
 __all__ = [
     "FoundLayer",
+    "LayerLayout",
     "TokenGridReshape",
     "channels_last_reshape",
     "find_layer_predicate_recursive",
@@ -34,6 +35,7 @@ __all__ = [
     "find_target_layer",
     "get_layer",
     "guess_reshape_transform",
+    "layer_output_layout",
     "replace_all_layer_type_recursive",
     "replace_layer_recursive",
 ]
@@ -159,6 +161,71 @@ def guess_reshape_transform(output: torch.Tensor) -> Tuple[Optional[Callable], b
     if output.ndim == 4 and output.shape[3] > output.shape[1] and output.shape[3] > output.shape[2]:
         return channels_last_reshape, True
     return None, output.ndim >= 3
+
+
+@dataclass(frozen=True)
+class LayerLayout:
+    """How one layer's output reads as a CAM's map, from :func:`layer_output_layout`.
+
+    Attributes:
+        output_shape: the output's shape as the layer returns it, e.g. ``(1, 197, 768)`` for ViT tokens.
+        reshape_transform: what turns that output into ``(B, C, *spatial)`` (None when it already is).
+        map_shape: the shape after ``reshape_transform``, ``(B, C, *spatial)``, e.g. ``(1, 768, 14, 14)``.
+    """
+
+    output_shape: Tuple[int, ...]
+    reshape_transform: Optional[Callable]
+    map_shape: Tuple[int, ...]
+
+
+class _FirstOutput(HookSet):
+    """A forward hook on one module for one ``with`` block, keeping what its first call returned."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+        self.outputs: List[Any] = []
+
+    def _register(self) -> None:
+        self._handles.append(self.layer.register_forward_hook(self._record))
+
+    def _record(self, module: nn.Module, inputs, output) -> None:
+        if not self.outputs:
+            self.outputs.append(output)
+
+
+def layer_output_layout(model: nn.Module, layer: nn.Module, input_tensor: torch.Tensor) -> LayerLayout:
+    """Run ``model`` once on ``input_tensor`` and read ``layer``'s output layout: its shape, the reshape
+    transform :func:`guess_reshape_transform` picks for it, and the ``(B, C, *spatial)`` shape that gives.
+
+    The forward pass runs without gradients, in eval mode, with the input on the model's device and
+    floating dtype; the model's training flags are restored afterwards and its hook is removed, also when
+    the forward pass raises.
+
+    Example:
+        >>> layout = layer_output_layout(vit, vit.encoder.layers[-1].ln_1, x)  # x: (1, 3, 224, 224)
+        >>> layout.output_shape, layout.map_shape  # (1, 197, 768), (1, 768, 14, 14)
+        >>> cam = GradCAM(vit, [vit.encoder.layers[-1].ln_1], reshape_transform=layout.reshape_transform)
+
+    Raises:
+        ValueError: the layer did not run, returned something other than a tensor, or returned a tensor
+            that is not a spatial map, a channels-last map or tokens on a square grid. The message says
+            which, in words that can follow the layer's name.
+    """
+    recorder = _FirstOutput(layer)
+    with compute_session(model, None, input_tensor) as x, torch.no_grad(), recorder:
+        model(x)
+    if not recorder.outputs:
+        raise ValueError("the layer did not run; choose a layer with a tensor output")
+    output = recorder.outputs[0]
+    if not isinstance(output, torch.Tensor):
+        raise ValueError(f"the layer returns {type(output).__name__}; choose a layer with a tensor output")
+    transform, ok = guess_reshape_transform(output)
+    if not ok:
+        raise ValueError(f"its output {tuple(output.shape)} is not a spatial map (B, C, H, W), channels-last "
+                         "(B, H, W, C) or tokens on a square grid")
+    mapped = transform(output) if transform is not None else output  # (B, C, *spatial)
+    return LayerLayout(tuple(output.shape), transform, tuple(mapped.shape))
 
 
 # --------------------------------------------------------------------------------- automatic choice

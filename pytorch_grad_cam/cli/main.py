@@ -1,0 +1,517 @@
+"""The command line's entry point: the argument parser, the argument checks and the run over all images.
+
+The per-batch work (preprocessing, the methods, the files written) is in :mod:`.runner`; it and
+:mod:`.outputs` import torch and OpenCV, so they are imported only when a run starts: ``--help`` and
+``--version`` stay quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from .inputs import InputImage, collect_inputs, read_image
+from .models import DEFAULT_MODEL, CliError, load_model
+
+__all__ = ["EXAMPLES", "build_parser", "main"]
+
+DEFAULT_OUTPUT_DIR = "cam_output"
+
+EXAMPLES = """\
+examples:
+  # Grad-CAM of the top class, offline pretrained EfficientNet-Lite0:
+  python cam.py --image-path examples/cat.jpg
+  # a class by name or index (967 = espresso), with Grad-CAM++; or the 3 most likely classes:
+  python cam.py --image-path examples/cat_and_coffee.jpg --method gradcam++ --target-category espresso
+  python cam.py --image-path examples/cat_and_coffee.jpg --top-k 3
+  # a whole folder (recursively) or a glob, several methods side by side, and an HTML report:
+  python cam.py examples/ --methods gradcam,gradcam++,scorecam,eigencam --report
+  # every method, guided backprop images too, and the raw maps as .npy:
+  python cam.py --image-path examples/cat.jpg --methods all --guided
+  # smoother maps (test-time augmentation; first principal component):
+  python cam.py --image-path examples/coffee.jpg --method eigencam --aug-smooth --eigen-smooth
+  # a torchvision model (weights downloaded once, cached by torch), a layer by dotted name:
+  python cam.py --image-path examples/cat.jpg --model resnet50 --target-layer layer4.-1 --device cuda
+  # your own fine-tuned weights for a torchvision architecture:
+  python cam.py --image-path x.jpg --model resnet18 --checkpoint model.pt --target-category 3
+
+outputs (in --output-dir): <image>_<method>.jpg overlays, <image>_<method>.npy raw maps (float32 in
+[0, 1], at the image's resolution), <image>_grid.jpg when several methods or classes are asked for,
+<image>_<method>_gb.jpg / _cam_gb.jpg with --guided, results.jsonl (one line per image), report.html.
+Images already in results.jsonl with the same settings are skipped unless --overwrite.
+
+exit status: 0 success, 1 when any image failed (it is reported and skipped), 2 bad arguments.
+"""
+
+
+def _method_names() -> List[str]:
+    """Map methods, then guided backpropagation (pixel images) and Deep Feature Factorization."""
+    from ..registry import FACTORIZATION_METHODS, METHODS, PIXEL_METHODS
+
+    return list(METHODS) + list(PIXEL_METHODS) + list(FACTORIZATION_METHODS)
+
+
+# ------------------------------------------------------------------------------------------ the rule
+def _reject(parser: argparse.ArgumentParser, option: str, expected: str, got: object, why: str = "") -> None:
+    """The one rule for a bad option value: exit 2 through argparse, naming the option, what it must be
+    and what it got (``--batch-size must be an int >= 1, got 0``)."""
+    parser.error(f"{option} must be {expected}, got {got}{why}")
+
+
+class _IntAtLeast(argparse.Action):
+    """``type=int`` with a lower bound, checked while parsing so that every use of :func:`build_parser`
+    gets checked values; a word or a number below ``minimum`` goes through :func:`_reject`."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, minimum: int = 1, **kwargs) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.minimum = minimum
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        expected = f"an int >= {self.minimum}"
+        try:
+            value = int(values)
+        except ValueError:
+            _reject(parser, self.option_strings[0], expected, repr(values))
+        if value < self.minimum:
+            _reject(parser, self.option_strings[0], expected, value)
+        setattr(namespace, self.dest, value)
+
+
+# ------------------------------------------------------------------------------------------ the parser
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's argument parser (``pytorch-grad-cam --help`` prints it, with :data:`EXAMPLES`)."""
+    parser = argparse.ArgumentParser(
+        prog="pytorch-grad-cam",
+        description="Compute Class Activation Maps (Grad-CAM and family) for images with an ImageNet "
+        "classifier, and save them overlaid on the images.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # In four groups, in the order --help lists them.
+    _add_input_and_method_options(parser)
+    _add_model_and_class_options(parser)
+    _add_compute_options(parser)
+    _add_output_options(parser)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    return parser
+
+
+def _add_input_and_method_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="images, folders (searched recursively) or glob patterns ('photos/**/*.png')",
+    )
+    parser.add_argument(
+        "--image-path",
+        "--image_path",
+        dest="image_paths",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="the same as INPUT (the reference CLI's flag)",
+    )
+    names = _method_names()
+    methods = parser.add_mutually_exclusive_group()
+    methods.add_argument(
+        "--method",
+        default=None,
+        choices=names,
+        metavar="NAME",
+        help=f"the CAM method (default: gradcam); one of: {', '.join(names)}",
+    )
+    methods.add_argument(
+        "--methods",
+        metavar="LIST",
+        help="several methods, comma-separated, or 'all': saved side by side in a grid "
+        "(the perturbation methods scorecam, ablationcam, sscam, iscam and sess run "
+        "hundreds to tens of thousands of forward passes per image: slow on a CPU)",
+    )
+
+
+def _add_model_and_class_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        metavar="NAME",
+        help=f"'{DEFAULT_MODEL}' (default: ImageNet-pretrained, weights shipped in a pip "
+        "package, no download), a torchvision classification model (resnet50, vgg16, "
+        "densenet121, vit_b_16, swin_t, ...; its weights are downloaded once), or a timm "
+        "model as timm:NAME (needs timm)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="a state dict for --model's architecture (e.g. your fine-tuned weights); a "
+        "different number of classes is handled",
+    )
+    parser.add_argument(
+        "--target-layer",
+        "--target_layer",
+        dest="target_layer",
+        default="auto",
+        metavar="NAME",
+        help="the layer to explain by dotted name, negative indices allowed "
+        "(layer4.-1, features.-1), or 'auto' (default): the last layer with a spatial output "
+        "that the score depends on, found by tracing one forward pass and printed",
+    )
+    parser.add_argument(
+        "--target-category",
+        "--target_category",
+        dest="target_category",
+        nargs="+",
+        metavar="K",
+        help="class(es) to explain, by index (281) or ImageNet name ('tabby cat'); default: the top class",
+    )
+    parser.add_argument(
+        "--top-k",
+        dest="top_k",
+        action=_IntAtLeast,
+        metavar="K",
+        help="explain each image's K most likely classes",
+    )
+
+
+def _add_compute_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--batch-size",
+        dest="batch_size",
+        action=_IntAtLeast,
+        default=8,
+        metavar="N",
+        help="images per forward pass (default: %(default)s)",
+    )
+    device = parser.add_mutually_exclusive_group()
+    device.add_argument(
+        "--use-cuda",
+        "--use_cuda",
+        dest="use_cuda",
+        action="store_true",
+        help="run on the GPU (same as --device cuda); an error when CUDA is not available",
+    )
+    device.add_argument(
+        "--device", metavar="DEV", help="torch device to run on, e.g. cpu, cuda, cuda:1 (default: cpu)"
+    )
+    parser.add_argument(
+        "--aug-smooth",
+        "--aug_smooth",
+        dest="aug_smooth",
+        action="store_true",
+        help="average the map over test-time augmentations (flips, scales); slower, "
+        "better centred on the object",
+    )
+    parser.add_argument(
+        "--eigen-smooth",
+        "--eigen_smooth",
+        dest="eigen_smooth",
+        action="store_true",
+        help="keep only the first principal component of the weighted activations (less noise)",
+    )
+    parser.add_argument(
+        "--n-components",
+        dest="n_components",
+        action=_IntAtLeast,
+        default=4,
+        metavar="K",
+        help="concepts for --method dff (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--guided",
+        action="store_true",
+        help="also write guided backpropagation (<image>_<method>_gb.jpg) and guided "
+        "Grad-CAM (<image>_<method>_cam_gb.jpg) images",
+    )
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--output-dir",
+        "--output_dir",
+        dest="output_dir",
+        default=DEFAULT_OUTPUT_DIR,
+        metavar="DIR",
+        help="folder for the outputs (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="redo images that results.jsonl says are already done"
+    )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="write report.html: a self-contained page with every image's grid",
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("pytorch_grad_cam")
+    except Exception:  # noqa: BLE001 -- not installed: running from a source tree
+        return "unknown"
+
+
+# ------------------------------------------------------------------------------------------ checks
+def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """What argparse cannot check alone: an input given, the method list, option combinations.
+
+    Sets ``args.inputs`` (INPUT and --image-path together) and ``args.method_list``.
+    """
+    args.inputs = list(args.image_paths) + list(args.inputs)
+    if not args.inputs:
+        parser.error("no input: give images, folders or globs (INPUT or --image-path PATH)")
+    args.method_list = _method_list(args, parser)
+    if args.top_k is not None and args.target_category:
+        parser.error("give --target-category or --top-k, not both")
+
+
+def _method_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> List[str]:
+    """--method's or --methods' names, each once, in the order given ('all': every method)."""
+    names = _method_names()
+    if args.methods is None:
+        return [args.method or "gradcam"]
+    if args.methods.strip().lower() == "all":
+        return names
+    chosen = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in names]
+    if unknown or not chosen:
+        why = f" (unknown: {', '.join(unknown)})" if unknown else ""
+        _reject(
+            parser,
+            "--methods",
+            f"'all' or a comma-separated list of method names ({', '.join(names)})",
+            repr(args.methods),
+            why,
+        )
+    return list(dict.fromkeys(chosen))
+
+
+def _pick_device(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """The torch device of --use-cuda / --device (default: the CPU); an unusable one exits 2."""
+    import torch
+
+    if args.use_cuda:
+        if not torch.cuda.is_available():
+            parser.error(
+                "--use-cuda was given but CUDA is not available on this machine "
+                "(no GPU, or a CPU-only build of torch); leave it out to run on the CPU"
+            )
+        return torch.device("cuda")
+    if args.device is None:
+        return torch.device("cpu")
+    expected = "a torch device such as cpu, cuda or cuda:1"
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError) as exc:
+        _reject(parser, "--device", expected, repr(args.device), f" ({exc})")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        _reject(
+            parser,
+            "--device",
+            expected + " that this machine has",
+            args.device,
+            " (CUDA is not available on this machine)",
+        )
+    return device
+
+
+# ------------------------------------------------------------------------------------------ the run
+@dataclass(frozen=True)
+class _Console:
+    """Where the run speaks: progress lines on stdout (none with --quiet), problems on stderr."""
+
+    prog: str
+    quiet: bool
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(text, flush=True)
+
+    def warn(self, text: str) -> None:
+        print(f"{self.prog}: {text}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class _Totals:
+    """What the run did so far, owned by one :func:`_run` call: the records by path, failures, skips."""
+
+    records: Dict[str, dict] = field(default_factory=dict)
+    failed: int = 0
+    skipped: int = 0
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Check the arguments, explain every input in batches, write the report; the exit status."""
+    from . import runner as runner_module  # torch and OpenCV: only once a run starts
+    from .outputs import RESULTS_FILE, load_results, write_report
+
+    _check_args(args, parser)
+    device = _pick_device(args, parser)
+    console = _Console(parser.prog, args.quiet)
+    items, problems = collect_inputs(args.inputs)
+    for spec, why in problems:
+        console.warn(f"cannot read image {spec!r}: {why}; skipped")
+    if not items:
+        raise CliError("no image to explain")
+    loaded = load_model(args.model, args.checkpoint)
+    loaded.model.to(device)
+    options = runner_module.RunOptions.from_args(args)
+    done = {} if args.overwrite else load_results(args.output_dir)
+    totals = _Totals(records=dict(done), failed=len(problems))
+
+    def make_runner(image) -> runner_module.Runner:
+        return runner_module.Runner.for_first_image(loaded, device, options, image, console.say)
+
+    _explain_all(items, done, options, make_runner, console, totals)
+    if totals.skipped:
+        console.say(
+            f"skipped {totals.skipped} image(s) already done with these settings (see "
+            f"{RESULTS_FILE}; --overwrite to redo them)"
+        )
+    if args.report:
+        ordered = [totals.records[i.path] for i in items if i.path in totals.records]
+        console.say(f"wrote: {write_report(args.output_dir, ordered)}")
+    if totals.failed:
+        console.warn(f"{totals.failed} input(s) failed; see the messages above")
+        return 1
+    return 0
+
+
+def _explain_all(
+    items: List[InputImage],
+    done: Dict[str, dict],
+    options,
+    make_runner: Callable,
+    console: _Console,
+    totals: _Totals,
+) -> None:
+    """Every item, ``options.batch_size`` at a time: unreadable ones and ones already done are recorded
+    or skipped one by one, the rest explained together. The runner is made from the first readable
+    image (it decides the target layer), also when that image turns out to be done already."""
+    runner = None
+    with _progress(len(items), options.quiet) as progress:
+        for start in range(0, len(items), options.batch_size):
+            batch: List[Tuple[InputImage, object]] = []
+            for item in items[start : start + options.batch_size]:
+                image = _read_or_record(item, options.output_dir, console, totals)
+                if image is None:
+                    progress.update(1)
+                    continue
+                runner = runner or make_runner(image)
+                if _already_done(done.get(item.path), options.settings, options.output_dir):
+                    totals.skipped += 1
+                    progress.update(1)
+                    continue
+                batch.append((item, image))
+            if batch:
+                _explain_batch(runner, batch, options.output_dir, console, totals)
+                progress.update(len(batch))
+
+
+def _read_or_record(item: InputImage, output_dir: str, console: _Console, totals: _Totals):
+    """The image (float RGB), or None after recording why it cannot be read."""
+    from .outputs import append_result
+
+    try:
+        return read_image(item.path)
+    except ValueError as exc:
+        console.warn(f"cannot read image {item.path!r}: {exc}; skipped")
+        record = {"path": item.path, "status": "error", "error": str(exc)}
+        append_result(output_dir, record)
+        totals.records[item.path] = record
+        totals.failed += 1
+        return None
+
+
+def _explain_batch(
+    runner, batch: List[Tuple[InputImage, object]], output_dir: str, console: _Console, totals: _Totals
+) -> None:
+    """One batch through the runner; a failure (other than a CliError, which ends the run) marks the
+    batch's images failed, and the run goes on with the next batch."""
+    from .outputs import append_result
+
+    items = [item for item, _ in batch]
+    begin = time.perf_counter()
+    try:
+        records = runner.run_batch(items, [image for _, image in batch])
+    except CliError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- report the batch's images as failed, go on
+        error = f"{type(exc).__name__}: {exc}"
+        console.warn(f"failed on {', '.join(i.path for i in items)}: {error}")
+        totals.failed += len(items)
+        records = [{"path": i.path, "status": "error", "error": error} for i in items]
+    elapsed = (time.perf_counter() - begin) / len(items)
+    for record in records:
+        record["seconds"] = elapsed
+        append_result(output_dir, record)
+        totals.records[record["path"]] = record
+        if record["status"] == "ok":
+            _print_record(console, record, output_dir)
+
+
+def _already_done(previous: Optional[dict], key: str, output_dir: str) -> bool:
+    """Done before with the same settings, and every output file still there."""
+    if not previous or previous.get("status") != "ok" or previous.get("settings") != key:
+        return False
+    return all(os.path.isfile(os.path.join(output_dir, name)) for name in previous.get("outputs", []))
+
+
+def _print_record(console: _Console, record: dict, output_dir: str) -> None:
+    console.say(f"image: {record['path']}")
+    shown = set()
+    for entry in record["maps"]:
+        if entry["class"] not in shown:
+            shown.add(entry["class"])
+            console.say(
+                f"explained class: {entry['class']} ({entry['class_name']}), "
+                f"probability {entry['probability']:.4f}"
+            )
+    for name in record["outputs"]:
+        console.say(f"wrote: {os.path.join(output_dir, name)}")
+
+
+class _NoProgress:
+    """tqdm's interface, doing nothing."""
+
+    def __enter__(self) -> "_NoProgress":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        pass
+
+    def update(self, n: int) -> None:
+        pass
+
+
+def _progress(total: int, quiet: bool):
+    """A tqdm bar on stderr for runs of several images; nothing for one image or with --quiet."""
+    if quiet or total < 4:
+        return _NoProgress()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="image", file=sys.stderr, leave=False)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status.
+
+    Bad arguments raise ``SystemExit(2)`` from argparse, as on the command line.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _run(args, parser)
+    except CliError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return exc.code
+    except Exception as exc:  # noqa: BLE001 -- report it, do not dump a traceback at the user
+        print(f"{parser.prog}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
