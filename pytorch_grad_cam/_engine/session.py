@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import threading
+import weakref
 from typing import Iterator, Optional
 
 import torch
@@ -57,6 +59,21 @@ def evaluation_state(model: nn.Module, device: Optional[torch.device] = None) ->
             _move(tensor, original)
 
 
+_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock that serialises the calls on ``model``: a call's hooks, mode and device changes are the
+    model's, so two threads explaining one model take turns. Re-entrant: a call made inside a call (a
+    target that runs a CAM itself) on the same thread goes through."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
+
+
 @contextlib.contextmanager
 def compute_session(model: nn.Module, device: Optional[torch.device],
                     input_tensor: torch.Tensor) -> Iterator[torch.Tensor]:
@@ -65,11 +82,13 @@ def compute_session(model: nn.Module, device: Optional[torch.device],
     The device is ``device`` if given, else the model's, else the input's; the dtype is the model's
     floating dtype. A model elsewhere than ``device`` is moved for the block and moved back, and its
     state is restored in ``finally`` (:func:`evaluation_state`). ``inference_mode(False)``: the block
-    must also work inside the user's ``torch.inference_mode()``.
+    must also work inside the user's ``torch.inference_mode()``. Calls on one model from several threads
+    take turns (:func:`model_lock`).
     """
-    model_dev = model_device(model)
-    target = device or model_dev or input_tensor.device
-    dtype = model_float_dtype(model) or input_tensor.dtype
-    move_to = device if device is not None and device != model_dev else None
-    with torch.inference_mode(False), evaluation_state(model, move_to):
-        yield input_tensor.detach().to(device=target, dtype=dtype)
+    with model_lock(model):  # the model's device is read under the lock: another call may be moving it
+        model_dev = model_device(model)
+        target = device or model_dev or input_tensor.device
+        dtype = model_float_dtype(model) or input_tensor.dtype
+        move_to = device if device is not None and device != model_dev else None
+        with torch.inference_mode(False), evaluation_state(model, move_to):
+            yield input_tensor.detach().to(device=target, dtype=dtype)

@@ -20,9 +20,9 @@ from .._engine.capture import HookSet
 from .._engine.session import compute_session
 from .reshape_transforms import (
     MAX_PREFIX_TOKENS,  # noqa: F401
-    channels_last_to_first,
-    infer_square_grid,
-    vit_reshape_transform,
+    TokenGridReshape,  # noqa: F401
+    channels_last_reshape,  # noqa: F401
+    guess_reshape_transform,
 )
 
 __all__ = [
@@ -112,55 +112,6 @@ def replace_all_layer_type_recursive(model: nn.Module, old_layer_type: Type[nn.M
         for key, child in module._modules.items():
             if isinstance(child, old_layer_type):
                 module._modules[key] = new_layer
-
-
-# --------------------------------------------------------------------------------- reshape transforms
-@dataclass(frozen=True)
-class TokenGridReshape:
-    """Transformer tokens ``(B, prefix + H*W, D)`` -> ``(B, D, H, W)``, dropping ``prefix`` leading tokens
-    (class token, registers): :func:`vit_reshape_transform` with the grid and prefix fixed. A picklable
-    callable, usable as any ``reshape_transform``."""
-
-    prefix: int
-    height: int
-    width: int
-
-    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
-        return vit_reshape_transform(tensor, self.height, self.width, self.prefix)  # (B, D, H, W)
-
-    def describe(self) -> str:
-        extra = f", dropping {self.prefix} leading token(s)" if self.prefix else ""
-        return f"tokens -> {self.height}x{self.width} grid{extra}"
-
-
-def channels_last_reshape(tensor: torch.Tensor) -> torch.Tensor:
-    """``(B, *spatial, C)`` -> ``(B, C, *spatial)`` (Swin-style channels-last feature maps); for
-    ``(B, H, W, C)`` the channels-last branch of ``swinT_reshape_transform``."""
-    return channels_last_to_first(tensor)
-
-
-channels_last_reshape.describe = lambda: "channels-last (B, H, W, C) -> (B, C, H, W)"  # type: ignore[attr-defined]
-
-
-def guess_reshape_transform(output: torch.Tensor) -> Tuple[Optional[Callable], bool]:
-    """Recognise a layer output's layout from one example; returns ``(transform or None, ok)``.
-
-    * ``(B, C, *spatial)`` with channels first: no transform needed.
-    * ``(B, H, W, C)`` channels last (Swin): the last axis is longer than both spatial ones.
-    * ``(B, N, D)`` transformer tokens: ``N - p`` must be a square ``H * H`` for some ``p`` in
-      ``0..MAX_PREFIX_TOKENS`` (class token, distillation token, registers); the smallest such ``p`` wins.
-    ``ok`` is False when the layout is not recognisable (e.g. tokens that form no square grid).
-    """
-    if output.ndim == 3:
-        # vit_reshape_transform's own inference, at least a 2x2 grid (a 1x1 grid locates nothing).
-        inferred = infer_square_grid(output.shape[1])
-        if inferred is None or inferred[1] < 2:
-            return None, False
-        prefix, side = inferred
-        return TokenGridReshape(prefix, side, side), True
-    if output.ndim == 4 and output.shape[3] > output.shape[1] and output.shape[3] > output.shape[2]:
-        return channels_last_reshape, True
-    return None, output.ndim >= 3
 
 
 @dataclass(frozen=True)

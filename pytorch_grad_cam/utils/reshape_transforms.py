@@ -8,19 +8,21 @@ so both come out as ``(B, C, h, w)`` channel maps on the patch grid. Pass a func
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "fasterrcnn_reshape_transform", "fpn_reshape_transform", "swinT_reshape_transform",
-    "swin_reshape_transform", "vit_reshape_transform",
+    "ChannelsLastReshape", "TokenGridReshape", "channels_last_reshape", "fasterrcnn_reshape_transform",
+    "fpn_reshape_transform", "guess_reshape_transform", "swinT_reshape_transform", "swin_reshape_transform",
+    "vit_reshape_transform",
 ]
 
 #: The most prefix tokens guessed when none are given (class token, distillation token, registers): the
-#: one limit of :func:`vit_reshape_transform` and of ``find_layers.guess_reshape_transform``, so that a
+#: one limit of :func:`vit_reshape_transform` and of :func:`guess_reshape_transform`, so that a
 #: layout one of them recognises, the other reads the same way.
 MAX_PREFIX_TOKENS = 16
 
@@ -273,3 +275,59 @@ def fasterrcnn_reshape_transform(features: Union[Mapping[Any, torch.Tensor], Seq
     """The reference library's name for :func:`fpn_reshape_transform` with its defaults: every level's
     magnitude, resized to the coarsest level's grid, concatenated along the channels."""
     return fpn_reshape_transform(features)
+
+
+# ------------------------------------------------------------- transforms found from one example output
+@dataclass(frozen=True)
+class TokenGridReshape:
+    """Transformer tokens ``(B, prefix + H*W, D)`` -> ``(B, D, H, W)``, dropping ``prefix`` leading tokens
+    (class token, registers): :func:`vit_reshape_transform` with the grid and prefix fixed. A picklable
+    callable, usable as any ``reshape_transform``."""
+
+    prefix: int
+    height: int
+    width: int
+
+    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+        return vit_reshape_transform(tensor, self.height, self.width, self.prefix)  # (B, D, H, W)
+
+    def describe(self) -> str:
+        extra = f", dropping {self.prefix} leading token(s)" if self.prefix else ""
+        return f"tokens -> {self.height}x{self.width} grid{extra}"
+
+
+@dataclass(frozen=True)
+class ChannelsLastReshape:
+    """``(B, *spatial, C)`` -> ``(B, C, *spatial)`` (Swin-style channels-last feature maps); for
+    ``(B, H, W, C)`` the channels-last branch of ``swinT_reshape_transform``. A picklable callable."""
+
+    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+        return channels_last_to_first(tensor)
+
+    def describe(self) -> str:
+        return "channels-last (B, H, W, C) -> (B, C, H, W)"
+
+
+#: The channels-last transform that :func:`guess_reshape_transform` finds.
+channels_last_reshape = ChannelsLastReshape()
+
+
+def guess_reshape_transform(output: torch.Tensor) -> Tuple[Optional[Callable], bool]:
+    """Recognise a layer output's layout from one example; returns ``(transform or None, ok)``.
+
+    * ``(B, C, *spatial)`` with channels first: no transform needed.
+    * ``(B, H, W, C)`` channels last (Swin): the last axis is longer than both spatial ones.
+    * ``(B, N, D)`` transformer tokens: ``N - p`` must be a square ``H * H`` for some ``p`` in
+      ``0..MAX_PREFIX_TOKENS`` (class token, distillation token, registers); the smallest such ``p`` wins.
+    ``ok`` is False when the layout is not recognisable (e.g. tokens that form no square grid).
+    """
+    if output.ndim == 3:
+        # vit_reshape_transform's own inference, at least a 2x2 grid (a 1x1 grid locates nothing).
+        inferred = infer_square_grid(output.shape[1])
+        if inferred is None or inferred[1] < 2:
+            return None, False
+        prefix, side = inferred
+        return TokenGridReshape(prefix, side, side), True
+    if output.ndim == 4 and output.shape[3] > output.shape[1] and output.shape[3] > output.shape[2]:
+        return channels_last_reshape, True
+    return None, output.ndim >= 3
