@@ -1,8 +1,8 @@
 """Black-box comparison with the reference library, grad-cam 1.5.7 (optional).
 
-Skipped unless ``GRAD_CAM_REFERENCE_PATH`` (or, by default, ``/work/refcam``) is a directory holding the
-reference ``pytorch_grad_cam`` package. Its import name is the same as ours, so it runs in a subprocess
-with ``PYTHONPATH`` set to that directory: the test saves the models' state dicts, the inputs and the
+Skipped unless ``GRAD_CAM_REFERENCE_PATH`` (by default ``.refcam`` at the root of the clone, see
+``reference_library.py``) is a directory holding the reference ``pytorch_grad_cam`` package. Its import
+name is the same as ours, so it runs in a subprocess with ``PYTHONPATH`` set to that directory: the test saves the models' state dicts, the inputs and the
 cases into ``tmp_path``, a small driver (written below) computes the reference maps, and we compare.
 
 Cases: a seeded resnet18 at 96x96 (batch 2, a class per image): the gradient methods and EigenCAM on

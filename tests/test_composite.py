@@ -7,7 +7,7 @@
 * SESS == a plain loop over scales and windows: per-patch scores, pre-filtering, weights, the library's
   base method per patch (the per-patch oracle), pasting into a frame of zeros, cv2/torch resizing, the
   thresholded mean (or max), a Gaussian blur and min-max normalisation, all re-implemented here.
-* Optional black-box comparison of the three with grad-cam 1.5.7 (subprocess, PYTHONPATH=/work/refcam).
+* Optional black-box comparison of the three with grad-cam 1.5.7 (subprocess, PYTHONPATH=GRAD_CAM_REFERENCE_PATH).
 """
 import functools
 import warnings

@@ -213,7 +213,7 @@ def _cpu_supports(dtype):
 def test_half_precision_models(name, dtype):
     if not _cpu_supports(dtype):
         pytest.skip(f"this torch has no CPU convolution for {dtype}")
-    if not getattr(METHODS[name], "low_precision_stable", True):
+    if not cam_factory.low_precision_stable(name):
         pytest.skip("a thresholded fusion (SESS: the mean of the patch maps above theta at each position): "
                     "half precision moves values across the threshold; see test_composite.py")
     model = make_tiny()
@@ -251,7 +251,7 @@ def test_target_layer_order_does_not_matter_resnet18():
 
 @pytest.mark.parametrize("name", LAYERED)
 def test_target_layer_order_does_not_matter(name):
-    if getattr(METHODS[name], "needs_linear_head", False):
+    if cam_factory.needs_linear_head(name):
         pytest.skip("CAM explains only the layer pooled into the linear head; 'stem' is not")
     model = make_tiny()
     x = make_input()
@@ -320,7 +320,7 @@ def test_shared_module_before_and_after_the_target_layer(name):
         assert torch.equal(shared(x), separate(x))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # AblationCAM replays the prefix without falling back
-        if getattr(METHODS[name], "needs_linear_head", False):  # 'target' is not pooled into the head
+        if cam_factory.needs_linear_head(name):  # 'target' is not pooled into the head
             warnings.filterwarnings("ignore", "CAM: the input of the linear layer", UserWarning)
         ours = make_cam(name, shared, [shared.target])(x, targets=[1, 2])
     expected = make_cam(name, separate, [separate.target])(x, targets=[1, 2])
@@ -512,7 +512,7 @@ def test_model_producing_nan_scores(name):
     cam = make_cam(name, model, [model.inner.tiny.block])
     with pytest.raises(ValueError, match=r"score is not finite \(NaN or Inf\) for image\(s\) \[0, 1\]"):
         cam(make_input(), targets=1)
-    if not getattr(METHODS[name], "explains_given_score", True):
+    if not cam_factory.explains_given_score(name):
         return  # FinerCAM's score weighs every class by its softmax: a NaN logit makes every image's NaN
     with pytest.raises(ValueError, match=r"not finite .*image\(s\) \[1\]"):
         cam(make_input(), targets=[0, 4])
@@ -707,7 +707,7 @@ def test_1d_signals_and_3d_volumes(name, kind):
 # has no target layer (its map of this model is checked in test_fullgrad.py).
 @pytest.mark.parametrize("name", [n for n in GRADIENT
                                   if n in LAYERED and n not in ("eigengradcam", "segeigencam")
-                                  and getattr(METHODS[n], "explains_given_score", True)])
+                                  and cam_factory.explains_given_score(n)])
 def test_model_without_parameters(name):
     model = nn.Sequential(nn.AvgPool2d(2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     assert not list(model.parameters()) and not list(model.buffers())
