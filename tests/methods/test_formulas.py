@@ -6,12 +6,12 @@ random-init torchvision resnet18 (in-place ReLU, residual adds, BatchNorm).
 """
 import numpy as np
 import pytest
-import reference_formulas as R
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pytorch_grad_cam import METHODS
+from tests import references as R
 
 # Methods whose plain reference lives in their own family's test file (same standard: an independent
 # float64 implementation of the paper's formula, non-degenerate cases).

@@ -7,7 +7,8 @@
 * SESS == a plain loop over scales and windows: per-patch scores, pre-filtering, weights, the library's
   base method per patch (the per-patch oracle), pasting into a frame of zeros, cv2/torch resizing, the
   thresholded mean (or max), a Gaussian blur and min-max normalisation, all re-implemented here.
-* Optional black-box comparison of the three with grad-cam 1.5.7 (subprocess, PYTHONPATH=GRAD_CAM_REFERENCE_PATH).
+* Optional black-box comparison of the three with grad-cam 1.5.7 (a subprocess with
+  PYTHONPATH=GRAD_CAM_REFERENCE_PATH).
 """
 import functools
 import warnings
@@ -18,8 +19,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from conftest import seeded_input, tiny_net
-from reference_library import REFERENCE_PATH, TESTS_DIR, reference_has, run_reference
 from torch import nn
 
 from pytorch_grad_cam import SESS, FinerCAM, GradCAM, GradCAMPlusPlus, RefineCAM, ScoreCAM
@@ -27,6 +26,8 @@ from pytorch_grad_cam.finer_cam import FinerCAM as FinerCAMPath
 from pytorch_grad_cam.refine_cam import RefineCAM as RefineCAMPath
 from pytorch_grad_cam.sess import SESS as SESSPath
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FinerWeightedTarget
+from tests.models import seeded_input, tiny_net
+from tests.reference_library import REFERENCE_PATH, TESTS_DIR, reference_has, run_reference
 
 STAGES = ("conv1", "relu1", "conv2", "relu2", "conv3", "relu3")
 MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
@@ -664,7 +665,7 @@ import pytorch_grad_cam
 work, tests_dir, reference_path = sys.argv[1:4]
 assert pytorch_grad_cam.__file__.startswith(reference_path), pytorch_grad_cam.__file__
 sys.path.append(tests_dir)
-from conftest import TinyConvNet
+from models import TinyConvNet
 from pytorch_grad_cam.finer_cam import FinerCAM
 from pytorch_grad_cam.refine_cam import RefineCAM
 from pytorch_grad_cam.sess import SESS

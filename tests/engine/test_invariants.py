@@ -9,12 +9,13 @@ interfere.
 import copy
 import threading
 
-import cam_factory
 import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.nn.modules import module as module_globals
+
+from tests import cam_factory
 
 ALL = cam_factory.ALL
 GRADIENT = cam_factory.GRADIENT

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import seeded_input, tiny_net
-from reference_library import REFERENCE_PATH, reference_has, run_reference
 from torch import nn
 
 from pytorch_grad_cam import FACTORIZATION_METHODS, DeepFeatureFactorization
 from pytorch_grad_cam.factorization import dff, nmf
 from pytorch_grad_cam.utils.image import show_factorization_on_image
 from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform
+from tests.models import seeded_input, tiny_net
+from tests.reference_library import REFERENCE_PATH, reference_has, run_reference
 
 TINY = np.finfo(np.float64).tiny
 

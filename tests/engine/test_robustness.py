@@ -5,7 +5,6 @@ import functools
 import types
 import warnings
 
-import cam_factory
 import numpy as np
 import pytest
 import torch
@@ -15,6 +14,7 @@ from torch import nn
 
 from pytorch_grad_cam import METHODS, AblationCAM, GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from tests import cam_factory
 
 ALL = cam_factory.ALL
 GRADIENT = cam_factory.GRADIENT

@@ -17,8 +17,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import seeded_input
-from reference_library import REFERENCE_PATH, TESTS_DIR, needs_reference, run_reference
 from torch import nn
 
 from pytorch_grad_cam import (
@@ -35,6 +33,8 @@ from pytorch_grad_cam.utils.model_targets import (
     ClassifierOutputSoftmaxTarget,
     ClassifierOutputTarget,
 )
+from tests.models import seeded_input
+from tests.reference_library import REFERENCE_PATH, TESTS_DIR, needs_reference, run_reference
 
 EPS = 1e-7
 
@@ -455,7 +455,7 @@ import pytorch_grad_cam
 from pytorch_grad_cam import ShapleyCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputReST
 sys.path.append(sys.argv[2])
-from conftest import tiny_net, seeded_input
+from models import tiny_net, seeded_input
 assert pytorch_grad_cam.__file__.startswith(sys.argv[3])
 model = tiny_net(2, seed=0, act2=torch.nn.Sigmoid())
 x = seeded_input(2, 3, 12, 16, seed=1)
