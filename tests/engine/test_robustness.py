@@ -215,7 +215,7 @@ def test_half_precision_models(name, dtype):
         pytest.skip(f"this torch has no CPU convolution for {dtype}")
     if not cam_factory.low_precision_stable(name):
         pytest.skip("a thresholded fusion (SESS: the mean of the patch maps above theta at each position): "
-                    "half precision moves values across the threshold; see test_composite.py")
+                    "half precision moves values across the threshold; see methods/test_composite.py")
     model = make_tiny()
     x = make_input((2, 3, 24, 24))
     expected = make_cam(name, model, [model.block])(x, targets=[1, 3])
@@ -703,8 +703,8 @@ def test_1d_signals_and_3d_volumes(name, kind):
 
 # ============================================================================ a model without parameters
 # The hand derivation below holds for maps that are weighted sums of the activations; EigenGrad-CAM
-# and Seg-Eigen-CAM project on a principal component instead (covered in test_formulas.py); FullGrad
-# has no target layer (its map of this model is checked in test_fullgrad.py).
+# and Seg-Eigen-CAM project on a principal component instead (covered in methods/test_formulas.py);
+# FullGrad has no target layer (its map of this model is checked in methods/test_fullgrad.py).
 @pytest.mark.parametrize("name", [n for n in GRADIENT
                                   if n in LAYERED and n not in ("eigengradcam", "segeigencam")
                                   and cam_factory.explains_given_score(n)])

@@ -42,13 +42,13 @@ REF_CLASSES = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam":
                "fem": "FEM"}
 # Not compared here: RandomCAM (random by design), and three methods whose map is a principal component
 # with a sign the reference leaves to its SVD / eigensolver (EigenGrad-CAM, Seg-Eigen-CAM, KPCA-CAM);
-# test_formulas.py checks those against plain references, KPCA-CAM for all five kernels.
+# methods/test_formulas.py checks those against plain references, KPCA-CAM for all five kernels.
 NOT_COMPARED = {"randomcam", "eigengradcam", "segeigencam", "kpcacam"}
 # Compared with grad-cam 1.5.7 in their own family's test file (same black-box subprocess approach), or
 # not in the reference at all (SmoothGrad-CAM++, SS-CAM, IS-CAM are torchcam's; CAM is in neither).
-COMPARED_ELSEWHERE = {"fullgrad": "test_fullgrad.py", "shapleycam": "test_gradient_extras.py",
-                      "finercam": "test_composite.py", "refinecam": "test_composite.py",
-                      "sess": "test_composite.py"}
+COMPARED_ELSEWHERE = {"fullgrad": "methods/test_fullgrad.py", "shapleycam": "methods/test_gradient.py",
+                      "finercam": "methods/test_composite.py", "refinecam": "methods/test_composite.py",
+                      "sess": "methods/test_composite.py"}
 NOT_IN_REFERENCE = {"cam", "smoothgradcam++", "sscam", "iscam"}
 
 # name -> (model, target layers (dotted names), method, input, classes)

@@ -1,4 +1,4 @@
-"""Every method against the plain reference of its paper formula (tests/reference_formulas.py).
+"""Every method against the plain reference of its paper formula (tests/references.py).
 
 Cases: tiny seeded 1D/2D/3D conv nets (batch 2, a different class per image), a layer with negative
 values, exactly-zero gradients, eigen smoothing, two target layers at different resolutions, and a
@@ -16,9 +16,9 @@ from tests import references as R
 # Methods whose plain reference lives in their own family's test file (same standard: an independent
 # float64 implementation of the paper's formula, non-degenerate cases).
 OWN_FORMULA_TESTS = {
-    "cam": "test_gradient_extras.py", "smoothgradcam++": "test_gradient_extras.py",
-    "shapleycam": "test_gradient_extras.py", "fullgrad": "test_fullgrad.py",
-    "sscam": "test_perturbation_extras.py", "iscam": "test_perturbation_extras.py",
+    "cam": "test_activation.py", "smoothgradcam++": "test_gradient.py",
+    "shapleycam": "test_gradient.py", "fullgrad": "test_fullgrad.py",
+    "sscam": "test_perturbation.py", "iscam": "test_perturbation.py",
     "finercam": "test_composite.py", "refinecam": "test_composite.py", "sess": "test_composite.py",
 }
 ALL_METHODS = sorted(name for name in METHODS if name in R.COVERED)
@@ -56,7 +56,7 @@ def assert_matches_reference(method, model, layers, x, classes, eigen_smooth=Fal
 
 
 def test_every_registered_method_has_a_plain_reference():
-    """Here (reference_formulas.py) or in its family's test file, which must exist and test it."""
+    """Here (references.py) or in its family's test file, which must exist and test it."""
     from pathlib import Path
 
     for name in METHODS:
