@@ -24,9 +24,14 @@ def reference_has(relative: str = "__init__.py") -> bool:
     return (REFERENCE_PATH / "pytorch_grad_cam" / relative).exists()
 
 
-#: Skips a test where the reference library is not installed.
-needs_reference = pytest.mark.skipif(not reference_has(),
-                                     reason="no grad-cam 1.5.7 under GRAD_CAM_REFERENCE_PATH")
+_skip_without_reference = pytest.mark.skipif(not reference_has(),
+                                             reason="no grad-cam 1.5.7 under GRAD_CAM_REFERENCE_PATH")
+
+
+def needs_reference(test):
+    """Marks ``test`` ``reference`` (``-m "not reference"`` leaves it out) and skips it where the reference
+    library is not installed."""
+    return pytest.mark.reference(_skip_without_reference(test))
 
 
 def run_reference(driver: str, *args, cwd) -> subprocess.CompletedProcess:

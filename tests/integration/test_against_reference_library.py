@@ -27,6 +27,8 @@ from tests import references as R
 from tests.models import seeded_input, tiny_net
 from tests.reference_library import REFERENCE_PATH, TESTS_DIR
 
+pytestmark = pytest.mark.reference
+
 if not (REFERENCE_PATH / "pytorch_grad_cam" / "__init__.py").is_file():
     pytest.skip(f"no reference pytorch_grad_cam under {REFERENCE_PATH} (set GRAD_CAM_REFERENCE_PATH)",
                 allow_module_level=True)

@@ -61,6 +61,8 @@ from pytorch_grad_cam.utils import (
 )
 from tests.cam_factory import make_cam
 
+pytestmark = pytest.mark.slow
+
 KINDS = ["cnn2d", "cnn3d", "cnn1d", "vit", "swin", "segmentation", "detection"]
 PLANTED = {"cnn2d", "cnn3d", "cnn1d"}
 HEAVY = {"segmentation", "detection"}

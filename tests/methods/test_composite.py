@@ -718,6 +718,7 @@ def reference_maps(tmp_path_factory):
     return dict(np.load(work / "reference.npz"))
 
 
+@pytest.mark.reference
 def test_matches_reference_library(reference_maps):
     tiny, resnet, x_tiny, x_res = _reference_inputs()
     with warnings.catch_warnings():

@@ -599,6 +599,7 @@ np.save(sys.argv[1] + "/explanations.npy", np.array(explanations))
 '''
 
 
+@pytest.mark.reference
 def test_dff_agrees_with_the_reference_library_on_the_photo(tmp_path):
     """Black box: grad-cam 1.5.7 (scikit-learn's NMF, random init) in a subprocess finds the same two
     concepts up to order: channel loadings with cosine > 0.999 and heatmaps correlated > 0.999
