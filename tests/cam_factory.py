@@ -6,7 +6,10 @@ new method is covered by every generic test as soon as it is registered.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Dict
+
+import pytest
 
 from pytorch_grad_cam import METHODS
 
@@ -72,3 +75,15 @@ def make_cam(name: str, model, layers, perturbation_batch: int = 8, **kwargs):
         for key, value in extra(model, layers).items():
             kwargs.setdefault(key, value)
     return cls(model, target_layers=layers, **kwargs)
+
+
+#: CAM's warning when the target layer is not the one average-pooled into the linear head.
+LINEAR_HEAD_WARNING = "CAM: the input of the linear layer"
+#: The engine's warning for a map that is constant (all zeros) for some image.
+CONSTANT_MAP_WARNING = "is constant for image"
+
+
+def warns_if(condition: bool, category: type, match: str):
+    """``pytest.warns(category, match=match)`` where ``condition`` holds, else no expectation (a warning
+    then fails the test: pyproject sets ``filterwarnings = ["error"]``)."""
+    return pytest.warns(category, match=match) if condition else contextlib.nullcontext()

@@ -276,7 +276,8 @@ def test_a_target_with_zero_gradient_warns_and_gives_zeros():
     that names the reason, not an error."""
     model = _Tiny().eval()
     x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    with pytest.warns(RuntimeWarning, match="gradient of the target score .* is exactly zero for image"):
+    with pytest.warns(RuntimeWarning, match="gradient of the target score .* is exactly zero for image"), \
+            pytest.warns(RuntimeWarning, match=r"CAM of layer 'features' is constant for image\(s\) \[0\]"):
         maps = GradCAM(model, [model.features])(x, targets=[lambda out: out.sum() * 0.0])
     np.testing.assert_array_equal(maps, np.zeros((1, 8, 8), np.float32))
 
