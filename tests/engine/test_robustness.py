@@ -15,6 +15,20 @@ from torch import nn
 from pytorch_grad_cam import METHODS, AblationCAM, GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from tests import cam_factory
+from tests.models import (
+    ConstantLayer,
+    Counting,
+    NaNHead,
+    NegativeHead,
+    Net1d,
+    Net3d,
+    ResNetTiny,
+    SharedAroundTarget,
+    SharedConv,
+    WithExtras,
+    make_tiny,
+    randomize_bn,
+)
 
 ALL = cam_factory.ALL
 GRADIENT = cam_factory.GRADIENT
@@ -32,55 +46,7 @@ def make_input(shape=(2, 3, 16, 16), seed=1):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-def randomize_bn(model, seed=0):
-    """Non-trivial BatchNorm statistics and affine parameters (fresh ones are the identity)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=generator) * 0.4 - 0.2)
-                m.running_var.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=generator) * 0.4 - 0.2)
-    return model.eval()
-
-
 # ============================================================================ in-place ops after the layer
-class ResBlock(nn.Module):
-    """A ResNet basic block, with in-place ops (``ReLU(inplace=True)``, ``out += identity``) or without."""
-
-    def __init__(self, channels, inplace):
-        super().__init__()
-        self.inplace = inplace
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.relu = nn.ReLU(inplace=inplace)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-
-    def forward(self, x):
-        identity = x
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.inplace:
-            out += identity
-        else:
-            out = out + identity
-        return self.relu(out)
-
-
-class ResNetTiny(nn.Module):
-    def __init__(self, inplace):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.relu = nn.ReLU(inplace=inplace)
-        self.block1 = ResBlock(8, inplace)
-        self.block2 = ResBlock(8, inplace)
-        self.fc = nn.Linear(8, NUM_CLASSES)
-
-    def forward(self, x):
-        x = self.block2(self.block1(self.relu(self.conv(x))))
-        return self.fc(x.mean((2, 3)))
 
 
 def resnet_pair():
@@ -158,20 +124,6 @@ def test_inplace_ops_resnet18(name):
 
 
 # ============================================================================ grad modes and frozen models
-class Tiny(nn.Module):
-    def __init__(self, in_channels=3):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
-        self.block = nn.Sequential(nn.Conv2d(6, 8, 3, padding=1, stride=2), nn.BatchNorm2d(8), nn.ReLU())
-        self.head = nn.Linear(8, NUM_CLASSES)
-
-    def forward(self, x):
-        return self.head(self.block(self.stem(x)).mean((2, 3)))
-
-
-def make_tiny(seed=0):
-    torch.manual_seed(seed)
-    return randomize_bn(Tiny(), seed)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -276,16 +228,6 @@ def test_target_layer_order_does_not_matter(name):
 
 
 # ============================================================================ a module that runs twice
-class SharedConv(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(4, 4, 3, padding=1)
-        self.inp = nn.Conv2d(3, 4, 1)
-        self.head = nn.Linear(4, NUM_CLASSES)
-
-    def forward(self, x):
-        x = self.conv(torch.relu(self.conv(self.inp(x))))  # the same module applied twice
-        return self.head(x.mean((2, 3)))
 
 
 @pytest.mark.parametrize("name", LAYERED)
@@ -297,25 +239,6 @@ def test_module_that_runs_twice_is_refused(name):
     # 'inp' is not pooled into the head: CAM warns.
     with cam_factory.warns_if(cam_factory.needs_linear_head(name), UserWarning, LINEAR_HEAD_WARNING):
         assert make_cam(name, model, [model.inp])(make_input()).shape == (2, 16, 16)
-
-
-class SharedAroundTarget(nn.Module):
-    """One conv applied twice before the target layer and once after it (``shared=True``), or three
-    separate convs with the same weights (``shared=False``): the same function."""
-
-    def __init__(self, shared):
-        super().__init__()
-        self.inp = nn.Conv2d(3, 4, 1)
-        self.a = nn.Conv2d(4, 4, 3, padding=1)
-        self.b = self.a if shared else nn.Conv2d(4, 4, 3, padding=1)
-        self.c = self.a if shared else nn.Conv2d(4, 4, 3, padding=1)
-        self.target = nn.Conv2d(4, 4, 3, padding=1)
-        self.head = nn.Linear(4, NUM_CLASSES)
-
-    def forward(self, x):
-        x = torch.tanh(self.b(torch.tanh(self.a(torch.tanh(self.inp(x))))))
-        x = self.c(torch.relu(self.target(x)))
-        return self.head(x.mean((2, 3)))
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -370,49 +293,6 @@ def test_unusual_but_valid_models_and_inputs(name):
 
 
 # ============================================================================ clear errors, raised early
-class Counting(nn.Module):
-    """Wraps a model and counts its forward passes (the 'expensive work')."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.calls = 0
-
-    def forward(self, x):
-        self.calls += x.shape[0]  # images seen
-        return self.inner(x)
-
-
-class WithExtras(nn.Module):
-    """Tiny, plus a layer that never runs, a side branch not on the output path, and a tuple layer."""
-
-    def __init__(self):
-        super().__init__()
-        self.tiny = make_tiny()
-        self.never = nn.Conv2d(8, 8, 1)
-        self.side = nn.Conv2d(6, 6, 1)
-        self.pair = PairOut()
-
-    def forward(self, x):
-        feats = self.tiny.stem(x)
-        self.side(feats)  # computed, then thrown away
-        feats, _ = self.pair(feats)
-        return self.tiny.head(self.tiny.block(feats).mean((2, 3)))
-
-
-class PairOut(nn.Module):
-    def forward(self, x):
-        return x, x.detach()
-
-
-class NaNHead(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.tiny = make_tiny()
-
-    def forward(self, x):
-        out = self.tiny(x)
-        return out * torch.tensor([1.0, float("nan"), 1.0, 1.0, float("inf")])
 
 
 def counting_extras():
@@ -566,33 +446,6 @@ def test_batch_size_does_not_change_the_maps(name, batch_size):
 
 
 # ============================================================================ degenerate maps
-class ConstantLayer(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 4, 3, padding=1)
-        self.flat = nn.Conv2d(4, 4, 1)  # zero weights, bias 1: a constant output, the target
-        with torch.no_grad():
-            self.flat.weight.zero_()
-            self.flat.bias.fill_(1.0)
-        self.head = nn.Linear(4, NUM_CLASSES)
-
-    def forward(self, x):
-        return self.head(self.flat(self.stem(x)).mean((2, 3)))
-
-
-class NegativeHead(nn.Module):
-    """Non-negative activations and all-negative class weights: every CAM weight is <= 0."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
-        self.head = nn.Linear(4, NUM_CLASSES)
-        with torch.no_grad():
-            self.head.weight.copy_(-torch.rand(NUM_CLASSES, 4) - 0.1)
-
-    def forward(self, x):
-        return self.head(self.features(x).mean((2, 3)))
 
 
 def _assert_zeros_with_warning(call, shape):
@@ -663,26 +516,6 @@ def _weights_only_map(model, x, original):
 
 
 # ============================================================================ 1D signals and 3D volumes
-class Net1d(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv1d(2, 6, 5, padding=2), nn.ReLU(),
-                                      nn.Conv1d(6, 8, 3, padding=1, stride=2), nn.ReLU())
-        self.head = nn.Linear(8, NUM_CLASSES)
-
-    def forward(self, x):
-        return self.head(self.features(x).mean(-1))
-
-
-class Net3d(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(),
-                                      nn.Conv3d(4, 6, 3, padding=1, stride=2), nn.ReLU())
-        self.head = nn.Linear(6, NUM_CLASSES)
-
-    def forward(self, x):
-        return self.head(self.features(x).mean((2, 3, 4)))
 
 
 def _gradcam_by_hand(model, x, category):
