@@ -31,7 +31,8 @@ allocator's allocation and free events in time order, from ``torch.profiler`` wi
 ``profile_memory=True``), one profiled call per item after the timing (profiling slows a call down, so
 it is never timed). RSS is not used: it is far too noisy on a shared machine.
 
-The reference grad-cam library (``--reference-path``, default ``/work/refcam``) has the same import
+The reference grad-cam library (``--reference-path``, default ``.refcam`` at the root of the clone, where
+``.ci/run`` installs it) has the same import
 name, so it runs in a worker subprocess (``PYTHONPATH=<path>``) on the same state dicts and inputs,
 saved to a temporary directory; the worker is driven item by item, inside the same rounds.
 
@@ -60,6 +61,9 @@ from typing import Dict, List, Optional
 
 import torch
 import torchvision
+
+#: Where ``.ci/run`` installs the reference grad-cam 1.5.7: ``.refcam`` at the root of this clone.
+DEFAULT_REFERENCE_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".refcam")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -769,8 +773,9 @@ def parse_args(argv: List[str]):
     p.add_argument("--full-budget", type=float, default=15.0,
                    help="run perturbation calls in full when the warm-up estimates them at most this many "
                         "seconds, else stop them after --chunks batches (default 15)")
-    p.add_argument("--reference-path", default=os.environ.get("CAM_REFERENCE_PATH", "/work/refcam"),
-                   help="directory holding the reference pytorch_grad_cam (default /work/refcam)")
+    p.add_argument("--reference-path", default=os.environ.get("CAM_REFERENCE_PATH", DEFAULT_REFERENCE_PATH),
+                   help="directory holding the reference pytorch_grad_cam (default: .refcam at the root "
+                        "of the clone)")
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--reference-max-gb", type=float, default=2.0,
                    help="skip the reference ScoreCAM when its all-at-once masks would exceed this many GB "

@@ -6,7 +6,10 @@ new method is covered by every generic test as soon as it is registered.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Dict
+
+import pytest
 
 from pytorch_grad_cam import METHODS
 
@@ -19,6 +22,38 @@ EXTRA_KWARGS: Dict[str, Callable[[Any, Any], dict]] = {
     # a square input, 3 windows of overlap at the larger scales) keep the generic tests quick.
     "sess": lambda model, layers: {"num_scales": 3},
 }
+
+# ------------------------------------------------------------------------ test-only traits of methods
+# What the generic tests need to know about a method beyond the library's own flags, keyed by registry
+# name. Kept here, not on the library classes: they describe how a test may check a method, not the
+# method. A new method is in none of these sets unless a generic test proves it must be.
+
+#: Methods whose map does NOT explain the target's own score on the input as given: generic tests that
+#: derive a map from the target's score by hand skip them. FinerCAM explains a rewritten target mixing
+#: every class's logit; SESS explains the scores of rescaled patches.
+EXPLAINS_GIVEN_SCORE_EXCEPT = frozenset({"finercam", "sess"})
+#: Methods for which half precision does NOT give the float32 map up to rounding. SESS: its fusion
+#: counts, at each position, the patch maps above ``theta``, and rounding moves values across it.
+LOW_PRECISION_UNSTABLE = frozenset({"sess"})
+#: Methods whose every target layer must be the one pooled into the linear head (its channels are the
+#: head's inputs): CAM, which reads its weights from that head.
+NEEDS_LINEAR_HEAD = frozenset({"cam"})
+
+
+def explains_given_score(name: str) -> bool:
+    """Whether method ``name``'s map explains the target's score on the input as given."""
+    return name not in EXPLAINS_GIVEN_SCORE_EXCEPT
+
+
+def low_precision_stable(name: str) -> bool:
+    """Whether half precision gives method ``name``'s float32 map up to rounding."""
+    return name not in LOW_PRECISION_UNSTABLE
+
+
+def needs_linear_head(name: str) -> bool:
+    """Whether method ``name`` only explains the layer pooled into the model's linear head."""
+    return name in NEEDS_LINEAR_HEAD
+
 
 ALL = sorted(METHODS)
 GRADIENT = [name for name in ALL if METHODS[name].uses_gradients]
@@ -40,3 +75,15 @@ def make_cam(name: str, model, layers, perturbation_batch: int = 8, **kwargs):
         for key, value in extra(model, layers).items():
             kwargs.setdefault(key, value)
     return cls(model, target_layers=layers, **kwargs)
+
+
+#: CAM's warning when the target layer is not the one average-pooled into the linear head.
+LINEAR_HEAD_WARNING = "CAM: the input of the linear layer"
+#: The engine's warning for a map that is constant (all zeros) for some image.
+CONSTANT_MAP_WARNING = "is constant for image"
+
+
+def warns_if(condition: bool, category: type, match: str):
+    """``pytest.warns(category, match=match)`` where ``condition`` holds, else no expectation (a warning
+    then fails the test: pyproject sets ``filterwarnings = ["error"]``)."""
+    return pytest.warns(category, match=match) if condition else contextlib.nullcontext()

@@ -1,7 +1,9 @@
 """Running grad-cam 1.5.7, the reference library, as a black box for the optional comparison tests.
 
 Its import name is ours too (``pytorch_grad_cam``), so it only ever runs in a subprocess whose
-``PYTHONPATH`` is ``GRAD_CAM_REFERENCE_PATH`` (default ``/work/refcam``; ``.ci/run`` installs it there).
+``PYTHONPATH`` is ``GRAD_CAM_REFERENCE_PATH``. Its default is ``.refcam`` at the root of this clone
+(``<repo root>/.refcam``, next to ``tests/``), which is where ``.ci/run`` installs it
+(``pip install --no-deps --target .refcam grad-cam==1.5.7``); set the variable to use another directory.
 """
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-REFERENCE_PATH = Path(os.environ.get("GRAD_CAM_REFERENCE_PATH") or "/work/refcam")
 TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+REFERENCE_PATH = Path(os.environ.get("GRAD_CAM_REFERENCE_PATH") or REPO_ROOT / ".refcam")
 
 
 def reference_has(relative: str = "__init__.py") -> bool:
@@ -21,9 +24,14 @@ def reference_has(relative: str = "__init__.py") -> bool:
     return (REFERENCE_PATH / "pytorch_grad_cam" / relative).exists()
 
 
-#: Skips a test where the reference library is not installed.
-needs_reference = pytest.mark.skipif(not reference_has(),
-                                     reason="no grad-cam 1.5.7 under GRAD_CAM_REFERENCE_PATH")
+_skip_without_reference = pytest.mark.skipif(not reference_has(),
+                                             reason="no grad-cam 1.5.7 under GRAD_CAM_REFERENCE_PATH")
+
+
+def needs_reference(test):
+    """Marks ``test`` ``reference`` (``-m "not reference"`` leaves it out) and skips it where the reference
+    library is not installed."""
+    return pytest.mark.reference(_skip_without_reference(test))
 
 
 def run_reference(driver: str, *args, cwd) -> subprocess.CompletedProcess:

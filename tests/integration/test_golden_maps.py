@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pytest
 
-import golden_maps
+from tests.integration import golden_maps
 
 pytestmark = pytest.mark.slow
 

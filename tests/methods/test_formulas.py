@@ -1,24 +1,27 @@
-"""Every method against the plain reference of its paper formula (tests/reference_formulas.py).
+"""Every method against the plain reference of its paper formula (tests/references.py).
 
 Cases: tiny seeded 1D/2D/3D conv nets (batch 2, a different class per image), a layer with negative
 values, exactly-zero gradients, eigen smoothing, two target layers at different resolutions, and a
 random-init torchvision resnet18 (in-place ReLU, residual adds, BatchNorm).
 """
+import warnings
+
 import numpy as np
 import pytest
-import reference_formulas as R
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pytorch_grad_cam import METHODS
+from tests import references as R
+from tests.cam_factory import warns_if
 
 # Methods whose plain reference lives in their own family's test file (same standard: an independent
 # float64 implementation of the paper's formula, non-degenerate cases).
 OWN_FORMULA_TESTS = {
-    "cam": "test_gradient_extras.py", "smoothgradcam++": "test_gradient_extras.py",
-    "shapleycam": "test_gradient_extras.py", "fullgrad": "test_fullgrad.py",
-    "sscam": "test_perturbation_extras.py", "iscam": "test_perturbation_extras.py",
+    "cam": "test_activation.py", "smoothgradcam++": "test_gradient.py",
+    "shapleycam": "test_gradient.py", "fullgrad": "test_fullgrad.py",
+    "sscam": "test_perturbation.py", "iscam": "test_perturbation.py",
     "finercam": "test_composite.py", "refinecam": "test_composite.py", "sess": "test_composite.py",
 }
 ALL_METHODS = sorted(name for name in METHODS if name in R.COVERED)
@@ -31,7 +34,10 @@ METHOD_SMOOTH = [(m, False) for m in ALL_METHODS] + [(m, True) for m in ALL_METH
 def ours(method, model, layers, x, classes, eigen_smooth=False):
     seed = {"seed": R.RANDOM_SEED} if method == "randomcam" else {}
     cam = METHODS[method](model, target_layers=layers, batch_size=128, **seed)
-    maps = cam(x, targets=list(classes), eigen_smooth=eigen_smooth)
+    # HiResCAM with eigen smoothing warns that it gives up faithfulness (test_hirescam_warns_... below).
+    with warns_if(method == "hirescam" and eigen_smooth, UserWarning,
+                  "HiResCAM with eigen_smooth=True is no longer guaranteed to be faithful"):
+        maps = cam(x, targets=list(classes), eigen_smooth=eigen_smooth)
     assert isinstance(maps, np.ndarray) and maps.dtype == np.float32
     assert maps.shape == (x.shape[0],) + tuple(x.shape[2:])
     return torch.from_numpy(maps)
@@ -56,7 +62,7 @@ def assert_matches_reference(method, model, layers, x, classes, eigen_smooth=Fal
 
 
 def test_every_registered_method_has_a_plain_reference():
-    """Here (reference_formulas.py) or in its family's test file, which must exist and test it."""
+    """Here (references.py) or in its family's test file, which must exist and test it."""
     from pathlib import Path
 
     for name in METHODS:
@@ -242,10 +248,15 @@ def test_kpca_cam_rejects_bad_options(tiny_2d):
 def test_random_cam_is_random_unless_seeded(tiny_2d):
     model, x = tiny_2d
     make = lambda **kw: METHODS["randomcam"](model, target_layers=[model.relu2], **kw)  # noqa: E731
-    first, second = make()(x), make()(x)
+    with warnings.catch_warnings():
+        # An unseeded draw may be all negative for an image (a constant map, warned): that is chance, not
+        # what this test is about.
+        warnings.filterwarnings("ignore", "the CAM of layer .* is constant for image", RuntimeWarning)
+        first, second = make()(x), make()(x)
     assert np.abs(first - second).max() > 0.05, "two unseeded RandomCAMs drew the same weights"
-    np.testing.assert_array_equal(make(seed=3)(x), make(seed=3)(x))
-    assert np.abs(make(seed=3)(x) - make(seed=4)(x)).max() > 0.05
+    # Seeds 0 and 1 (not 3 and 4, whose draws are all negative for an image here: constant maps).
+    np.testing.assert_array_equal(make(seed=0)(x), make(seed=0)(x))
+    assert np.abs(make(seed=0)(x) - make(seed=1)(x)).max() > 0.05
 
 
 def test_hirescam_warns_that_eigen_smoothing_gives_up_faithfulness(tiny_2d):

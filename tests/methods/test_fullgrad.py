@@ -15,12 +15,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from reference_library import REFERENCE_PATH, needs_reference, run_reference
 from torch import nn
 from torchvision.ops.misc import Permute
 
 from pytorch_grad_cam import METHODS, FullGrad
 from pytorch_grad_cam.fullgrad_cam import FullGrad as FullGradFromReferencePath
+from tests.reference_library import REFERENCE_PATH, needs_reference, run_reference
 
 NUM_CLASSES = 5
 

@@ -406,6 +406,7 @@ def test_ablationcam_swin_like_channels_last():
     np.testing.assert_allclose(cam(x, targets=classes), expected, atol=1e-5)
 
 
+@pytest.mark.slow  # model scale: a torchvision swin_t, 7-40 s on 2 CPU cores
 def test_ablationcam_torchvision_swin_t():
     """torchvision's swin_t (random weights) at 64x64 on its first stage (96 channels, (B, 16, 16, 96))."""
     torch.manual_seed(0)
@@ -499,6 +500,7 @@ def test_ablationcam_faster_rcnn_fpn_levels():
     assert "forward" not in model.backbone.__dict__  # the swapped forward was restored
 
 
+@pytest.mark.slow  # model scale: a torchvision detector, 7-40 s on 2 CPU cores
 def test_scorecam_family_on_a_detector():
     """Masking the input works for a detector as for a classifier: ScoreCAM's masks are the reshaped
     pyramid's channels (upsampled to the input), the score the box target on each masked input."""
@@ -521,6 +523,7 @@ def test_scorecam_family_on_a_detector():
         assert maps.shape == (1, 64, 64) and maps.max() - maps.min() > 0.5
 
 
+@pytest.mark.slow  # model scale: a torchvision detector, 7-40 s on 2 CPU cores
 def test_ablationcam_torchvision_fasterrcnn_mobilenet():
     """The real detector (random weights, 128x128, few proposals): 768 FPN channels ablated; the map is
     made, lies in [0, 1], is not flat, and the model is left as it was."""

@@ -1,9 +1,10 @@
 """Black-box comparison with the reference library, grad-cam 1.5.7 (optional).
 
-Skipped unless ``GRAD_CAM_REFERENCE_PATH`` (or, by default, ``/work/refcam``) is a directory holding the
-reference ``pytorch_grad_cam`` package. Its import name is the same as ours, so it runs in a subprocess
-with ``PYTHONPATH`` set to that directory: the test saves the models' state dicts, the inputs and the
-cases into ``tmp_path``, a small driver (written below) computes the reference maps, and we compare.
+Skipped unless ``GRAD_CAM_REFERENCE_PATH`` (by default ``.refcam`` at the root of the clone, see
+``reference_library.py``) is a directory holding the reference ``pytorch_grad_cam`` package. Its import
+name is the same as ours, so it runs in a subprocess with ``PYTHONPATH`` set to that directory: the test
+saves the models' state dicts, the inputs and the cases into ``tmp_path``, a small driver (written below)
+computes the reference maps, and we compare.
 
 Cases: a seeded resnet18 at 96x96 (batch 2, a class per image): the gradient methods and EigenCAM on
 ``layer4[-1]`` and on ``[layer3[-1], layer4[-1]]``; ScoreCAM and AblationCAM on ``layer1[-1]`` (64
@@ -18,13 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import reference_formulas as R
 import torch
 import torchvision
-from conftest import seeded_input, tiny_net
-from reference_library import REFERENCE_PATH
 
 from pytorch_grad_cam import METHODS
+from tests import references as R
+from tests.models import seeded_input, tiny_net
+from tests.reference_library import REFERENCE_PATH, TESTS_DIR
+
+pytestmark = pytest.mark.reference
 
 if not (REFERENCE_PATH / "pytorch_grad_cam" / "__init__.py").is_file():
     pytest.skip(f"no reference pytorch_grad_cam under {REFERENCE_PATH} (set GRAD_CAM_REFERENCE_PATH)",
@@ -35,20 +38,19 @@ if _probe.returncode != 0:  # e.g. its own dependencies (matplotlib, scikit-lear
     _why = (_probe.stderr.strip().splitlines() or ["?"])[-1]
     pytest.skip(f"the reference under {REFERENCE_PATH} does not import here: {_why}", allow_module_level=True)
 
-TESTS_DIR = Path(__file__).resolve().parent
 REF_CLASSES = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM",
                "eigencam": "EigenCAM", "scorecam": "ScoreCAM", "ablationcam": "AblationCAM",
                "hirescam": "HiResCAM", "gradcamelementwise": "GradCAMElementWise", "layercam": "LayerCAM",
                "fem": "FEM"}
 # Not compared here: RandomCAM (random by design), and three methods whose map is a principal component
 # with a sign the reference leaves to its SVD / eigensolver (EigenGrad-CAM, Seg-Eigen-CAM, KPCA-CAM);
-# test_formulas.py checks those against plain references, KPCA-CAM for all five kernels.
+# methods/test_formulas.py checks those against plain references, KPCA-CAM for all five kernels.
 NOT_COMPARED = {"randomcam", "eigengradcam", "segeigencam", "kpcacam"}
 # Compared with grad-cam 1.5.7 in their own family's test file (same black-box subprocess approach), or
 # not in the reference at all (SmoothGrad-CAM++, SS-CAM, IS-CAM are torchcam's; CAM is in neither).
-COMPARED_ELSEWHERE = {"fullgrad": "test_fullgrad.py", "shapleycam": "test_gradient_extras.py",
-                      "finercam": "test_composite.py", "refinecam": "test_composite.py",
-                      "sess": "test_composite.py"}
+COMPARED_ELSEWHERE = {"fullgrad": "methods/test_fullgrad.py", "shapleycam": "methods/test_gradient.py",
+                      "finercam": "methods/test_composite.py", "refinecam": "methods/test_composite.py",
+                      "sess": "methods/test_composite.py"}
 NOT_IN_REFERENCE = {"cam", "smoothgradcam++", "sscam", "iscam"}
 
 # name -> (model, target layers (dotted names), method, input, classes)
@@ -77,8 +79,8 @@ import numpy as np, torch, torchvision
 import pytorch_grad_cam
 work, tests_dir, reference_path = sys.argv[1:4]
 assert pytorch_grad_cam.__file__.startswith(reference_path), pytorch_grad_cam.__file__
-sys.path.append(tests_dir)  # after the reference: only for conftest.TinyConvNet
-from conftest import TinyConvNet
+sys.path.append(tests_dir)  # after the reference: only for models.TinyConvNet
+from models import TinyConvNet
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 

@@ -40,7 +40,6 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from cam_factory import make_cam
 from torch import nn
 from torchvision.models import VisionTransformer
 from torchvision.models.swin_transformer import SwinTransformer
@@ -60,6 +59,9 @@ from pytorch_grad_cam.utils import (
     swin_reshape_transform,
     vit_reshape_transform,
 )
+from tests.cam_factory import make_cam
+
+pytestmark = pytest.mark.slow
 
 KINDS = ["cnn2d", "cnn3d", "cnn1d", "vit", "swin", "segmentation", "detection"]
 PLANTED = {"cnn2d", "cnn3d", "cnn1d"}

@@ -14,7 +14,7 @@ import torch
 from pytorch_grad_cam import pretrained
 from pytorch_grad_cam.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CAT = REPO / "examples" / "cat.jpg"
 COFFEE = REPO / "examples" / "coffee.jpg"
 CAT_CLASSES = {281, 282, 285}  # tabby, tiger cat, Egyptian cat

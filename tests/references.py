@@ -306,7 +306,7 @@ RANDOM_SEED = 0  # the tests construct RandomCAM with this seed (it gives no all
 # ------------------------------------------------------------------------------------- the whole CAM
 GRADIENT_WEIGHTS = {"gradcam": gradcam_weights, "gradcam++": gradcampp_weights, "xgradcam": xgradcam_weights}
 #: The methods this file has a reference for (the others are checked against references in their own
-#: test files: see OWN_FORMULA_TESTS in test_formulas.py).
+#: test files: see OWN_FORMULA_TESTS in methods/test_formulas.py).
 COVERED = set(GRADIENT_WEIGHTS) | set(ELEMENTWISE) | set(COMPONENT) | {"scorecam", "ablationcam", "fem",
                                                                          "randomcam"}
 
@@ -360,3 +360,173 @@ def reference_cam(method: str, model: nn.Module, layers: Sequence[nn.Module], x:
             details.setdefault("layer_maps", []).append(maps)
     fused = np.maximum(np.stack(per_layer, axis=1), 0).mean(axis=1)
     return np.stack([normalize(fused[i]) for i in range(batch)])
+
+
+# ============================================================ torch float64 helpers and method references
+# The references of CAM, Smooth Grad-CAM++, ShapleyCAM and KPCA-CAM's small-activation numerics (used by
+# tests/methods/test_activation.py, test_gradient.py, test_projection.py), written in plain torch on
+# float64 copies of the models. ``*_t`` names: the torch twins of the numpy functions above. The fused
+# map of one target layer is ``normalize(resize(normalize(relu(cam))))``, as documented in ``BaseCAM``.
+import copy  # noqa: E402
+
+import torch.nn.functional as F  # noqa: E402
+
+EPS_T = 1e-7  # the torch helpers' min-max epsilon (NORM_EPS of the numpy ones)
+
+
+def normalize_t(maps):
+    """Per image min-max over all positions, ``(B, *spatial)``."""
+    flat = maps.reshape(maps.shape[0], -1)
+    flat = flat - flat.min(1, keepdim=True).values
+    return (flat / (flat.max(1, keepdim=True).values + EPS_T)).reshape(maps.shape)
+
+
+def resized_layer_map(cam, size):
+    """One layer's raw ``sum_k w_k A_k`` ``(B, *grid)`` -> normalised and resized to ``(B, *size)``."""
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[cam.ndim - 1]
+    layer = normalize_t(cam.clamp(min=0))
+    return F.interpolate(layer[:, None], size=tuple(size), mode=mode, align_corners=False)[:, 0]
+
+
+def fuse(layer_maps):
+    """Resized per-layer maps -> the method's output: relu, mean over layers, normalise."""
+    return normalize_t(torch.stack(layer_maps, 1).clamp(min=0).mean(1))
+
+
+def final_map(cam, size):
+    """The output of a method with one target layer, from that layer's raw map."""
+    return fuse([resized_layer_map(cam, size)])
+
+
+def weighted_sum_t(weights, acts):
+    return (weights.reshape(*weights.shape, *[1] * (acts.ndim - 2)) * acts).sum(1)
+
+
+def assert_nontrivial_t(maps):
+    flat = maps.reshape(maps.shape[0], -1)
+    assert (flat.max(1).values > 0.99).all(), "degenerate case: a reference map is all zeros"
+    assert (flat.std(1) > 0.05).all(), "degenerate case: a reference map is nearly flat"
+
+
+def acts_and_grads(model, layer, x, score_fn, create_graph=False):
+    """Activations of ``layer`` and d(sum of scores)/d(activations), on a float64 copy of everything.
+
+    ``score_fn(output) -> (B,)``. With ``create_graph`` the gradient stays differentiable."""
+    store = {}
+
+    def hook(module, inputs, output):
+        store["a"] = output
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        out = model(x)
+    finally:
+        handle.remove()
+    (grad,) = torch.autograd.grad(score_fn(out).sum(), store["a"], create_graph=create_graph)
+    return store["a"], grad, out
+
+
+def double_copy(model):
+    return copy.deepcopy(model).double().eval()
+
+
+def logit(classes):
+    return lambda out: out[torch.arange(out.shape[0]), torch.tensor(classes)]
+
+
+def rest(classes):
+    idx = torch.arange(len(classes)), torch.tensor(classes)
+    return lambda out: out[idx] + torch.log_softmax(out, -1)[idx]
+
+
+def reference_smooth_gradcampp(model, layer_name, x, classes, num_samples, std, seed, raw=False):
+    """The paper's recipe, sample by sample: D^n = mean over noisy copies of g^n (n = 1, 2, 3),
+    alpha = D2 / (2 D2 + sum(A) D3), w = sum relu(D1) alpha, A from the clean input. The noise is the
+    class docstring's recipe. ``raw``: the layer's ``sum_k w_k A_k`` instead of the method's output."""
+    m64 = double_copy(model)
+    layer = m64.get_submodule(layer_name)
+    x64 = x.double()
+    eps = torch.randn((num_samples, *x.shape), generator=torch.Generator().manual_seed(seed))
+    sigma = std * (x64.flatten(1).max(1).values - x64.flatten(1).min(1).values)  # (B,)
+    d1 = d2 = d3 = 0
+    for s in range(num_samples):
+        noisy = x64 + sigma.reshape(-1, *[1] * (x.ndim - 1)) * eps[s].double()
+        _, g, _ = acts_and_grads(m64, layer, noisy, logit(classes))
+        d1, d2, d3 = d1 + g / num_samples, d2 + g ** 2 / num_samples, d3 + g ** 3 / num_samples
+    acts, _, _ = acts_and_grads(m64, layer, x64, logit(classes))
+    acts = acts.detach()
+    sum_a = acts.flatten(2).sum(-1).reshape(*acts.shape[:2], *[1] * (acts.ndim - 2))
+    alpha = d2 / (2 * d2 + sum_a * d3 + 1e-6)
+    alpha = torch.where(d2 != 0, alpha, torch.zeros_like(alpha))
+    w = (d1.clamp(min=0) * alpha).flatten(2).sum(-1)
+    return weighted_sum_t(w, acts) if raw else final_map(weighted_sum_t(w, acts), x.shape[2:])
+
+
+def reference_shapley_weights(model, layer_name, tail, x, score_fn):
+    """w = mean_positions(g - 0.5 * H A) with H A from torch.autograd.functional.hvp of the score as a
+    function of the layer's activations (``tail``: activations -> model output), in float64."""
+    m64 = double_copy(model)
+    acts, g, _ = acts_and_grads(m64, m64.get_submodule(layer_name), x.double(), score_fn)
+    acts, g = acts.detach(), g.detach()
+    _, hvp = torch.autograd.functional.hvp(lambda a: score_fn(tail(m64, a)).sum(), acts, v=acts)
+    return (g - 0.5 * hvp).flatten(2).mean(-1), acts, g, hvp
+
+
+def fd_shapley_weights(model, layer, x, score_fn, h=1e-5):
+    """w = mean_positions(g - 0.5 * H A), H A by central differences of the gradient along A:
+    (g(A (1 + h)) - g(A (1 - h))) / 2h, in float64. Only first derivatives: any attention kernel will do."""
+    m64 = double_copy(model)
+    target = m64.get_submodule(layer)
+    acts, g, _ = acts_and_grads(m64, target, x.double(), score_fn)
+    acts, g = acts.detach(), g.detach()
+
+    def grad_at(a):
+        a = a.clone().requires_grad_(True)
+        handle = target.register_forward_hook(lambda m, i, o: a)  # the layer's output replaced by a
+        try:
+            return torch.autograd.grad(score_fn(m64(x.double())).sum(), a)[0]
+        finally:
+            handle.remove()
+
+    hvp = (grad_at(acts * (1 + h)) - grad_at(acts * (1 - h))) / (2 * h)
+    return (g - 0.5 * hvp).flatten(2).mean(-1), acts, hvp
+
+
+def decimal_kernel_component(acts, kernel, gamma, degree=3, coef0=1.0, digits=60):
+    """KPCA-CAM's component written with scikit-learn's kernels as they are (``tanh(g x.y + c)``,
+    ``exp(-g |x - y|^2)``, ``(g x.y + c)^d``), evaluated and double-centred in 60-digit decimal arithmetic,
+    then the top eigenpair in float64: sqrt(lambda_1) alpha_1, sign by the channel sum. (B, *grid)."""
+    from decimal import Decimal, localcontext
+
+    out = np.zeros((acts.shape[0],) + tuple(acts.shape[2:]))
+    with localcontext() as ctx:
+        ctx.prec = digits
+        g, c = Decimal(repr(gamma)), Decimal(repr(coef0))
+        for b in range(acts.shape[0]):
+            a = acts[b].double().reshape(acts.shape[1], -1).T.tolist()  # (N, C)
+            n, ch = len(a), len(a[0])
+            X = [[Decimal(repr(v)) for v in row] for row in a]
+            means = [sum(X[i][k] for i in range(n)) / n for k in range(ch)]
+            X = [[X[i][k] - means[k] for k in range(ch)] for i in range(n)]
+
+            K = [[_decimal_entry(X[i], X[j], kernel, g, c, degree) for j in range(n)] for i in range(n)]
+            row = [sum(K[i]) / n for i in range(n)]
+            total = sum(row) / n
+            centred = np.array([[float(K[i][j] - row[i] - row[j] + total) for j in range(n)]
+                                for i in range(n)])
+            values, vectors = np.linalg.eigh(centred)
+            projection = vectors[:, -1] * np.sqrt(max(values[-1], 0.0))
+            channel_sum = acts[b].double().sum(0).reshape(-1).numpy()
+            if (projection * (channel_sum - channel_sum.mean())).sum() < 0:
+                projection = -projection
+            out[b] = projection.reshape(acts.shape[2:])
+    return torch.from_numpy(out)
+
+
+def _decimal_entry(xi, xj, kernel, g, c, degree):
+    if kernel == "sigmoid":
+        e = (2 * (g * sum(a * b for a, b in zip(xi, xj)) + c)).exp()
+        return (e - 1) / (e + 1)
+    if kernel == "rbf":
+        return (-g * sum((a - b) ** 2 for a, b in zip(xi, xj))).exp()
+    return (g * sum(a * b for a, b in zip(xi, xj)) + c) ** degree

@@ -9,58 +9,26 @@ interfere.
 import copy
 import threading
 
-import cam_factory
 import numpy as np
 import pytest
 import torch
-from torch import nn
 from torch.nn.modules import module as module_globals
+
+from tests import cam_factory
+from tests.models import (
+    CountingIdentity,
+    InPlaceInput,
+    WithCounter,
+    make_model,
+)
 
 ALL = cam_factory.ALL
 GRADIENT = cam_factory.GRADIENT
 LAYERED = cam_factory.LAYERED  # the methods whose map comes from target_layers
 PERTURBATION = cam_factory.PERTURBATION
 NUM_CLASSES = 5
-
-
-class TrainingRecorder(nn.Module):
-    """Identity that records ``self.training`` at every forward call."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def forward(self, x):
-        self.seen.append(self.training)
-        return x
-
-
-class Tiny(nn.Module):
-    """Three conv stages with BatchNorm and Dropout (both behave differently in train mode)."""
-
-    def __init__(self, num_classes=NUM_CLASSES):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
-        self.recorder = TrainingRecorder()
-        self.block = nn.Sequential(nn.Conv2d(6, 8, 3, padding=1, stride=2), nn.BatchNorm2d(8), nn.ReLU())
-        self.unused = nn.Conv2d(8, 8, 1)  # registered but never called
-        self.drop = nn.Dropout(0.5)
-        self.head = nn.Linear(8, num_classes)
-
-    def forward(self, x):
-        x = self.recorder(self.stem(x))
-        x = self.block(x)  # (B, 8, H/2, W/2)
-        return self.head(self.drop(x.mean((2, 3))))
-
-
-def make_model(seed=0):
-    torch.manual_seed(seed)
-    model = Tiny()
-    with torch.no_grad():  # non-trivial BatchNorm statistics, so eval and train modes differ
-        for bn in (model.stem[1], model.block[1]):
-            bn.running_mean.uniform_(-0.2, 0.2)
-            bn.running_var.uniform_(0.5, 1.5)
-    return model
+#: HiResCAM with eigen_smooth=True warns (on purpose) that it gives up its faithfulness.
+HIRESCAM_EIGEN_WARNING = "HiResCAM with eigen_smooth=True is no longer guaranteed to be faithful"
 
 
 def make_input(batch=2, size=16, seed=1):
@@ -278,16 +246,6 @@ def test_module_tree_and_forward_attributes_unchanged(name):
 
 
 # -- the input tensor ----------------------------------------------------------------------------------
-class InPlaceInput(nn.Module):
-    """A model that modifies its input in place: the user's tensor must still come back unchanged."""
-
-    def __init__(self):
-        super().__init__()
-        self.inner = make_model()
-
-    def forward(self, x):
-        x.mul_(2.0)
-        return self.inner(x)
 
 
 @pytest.mark.filterwarnings("ignore:AblationCAM could not reuse:RuntimeWarning")  # mul_ on a broadcast
@@ -332,7 +290,8 @@ def test_smoothing_paths_leave_model_and_input_unchanged(name):
     x = make_input().requires_grad_(True)
     values = x.detach().clone()
     hooks, tree, state = hooks_snapshot(model), tree_snapshot(model), state_snapshot(model)
-    maps = make_cam(name, model)(x, aug_smooth=True, eigen_smooth=True)
+    with cam_factory.warns_if(name == "hirescam", UserWarning, HIRESCAM_EIGEN_WARNING):
+        maps = make_cam(name, model)(x, aug_smooth=True, eigen_smooth=True)
     assert maps.shape == (2, 16, 16) and maps.max() > 0.5  # a mean of maps: not renormalised
     assert hooks_snapshot(model) == hooks and tree_snapshot(model) == tree
     assert_state_equal(state, state_snapshot(model))
@@ -345,34 +304,6 @@ def test_smoothing_paths_leave_model_and_input_unchanged(name):
 
 
 # -- the backward pass stops at the target layer ---------------------------------------------------
-class CountingIdentity(torch.autograd.Function):
-    backward_calls = 0
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        CountingIdentity.backward_calls += 1
-        return grad
-
-
-class Counted(nn.Module):
-    def forward(self, x):
-        return CountingIdentity.apply(x)
-
-
-class WithCounter(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
-        self.counted = Counted()
-        self.block = nn.Sequential(nn.Conv2d(6, 8, 3, padding=1), nn.ReLU())
-        self.head = nn.Linear(8, NUM_CLASSES)
-
-    def forward(self, x):
-        return self.head(self.block(self.counted(self.stem(x))).mean((2, 3)))
 
 
 @pytest.mark.parametrize("name", LAYERED)  # FullGrad differentiates down to the input by definition

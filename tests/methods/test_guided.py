@@ -12,12 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from reference_library import REFERENCE_PATH, needs_reference, run_reference
 from torch import nn
 
 from pytorch_grad_cam import PIXEL_METHODS, GradCAM, GuidedBackpropReLUModel, GuidedGradCAM, LayerCAM
 from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel as FromReferencePath
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from tests.reference_library import REFERENCE_PATH, needs_reference, run_reference
 
 NUM_CLASSES = 5
 

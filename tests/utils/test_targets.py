@@ -1,10 +1,19 @@
-"""Targets beyond the plain class score, each against its formula written out by hand."""
+"""pytorch_grad_cam.utils.model_targets: every target against its formula written out by hand (the plain
+class score, softmax, binary and raw-score targets, and those beyond: ReST, FinerCAM's, segmentation,
+detection, embeddings), and targets as the engine takes them."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from pytorch_grad_cam.utils import (
+    BinaryClassifierOutputTarget,
+    ClassifierOutputSoftmaxTarget,
+    ClassifierOutputTarget,
+    RawScoresOutputTarget,
+    SoftmaxOutputTarget,
+)
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputReST, FinerWeightedTarget
 
 
@@ -53,21 +62,16 @@ def test_finer_weighted_target_refuses_bad_arguments(args, error, match):
 
 
 # ------------------------------------------------------------------ segmentation, detection, embeddings
-import functools  # noqa: E402
-import warnings  # noqa: E402
 
 from torch import nn  # noqa: E402
 
 from pytorch_grad_cam import GradCAM  # noqa: E402
 from pytorch_grad_cam.base_cam import normalize_targets  # noqa: E402
 from pytorch_grad_cam.utils import (  # noqa: E402
-    ClassifierOutputTarget,
     DifferenceFromConceptTarget,
     FasterRCNNBoxScoreTarget,
     SemanticSegmentationTarget,
     SimilarityToConceptTarget,
-    fasterrcnn_reshape_transform,
-    fpn_reshape_transform,
 )
 
 
@@ -276,106 +280,108 @@ def test_a_target_with_zero_gradient_warns_and_gives_zeros():
     that names the reason, not an error."""
     model = _Tiny().eval()
     x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    with pytest.warns(RuntimeWarning, match="gradient of the target score .* is exactly zero for image"):
+    with pytest.warns(RuntimeWarning, match="gradient of the target score .* is exactly zero for image"), \
+            pytest.warns(RuntimeWarning, match=r"CAM of layer 'features' is constant for image\(s\) \[0\]"):
         maps = GradCAM(model, [model.features])(x, targets=[lambda out: out.sum() * 0.0])
     np.testing.assert_array_equal(maps, np.zeros((1, 8, 8), np.float32))
 
 
-# ------------------------------------------------------------------ the feature pyramid transform
-def _levels(batch=2):
-    gen = torch.Generator().manual_seed(3)
-    from collections import OrderedDict
-    return OrderedDict([("0", torch.randn(batch, 2, 8, 6, generator=gen)),
-                        ("1", torch.randn(batch, 3, 4, 3, generator=gen)),
-                        ("pool", torch.randn(batch, 2, 2, 2, generator=gen))])
+# ---------------------------------------------------------------------------------------------- targets
 
 
-def _bilinear(a, size):
-    """Half-pixel bilinear resize of (H, W) numpy a to size (cv2.resize's sampling), by hand."""
-    import cv2
-    return cv2.resize(a.astype(np.float64), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+def test_classifier_target_picks_the_class_score_and_its_gradient_is_one_hot():
+    logits = torch.tensor([0.5, 2.0, -1.0, 3.0], requires_grad=True)
+    score = ClassifierOutputTarget(2)(logits)
+    assert score.ndim == 0
+    assert score.item() == -1.0
+    (grad,) = torch.autograd.grad(score, logits)
+    assert torch.equal(grad, torch.tensor([0.0, 0.0, 1.0, 0.0]))
 
 
-def test_fpn_reshape_transform_resizes_and_concatenates_the_levels():
-    levels = _levels()
-    for size, grid, absolute in ((None, (2, 2), True), ("1", (4, 3), False), ((5, 7), (5, 7), True)):
-        out = fpn_reshape_transform(levels, size=size, absolute=absolute)
-        assert out.shape == (2, 7, *grid)
-        planes = [level[b, c].numpy() for b in range(2) for level in levels.values()
-                  for c in range(level.shape[1])]
-        want = np.stack([_bilinear(np.abs(p) if absolute else p, grid) for p in planes]).reshape(2, 7, *grid)
-        np.testing.assert_allclose(out.numpy(), want, atol=1e-5)
-    # the reference's name: magnitudes on the coarsest ('pool') grid; a list of levels works as a dict
-    torch.testing.assert_close(fasterrcnn_reshape_transform(levels), fpn_reshape_transform(levels))
-    torch.testing.assert_close(fpn_reshape_transform(list(levels.values()), size=1),
-                               fpn_reshape_transform(levels, size="1"))
+def test_classifier_target_accepts_numpy_int_and_2d_outputs():
+    target = ClassifierOutputTarget(np.int64(1))
+    assert target.category == 1 and type(target.category) is int
+    one_row = torch.tensor([[4.0, 5.0, 6.0]])
+    assert target(one_row).ndim == 0 and target(one_row).item() == 5.0
+    batch = torch.tensor([[4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
+    assert torch.equal(target(batch), torch.tensor([5.0, 8.0]))
 
 
-@pytest.mark.parametrize("features, kwargs, error, match", [
-    (torch.zeros(1, 2, 3, 3), {}, TypeError, "dict or a list"),
-    ({}, {}, ValueError, "no pyramid levels"),
-    ({"0": torch.zeros(1, 2, 3)}, {}, ValueError, r"level '0' must be a \(B, C, H, W\)"),
-    ({"0": torch.zeros(1, 2, 3, 3), "1": torch.zeros(2, 2, 3, 3)}, {}, ValueError, "batch size"),
-    ({"0": torch.zeros(1, 2, 3, 3)}, {"size": "p6"}, ValueError, "not a level"),
-    ({"0": torch.zeros(1, 2, 3, 3)}, {"size": (0, 3)}, ValueError, "positive int"),
-])
-def test_fpn_reshape_transform_refuses_bad_input(features, kwargs, error, match):
-    with pytest.raises(error, match=match):
-        fpn_reshape_transform(features, **kwargs)
+@pytest.mark.parametrize("cls", [ClassifierOutputTarget, ClassifierOutputSoftmaxTarget])
+@pytest.mark.parametrize("bad, error", [(-1, ValueError), (1.0, TypeError), (True, TypeError),
+                                        ("3", TypeError), (None, TypeError)])
+def test_category_validation(cls, bad, error):
+    with pytest.raises(error, match="category"):
+        cls(bad)
 
 
-class _Pyramid(nn.Module):
-    """A backbone returning a dict of two levels, and a head that reads only the first one."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.stem = nn.Conv2d(3, 4, 3, padding=1)
-        self.down = nn.Conv2d(4, 4, 3, stride=2, padding=1)
-
-    def forward(self, x):
-        a = self.stem(x)
-        return {"0": a, "pool": self.down(a)}
+@pytest.mark.parametrize("cls", [ClassifierOutputTarget, ClassifierOutputSoftmaxTarget, SoftmaxOutputTarget])
+def test_category_out_of_range_names_category_and_class_count(cls):
+    with pytest.raises(ValueError, match=r"category 5 .*3 classes"):
+        cls(5)(torch.zeros(3))
 
 
-class _PyramidNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.backbone = _Pyramid()
-        self.head = nn.Linear(4, 3)
-
-    def forward(self, x):
-        levels = self.backbone(x)
-        return self.head(levels["0"].relu().mean((2, 3)))
+def test_targets_reject_non_tensors_and_bad_ranks():
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        ClassifierOutputTarget(0)([1.0, 2.0])
+    with pytest.raises(ValueError, match=r"\(2, 3, 4\)"):
+        ClassifierOutputTarget(0)(torch.zeros(2, 3, 4))
 
 
-def test_a_layer_returning_a_dict_of_levels_through_fpn_reshape_transform():
-    """The engine captures each level, differentiates each (zeros for the unused 'pool' level) and
-    hands the dicts of activations and gradients to the transform: GradCAM by hand on the result."""
-    model = _PyramidNet().eval()
-    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(2))
-    transform = functools.partial(fpn_reshape_transform, size="0", absolute=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        maps = GradCAM(model, [model.backbone], reshape_transform=transform)(x, targets=[1])
-    xg = x.clone()
-    levels = model.backbone(xg)
-    a = levels["0"].detach().requires_grad_(True)
-    score = model.head(a.relu().mean((2, 3)))[0, 1]
-    (g,) = torch.autograd.grad(score, a)
-    acts = torch.cat([a.detach(), torch.nn.functional.interpolate(levels["pool"].detach(), size=(8, 8),
-                                                                 mode="bilinear")], 1)
-    grads = torch.cat([g, torch.zeros(1, 4, 8, 8)], 1)  # no gradient reaches 'pool': zeros
-    cam = (grads.mean((2, 3))[:, :, None, None] * acts).sum(1).relu()[0].numpy()
-    cam = (cam - cam.min()) / (cam.max() - cam.min() + 1e-7)
-    assert cam.std() > 0.05
-    np.testing.assert_allclose(maps[0], cam, rtol=1e-4, atol=1e-5)  # eps of the two normalisations
+def test_softmax_target_equals_manual_softmax_and_has_its_gradient():
+    logits = torch.tensor([1.0, 2.0, 0.5], requires_grad=True)
+    score = ClassifierOutputSoftmaxTarget(1)(logits)
+    e = np.exp([1.0, 2.0, 0.5])
+    p = e / e.sum()
+    assert score.ndim == 0
+    assert score.item() == pytest.approx(p[1], rel=1e-6)
+    # d p_1 / d z_j = p_1 * (delta_1j - p_j)
+    (grad,) = torch.autograd.grad(score, logits)
+    expected = p[1] * (np.eye(3)[1] - p)
+    np.testing.assert_allclose(grad.numpy(), expected, rtol=1e-5, atol=1e-7)
 
 
-def test_a_dict_layer_without_a_transform_is_refused_clearly():
-    model = _PyramidNet().eval()
-    with pytest.raises(TypeError, match="'backbone' returns dict.*pass a reshape_transform"):
-        GradCAM(model, [model.backbone])(torch.randn(1, 3, 8, 8), targets=[1])
-    with pytest.raises(TypeError, match="reshape_transform must return a tensor"):
-        GradCAM(model, [model.backbone], reshape_transform=lambda levels: levels)(torch.randn(1, 3, 8, 8),
-                                                                                   targets=[1])
+def test_softmax_output_target_top_class_or_given_category():
+    logits = torch.tensor([1.0, 3.0, 2.0])
+    e = np.exp([1.0, 3.0, 2.0])
+    p = e / e.sum()
+    assert SoftmaxOutputTarget()(logits).item() == pytest.approx(p[1], rel=1e-6)
+    assert SoftmaxOutputTarget(2)(logits).item() == pytest.approx(p[2], rel=1e-6)
+    assert SoftmaxOutputTarget(0)(logits).item() == ClassifierOutputSoftmaxTarget(0)(logits).item()
+    batch = torch.stack([logits, logits.flip(0)])
+    np.testing.assert_allclose(SoftmaxOutputTarget()(batch).numpy(), [p[1], p[1]], rtol=1e-6)
+
+
+def test_binary_target_sign_gradient_and_validation():
+    logit = torch.tensor([1.5], requires_grad=True)
+    positive, negative = BinaryClassifierOutputTarget(1)(logit), BinaryClassifierOutputTarget(0)(logit)
+    assert positive.ndim == 0 and positive.item() == 1.5
+    assert negative.ndim == 0 and negative.item() == -1.5
+    (grad,) = torch.autograd.grad(negative, logit)
+    assert grad.item() == -1.0
+    batch = torch.tensor([[2.0], [-3.0]])
+    assert torch.equal(BinaryClassifierOutputTarget(1)(batch), torch.tensor([2.0, -3.0]))
+    with pytest.raises(ValueError, match="0 or 1"):
+        BinaryClassifierOutputTarget(2)
+    with pytest.raises(TypeError, match="category"):
+        BinaryClassifierOutputTarget(True)
+    with pytest.raises(ValueError, match="single logit"):
+        BinaryClassifierOutputTarget(1)(torch.zeros(3))
+
+
+def test_raw_scores_target_sums_and_is_the_raw_output_of_a_regressor():
+    scores = torch.tensor([1.0, -2.5, 4.0], requires_grad=True)
+    total = RawScoresOutputTarget()(scores)
+    assert total.ndim == 0 and total.item() == 2.5
+    (grad,) = torch.autograd.grad(total, scores)
+    assert torch.equal(grad, torch.ones(3))
+    assert RawScoresOutputTarget()(torch.tensor([3.25])).item() == 3.25
+    assert RawScoresOutputTarget()(torch.tensor(3.25)).item() == 3.25
+
+
+def test_target_reprs():
+    assert repr(ClassifierOutputTarget(281)) == "ClassifierOutputTarget(category=281)"
+    assert repr(ClassifierOutputSoftmaxTarget(3)) == "ClassifierOutputSoftmaxTarget(category=3)"
+    assert repr(BinaryClassifierOutputTarget(0)) == "BinaryClassifierOutputTarget(category=0)"
+    assert repr(RawScoresOutputTarget()) == "RawScoresOutputTarget()"
+    assert repr(SoftmaxOutputTarget()) == "SoftmaxOutputTarget(category=None)"

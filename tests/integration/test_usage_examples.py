@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "usage_examples"
 PHOTOS = ROOT / "examples"

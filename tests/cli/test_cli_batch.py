@@ -15,7 +15,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.cli import build_parser, main
 from pytorch_grad_cam.registry import METHODS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CAT = REPO / "examples" / "cat.jpg"
 COFFEE = REPO / "examples" / "coffee.jpg"
 BOTH = REPO / "examples" / "cat_and_coffee.jpg"

@@ -37,6 +37,8 @@ from torch import nn
 from pytorch_grad_cam import METHODS
 from pytorch_grad_cam.utils.reshape_transforms import swinT_reshape_transform, vit_reshape_transform
 
+pytestmark = pytest.mark.slow
+
 #: The six original methods (METHODS may hold more; those are not part of this matrix).
 ALL_METHODS = ["gradcam", "gradcam++", "xgradcam", "eigencam", "scorecam", "ablationcam"]
 FULL_MATRIX = os.environ.get("PYTORCH_GRAD_CAM_FULL_MATRIX", "") not in ("", "0")

@@ -1,24 +1,20 @@
-"""CAM, Smooth Grad-CAM++, ShapleyCAM (and KPCA-CAM's numerics) against plain references of their formulas.
+"""The gradient family beyond the paper-formula table of test_formulas.py: Smooth Grad-CAM++ and ShapleyCAM
+against plain references of their formulas (tests/references.py).
 
 Also: layers that return a dict of tensors (FPN levels), ShapleyCAM through fused attention and
-torchvision's RoIAlign (no double backward in torch), CAM's check that the head reads the pooled layer,
-and KPCA-CAM on activations of order 1e-9 (against the kernel formula in 60-digit decimal arithmetic).
+torchvision's RoIAlign (no double backward in torch), and (optional) grad-cam 1.5.7's ShapleyCAM.
 
-The references here are written out in plain torch (float64 copies of the models, forward hooks,
+The references are written out in plain torch (float64 copies of the models, forward hooks,
 ``torch.autograd.grad`` / ``torch.autograd.functional.hvp``, explicit loops over noisy samples) and
 reuse nothing from the library. The fused map of one target layer is
 ``normalize(resize(normalize(relu(cam))))`` (per-layer normalisation, resize to the input, then the
 final normalisation after fusing), as documented in ``BaseCAM``.
 """
-import copy
 import weakref
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from conftest import seeded_input
-from reference_library import REFERENCE_PATH, TESTS_DIR, needs_reference, run_reference
 from torch import nn
 
 from pytorch_grad_cam import (
@@ -33,208 +29,39 @@ from pytorch_grad_cam import (
 from pytorch_grad_cam.base_cam import DEFAULT_OPTIONS
 from pytorch_grad_cam.utils.model_targets import (
     ClassifierOutputReST,
-    ClassifierOutputSoftmaxTarget,
     ClassifierOutputTarget,
 )
-
-EPS = 1e-7
-
+from tests.models import seeded_input
+from tests.reference_library import REFERENCE_PATH, TESTS_DIR, needs_reference, run_reference
+from tests.references import (
+    acts_and_grads,
+    double_copy,
+    fd_shapley_weights,
+    final_map,
+    fuse,
+    logit,
+    reference_shapley_weights,
+    reference_smooth_gradcampp,
+    resized_layer_map,
+    rest,
+)
+from tests.references import (
+    assert_nontrivial_t as assert_nontrivial,
+)
+from tests.references import (
+    normalize_t as normalize,
+)
+from tests.references import (
+    weighted_sum_t as weighted_sum,
+)
 
 # ----------------------------------------------------------------------------------- plain helpers
-def normalize(maps):
-    """Per image min-max over all positions, ``(B, *spatial)``."""
-    flat = maps.reshape(maps.shape[0], -1)
-    flat = flat - flat.min(1, keepdim=True).values
-    return (flat / (flat.max(1, keepdim=True).values + EPS)).reshape(maps.shape)
-
-
-def resized_layer_map(cam, size):
-    """One layer's raw ``sum_k w_k A_k`` ``(B, *grid)`` -> normalised and resized to ``(B, *size)``."""
-    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[cam.ndim - 1]
-    layer = normalize(cam.clamp(min=0))
-    return F.interpolate(layer[:, None], size=tuple(size), mode=mode, align_corners=False)[:, 0]
-
-
-def fuse(layer_maps):
-    """Resized per-layer maps -> the method's output: relu, mean over layers, normalise."""
-    return normalize(torch.stack(layer_maps, 1).clamp(min=0).mean(1))
-
-
-def final_map(cam, size):
-    """The output of a method with one target layer, from that layer's raw map."""
-    return fuse([resized_layer_map(cam, size)])
-
-
-def weighted_sum(weights, acts):
-    return (weights.reshape(*weights.shape, *[1] * (acts.ndim - 2)) * acts).sum(1)
-
-
-def assert_nontrivial(maps):
-    flat = maps.reshape(maps.shape[0], -1)
-    assert (flat.max(1).values > 0.99).all(), "degenerate case: a reference map is all zeros"
-    assert (flat.std(1) > 0.05).all(), "degenerate case: a reference map is nearly flat"
-
-
-def acts_and_grads(model, layer, x, score_fn, create_graph=False):
-    """Activations of ``layer`` and d(sum of scores)/d(activations), on a float64 copy of everything.
-
-    ``score_fn(output) -> (B,)``. With ``create_graph`` the gradient stays differentiable."""
-    store = {}
-
-    def hook(module, inputs, output):
-        store["a"] = output
-
-    handle = layer.register_forward_hook(hook)
-    try:
-        out = model(x)
-    finally:
-        handle.remove()
-    (grad,) = torch.autograd.grad(score_fn(out).sum(), store["a"], create_graph=create_graph)
-    return store["a"], grad, out
-
-
-def double_copy(model):
-    return copy.deepcopy(model).double().eval()
-
-
-def logit(classes):
-    return lambda out: out[torch.arange(out.shape[0]), torch.tensor(classes)]
-
-
-def rest(classes):
-    idx = torch.arange(len(classes)), torch.tensor(classes)
-    return lambda out: out[idx] + torch.log_softmax(out, -1)[idx]
 
 
 # ============================================================================================== CAM
-def test_cam_reference_on_tiny_nets(tiny_2d, tiny_1d, tiny_3d):
-    for (model, x), classes in ((tiny_2d, [1, 3]), (tiny_1d, [2, 4]), (tiny_3d, [0, 4])):
-        m64 = double_copy(model)
-        acts, _, _ = acts_and_grads(m64, m64.relu3, x.double(), logit(classes))
-        w = m64.fc.weight.detach()[classes]  # (B, C)
-        want = final_map(weighted_sum(w, acts.detach()), x.shape[2:])
-        assert_nontrivial(want)
-        got = CAM(model, target_layers=[model.relu3])(x, targets=classes)
-        torch.testing.assert_close(torch.from_numpy(got), want.float(), atol=1e-5, rtol=1e-4)
-
-
-def test_cam_equals_gradcam_for_gap_linear_head(tiny_2d):
-    """relu3 -> mean over positions -> fc: dy_c/dA = W[c] / N everywhere, so Grad-CAM's weights are
-    W[c] / N and its map is CAM's up to the factor 1 / N, which normalisation removes."""
-    model, x = tiny_2d
-    classes = [1, 3]
-    m64 = double_copy(model)
-    acts, grads, _ = acts_and_grads(m64, m64.relu3, x.double(), logit(classes))
-    n = acts[0, 0].numel()
-    expected = m64.fc.weight.detach()[classes][:, :, None, None].expand_as(grads) / n
-    torch.testing.assert_close(grads, expected)  # the theory the equality rests on
-    cam = CAM(model, target_layers=[model.relu3])(x, targets=classes)
-    gradcam = GradCAM(model, target_layers=[model.relu3])(x, targets=classes)
-    assert_nontrivial(torch.from_numpy(cam))
-    np.testing.assert_allclose(cam, gradcam, atol=1e-5)
-    other = CAM(model, target_layers=[model.relu3])(x, targets=[3, 1])
-    assert np.abs(other - cam).max() > 0.3  # the class matters
-
-
-def test_cam_resnet18_finds_fc(resnet18_seeded):
-    model = resnet18_seeded
-    x = seeded_input(2, 3, 64, 64, seed=7)
-    cam = CAM(model, target_layers=[model.layer4[-1]])
-    assert cam.fc_layer is model.fc
-    got = cam(x, targets=[3, 7])
-    m64 = double_copy(model)
-    store = {}
-    handle = m64.layer4[-1].register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
-    with torch.no_grad():
-        m64(x.double())
-    handle.remove()
-    want = final_map(weighted_sum(m64.fc.weight[[3, 7]], store["a"]), x.shape[2:])
-    assert_nontrivial(want)
-    torch.testing.assert_close(torch.from_numpy(got), want.float(), atol=1e-5, rtol=1e-4)
-    # resnet ends in global average pooling + fc after layer4: CAM == Grad-CAM.
-    np.testing.assert_allclose(got, GradCAM(model, [model.layer4[-1]])(x, targets=[3, 7]), atol=1e-5)
-
-
-class TwoHeads(nn.Module):
-    """Two linear layers; the one after the features is not the last one registered."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(5)
-        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
-        self.classifier = nn.Linear(6, 4)
-        self.aux = nn.Linear(4, 2)  # last nn.Linear of model.modules(), 4 inputs
-
-    def forward(self, x):
-        logits = self.classifier(self.features(x).mean((2, 3)))
-        self.aux(logits)  # computed and thrown away
-        return logits
-
-
-def test_cam_fc_layer_by_name_or_module_and_errors():
-    model = TwoHeads().eval()
-    x = seeded_input(2, 3, 8, 8, seed=0)
-    layers = [model.features]
-    # Found automatically: `aux` (4 inputs) does not fit the 6-channel layer; the error names both.
-    with pytest.raises(ValueError, match=r"'aux' has in_features=4 .*'features' has 6 channels"):
-        CAM(model, layers)(x, targets=[0, 2])
-    by_name = CAM(model, layers, fc_layer="classifier")
-    assert by_name.fc_layer is model.classifier
-    by_module = CAM(model, layers, fc_layer=model.classifier)
-    got = by_name(x, targets=[0, 2])
-    np.testing.assert_array_equal(got, by_module(x, targets=[0, 2]))
-    np.testing.assert_allclose(got, GradCAM(model, layers)(x, targets=[0, 2]), atol=1e-5)
-    assert_nontrivial(torch.from_numpy(got))
-
-    with pytest.raises(ValueError, match=r"fc_layer='nope' is not a module of the model"):
-        CAM(model, layers, fc_layer="nope")
-    with pytest.raises(ValueError, match=r"fc_layer \(Linear\) is not a module of the model"):
-        CAM(model, layers, fc_layer=nn.Linear(6, 4))
-    with pytest.raises(TypeError, match=r"fc_layer must be an nn.Linear .*got Sequential"):
-        CAM(model, layers, fc_layer="features")
-    with pytest.raises(TypeError, match=r"fc_layer must be None, a module .*got int"):
-        CAM(model, layers, fc_layer=3)
-    no_linear = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    with pytest.raises(ValueError, match=r"no nn.Linear module; pass fc_layer="):
-        CAM(no_linear, [no_linear[0]])
-    cam = CAM(model, layers, fc_layer="classifier")
-    with pytest.raises(TypeError, match=r"targets\[0\] is ClassifierOutputSoftmaxTarget.*CAM needs class "
-                                        r"indices"):
-        cam(x, targets=[ClassifierOutputSoftmaxTarget(0), 1])
-    with pytest.raises(TypeError, match=r"CAM needs class indices"):
-        cam(x, targets=lambda out: out[0])
-    assert CAM.uses_gradients is False and METHODS["cam"] is CAM
-
-
-def test_cam_targets_none_is_top_class(tiny_2d):
-    model, x = tiny_2d
-    top = model(x).argmax(-1).tolist()
-    cam = CAM(model, [model.relu3])
-    np.testing.assert_array_equal(cam(x), cam(x, targets=top))
 
 
 # ==================================================================================== Smooth Grad-CAM++
-def reference_smooth_gradcampp(model, layer_name, x, classes, num_samples, std, seed, raw=False):
-    """The paper's recipe, sample by sample: D^n = mean over noisy copies of g^n (n = 1, 2, 3),
-    alpha = D2 / (2 D2 + sum(A) D3), w = sum relu(D1) alpha, A from the clean input. The noise is the
-    class docstring's recipe. ``raw``: the layer's ``sum_k w_k A_k`` instead of the method's output."""
-    m64 = double_copy(model)
-    layer = m64.get_submodule(layer_name)
-    x64 = x.double()
-    eps = torch.randn((num_samples, *x.shape), generator=torch.Generator().manual_seed(seed))
-    sigma = std * (x64.flatten(1).max(1).values - x64.flatten(1).min(1).values)  # (B,)
-    d1 = d2 = d3 = 0
-    for s in range(num_samples):
-        noisy = x64 + sigma.reshape(-1, *[1] * (x.ndim - 1)) * eps[s].double()
-        _, g, _ = acts_and_grads(m64, layer, noisy, logit(classes))
-        d1, d2, d3 = d1 + g / num_samples, d2 + g ** 2 / num_samples, d3 + g ** 3 / num_samples
-    acts, _, _ = acts_and_grads(m64, layer, x64, logit(classes))
-    acts = acts.detach()
-    sum_a = acts.flatten(2).sum(-1).reshape(*acts.shape[:2], *[1] * (acts.ndim - 2))
-    alpha = d2 / (2 * d2 + sum_a * d3 + 1e-6)
-    alpha = torch.where(d2 != 0, alpha, torch.zeros_like(alpha))
-    w = (d1.clamp(min=0) * alpha).flatten(2).sum(-1)
-    return weighted_sum(w, acts) if raw else final_map(weighted_sum(w, acts), x.shape[2:])
 
 
 @pytest.mark.parametrize("layer,num_samples,std", [("relu2", 4, 0.3), ("conv2", 3, 0.15)])
@@ -333,14 +160,6 @@ def test_smooth_gradcampp_argument_checks(tiny_2d):
 
 
 # ========================================================================================== ShapleyCAM
-def reference_shapley_weights(model, layer_name, tail, x, score_fn):
-    """w = mean_positions(g - 0.5 * H A) with H A from torch.autograd.functional.hvp of the score as a
-    function of the layer's activations (``tail``: activations -> model output), in float64."""
-    m64 = double_copy(model)
-    acts, g, _ = acts_and_grads(m64, m64.get_submodule(layer_name), x.double(), score_fn)
-    acts, g = acts.detach(), g.detach()
-    _, hvp = torch.autograd.functional.hvp(lambda a: score_fn(tail(m64, a)).sum(), acts, v=acts)
-    return (g - 0.5 * hvp).flatten(2).mean(-1), acts, g, hvp
 
 
 def tail_after_conv2(model, a):
@@ -456,7 +275,7 @@ import pytorch_grad_cam
 from pytorch_grad_cam import ShapleyCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputReST
 sys.path.append(sys.argv[2])
-from conftest import tiny_net, seeded_input
+from models import tiny_net, seeded_input
 assert pytorch_grad_cam.__file__.startswith(sys.argv[3])
 model = tiny_net(2, seed=0, act2=torch.nn.Sigmoid())
 x = seeded_input(2, 3, 12, 16, seed=1)
@@ -540,24 +359,6 @@ def test_shapleycam_on_a_dict_of_levels(tiny_2d_sigmoid):
 
 
 # ==================================== ShapleyCAM through operations torch cannot differentiate twice
-def fd_shapley_weights(model, layer, x, score_fn, h=1e-5):
-    """w = mean_positions(g - 0.5 * H A), H A by central differences of the gradient along A:
-    (g(A (1 + h)) - g(A (1 - h))) / 2h, in float64. Only first derivatives: any attention kernel will do."""
-    m64 = double_copy(model)
-    target = m64.get_submodule(layer)
-    acts, g, _ = acts_and_grads(m64, target, x.double(), score_fn)
-    acts, g = acts.detach(), g.detach()
-
-    def grad_at(a):
-        a = a.clone().requires_grad_(True)
-        handle = target.register_forward_hook(lambda m, i, o: a)  # the layer's output replaced by a
-        try:
-            return torch.autograd.grad(score_fn(m64(x.double())).sum(), a)[0]
-        finally:
-            handle.remove()
-
-    hvp = (grad_at(acts * (1 + h)) - grad_at(acts * (1 - h))) / (2 * h)
-    return (g - 0.5 * hvp).flatten(2).mean(-1), acts, hvp
 
 
 class TinyAttentionNet(nn.Module):
@@ -674,166 +475,3 @@ def test_twice_differentiable_roi_align_gradgradcheck():
     torch.testing.assert_close(f(feats), torchvision.ops.roi_align(feats, rois, (2, 3), 1.0, 2, False))
     assert torch.autograd.gradcheck(f, (feats,))
     assert torch.autograd.gradgradcheck(f, (feats,))
-
-
-# ============================================================ CAM: the head must read the pooled layer
-def test_cam_warns_when_the_head_does_not_read_the_pooled_layer(tiny_2d):
-    import warnings
-
-    from torchvision.models import VisionTransformer
-
-    from pytorch_grad_cam.utils import vit_reshape_transform
-
-    torch.manual_seed(0)
-    vit = VisionTransformer(image_size=16, patch_size=4, num_layers=1, num_heads=1, hidden_dim=8,
-                            mlp_dim=16, num_classes=3).eval()
-    with torch.no_grad():  # torchvision's zero-initialised head would give a zero (constant) map
-        vit.heads.head.weight.normal_(0.0, 1.0)
-    x = seeded_input(2, 3, 16, 16, seed=2)
-    # The head reads the class token, not the mean of the patch tokens: warned, at the caller's line.
-    expected = (r"input of the linear layer 'heads.head' is not the spatial average of target layer "
-                r"'encoder.layers.encoder_layer_0.ln_1'")
-    with pytest.warns(UserWarning, match=expected) as rec:
-        CAM(vit, [vit.encoder.layers[0].ln_1], reshape_transform=vit_reshape_transform)(x, targets=[0, 1])
-    assert [r.filename for r in rec if "linear layer" in str(r.message)] == [__file__]
-    # A layer before the ReLU that comes before the pooling: warned.
-    model, x = tiny_2d
-    with pytest.warns(UserWarning, match="is not the spatial average of target layer 'conv3'"):
-        CAM(model, [model.conv3])(x, targets=[1, 3])
-    # The pooled layer itself: no warning at all.
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        CAM(model, [model.relu3])(x, targets=[1, 3])
-
-
-class SumPoolNet(nn.Module):
-    """features -> sum over positions (not mean) -> linear: the head's input is N times the mean."""
-
-    def __init__(self, tiny: nn.Module) -> None:
-        super().__init__()
-        self.tiny = tiny
-
-    def forward(self, x):
-        t = self.tiny
-        a = t.relu3(t.conv3(t.relu2(t.conv2(t.relu1(t.conv1(x))))))
-        return t.fc(a.flatten(2).sum(-1))
-
-
-def test_cam_accepts_a_head_fed_by_a_multiple_of_the_mean(tiny_2d):
-    import warnings
-
-    model, x = tiny_2d
-    net = SumPoolNet(model).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        got = CAM(net, [model.relu3])(x, targets=[1, 3])
-    np.testing.assert_allclose(got, CAM(model, [model.relu3])(x, targets=[1, 3]), atol=1e-6)
-
-
-# ======================================================= KPCA-CAM on small activations (projection.py)
-def decimal_kernel_component(acts, kernel, gamma, degree=3, coef0=1.0, digits=60):
-    """KPCA-CAM's component written with scikit-learn's kernels as they are (``tanh(g x.y + c)``,
-    ``exp(-g |x - y|^2)``, ``(g x.y + c)^d``), evaluated and double-centred in 60-digit decimal arithmetic,
-    then the top eigenpair in float64: sqrt(lambda_1) alpha_1, sign by the channel sum. (B, *grid)."""
-    from decimal import Decimal, localcontext
-
-    out = np.zeros((acts.shape[0],) + tuple(acts.shape[2:]))
-    with localcontext() as ctx:
-        ctx.prec = digits
-        g, c = Decimal(repr(gamma)), Decimal(repr(coef0))
-        for b in range(acts.shape[0]):
-            a = acts[b].double().reshape(acts.shape[1], -1).T.tolist()  # (N, C)
-            n, ch = len(a), len(a[0])
-            X = [[Decimal(repr(v)) for v in row] for row in a]
-            means = [sum(X[i][k] for i in range(n)) / n for k in range(ch)]
-            X = [[X[i][k] - means[k] for k in range(ch)] for i in range(n)]
-
-            K = [[_decimal_entry(X[i], X[j], kernel, g, c, degree) for j in range(n)] for i in range(n)]
-            row = [sum(K[i]) / n for i in range(n)]
-            total = sum(row) / n
-            centred = np.array([[float(K[i][j] - row[i] - row[j] + total) for j in range(n)]
-                                for i in range(n)])
-            values, vectors = np.linalg.eigh(centred)
-            projection = vectors[:, -1] * np.sqrt(max(values[-1], 0.0))
-            channel_sum = acts[b].double().sum(0).reshape(-1).numpy()
-            if (projection * (channel_sum - channel_sum.mean())).sum() < 0:
-                projection = -projection
-            out[b] = projection.reshape(acts.shape[2:])
-    return torch.from_numpy(out)
-
-
-def _decimal_entry(xi, xj, kernel, g, c, degree):
-    if kernel == "sigmoid":
-        e = (2 * (g * sum(a * b for a, b in zip(xi, xj)) + c)).exp()
-        return (e - 1) / (e + 1)
-    if kernel == "rbf":
-        return (-g * sum((a - b) ** 2 for a, b in zip(xi, xj))).exp()
-    return (g * sum(a * b for a, b in zip(xi, xj)) + c) ** degree
-
-
-@pytest.mark.parametrize("kernel", ["sigmoid", "rbf", "poly"])
-def test_kpca_cam_on_small_activations(tiny_2d, kernel):
-    """Activations of order 1e-9 (randomly initialised deep nets have such layers): g x.y ~ 1e-18 is lost
-    next to coef0 = 1 in float64 when the kernel is computed as written, and the map was flat. Against the
-    same formula in 60-digit arithmetic."""
-    from pytorch_grad_cam import KPCA_CAM
-
-    model, x = tiny_2d
-    model = copy.deepcopy(model)
-    with torch.no_grad():  # relu2 = relu(conv2) scaled by 1e-9
-        model.conv2.weight.mul_(1e-9)
-        model.conv2.bias.mul_(1e-9)
-    store = {}
-    handle = model.relu2.register_forward_hook(lambda m, i, o: store.__setitem__("a", o.detach()))
-    with torch.no_grad():
-        model(x)
-    handle.remove()
-    acts = store["a"]  # (2, 6, 6, 8)
-    assert 1e-11 < acts.abs().max() < 1e-8
-    gamma = 1.0 / acts.shape[1]
-    # The premise: the float64 kernel as written is one number everywhere (the flat map).
-    rows = acts.double().flatten(2).transpose(1, 2)
-    rows = rows - rows.mean(1, keepdim=True)
-    dots = rows @ rows.transpose(1, 2)
-    plain = {"sigmoid": torch.tanh(gamma * dots + 1),
-             "rbf": torch.exp(-gamma * torch.cdist(rows, rows) ** 2),
-             "poly": (gamma * dots + 1) ** 3}[kernel]
-    assert (plain == plain.flatten(1)[:, :1, None]).all()
-    component = decimal_kernel_component(acts, kernel, gamma)
-    want = final_map(component, x.shape[2:])
-    assert_nontrivial(want)
-    got = KPCA_CAM(model, [model.relu2], kernel=kernel)(x)
-    torch.testing.assert_close(torch.from_numpy(got), want.float(), atol=1e-4, rtol=1e-3)
-
-
-def test_kpca_cam_closed_forms_agree_with_decimal_at_order_one(tiny_2d):
-    """Where the kernel is far from its constant (|g x.y| > 1 for some pairs, both branches of the sigmoid
-    form), the closed forms equal the formula in 60-digit arithmetic."""
-    from pytorch_grad_cam import KPCA_CAM
-
-    model, x = tiny_2d
-    store = {}
-    handle = model.relu2.register_forward_hook(lambda m, i, o: store.__setitem__("a", o.detach()))
-    with torch.no_grad():
-        model(x)
-    handle.remove()
-    acts = store["a"]
-    rows = acts.double().flatten(2).transpose(1, 2)
-    rows = rows - rows.mean(1, keepdim=True)
-    gamma, coef0 = 20.0, -0.5
-    assert (gamma * (rows @ rows.transpose(1, 2))).abs().max() > 1
-    for kernel, degree in (("sigmoid", 3), ("poly", 2)):
-        want = final_map(decimal_kernel_component(acts, kernel, gamma, degree, coef0), x.shape[2:])
-        assert_nontrivial(want)
-        got = KPCA_CAM(model, [model.relu2], kernel=kernel, gamma=gamma, degree=degree, coef0=coef0)(x)
-        torch.testing.assert_close(torch.from_numpy(got), want.float(), atol=1e-5, rtol=1e-4)
-
-
-def test_kpca_cam_degree_checks(tiny_2d):
-    from pytorch_grad_cam import KPCA_CAM
-
-    model = tiny_2d[0]
-    with pytest.raises(ValueError, match="degree must be an int >= 1, got 0"):
-        KPCA_CAM(model, [model.relu2], kernel="poly", degree=0)
-    with pytest.raises(TypeError, match="degree must be an int >= 1, got float 2.5"):
-        KPCA_CAM(model, [model.relu2], kernel="poly", degree=2.5)
