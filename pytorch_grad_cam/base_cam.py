@@ -6,9 +6,10 @@ A method is a small subclass of :class:`BaseCAM`; see its docstring for the exte
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -26,9 +27,9 @@ from .utils.model_targets import ClassifierOutputTarget
 Target = Callable[[Any], torch.Tensor]
 TargetsArg = Union[None, int, Target, Sequence[Union[int, Target]]]
 #: ``(targets or None, model output, batch) -> one target per image``: how a call's targets are resolved.
-TargetResolver = Callable[[Optional[List[Target]], Any, int], List[Target]]
+TargetResolver = Callable[[Optional[list[Target]], Any, int], list[Target]]
 #: ``[(B, *spatial) per target layer] -> (B, *spatial)``: how a call fuses its layers' maps.
-LayerFusion = Callable[[List[torch.Tensor]], torch.Tensor]
+LayerFusion = Callable[[list[torch.Tensor]], torch.Tensor]
 
 #: Marks an argument that was not given (``None`` is a meaningful value for ``targets``).
 UNSET: Any = object()
@@ -54,12 +55,14 @@ def _as_target(target: Any, where: str) -> Target:
             raise ValueError(f"{where} must be a class index >= 0 or a callable target, got {int(target)}")
         return ClassifierOutputTarget(int(target))
     if not callable(target):
-        raise TypeError(f"{where} must be a callable target (e.g. ClassifierOutputTarget(281)) or a class "
-                        f"index, got {type(target).__name__}")
+        raise TypeError(
+            f"{where} must be a callable target (e.g. ClassifierOutputTarget(281)) or a class "
+            f"index, got {type(target).__name__}"
+        )
     return target
 
 
-def normalize_targets(targets: TargetsArg, batch: int) -> Optional[List[Target]]:
+def normalize_targets(targets: TargetsArg, batch: int) -> list[Target] | None:
     """A call's ``targets`` as one callable per image, or ``None`` (each image's top class).
 
     Accepted: ``None``; one class index or callable for every image (also a 0-dim tensor or array); a
@@ -75,39 +78,50 @@ def normalize_targets(targets: TargetsArg, batch: int) -> Optional[List[Target]]
     if isinstance(targets, torch.Tensor):
         targets = targets.tolist()
     if isinstance(targets, (str, bytes)):
-        raise TypeError(f"targets must be None, a class index, a callable or a list of those, got "
-                        f"{type(targets).__name__} {targets!r}")
+        raise TypeError(
+            f"targets must be None, a class index, a callable or a list of those, got "
+            f"{type(targets).__name__} {targets!r}"
+        )
     try:
         targets = list(targets)
     except TypeError:
-        raise TypeError(f"targets must be None, a class index, a callable or a list of those, got "
-                        f"{type(targets).__name__}") from None
+        raise TypeError(
+            f"targets must be None, a class index, a callable or a list of those, got "
+            f"{type(targets).__name__}"
+        ) from None
     if len(targets) != batch:
-        raise ValueError(f"targets has {len(targets)} entries but the batch has {batch} images; give one "
-                         "target per image (or None for each image's top class)")
+        raise ValueError(
+            f"targets has {len(targets)} entries but the batch has {batch} images; give one "
+            "target per image (or None for each image's top class)"
+        )
     return [_as_target(t, f"targets[{i}]") for i, t in enumerate(targets)]
 
 
-def top_class_targets(output: Any, batch: int) -> List[Target]:
+def top_class_targets(output: Any, batch: int) -> list[Target]:
     """Each image's top class as a :class:`ClassifierOutputTarget`; needs a ``(B, num_classes)`` output."""
     if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[0] != batch:
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise ValueError(f"targets=None picks each image's top class, which needs a (B, num_classes) "
-                         f"output; this model returns {shape}: pass explicit targets")
+        raise ValueError(
+            f"targets=None picks each image's top class, which needs a (B, num_classes) "
+            f"output; this model returns {shape}: pass explicit targets"
+        )
     return [ClassifierOutputTarget(int(k)) for k in output.argmax(-1).tolist()]
 
 
 def target_scores(targets: Sequence[Target], output: Any, batch: int) -> torch.Tensor:
     """Each image's target score on the model output, ``(B,)``: ``targets[i]`` gets image ``i``'s part
     (:func:`select_output`). Refuses a target that does not return a scalar tensor and a score that is
-    not finite (NaN or Inf), naming the image(s). Grad mode is the caller's."""
+    not finite (NaN or Inf), naming the image(s). Grad mode is the caller's.
+    """
     scores = []
     for i, target in enumerate(targets):
         score = target(select_output(output, i, batch))
         if not isinstance(score, torch.Tensor) or score.numel() != 1:
             got = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
-            raise ValueError(f"targets[{i}] ({target!r}) must return a scalar tensor computed from "
-                             f"the model output, got {got}")
+            raise ValueError(
+                f"targets[{i}] ({target!r}) must return a scalar tensor computed from "
+                f"the model output, got {got}"
+            )
         scores.append(score.reshape(()))
     stacked = torch.stack(scores)
     bad = (~torch.isfinite(stacked.detach())).nonzero().flatten().tolist()
@@ -117,32 +131,39 @@ def target_scores(targets: Sequence[Target], output: Any, batch: int) -> torch.T
 
 
 # -- layers, gradients ------------------------------------------------------------------------------------
-def reshape_layer_output(model: nn.Module, layer: nn.Module, reshape_transform: Optional[Callable],
-                         output: Any) -> torch.Tensor:
+def reshape_layer_output(
+    model: nn.Module, layer: nn.Module, reshape_transform: Callable | None, output: Any
+) -> torch.Tensor:
     """A target layer's output (or its gradient) as float32 ``(B, C, *spatial)``: through
     ``reshape_transform`` when given (it may take a structure of tensors, e.g. an FPN's dict of levels,
-    and must return one tensor); refuses anything without spatial dimensions, saying what to do."""
+    and must return one tensor); refuses anything without spatial dimensions, saying what to do.
+    """
     if reshape_transform is not None:
         output = reshape_transform(output)
         if not isinstance(output, torch.Tensor):
-            raise TypeError(f"reshape_transform must return a tensor (B, C, *spatial), got "
-                            f"{type(output).__name__} for target layer '{layer_name(model, layer)}'")
+            raise TypeError(
+                f"reshape_transform must return a tensor (B, C, *spatial), got "
+                f"{type(output).__name__} for target layer '{layer_name(model, layer)}'"
+            )
     if output.ndim < 3:
-        raise ValueError(f"target layer '{layer_name(model, layer)}' gives shape "
-                         f"{tuple(output.shape)}; a CAM needs (B, C, *spatial): choose a layer with "
-                         "spatial output or pass a reshape_transform (e.g. vit_reshape_transform for "
-                         "transformer tokens)")
+        raise ValueError(
+            f"target layer '{layer_name(model, layer)}' gives shape "
+            f"{tuple(output.shape)}; a CAM needs (B, C, *spatial): choose a layer with "
+            "spatial output or pass a reshape_transform (e.g. vit_reshape_transform for "
+            "transformer tokens)"
+        )
     return output.float()
 
 
-def gradient_or_zeros(grads: Dict[int, Optional[torch.Tensor]], activation: torch.Tensor) -> torch.Tensor:
+def gradient_or_zeros(grads: dict[int, torch.Tensor | None], activation: torch.Tensor) -> torch.Tensor:
     """The gradient computed for ``activation`` (keyed by ``id``), detached; zeros where the score does not
-    use it (a tensor of a layer's structure, such as an unused pyramid level)."""
+    use it (a tensor of a layer's structure, such as an unused pyramid level).
+    """
     gradient = grads.get(id(activation))
     return torch.zeros_like(activation) if gradient is None else gradient.detach()
 
 
-def warn_if_zero_gradients(grads: Dict[int, Any], batch: int) -> None:
+def warn_if_zero_gradients(grads: dict[int, Any], batch: int) -> None:
     """Warn about images whose target score has an exactly-zero gradient in every target layer."""
     nonzero = torch.zeros(batch, dtype=torch.bool)
     for structure in grads.values():
@@ -153,11 +174,13 @@ def warn_if_zero_gradients(grads: Dict[int, Any], batch: int) -> None:
                 nonzero[:] = True  # not per image: cannot tell
     zero = (~nonzero).nonzero().flatten().tolist()
     if zero:
-        warn(f"the gradient of the target score with respect to the target layers is exactly "
-             f"zero for image(s) {zero}: the score does not change with these activations "
-             "(e.g. a FasterRCNNBoxScoreTarget whose boxes match no detection, or a score read "
-             "past a saturated/dead unit), so their gradient-based maps carry no information",
-             RuntimeWarning)
+        warn(
+            f"the gradient of the target score with respect to the target layers is exactly "
+            f"zero for image(s) {zero}: the score does not change with these activations "
+            "(e.g. a FasterRCNNBoxScoreTarget whose boxes match no detection, or a score read "
+            "past a saturated/dead unit), so their gradient-based maps carry no information",
+            RuntimeWarning,
+        )
 
 
 def to_numpy(maps: torch.Tensor) -> np.ndarray:
@@ -179,9 +202,9 @@ class CallOptions:
         warn_constant: whether a constant layer map warns (SESS's background patches often are).
     """
 
-    resolve_targets: Optional[TargetResolver] = None
-    fuse: Optional[LayerFusion] = None
-    on_output: Optional[Callable[[Any], None]] = None
+    resolve_targets: TargetResolver | None = None
+    fuse: LayerFusion | None = None
+    on_output: Callable[[Any], None] | None = None
     warn_constant: bool = True
 
 
@@ -203,9 +226,9 @@ class ForwardPass:
     """
 
     output: Any
-    activations: Dict[int, Any]
-    prefix: Dict[int, list] = field(default_factory=dict)
-    extras: Dict[str, Any] = field(default_factory=dict)
+    activations: dict[int, Any]
+    prefix: dict[int, list] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -215,15 +238,15 @@ class LayerContext:
     model: nn.Module
     layer: nn.Module
     input: torch.Tensor  # (B, C_in, *spatial): the input on the model's device and dtype
-    targets: List[Target]  # one per image
+    targets: list[Target]  # one per image
     scores: torch.Tensor  # (B,) float32: each image's target score on the unmodified input
     # The layer's output as the model produced it (before reshape_transform): a tensor, or the dict/list/tuple
     # of tensors of a layer such as a feature pyramid (only with a reshape_transform).
     raw_activations: Any
-    prefix: Optional[list]  # outermost module calls completed before the layer (records_prefix methods)
+    prefix: list | None  # outermost module calls completed before the layer (records_prefix methods)
     batch_size: int
     channel_dim: int  # the channel axis of raw_activations
-    extras: Dict[str, Any] = field(default_factory=dict)  # ForwardPass.extras of this call
+    extras: dict[str, Any] = field(default_factory=dict)  # ForwardPass.extras of this call
 
 
 class BaseCAM(Registered):
@@ -292,14 +315,14 @@ class BaseCAM(Registered):
     def __init__(
         self,
         model: nn.Module,
-        target_layers: Union[None, nn.Module, Sequence[nn.Module]] = None,
-        reshape_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        target_layers: nn.Module | Sequence[nn.Module] | None = None,
+        reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         *,
-        target_layer: Optional[nn.Module] = None,
-        use_cuda: Optional[bool] = None,
-        device: Union[None, str, torch.device] = None,
+        target_layer: nn.Module | None = None,
+        use_cuda: bool | None = None,
+        device: str | torch.device | None = None,
         tta_transforms: Any = None,
-        batch_size: Optional[int] = None,
+        batch_size: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -312,7 +335,7 @@ class BaseCAM(Registered):
             raise TypeError(f"reshape_transform must be callable, got {type(reshape_transform).__name__}")
         self.model = model
         if not self.uses_target_layers and target_layers is None and target_layer is None:
-            self.target_layers: List[nn.Module] = []
+            self.target_layers: list[nn.Module] = []
         else:
             self.target_layers = check_layers(model, target_layers, target_layer)
         self.reshape_transform = reshape_transform
@@ -341,15 +364,22 @@ class BaseCAM(Registered):
         return None
 
     # -- tier 1: the formula ---------------------------------------------------------------------------
-    def cam_weights(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
-                    context: LayerContext) -> torch.Tensor:
+    def cam_weights(
+        self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
+    ) -> torch.Tensor:
         """Channel weights ``(B, C)`` (or position weights ``(B, C, *spatial)``), float32."""
         raise NotImplementedError(f"{type(self).__name__} must implement cam_weights or layer_map")
 
-    def layer_map(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
-                  context: LayerContext, eigen_smooth: bool) -> torch.Tensor:
+    def layer_map(
+        self,
+        activations: torch.Tensor,
+        gradients: torch.Tensor | None,
+        context: LayerContext,
+        eigen_smooth: bool,
+    ) -> torch.Tensor:
         """One target layer's map ``(B, *spatial)`` before ReLU: ``sum_k w_k A_k``, or the first principal
-        component of ``w * A`` with ``eigen_smooth``."""
+        component of ``w * A`` with ``eigen_smooth``.
+        """
         weights = self.cam_weights(activations, gradients, context)
         weighted = broadcast_weights(weights, activations) * activations  # (B, C, *spatial)
         if eigen_smooth:
@@ -357,8 +387,15 @@ class BaseCAM(Registered):
         return weighted.sum(1)
 
     # -- the public call -------------------------------------------------------------------------------
-    def __call__(self, input_tensor: torch.Tensor, targets: TargetsArg = None, aug_smooth: bool = False,
-                 eigen_smooth: bool = False, *, target_category: Any = UNSET) -> np.ndarray:
+    def __call__(
+        self,
+        input_tensor: torch.Tensor,
+        targets: TargetsArg = None,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
+        *,
+        target_category: Any = UNSET,
+    ) -> np.ndarray:
         """Maps ``(B, *spatial)`` float32 in ``[0, 1]`` for a ``(B, C, *spatial)`` input.
 
         ``targets``: ``None`` (each image's top class), one class index or target for every image, or a
@@ -371,13 +408,21 @@ class BaseCAM(Registered):
             targets = target_category
         return to_numpy(self.explain(input_tensor, targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth))
 
-    def forward(self, input_tensor: torch.Tensor, targets: TargetsArg = None,
-                eigen_smooth: bool = False) -> np.ndarray:
+    def forward(
+        self, input_tensor: torch.Tensor, targets: TargetsArg = None, eigen_smooth: bool = False
+    ) -> np.ndarray:
         """The call without augmentation smoothing (the reference library's ``forward``)."""
         return self(input_tensor, targets, eigen_smooth=eigen_smooth)
 
-    def explain(self, input_tensor: torch.Tensor, targets: TargetsArg = None, *, aug_smooth: bool = False,
-                eigen_smooth: bool = False, options: CallOptions = DEFAULT_OPTIONS) -> torch.Tensor:
+    def explain(
+        self,
+        input_tensor: torch.Tensor,
+        targets: TargetsArg = None,
+        *,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
+        options: CallOptions = DEFAULT_OPTIONS,
+    ) -> torch.Tensor:
         """The maps as a tensor: ``(B, *spatial)`` float32 in ``[0, 1]`` on the compute device.
 
         The input and the targets are checked first (before any forward pass); ``options`` changes steps
@@ -390,10 +435,16 @@ class BaseCAM(Registered):
         return self.compute_maps(x, target_list, eigen_smooth, options)
 
     # -- tier 2: the pipeline steps --------------------------------------------------------------------
-    def compute_maps(self, input_tensor: torch.Tensor, targets: Optional[List[Target]], eigen_smooth: bool,
-                     options: CallOptions = DEFAULT_OPTIONS) -> torch.Tensor:
+    def compute_maps(
+        self,
+        input_tensor: torch.Tensor,
+        targets: list[Target] | None,
+        eigen_smooth: bool,
+        options: CallOptions = DEFAULT_OPTIONS,
+    ) -> torch.Tensor:
         """Step: one checked batch -> fused maps ``(B, *spatial)``, float32 in ``[0, 1]``, on the compute
-        device. ``targets``: one per image, or ``None``."""
+        device. ``targets``: one per image, or ``None``.
+        """
         with self.session(input_tensor) as x:  # (B, C, *spatial) on the model's device and dtype
             forward = self.forward_pass(x, options)
             resolved = self.resolve_targets(targets, forward.output, x.shape[0], options)
@@ -422,74 +473,103 @@ class BaseCAM(Registered):
 
     def forward_pass(self, x: torch.Tensor, options: CallOptions = DEFAULT_OPTIONS) -> ForwardPass:
         """Step: one forward pass with the target layers captured (under ``no_grad`` until the first of
-        them); a layer that did not run is a ValueError."""
+        them); a layer that did not run is a ValueError.
+        """
         capture, output = self._capture(x)
         return ForwardPass(output, capture.activations, capture.prefix)
 
-    def _capture(self, x: torch.Tensor) -> Tuple[LayerCapture, Any]:
-        return capture_forward(self.model, self.target_layers, partial(self.run_model, x),
-                               grad=self.uses_gradients, record_prefix=self.records_prefix,
-                               structured=self.reshape_transform is not None)
+    def _capture(self, x: torch.Tensor) -> tuple[LayerCapture, Any]:
+        return capture_forward(
+            self.model,
+            self.target_layers,
+            partial(self.run_model, x),
+            grad=self.uses_gradients,
+            record_prefix=self.records_prefix,
+            structured=self.reshape_transform is not None,
+        )
 
-    def resolve_targets(self, targets: Optional[List[Target]], output: Any, batch: int,
-                        options: CallOptions = DEFAULT_OPTIONS) -> List[Target]:
+    def resolve_targets(
+        self, targets: list[Target] | None, output: Any, batch: int, options: CallOptions = DEFAULT_OPTIONS
+    ) -> list[Target]:
         """Step: the call's targets, one per image: as given, else each image's top class; a resolver in
-        ``options`` replaces this."""
+        ``options`` replaces this.
+        """
         if options.resolve_targets is not None:
             return options.resolve_targets(targets, output, batch)
         if targets is not None:
             return targets
         return top_class_targets(output, batch)
 
-    def score_targets(self, targets: List[Target], output: Any, batch: int,
-                      options: CallOptions = DEFAULT_OPTIONS) -> torch.Tensor:
+    def score_targets(
+        self, targets: list[Target], output: Any, batch: int, options: CallOptions = DEFAULT_OPTIONS
+    ) -> torch.Tensor:
         """Step: each image's target score, ``(B,)``, still attached to the graph when gradients are used.
-        ``options.on_output`` first sees the output."""
+        ``options.on_output`` first sees the output.
+        """
         if options.on_output is not None:
             options.on_output(output.detach() if isinstance(output, torch.Tensor) else output)
         with torch.enable_grad() if self.uses_gradients else torch.no_grad():
             return target_scores(targets, output, batch)
 
-    def raw_layer_gradients(self, scores: torch.Tensor, forward: ForwardPass,
-                            create_graph: bool = False) -> Tuple[List[list], List[list]]:
+    def raw_layer_gradients(
+        self, scores: torch.Tensor, forward: ForwardPass, create_graph: bool = False
+    ) -> tuple[list[list], list[list]]:
         """For each target layer: its captured tensors that require grad (one, or several for a layer
         returning a structure such as an FPN's dict of levels), and the gradient of the summed scores
-        with respect to each (None where the score does not use it). Refuses a layer that gets none."""
+        with respect to each (None where the score does not use it). Refuses a layer that gets none.
+        """
         layers = self.target_layers
         if not scores.requires_grad:
-            raise ValueError("the target scores do not depend on the target layers' activations (no "
-                             "gradient reaches them): the target must return a value computed from the "
-                             "model output, and the layers must come before the output")
-        per_layer = [[t for t in tensors_of(forward.activations[id(layer)]) if t.requires_grad]
-                     for layer in layers]
+            raise ValueError(
+                "the target scores do not depend on the target layers' activations (no "
+                "gradient reaches them): the target must return a value computed from the "
+                "model output, and the layers must come before the output"
+            )
+        per_layer = [
+            [t for t in tensors_of(forward.activations[id(layer)]) if t.requires_grad] for layer in layers
+        ]
         inputs = [t for tensors in per_layer for t in tensors]
         # Only the graph from the target layers to the score is differentiated; parameters' .grad
         # are neither read nor written.
         flat = iter(torch.autograd.grad(scores.sum(), inputs, allow_unused=True, create_graph=create_graph))
         grads_per_layer = [[next(flat) for _ in tensors] for tensors in per_layer]
-        unused = [layer_name(self.model, layer) for layer, grads in zip(layers, grads_per_layer)
-                  if all(g is None for g in grads)]
+        unused = [
+            layer_name(self.model, layer)
+            for layer, grads in zip(layers, grads_per_layer)
+            if all(g is None for g in grads)
+        ]
         if unused:
-            raise ValueError(f"no gradient reaches target layer(s) {unused}: the score does not depend on "
-                             "them; choose layers on the path to the output")
+            raise ValueError(
+                f"no gradient reaches target layer(s) {unused}: the score does not depend on "
+                "them; choose layers on the path to the output"
+            )
         return per_layer, grads_per_layer
 
-    def layer_gradients(self, scores: torch.Tensor, forward: ForwardPass) -> Dict[int, Any]:
+    def layer_gradients(self, scores: torch.Tensor, forward: ForwardPass) -> dict[int, Any]:
         """Step: each target layer's gradient, keyed by ``id(layer)``, in the layout of its activations
         (zeros for a tensor of its structure that the score does not use); warns about images whose
-        gradient is zero everywhere."""
+        gradient is zero everywhere.
+        """
         per_layer, grads_per_layer = self.raw_layer_gradients(scores, forward)
         grads = {}
         for layer, tensors, layer_grads in zip(self.target_layers, per_layer, grads_per_layer):
             by_tensor = {id(t): g for t, g in zip(tensors, layer_grads)}
-            grads[id(layer)] = map_tensors(partial(gradient_or_zeros, by_tensor),
-                                           forward.activations[id(layer)])
+            grads[id(layer)] = map_tensors(
+                partial(gradient_or_zeros, by_tensor), forward.activations[id(layer)]
+            )
         warn_if_zero_gradients(grads, scores.shape[0])
         return grads
 
-    def layer_maps(self, x: torch.Tensor, targets: List[Target], scores: torch.Tensor, forward: ForwardPass,
-                   gradients: Dict[int, Any], eigen_smooth: bool,
-                   options: CallOptions = DEFAULT_OPTIONS) -> List[torch.Tensor]:
+    def layer_maps(
+        self,
+        x: torch.Tensor,
+        targets: list[Target],
+        scores: torch.Tensor,
+        forward: ForwardPass,
+        gradients: dict[int, Any],
+        eigen_smooth: bool,
+        options: CallOptions = DEFAULT_OPTIONS,
+    ) -> list[torch.Tensor]:
         """Step: each target layer's map, ready for :meth:`fuse_layer_maps`: ``(B, *spatial)`` at the
         input's size, in ``[0, 1]`` (``relu(layer_map)``, min-max normalised, resized), one per layer.
 
@@ -503,10 +583,17 @@ class BaseCAM(Registered):
             key = id(layer)
             raw = map_tensors(torch.Tensor.detach, forward.activations[key])
             context = LayerContext(
-                model=self.model, layer=layer, input=x, targets=targets,
-                scores=scores.detach().float(), raw_activations=raw,
-                prefix=forward.prefix.get(key), batch_size=self.batch_size,
-                channel_dim=1 if self.reshape_transform is None else -1, extras=forward.extras)
+                model=self.model,
+                layer=layer,
+                input=x,
+                targets=targets,
+                scores=scores.detach().float(),
+                raw_activations=raw,
+                prefix=forward.prefix.get(key),
+                batch_size=self.batch_size,
+                channel_dim=1 if self.reshape_transform is None else -1,
+                extras=forward.extras,
+            )
             layer_activations = self.reshape_activations(raw, layer)  # (B, C, *grid)
             grads = self.reshape_gradients(gradients[key], layer) if key in gradients else None
             with torch.no_grad():
@@ -523,31 +610,42 @@ class BaseCAM(Registered):
         """Step: a layer's gradient in the layout :meth:`layer_map` gets (by default the activations')."""
         return self.reshape_activations(gradients, layer)
 
-    def normalize_layer_map(self, maps: torch.Tensor, layer: nn.Module,
-                            options: CallOptions = DEFAULT_OPTIONS) -> torch.Tensor:
+    def normalize_layer_map(
+        self, maps: torch.Tensor, layer: nn.Module, options: CallOptions = DEFAULT_OPTIONS
+    ) -> torch.Tensor:
         """Step: one layer's ``(B, *grid)`` map min-max normalised, warning where it is constant."""
         if options.warn_constant:
             warn_if_constant(maps, f"the CAM of layer '{layer_name(self.model, layer)}'")
         return min_max_normalize(maps)
 
-    def fuse_layer_maps(self, maps: List[torch.Tensor],
-                        options: CallOptions = DEFAULT_OPTIONS) -> torch.Tensor:
+    def fuse_layer_maps(
+        self, maps: list[torch.Tensor], options: CallOptions = DEFAULT_OPTIONS
+    ) -> torch.Tensor:
         """Step: the target layers' maps, each ``(B, *spatial)`` in ``[0, 1]`` at the input's size, made
-        into one ``(B, *spatial)`` map (min-max normalised afterwards): their mean, or ``options.fuse``."""
+        into one ``(B, *spatial)`` map (min-max normalised afterwards): their mean, or ``options.fuse``.
+        """
         if options.fuse is not None:
             return options.fuse(maps)
         return torch.stack(maps, 1).relu().mean(1)  # (B, *spatial)
 
-    def smooth_over_augmentations(self, x: torch.Tensor, targets: Optional[List[Target]], eigen_smooth: bool,
-                                  options: CallOptions = DEFAULT_OPTIONS) -> torch.Tensor:
+    def smooth_over_augmentations(
+        self,
+        x: torch.Tensor,
+        targets: list[Target] | None,
+        eigen_smooth: bool,
+        options: CallOptions = DEFAULT_OPTIONS,
+    ) -> torch.Tensor:
         """Step: test-time augmentation: every augmented copy in one batch, each map de-augmented,
         averaged. The targets are resolved on the unaugmented image (each image's top class, or the
-        resolver's targets), so every copy explains the same thing."""
+        resolver's targets), so every copy explains the same thing.
+        """
         transforms = self.tta_transforms
         if transforms is None:
             if x.ndim != 4:
-                raise ValueError("aug_smooth's default augmentations are for 2D images (B, C, H, W); pass "
-                                 "tta_transforms for other inputs")
+                raise ValueError(
+                    "aug_smooth's default augmentations are for 2D images (B, C, H, W); pass "
+                    "tta_transforms for other inputs"
+                )
             import ttach as tta
 
             transforms = tta.Compose([tta.HorizontalFlip(), tta.Multiply(factors=[0.9, 1, 1.1])])
@@ -563,11 +661,13 @@ class BaseCAM(Registered):
         restored = [t.deaugment_mask(m.unsqueeze(1))[:, 0] for t, m in zip(transforms, maps)]
         return torch.stack(restored).mean(0)
 
-    def prepare_targets(self, input_tensor: torch.Tensor, targets: Optional[List[Target]],
-                        options: CallOptions = DEFAULT_OPTIONS) -> List[Target]:
+    def prepare_targets(
+        self, input_tensor: torch.Tensor, targets: list[Target] | None, options: CallOptions = DEFAULT_OPTIONS
+    ) -> list[Target]:
         """Step: the targets resolved on one forward pass of the (checked) batch, scored, and for gradient
         methods differentiated, so that every error of a call comes before its expensive work; no map is
-        made. SESS calls it on the whole input before running the method on its patches."""
+        made. SESS calls it on the whole input before running the method on its patches.
+        """
         with self.session(input_tensor) as x:
             forward = self.forward_pass(x, options)
             resolved = self.resolve_targets(targets, forward.output, x.shape[0], options)

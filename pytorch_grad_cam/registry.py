@@ -9,19 +9,19 @@ soon as its class is defined. This module imports nothing from the package: no i
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Dict
+from typing import Any, ClassVar
 
 #: Map methods: ``cls(model, target_layers=[...])(x, targets)`` -> ``(B, *spatial)`` maps in [0, 1].
-METHODS: Dict[str, Any] = {}
+METHODS: dict[str, Any] = {}
 #: Pixel-resolution gradient methods, not CAMs: ``cls(model, ...)(x, targets)`` returns gradients with
 #: the input's channels, ``(H, W, C)`` for one image, ``(B, H, W, C)`` for more.
-PIXEL_METHODS: Dict[str, Any] = {}
+PIXEL_METHODS: dict[str, Any] = {}
 #: Methods that are not CAMs (no targets, no single map): Deep Feature Factorization returns concepts and
 #: one heatmap per concept; called as ``cls(model, target_layer)(x, n_components)``.
-FACTORIZATION_METHODS: Dict[str, Any] = {}
+FACTORIZATION_METHODS: dict[str, Any] = {}
 
 #: kind -> its table.
-KINDS: Dict[str, Dict[str, Any]] = {
+KINDS: dict[str, dict[str, Any]] = {
     "map": METHODS,
     "pixel": PIXEL_METHODS,
     "factorization": FACTORIZATION_METHODS,
@@ -31,7 +31,8 @@ KINDS: Dict[str, Dict[str, Any]] = {
 class Registered:
     """Base of every method class. A subclass whose own body sets ``name`` is registered under it, in the
     table of its ``kind`` (``"map"``, ``"pixel"`` or ``"factorization"``); subclasses that do not set a
-    name of their own (a user's variant of GradCAM, say) are not."""
+    name of their own (a user's variant of GradCAM, say) are not.
+    """
 
     #: The registry name, lower case (e.g. ``"gradcam"``); also the CLI's ``--method`` value.
     name: ClassVar[str]
@@ -46,15 +47,18 @@ class Registered:
 
 def register(cls: Any) -> Any:
     """Put ``cls`` in the table of its ``kind`` under ``cls.name``; a name taken by another class is a
-    ValueError."""
+    ValueError.
+    """
     if cls.kind not in KINDS:
         raise ValueError(f"{cls.__name__}.kind must be one of {tuple(KINDS)}, got {cls.kind!r}")
     name = cls.name
     for table in KINDS.values():
         taken = table.get(name)
         if taken is not None and taken is not cls:
-            raise ValueError(f"the method name {name!r} of {cls.__module__}.{cls.__qualname__} is taken by "
-                             f"{taken.__module__}.{taken.__qualname__}")
+            raise ValueError(
+                f"the method name {name!r} of {cls.__module__}.{cls.__qualname__} is taken by "
+                f"{taken.__module__}.{taken.__qualname__}"
+            )
     KINDS[cls.kind][name] = cls
     return cls
 

@@ -1,4 +1,5 @@
 """Twice-differentiable stand-ins for operations whose double backward torch lacks (ShapleyCAM's Hessian)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +12,8 @@ from torch.overrides import TorchFunctionMode
 
 def _math_attention() -> contextlib.AbstractContextManager:
     """Scaled-dot-product attention restricted to its math kernel for the block (the fused kernels have no
-    double backward); the previous selection is restored on exit. A no-op before torch 2.0 (no SDPA)."""
+    double backward); the previous selection is restored on exit. A no-op before torch 2.0 (no SDPA).
+    """
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel  # torch >= 2.3
     except ImportError:
@@ -23,7 +25,7 @@ def _math_attention() -> contextlib.AbstractContextManager:
 
 
 def _roi_align_op(name: str) -> Any:
-    """torchvision's registered RoIAlign operator ``name``, or None where torchvision is not loaded."""
+    """Torchvision's registered RoIAlign operator ``name``, or None where torchvision is not loaded."""
     if "torchvision" not in sys.modules:
         return None
     try:
@@ -35,7 +37,8 @@ def _roi_align_op(name: str) -> Any:
 class _RoIAlign(torch.autograd.Function):
     """torchvision's RoIAlign, twice differentiable. For fixed boxes RoIAlign is linear in its input, so its
     backward is the adjoint linear map (torchvision's ``_roi_align_backward``), and the backward of that
-    is RoIAlign again. torchvision's own op refuses double backward; the boxes get no gradient in either."""
+    is RoIAlign again. torchvision's own op refuses double backward; the boxes get no gradient in either.
+    """
 
     @staticmethod
     def forward(ctx, input: torch.Tensor, rois: torch.Tensor, *params: Any) -> torch.Tensor:
@@ -52,15 +55,26 @@ class _RoIAlign(torch.autograd.Function):
 
 class _RoIAlignAdjoint(torch.autograd.Function):
     """The adjoint of RoIAlign (scatters ``(K, C, PH, PW)`` back to the ``(N, C, H, W)`` input); its backward
-    is RoIAlign."""
+    is RoIAlign.
+    """
 
     @staticmethod
-    def forward(ctx, grad: torch.Tensor, rois: torch.Tensor, input_shape: tuple, spatial_scale: float,
-                pooled_height: int, pooled_width: int, sampling_ratio: int, aligned: bool) -> torch.Tensor:
+    def forward(
+        ctx,
+        grad: torch.Tensor,
+        rois: torch.Tensor,
+        input_shape: tuple,
+        spatial_scale: float,
+        pooled_height: int,
+        pooled_width: int,
+        sampling_ratio: int,
+        aligned: bool,
+    ) -> torch.Tensor:
         ctx.save_for_backward(rois)
         ctx.params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
-        return _roi_align_op("_roi_align_backward")(grad, rois, spatial_scale, pooled_height, pooled_width,
-                                                    *input_shape, sampling_ratio, aligned)
+        return _roi_align_op("_roi_align_backward")(
+            grad, rois, spatial_scale, pooled_height, pooled_width, *input_shape, sampling_ratio, aligned
+        )
 
     @staticmethod
     def backward(ctx, grad_grad: torch.Tensor):
@@ -71,7 +85,8 @@ class _RoIAlignAdjoint(torch.autograd.Function):
 class TwiceDifferentiable(TorchFunctionMode):
     """For one forward pass: the operations that have no double backward in torch or torchvision replaced by
     exact twice-differentiable equivalents. Scaled-dot-product attention runs with its math kernel (same
-    result); torchvision's RoIAlign (Faster/Mask R-CNN box heads) with :class:`_RoIAlign`."""
+    result); torchvision's RoIAlign (Faster/Mask R-CNN box heads) with :class:`_RoIAlign`.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -79,7 +94,7 @@ class TwiceDifferentiable(TorchFunctionMode):
         self._roi_align_default = getattr(self._roi_align, "default", None)
         self._attention = _math_attention()
 
-    def __enter__(self) -> "TwiceDifferentiable":
+    def __enter__(self) -> TwiceDifferentiable:
         self._attention.__enter__()
         try:
             return super().__enter__()
@@ -95,7 +110,12 @@ class TwiceDifferentiable(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self._roi_align is not None and (func is self._roi_align or func is self._roi_align_default) \
-                and not kwargs and args[0].requires_grad and not args[0].is_quantized:
+        if (
+            self._roi_align is not None
+            and (func is self._roi_align or func is self._roi_align_default)
+            and not kwargs
+            and args[0].requires_grad
+            and not args[0].is_quantized
+        ):
             return _RoIAlign.apply(*args)
         return func(*args, **kwargs)

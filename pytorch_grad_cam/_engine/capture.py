@@ -1,13 +1,15 @@
 """Forward hooks that capture the target layers' activations for exactly one forward pass."""
+
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 
-def tensors_of(output: Any) -> List[torch.Tensor]:
+def tensors_of(output: Any) -> list[torch.Tensor]:
     """The tensors in a layer output: the tensor itself, or those in a (nested) dict/list/tuple."""
     if isinstance(output, torch.Tensor):
         return [output]
@@ -41,7 +43,8 @@ def layer_name(model: nn.Module, layer: nn.Module) -> str:
 
 class HookSet:
     """Hooks that live for one ``with`` block: ``_register`` adds handles to ``self._handles``; all are
-    removed on exit, and also when registering fails half-way."""
+    removed on exit, and also when registering fails half-way.
+    """
 
     def __init__(self) -> None:
         self._handles: list = []
@@ -79,8 +82,14 @@ class LayerCapture(HookSet):
     that completed before that layer started, with their outputs (see ``AblationCAM``).
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[nn.Module], grad: bool,
-                 record_prefix: bool = False, structured: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[nn.Module],
+        grad: bool,
+        record_prefix: bool = False,
+        structured: bool = False,
+    ) -> None:
         super().__init__()
         self.model = model
         self.layers = list(layers)
@@ -89,11 +98,11 @@ class LayerCapture(HookSet):
         # captured; a reshape_transform must then turn the structure into one tensor.
         self.structured = structured
         self.record_prefix = record_prefix
-        self.activations: Dict[int, torch.Tensor] = {}
+        self.activations: dict[int, torch.Tensor] = {}
         # For each target layer: [(module, output), ...] of the outermost calls completed before it.
-        self.prefix: Dict[int, List[Tuple[nn.Module, object]]] = {}
+        self.prefix: dict[int, list[tuple[nn.Module, object]]] = {}
         self._depth = 0
-        self._done: List[Tuple[int, nn.Module, object]] = []
+        self._done: list[tuple[int, nn.Module, object]] = []
 
     def _register(self) -> None:
         if self.record_prefix:
@@ -116,13 +125,15 @@ class LayerCapture(HookSet):
             raise ValueError(
                 f"target layer '{layer_name(self.model, module)}' ran more than once in one forward "
                 "pass, so its activation is ambiguous; choose a module that runs once (for a shared "
-                "activation such as ResNet's `relu`, pick the block or the layer before it)")
+                "activation such as ResNet's `relu`, pick the block or the layer before it)"
+            )
         if not isinstance(output, torch.Tensor) and not (self.structured and tensors_of(output)):
             raise TypeError(
                 f"target layer '{layer_name(self.model, module)}' returns {type(output).__name__}, "
                 "expected a single tensor; choose a layer whose output is a tensor (for a tuple output, "
                 "pick one of its sub-modules), or pass a reshape_transform that turns the output into one "
-                "tensor (e.g. fpn_reshape_transform for a feature pyramid's dict of levels)")
+                "tensor (e.g. fpn_reshape_transform for a feature pyramid's dict of levels)"
+            )
         if self.grad and not torch.is_grad_enabled():
             # Everything before this point ran without recording a graph; record from here on.
             torch.set_grad_enabled(True)
@@ -150,8 +161,15 @@ class LayerCapture(HookSet):
         self.prefix[id(module)] = [(m, out) for _, m, out in self._done]
 
 
-def capture_forward(model: nn.Module, layers: Sequence[nn.Module], run: Callable[[], Any], *, grad: bool,
-                    record_prefix: bool = False, structured: bool = False) -> Tuple[LayerCapture, Any]:
+def capture_forward(
+    model: nn.Module,
+    layers: Sequence[nn.Module],
+    run: Callable[[], Any],
+    *,
+    grad: bool,
+    record_prefix: bool = False,
+    structured: bool = False,
+) -> tuple[LayerCapture, Any]:
     """One forward pass, ``run()``, with ``layers`` captured: returns ``(capture, model output)``.
 
     The pass runs under ``no_grad`` until the first target layer, whose hook turns autograd on when
@@ -163,6 +181,8 @@ def capture_forward(model: nn.Module, layers: Sequence[nn.Module], run: Callable
     missing = [layer for layer in layers if id(layer) not in capture.activations]
     if missing:
         names = ", ".join(f"'{layer_name(model, layer)}'" for layer in missing)
-        raise ValueError(f"target layer(s) {names} did not run in the model's forward pass; choose "
-                         "layers that the forward pass uses")
+        raise ValueError(
+            f"target layer(s) {names} did not run in the model's forward pass; choose "
+            "layers that the forward pass uses"
+        )
     return capture, output

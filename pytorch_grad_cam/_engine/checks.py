@@ -3,10 +3,12 @@
 A value of the wrong type raises ``TypeError``; a value of the right type outside its range raises
 ``ValueError``. Each message names the argument, what was expected and what was given.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, List, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +21,7 @@ _INTS = (int, np.integer)
 _REALS = (int, float, np.integer, np.floating)
 
 
-def check_int(value: Any, name: str, minimum: Optional[int] = None) -> int:
+def check_int(value: Any, name: str, minimum: int | None = None) -> int:
     """``value`` as a Python int (numpy ints accepted, bools refused), at least ``minimum`` if given."""
     expected = "an int" if minimum is None else f"an int >= {minimum}"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, _INTS):
@@ -29,14 +31,24 @@ def check_int(value: Any, name: str, minimum: Optional[int] = None) -> int:
     return int(value)
 
 
-def check_float(value: Any, name: str, minimum: Optional[float] = None, maximum: Optional[float] = None,
-                include_minimum: bool = True, include_maximum: bool = True) -> float:
+def check_float(
+    value: Any,
+    name: str,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    include_minimum: bool = True,
+    include_maximum: bool = True,
+) -> float:
     """``value`` as a finite Python float (ints and numpy numbers accepted, bools refused) within
-    ``[minimum, maximum]`` (each end open with ``include_minimum=False`` / ``include_maximum=False``)."""
+    ``[minimum, maximum]`` (each end open with ``include_minimum=False`` / ``include_maximum=False``).
+    """
     low = "" if minimum is None else f"{'>=' if include_minimum else '>'} {minimum}"
     high = "" if maximum is None else f"{'<=' if include_maximum else '<'} {maximum}"
-    expected = "a finite float" + (f" {low}" if low else "") + (f" and {high}" if low and high else
-                                                               f" {high}" if high else "")
+    expected = (
+        "a finite float"
+        + (f" {low}" if low else "")
+        + (f" and {high}" if low and high else f" {high}" if high else "")
+    )
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, _REALS):
         raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
     value = float(value)
@@ -47,7 +59,7 @@ def check_float(value: Any, name: str, minimum: Optional[float] = None, maximum:
     return value
 
 
-def check_seed(seed: Any, name: str = "seed") -> Optional[int]:
+def check_seed(seed: Any, name: str = "seed") -> int | None:
     """``None`` (fresh randomness on every call) or an int seed."""
     if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, _INTS)):
         raise TypeError(f"{name} must be None or an int, got {type(seed).__name__} {seed!r}")
@@ -63,7 +75,8 @@ def check_bool(value: Any, name: str) -> bool:
 
 def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
     """``value`` as one of the strings ``choices``: a non-string is a TypeError, another string a
-    ValueError."""
+    ValueError.
+    """
     if not isinstance(value, str):
         raise TypeError(f"{name} must be one of {tuple(choices)}, got {type(value).__name__} {value!r}")
     if value not in choices:
@@ -71,7 +84,7 @@ def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
     return value
 
 
-def check_layers(model: nn.Module, target_layers: Any, target_layer: Any = None) -> List[nn.Module]:
+def check_layers(model: nn.Module, target_layers: Any, target_layer: Any = None) -> list[nn.Module]:
     """The target layers as a list of distinct modules of ``model``.
 
     ``target_layers`` is a list of modules or one module (``target_layer`` is the first API's name for
@@ -101,9 +114,10 @@ def check_layers(model: nn.Module, target_layers: Any, target_layer: Any = None)
     return layers
 
 
-def check_device(use_cuda: Optional[bool], device: Union[None, str, torch.device]) -> Optional[torch.device]:
+def check_device(use_cuda: bool | None, device: str | torch.device | None) -> torch.device | None:
     """The compute device: ``device``, or CUDA for ``use_cuda=True`` (the first API's name), or ``None``
-    (follow the model). A CUDA device that is not available is a ValueError."""
+    (follow the model). A CUDA device that is not available is a ValueError.
+    """
     if use_cuda is not None and device is not None:
         raise TypeError("pass device or use_cuda (the first API's name), not both")
     if use_cuda:
@@ -113,9 +127,11 @@ def check_device(use_cuda: Optional[bool], device: Union[None, str, torch.device
     device = torch.device(device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device} was requested (use_cuda=True or device='cuda') but CUDA "
-                             "is not available here; use device='cpu' or leave it out to follow the "
-                             "model")
+            raise ValueError(
+                f"device {device} was requested (use_cuda=True or device='cuda') but CUDA "
+                "is not available here; use device='cpu' or leave it out to follow the "
+                "model"
+            )
         if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
     return device
@@ -124,13 +140,17 @@ def check_device(use_cuda: Optional[bool], device: Union[None, str, torch.device
 def check_input(input_tensor: Any) -> torch.Tensor:
     """A finite floating-point ``(B, C, *spatial)`` tensor with 1-3 spatial dims and ``B >= 1``."""
     if not isinstance(input_tensor, torch.Tensor):
-        raise TypeError(f"input_tensor must be a torch.Tensor of shape (B, C, *spatial), got "
-                        f"{type(input_tensor).__name__}")
+        raise TypeError(
+            f"input_tensor must be a torch.Tensor of shape (B, C, *spatial), got "
+            f"{type(input_tensor).__name__}"
+        )
     if not input_tensor.is_floating_point():
         raise TypeError(f"input_tensor must be a floating-point tensor, got dtype {input_tensor.dtype}")
     if input_tensor.ndim < 3:
-        raise ValueError(f"input_tensor must have shape (B, C, *spatial) with 1-3 spatial dims, got "
-                         f"shape {tuple(input_tensor.shape)}")
+        raise ValueError(
+            f"input_tensor must have shape (B, C, *spatial) with 1-3 spatial dims, got "
+            f"shape {tuple(input_tensor.shape)}"
+        )
     if input_tensor.shape[0] == 0:
         raise ValueError("input_tensor is an empty batch (B == 0)")
     if input_tensor.ndim - 2 not in SPATIAL_RANKS:

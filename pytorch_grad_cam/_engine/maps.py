@@ -1,7 +1,8 @@
 """Map arithmetic shared by every method: resize, normalise, broadcast, principal component, constant maps."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +15,8 @@ INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 def resize_maps(maps: torch.Tensor, size: Sequence[int], align_corners: bool = False) -> torch.Tensor:
     """Resize ``(B, *spatial)`` maps to ``(B, *size)``: (bi/tri)linear, half-pixel centres by default
-    (the same sampling as ``cv2.resize``)."""
+    (the same sampling as ``cv2.resize``).
+    """
     size = tuple(int(s) for s in size)
     if tuple(maps.shape[1:]) == size:
         return maps
@@ -59,7 +61,8 @@ def first_principal_component(activations: torch.Tensor) -> torch.Tensor:
 
 def orient_like_channel_sum(projection: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
     """Fix the arbitrary sign of a component: ``(B, N)`` projections are flipped where they correlate
-    negatively with the channel sum of ``(B, C, *spatial)`` activations; returns ``(B, *spatial)``."""
+    negatively with the channel sum of ``(B, C, *spatial)`` activations; returns ``(B, *spatial)``.
+    """
     reference = activations.flatten(2).sum(1)  # (B, N)
     reference = reference - reference.mean(1, keepdim=True)
     sign = torch.where((projection * reference).sum(1) < 0, -1.0, 1.0)  # (B,)
@@ -72,7 +75,8 @@ _CONSTANT_REASON = "often: all weights negative, or no positive evidence for the
 def warn_if_constant(maps: torch.Tensor, what: str, reason: str = _CONSTANT_REASON) -> None:
     """A ``RuntimeWarning`` naming the images whose ``(B, *spatial)`` map is constant (it normalises to
     all zeros), attributed to the user's line. ``what`` names the map, e.g. "the CAM of layer 'layer4'";
-    ``reason`` says why it usually happens for this method."""
+    ``reason`` says why it usually happens for this method.
+    """
     flat = maps.flatten(1)
     constant = (flat.amax(1) == flat.amin(1)).nonzero().flatten().tolist()
     if constant:

@@ -4,12 +4,14 @@ The outputs of the outermost modules that ran before the target layer are replay
 forward pass, the layer's ``forward`` returns the ablated copies (each ``forward`` is swapped for the
 call and restored in ``finally``), and only the rest of the model runs on the batch of ablated copies.
 """
+
 from __future__ import annotations
 
 import contextlib
 from collections import defaultdict, deque
+from collections.abc import Iterator
 from functools import partial
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -18,17 +20,24 @@ from .capture import map_tensors, tensors_of
 from .warnings import warn
 
 
+def version_of(tensor: torch.Tensor) -> int:
+    """The tensor's version counter: it grows with every in-place write."""
+    return tensor._version  # noqa: SLF001  (torch has no public name for it)
+
+
 class ChannelLayout:
     """Where each channel ``k`` of the reshaped activations lives in the layer's raw output: tensor
     ``leaf[k]`` of the output's structure (0 for a plain tensor), at ``channel[k]`` along that tensor's
-    ``axes[leaf[k]]``."""
+    ``axes[leaf[k]]``.
+    """
 
-    def __init__(self, leaf: torch.Tensor, channel: torch.Tensor, axes: List[int]) -> None:
+    def __init__(self, leaf: torch.Tensor, channel: torch.Tensor, axes: list[int]) -> None:
         self.leaf, self.channel, self.axes = leaf, channel, axes
 
 
-def channel_layout(raw: Any, channel_dim: int, reshape_transform: Optional[Callable],
-                    channels: int) -> ChannelLayout:
+def channel_layout(
+    raw: Any, channel_dim: int, reshape_transform: Callable | None, channels: int
+) -> ChannelLayout:
     """The raw output's channel behind each of the ``channels`` reshaped channels.
 
     A plain tensor: channel ``k`` of ``channel_dim`` (the engine's: 1, or the last dim with a
@@ -42,14 +51,16 @@ def channel_layout(raw: Any, channel_dim: int, reshape_transform: Optional[Calla
     if isinstance(raw, torch.Tensor):
         dim = channel_dim % raw.ndim
         if raw.shape[dim] != channels:
-            raise ValueError(f"AblationCAM ablates axis {channel_dim} of the layer's output "
-                             f"{tuple(raw.shape)}, which has {raw.shape[dim]} channels, but the reshaped "
-                             f"activations have {channels}: the reshape_transform must keep the channels "
-                             "of the layer's last axis")
+            raise ValueError(
+                f"AblationCAM ablates axis {channel_dim} of the layer's output "
+                f"{tuple(raw.shape)}, which has {raw.shape[dim]} channels, but the reshaped "
+                f"activations have {channels}: the reshape_transform must keep the channels "
+                "of the layer's last axis"
+            )
         zeros = torch.zeros(channels, dtype=torch.long)
         return ChannelLayout(zeros, torch.arange(channels), [dim])
     leaves = tensors_of(raw)
-    last_error: Optional[Exception] = None  # why the transform refused a probe, kept as the cause
+    last_error: Exception | None = None  # why the transform refused a probe, kept as the cause
     for axis in (1, -1):
         counts = [leaf.shape[axis] if leaf.ndim >= 2 else 0 for leaf in leaves]
         if sum(counts) != channels:
@@ -66,22 +77,26 @@ def channel_layout(raw: Any, channel_dim: int, reshape_transform: Optional[Calla
             continue
         values = out[0].flatten(1).double()  # (C, positions)
         numbers = values[:, 0].round()
-        if not (bool(torch.allclose(values, numbers[:, None], atol=1e-3))
-                and sorted(numbers.long().tolist()) == list(range(1, channels + 1))):
+        if not (
+            bool(torch.allclose(values, numbers[:, None], atol=1e-3))
+            and sorted(numbers.long().tolist()) == list(range(1, channels + 1))
+        ):
             continue
         position = numbers.long().cpu() - 1  # the running number behind each reshaped channel
         starts = torch.tensor(offsets)
         leaf = torch.searchsorted(starts, position, right=True) - 1
         return ChannelLayout(leaf, position - starts[leaf], [axis % t.ndim for t in leaves])
-    raise ValueError("AblationCAM cannot tell which channel of the target layer's output (a "
-                     f"{type(raw).__name__} of {len(leaves)} tensors) each of the {channels} reshaped "
-                     "channels is: the reshape_transform must concatenate the tensors' channels (axis 1 "
-                     "or the last axis), as fpn_reshape_transform does") from last_error
+    raise ValueError(
+        "AblationCAM cannot tell which channel of the target layer's output (a "
+        f"{type(raw).__name__} of {len(leaves)} tensors) each of the {channels} reshaped "
+        "channels is: the reshape_transform must concatenate the tensors' channels (axis 1 "
+        "or the last axis), as fpn_reshape_transform does"
+    ) from last_error
 
 
 def image_rows(tensor: torch.Tensor, _unused: Any = None, *, index: int) -> torch.Tensor:
     """Image ``index``'s rows ``(1, ...)`` of a batched tensor (for ``map_tensors``)."""
-    return tensor[index:index + 1]
+    return tensor[index : index + 1]
 
 
 def _next(iterator: Iterator, _unused: Any) -> Any:
@@ -111,24 +126,23 @@ class AblatedCopies:
         self.leaves = tensors_of(original)
         self.layout = layout
         self.value = value
-        self.buffers: Optional[List[torch.Tensor]] = None
-        self.versions: List[int] = []
-        self.last_index: Optional[torch.Tensor] = None
+        self.buffers: list[torch.Tensor] | None = None
+        self.versions: list[int] = []
+        self.last_index: torch.Tensor | None = None
 
     def ablate(self, index: torch.Tensor) -> Any:
         n = len(index)
         buffers = self.buffers
-        if (buffers is None or buffers[0].shape[0] != n
-                or [b._version for b in buffers] != self.versions):
+        if buffers is None or buffers[0].shape[0] != n or [version_of(b) for b in buffers] != self.versions:
             buffers = [leaf.expand(n, *leaf.shape[1:]).clone() for leaf in self.leaves]
         else:
             self._write(buffers, self.last_index, restore=True)
         self._write(buffers, index, restore=False)
-        self.buffers, self.versions, self.last_index = buffers, [b._version for b in buffers], index
+        self.buffers, self.versions, self.last_index = buffers, [version_of(b) for b in buffers], index
         rows = iter(buffers)
         return map_tensors(lambda t: next(rows), self.original)
 
-    def _write(self, buffers: List[torch.Tensor], index: torch.Tensor, restore: bool) -> None:
+    def _write(self, buffers: list[torch.Tensor], index: torch.Tensor, restore: bool) -> None:
         leaf_of = self.layout.leaf.to(index.device)[index]  # (n,)
         channel_of = self.layout.channel.to(index.device)[index]  # (n,)
         rows = torch.arange(len(index), device=index.device)
@@ -176,13 +190,16 @@ class ReplaySuffix:
                 warn(
                     "AblationCAM could not reuse the layers before the target layer for this model "
                     f"({error}); running the whole model for every ablated channel instead (slower)",
-                    RuntimeWarning)
+                    RuntimeWarning,
+                )
                 self.replay = False
         return self._run(replacement, replay=False)
 
     def _verify(self) -> None:
         """The replay must reproduce the unablated score, or it is not used."""
-        unablated = map_tensors(lambda t: t[self.index:self.index + 1].clone(), self.context.raw_activations)
+        unablated = map_tensors(
+            lambda t: t[self.index : self.index + 1].clone(), self.context.raw_activations
+        )
         score = self._run(unablated, replay=True)[0]
         expected = self.context.scores[self.index]
         tolerance = max(1e-3, 10 * torch.finfo(self.context.input.dtype).eps)
@@ -193,7 +210,7 @@ class ReplaySuffix:
     def _run(self, replacement: Any, replay: bool) -> torch.Tensor:
         context, count = self.context, tensors_of(replacement)[0].shape[0]
         # Each pass gets its own copy of the image: a model may modify its input in place.
-        image = context.input[self.index:self.index + 1].clone()
+        image = context.input[self.index : self.index + 1].clone()
         if replay:
             # A broadcast view is enough: only the layers after the target layer really run.
             image = image.expand(count, *image.shape[1:])
@@ -214,17 +231,17 @@ class ReplaySuffix:
             for module, queue in queues.items():
                 forwards[module] = _replaying_forward(module.forward, queue, started)
         recorded = self.recorded if replay else []
-        versions = [t._version for t in recorded]
+        versions = [version_of(t) for t in recorded]
         with _swapped_forwards(forwards):
             output = context.model(image)
-        if any(t._version != v for t, v in zip(recorded, versions)):
+        if any(version_of(t) != v for t, v in zip(recorded, versions)):
             # This image's rows of the recording are no longer what the layers produced.
             raise RuntimeError("the model modified the output of a layer before the target layer in place")
         return self.score(self.index, output, count)
 
 
 @contextlib.contextmanager
-def _swapped_forwards(forwards: Dict[nn.Module, Callable]) -> Iterator[None]:
+def _swapped_forwards(forwards: dict[nn.Module, Callable]) -> Iterator[None]:
     """Give modules another ``forward`` for the block; restore each in ``finally``."""
     saved = []  # (module, the instance-level forward it had, if any)
     try:
@@ -240,12 +257,14 @@ def _swapped_forwards(forwards: Dict[nn.Module, Callable]) -> Iterator[None]:
                 module.forward = own_forward
 
 
-def _replaying_forward(forward: Callable, queue: deque, started: List[bool]) -> Callable:
+def _replaying_forward(forward: Callable, queue: deque, started: list[bool]) -> Callable:
     """A module's ``forward`` that returns its recorded outputs, in order, until the target layer starts."""
+
     def replay(*args, **kwargs):
         if not started[0] and queue:
             return queue.popleft()
         return forward(*args, **kwargs)
+
     return replay
 
 
@@ -264,7 +283,7 @@ def _one_image(output: Any, index: int, batch: int, count: int) -> Any:
     """Image ``index``'s rows of a recorded output, broadcast (without copying) to ``count`` rows."""
     if isinstance(output, torch.Tensor):
         if output.ndim and output.shape[0] == batch:
-            row = output[index:index + 1]
+            row = output[index : index + 1]
             return row.expand(count, *row.shape[1:])
         return output
     if isinstance(output, dict):

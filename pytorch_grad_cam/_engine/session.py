@@ -1,24 +1,25 @@
 """Leave the user's model exactly as it was found, whatever a CAM call does to it."""
+
 from __future__ import annotations
 
 import contextlib
 import itertools
 import threading
 import weakref
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 
-def model_device(model: nn.Module) -> Optional[torch.device]:
+def model_device(model: nn.Module) -> torch.device | None:
     """The device of the model's first parameter or buffer; ``None`` for a model with neither."""
     for tensor in itertools.chain(model.parameters(), model.buffers()):
         return tensor.device
     return None
 
 
-def model_float_dtype(model: nn.Module) -> Optional[torch.dtype]:
+def model_float_dtype(model: nn.Module) -> torch.dtype | None:
     """The dtype of the model's first floating-point parameter or buffer, if any."""
     for tensor in itertools.chain(model.parameters(), model.buffers()):
         if tensor.is_floating_point():
@@ -35,7 +36,7 @@ def _move(tensor: torch.Tensor, device: torch.device) -> None:
 
 
 @contextlib.contextmanager
-def evaluation_state(model: nn.Module, device: Optional[torch.device] = None) -> Iterator[None]:
+def evaluation_state(model: nn.Module, device: torch.device | None = None) -> Iterator[None]:
     """Run the block with ``model`` in eval mode (and on ``device`` if given), then restore it.
 
     Restored in ``finally``, also when the block raises: every module's ``training`` flag, every
@@ -59,14 +60,15 @@ def evaluation_state(model: nn.Module, device: Optional[torch.device] = None) ->
             _move(tensor, original)
 
 
-_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
 def model_lock(model: nn.Module) -> threading.RLock:
     """The lock that serialises the calls on ``model``: a call's hooks, mode and device changes are the
     model's, so two threads explaining one model take turns. Re-entrant: a call made inside a call (a
-    target that runs a CAM itself) on the same thread goes through."""
+    target that runs a CAM itself) on the same thread goes through.
+    """
     with _LOCKS_GUARD:
         lock = _LOCKS.get(model)
         if lock is None:
@@ -75,8 +77,9 @@ def model_lock(model: nn.Module) -> threading.RLock:
 
 
 @contextlib.contextmanager
-def compute_session(model: nn.Module, device: Optional[torch.device],
-                    input_tensor: torch.Tensor) -> Iterator[torch.Tensor]:
+def compute_session(
+    model: nn.Module, device: torch.device | None, input_tensor: torch.Tensor
+) -> Iterator[torch.Tensor]:
     """The model in eval mode on the compute device, and a detached copy of the input there.
 
     The device is ``device`` if given, else the model's, else the input's; the dtype is the model's

@@ -5,10 +5,11 @@ A fixed ``stacklevel`` is right for one call path only: the same warning reached
 depth. :func:`warn` counts the frames inside this package instead, so the warning always names the
 first line outside it.
 """
+
 from __future__ import annotations
 
+import inspect
 import os
-import sys
 import warnings
 
 # pytorch_grad_cam/, the parent of this _engine/ folder.
@@ -17,7 +18,7 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.
 
 def warn(message: str, category: type = UserWarning) -> None:
     """``warnings.warn(message, category)`` attributed to the first caller outside ``pytorch_grad_cam``."""
-    level, frame = 1, sys._getframe(0)
+    level, frame = 1, inspect.currentframe()  # this function's frame
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
         frame = frame.f_back
         level += 1

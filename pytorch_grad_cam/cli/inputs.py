@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, List, Sequence, Tuple
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # numpy and OpenCV load when an image is read, not when the CLI starts
     import numpy as np
@@ -22,14 +23,14 @@ class InputImage:
     key: str  # where its outputs go, relative to --output-dir, without extension: "cat" or "sub/cat"
 
 
-def collect_inputs(specs: Sequence[str]) -> Tuple[List[InputImage], List[Tuple[str, str]]]:
+def collect_inputs(specs: Sequence[str]) -> tuple[list[InputImage], list[tuple[str, str]]]:
     """Expand files, folders and globs into images, in a stable order, each once.
 
     Returns ``(images, problems)``: ``problems`` are ``(spec, why)`` for specs that match nothing.
     Output keys mirror the folder structure below a folder given, and are made unique (``cat-2``).
     """
-    found: List[Tuple[str, str]] = []  # (path, key)
-    problems: List[Tuple[str, str]] = []
+    found: list[tuple[str, str]] = []  # (path, key)
+    problems: list[tuple[str, str]] = []
     for spec in specs:
         matched, why = _expand(spec)
         found.extend(matched)
@@ -50,9 +51,10 @@ def collect_inputs(specs: Sequence[str]) -> Tuple[List[InputImage], List[Tuple[s
     return images, problems
 
 
-def _expand(spec: str) -> Tuple[List[Tuple[str, str]], str]:
+def _expand(spec: str) -> tuple[list[tuple[str, str]], str]:
     """``([(path, key)], why)`` of one spec: a folder (walked), a file, or a glob; ``why`` says why it
-    matches nothing (empty when it matches something, or is a file)."""
+    matches nothing (empty when it matches something, or is a file).
+    """
     if os.path.isdir(spec):
         paths = sorted(_walk_images(spec))
         why = "" if paths else f"no images ({', '.join(IMAGE_EXTENSIONS[:4])}, ...) in this folder"
@@ -79,7 +81,7 @@ def _stem(relative: str) -> str:
     return os.path.splitext(relative)[0].replace(os.sep, "/")
 
 
-def read_image(path: str) -> "np.ndarray":
+def read_image(path: str) -> np.ndarray:
     """The image as float32 RGB in [0, 1], HxWx3; raises ValueError saying why it cannot be read."""
     import cv2
     import numpy as np

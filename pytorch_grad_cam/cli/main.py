@@ -11,8 +11,9 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable
 
 from .inputs import InputImage, collect_inputs, read_image
 from .models import DEFAULT_MODEL, CliError, load_model
@@ -48,7 +49,7 @@ exit status: 0 success, 1 when any image failed (it is reported and skipped), 2 
 """
 
 
-def _method_names() -> List[str]:
+def _method_names() -> list[str]:
     """Map methods, then guided backpropagation (pixel images) and Deep Feature Factorization."""
     from ..registry import FACTORIZATION_METHODS, METHODS, PIXEL_METHODS
 
@@ -58,13 +59,15 @@ def _method_names() -> List[str]:
 # ------------------------------------------------------------------------------------------ the rule
 def _reject(parser: argparse.ArgumentParser, option: str, expected: str, got: object, why: str = "") -> None:
     """The one rule for a bad option value: exit 2 through argparse, naming the option, what it must be
-    and what it got (``--batch-size must be an int >= 1, got 0``)."""
+    and what it got (``--batch-size must be an int >= 1, got 0``).
+    """
     parser.error(f"{option} must be {expected}, got {got}{why}")
 
 
 class _IntAtLeast(argparse.Action):
     """``type=int`` with a lower bound, checked while parsing so that every use of :func:`build_parser`
-    gets checked values; a word or a number below ``minimum`` goes through :func:`_reject`."""
+    gets checked values; a word or a number below ``minimum`` goes through :func:`_reject`.
+    """
 
     def __init__(self, option_strings: Sequence[str], dest: str, minimum: int = 1, **kwargs) -> None:
         super().__init__(option_strings, dest, **kwargs)
@@ -254,7 +257,7 @@ def _version() -> str:
         from importlib.metadata import version
 
         return version("pytorch_grad_cam")
-    except Exception:  # noqa: BLE001 -- not installed: running from a source tree
+    except Exception:
         return "unknown"
 
 
@@ -272,7 +275,7 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
         parser.error("give --target-category or --top-k, not both")
 
 
-def _method_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> List[str]:
+def _method_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
     """--method's or --methods' names, each once, in the order given ('all': every method)."""
     names = _method_names()
     if args.methods is None:
@@ -342,7 +345,7 @@ class _Console:
 class _Totals:
     """What the run did so far, owned by one :func:`_run` call: the records by path, failures, skips."""
 
-    records: Dict[str, dict] = field(default_factory=dict)
+    records: dict[str, dict] = field(default_factory=dict)
     failed: int = 0
     skipped: int = 0
 
@@ -385,8 +388,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _explain_all(
-    items: List[InputImage],
-    done: Dict[str, dict],
+    items: list[InputImage],
+    done: dict[str, dict],
     options,
     make_runner: Callable,
     console: _Console,
@@ -394,11 +397,12 @@ def _explain_all(
 ) -> None:
     """Every item, ``options.batch_size`` at a time: unreadable ones and ones already done are recorded
     or skipped one by one, the rest explained together. The runner is made from the first readable
-    image (it decides the target layer), also when that image turns out to be done already."""
+    image (it decides the target layer), also when that image turns out to be done already.
+    """
     runner = None
     with _progress(len(items), options.quiet) as progress:
         for start in range(0, len(items), options.batch_size):
-            batch: List[Tuple[InputImage, object]] = []
+            batch: list[tuple[InputImage, object]] = []
             for item in items[start : start + options.batch_size]:
                 image = _read_or_record(item, options.output_dir, console, totals)
                 if image is None:
@@ -431,10 +435,11 @@ def _read_or_record(item: InputImage, output_dir: str, console: _Console, totals
 
 
 def _explain_batch(
-    runner, batch: List[Tuple[InputImage, object]], output_dir: str, console: _Console, totals: _Totals
+    runner, batch: list[tuple[InputImage, object]], output_dir: str, console: _Console, totals: _Totals
 ) -> None:
     """One batch through the runner; a failure (other than a CliError, which ends the run) marks the
-    batch's images failed, and the run goes on with the next batch."""
+    batch's images failed, and the run goes on with the next batch.
+    """
     from .outputs import append_result
 
     items = [item for item, _ in batch]
@@ -443,7 +448,7 @@ def _explain_batch(
         records = runner.run_batch(items, [image for _, image in batch])
     except CliError:
         raise
-    except Exception as exc:  # noqa: BLE001 -- report the batch's images as failed, go on
+    except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         console.warn(f"failed on {', '.join(i.path for i in items)}: {error}")
         totals.failed += len(items)
@@ -457,7 +462,7 @@ def _explain_batch(
             _print_record(console, record, output_dir)
 
 
-def _already_done(previous: Optional[dict], key: str, output_dir: str) -> bool:
+def _already_done(previous: dict | None, key: str, output_dir: str) -> bool:
     """Done before with the same settings, and every output file still there."""
     if not previous or previous.get("status") != "ok" or previous.get("settings") != key:
         return False
@@ -481,7 +486,7 @@ def _print_record(console: _Console, record: dict, output_dir: str) -> None:
 class _NoProgress:
     """tqdm's interface, doing nothing."""
 
-    def __enter__(self) -> "_NoProgress":
+    def __enter__(self) -> _NoProgress:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -500,7 +505,7 @@ def _progress(total: int, quiet: bool):
     return tqdm(total=total, unit="image", file=sys.stderr, leave=False)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status.
 
     Bad arguments raise ``SystemExit(2)`` from argparse, as on the command line.
@@ -512,6 +517,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CliError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return exc.code
-    except Exception as exc:  # noqa: BLE001 -- report it, do not dump a traceback at the user
+    except Exception as exc:
         print(f"{parser.prog}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
 
 DEFAULT_MODEL = "efficientnet-lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -22,13 +22,14 @@ class CliError(Exception):
 @dataclass
 class LoadedModel:
     """A model ready to explain: the network (eval mode), its preprocessing (mean, std, square input
-    size), its class names (empty when unknown) and where its weights came from."""
+    size), its class names (empty when unknown) and where its weights came from.
+    """
 
     model: object
-    mean: Tuple[float, ...]
-    std: Tuple[float, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     input_size: int
-    class_names: List[str] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
     source: str = ""
 
     def class_name(self, index: int) -> str:
@@ -36,10 +37,11 @@ class LoadedModel:
         return self.class_names[index] if 0 <= index < len(self.class_names) else f"class {index}"
 
 
-def load_model(name: str, checkpoint: Optional[str] = None) -> LoadedModel:
+def load_model(name: str, checkpoint: str | None = None) -> LoadedModel:
     """``name``: 'efficientnet-lite0', a torchvision classification model, or a timm model ('timm:NAME',
     or a plain name torchvision does not know when timm is installed). ``checkpoint``: a state dict for
-    that architecture, loaded instead of the pretrained weights."""
+    that architecture, loaded instead of the pretrained weights.
+    """
     if name == DEFAULT_MODEL:
         loaded = _efficientnet_lite0()
     elif name.startswith("timm:"):
@@ -141,14 +143,15 @@ def _timm_model(name: str, pretrained: bool) -> LoadedModel:
 def load_checkpoint(loaded: LoadedModel, path: str, name: str) -> None:
     """Load a state dict (optionally wrapped in {'state_dict': ...} or {'model': ...}, keys optionally
     prefixed 'module.' by DataParallel) into ``loaded.model``. A classifier with another number of
-    classes is rebuilt to fit the checkpoint (torchvision/timm), and the ImageNet names are dropped."""
+    classes is rebuilt to fit the checkpoint (torchvision/timm), and the ImageNet names are dropped.
+    """
     import torch
 
     if not os.path.isfile(path):
         raise CliError(f"--checkpoint {path!r}: no such file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 -- any unreadable file
+    except Exception as exc:
         raise CliError(
             f"--checkpoint {path!r} is not a torch state dict ({type(exc).__name__}: {exc})"
         ) from exc
@@ -177,7 +180,7 @@ def _first_lines(text: str, count: int = 3) -> str:
     return " ".join(line.strip() for line in text.splitlines()[1 : 1 + count])
 
 
-def _checkpoint_classes(model, state) -> Optional[int]:
+def _checkpoint_classes(model, state) -> int | None:
     """The checkpoint's number of classes, read at the weight of the model's last linear layer."""
     from torch import nn
 
@@ -210,10 +213,11 @@ def _is_timm(model) -> bool:
     return type(model).__module__.startswith("timm")
 
 
-def resolve_categories(values: Sequence[str], loaded: LoadedModel, num_classes: int) -> List[int]:
+def resolve_categories(values: Sequence[str], loaded: LoadedModel, num_classes: int) -> list[int]:
     """``--target-category`` values: class indices, or class names, case-insensitive. A name matches a
     class exactly, or else the one class whose words all appear in it or that has all its words
-    ("tabby cat" -> "tabby"). Ambiguous or unknown names are errors that list the candidates."""
+    ("tabby cat" -> "tabby"). Ambiguous or unknown names are errors that list the candidates.
+    """
     return [_category(value.strip(), loaded, num_classes) for value in values]
 
 

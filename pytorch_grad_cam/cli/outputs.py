@@ -6,7 +6,7 @@ import base64
 import html
 import json
 import os
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -54,9 +54,9 @@ def make_grid(rows: Sequence[Sequence[tuple]]) -> np.ndarray:
     return np.concatenate(padded, 0)[:-4]
 
 
-def load_results(output_dir: str) -> Dict[str, dict]:
+def load_results(output_dir: str) -> dict[str, dict]:
     """The last results.jsonl record of each input path (a later run's record replaces an earlier one)."""
-    records: Dict[str, dict] = {}
+    records: dict[str, dict] = {}
     path = os.path.join(output_dir, RESULTS_FILE)
     if not os.path.isfile(path):
         return records
@@ -82,9 +82,10 @@ def append_result(output_dir: str, record: dict) -> None:
         handle.flush()
 
 
-def write_report(output_dir: str, records: List[dict], title: str = "Class Activation Maps") -> str:
+def write_report(output_dir: str, records: list[dict], title: str = "Class Activation Maps") -> str:
     """A self-contained HTML page: every image's grid embedded (base64), its classes, method(s), layer
-    and timing. Returns the page's path."""
+    and timing. Returns the page's path.
+    """
     sections = []
     for record in records:
         sections.append(_section(output_dir, record))

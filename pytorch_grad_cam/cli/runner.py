@@ -14,8 +14,9 @@ import inspect
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, Protocol
 
 import cv2
 import numpy as np
@@ -54,12 +55,12 @@ __all__ = [
 class RunOptions:
     """The parsed arguments the run uses (``method_list`` already checked by the parser's checks)."""
 
-    methods: Tuple[str, ...]
+    methods: tuple[str, ...]
     model_name: str
-    checkpoint: Optional[str]
+    checkpoint: str | None
     target_layer: str
-    target_category: Optional[Tuple[str, ...]]
-    top_k: Optional[int]
+    target_category: tuple[str, ...] | None
+    top_k: int | None
     aug_smooth: bool
     eigen_smooth: bool
     guided: bool
@@ -70,7 +71,7 @@ class RunOptions:
     quiet: bool
 
     @classmethod
-    def from_args(cls, args: Any) -> "RunOptions":
+    def from_args(cls, args: Any) -> RunOptions:
         """The options of an ``argparse.Namespace`` that went through the CLI's argument checks."""
         category = tuple(args.target_category) if args.target_category else None
         return cls(
@@ -112,13 +113,14 @@ class RunOptions:
 @dataclass(frozen=True)
 class TargetSetup:
     """What the first image decides: the target layer, its reshape transform, the classes asked for by
-    name or index, and the head that names DFF's concepts (None when no concept can be named)."""
+    name or index, and the head that names DFF's concepts (None when no concept can be named).
+    """
 
     layer: nn.Module
     layer_name: str
-    reshape: Optional[Callable]
-    categories: Optional[List[int]]
-    concept_head: Optional[nn.Module]
+    reshape: Callable | None
+    categories: list[int] | None
+    concept_head: nn.Module | None
 
 
 def preprocess(loaded: LoadedModel, image: np.ndarray) -> torch.Tensor:
@@ -170,9 +172,10 @@ def _target_layer(model: nn.Module, name: str, x: torch.Tensor, say: Callable[[s
     return layer, name, layout.reshape_transform
 
 
-def _concept_head(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> Optional[nn.Module]:
+def _concept_head(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> nn.Module | None:
     """The model's last ``nn.Linear`` if it reads as many features as the target layer's map has
-    channels (a concept is then a valid input to it), else None."""
+    channels (a concept is then a valid input to it), else None.
+    """
     linears = find_layer_types_recursive(model, [nn.Linear])
     if not linears:
         return None
@@ -197,11 +200,11 @@ class BatchContext:
     options: RunOptions
     device: torch.device
     x: torch.Tensor  # (B, 3, S, S)
-    classes: List[List[int]]  # per image, one class per slot
+    classes: list[list[int]]  # per image, one class per slot
     class_name: Callable[[int], str]
-    _memo: Dict[Any, Any] = field(default_factory=dict)
+    _memo: dict[Any, Any] = field(default_factory=dict)
 
-    def targets(self, slot: int) -> List[int]:
+    def targets(self, slot: int) -> list[int]:
         """Each image's class at ``slot``."""
         return [c[slot] for c in self.classes]
 
@@ -227,12 +230,13 @@ class BatchContext:
 @dataclass(frozen=True)
 class ImageOut:
     """One image's place in the outputs: its pixels (H, W, 3 float RGB), index in the batch, folder, and
-    the batch's guided backpropagation images per class slot (with --guided)."""
+    the batch's guided backpropagation images per class slot (with --guided).
+    """
 
     image: np.ndarray
     index: int
     out_dir: str
-    guided: Optional[List[np.ndarray]] = None
+    guided: list[np.ndarray] | None = None
 
     def resize(self, array: np.ndarray) -> np.ndarray:
         """A map or pixel image at the image's resolution."""
@@ -265,14 +269,15 @@ class MethodAdapter(Protocol):
         """``slot -> result`` for the batch of ``ctx``; the method is built once per batch."""
         ...
 
-    def render(self, result: Any, out: ImageOut, slot: int, stem: str) -> Tuple[np.ndarray, List[str]]:
+    def render(self, result: Any, out: ImageOut, slot: int, stem: str) -> tuple[np.ndarray, list[str]]:
         """One image's picture for the grid (RGB uint8) and the files written, named from ``stem``."""
         ...
 
 
 class MapAdapter:
     """A map method (``cls(model, target_layers=..., reshape_transform=..., device=...)``): (B, S, S) maps
-    per class slot; writes the overlay and the map, and with --guided the gb and cam_gb images."""
+    per class slot; writes the overlay and the map, and with --guided the gb and cam_gb images.
+    """
 
     class_agnostic = False
 
@@ -289,7 +294,7 @@ class MapAdapter:
             ctx.x, targets=ctx.targets(slot), aug_smooth=options.aug_smooth, eigen_smooth=options.eigen_smooth
         )
 
-    def render(self, result: np.ndarray, out: ImageOut, slot: int, stem: str) -> Tuple[np.ndarray, List[str]]:
+    def render(self, result: np.ndarray, out: ImageOut, slot: int, stem: str) -> tuple[np.ndarray, list[str]]:
         """The overlay shown in the grid, and the files written."""
         grayscale = np.clip(out.resize(result[out.index]), 0.0, 1.0).astype(np.float32)  # (H, W)
         shown = image_utils.show_cam_on_image(out.image, grayscale, use_rgb=True)
@@ -305,7 +310,8 @@ class MapAdapter:
 
 class PixelAdapter:
     """A pixel method (guided backpropagation, Guided Grad-CAM): (B, S, S, 3) gradient images per class
-    slot, computed once per batch and slot; writes the image (deprocessed) and the raw gradients."""
+    slot, computed once per batch and slot; writes the image (deprocessed) and the raw gradients.
+    """
 
     class_agnostic = False
 
@@ -325,7 +331,7 @@ class PixelAdapter:
         images = method(ctx.x, targets=ctx.targets(slot), channels_last=True)
         return images.reshape(ctx.x.shape[0], *ctx.x.shape[2:], -1)  # one image comes back as (S, S, 3)
 
-    def render(self, result: np.ndarray, out: ImageOut, slot: int, stem: str) -> Tuple[np.ndarray, List[str]]:
+    def render(self, result: np.ndarray, out: ImageOut, slot: int, stem: str) -> tuple[np.ndarray, list[str]]:
         """The image shown in the grid, and the files written."""
         pixels = out.resize(result[out.index])  # (H, W, 3)
         shown = image_utils.deprocess_image(pixels)
@@ -348,11 +354,11 @@ class FactorizationAdapter:
     def __init__(self, cls: type) -> None:
         self.cls = cls
 
-    def bind(self, ctx: BatchContext) -> Callable[[int], List[Tuple[np.ndarray, List[str]]]]:
+    def bind(self, ctx: BatchContext) -> Callable[[int], list[tuple[np.ndarray, list[str]]]]:
         """``slot -> [(explanations (K, S, S), concept labels)] per image`` (the same for every slot)."""
         return lambda slot: self._compute(ctx)
 
-    def _compute(self, ctx: BatchContext) -> List[Tuple[np.ndarray, List[str]]]:
+    def _compute(self, ctx: BatchContext) -> list[tuple[np.ndarray, list[str]]]:
         setup = ctx.setup
         method = self.cls(
             ctx.model,
@@ -371,7 +377,7 @@ class FactorizationAdapter:
             results.append((explanations[0], labels))
         return results
 
-    def render(self, result: list, out: ImageOut, slot: int, stem: str) -> Tuple[np.ndarray, List[str]]:
+    def render(self, result: list, out: ImageOut, slot: int, stem: str) -> tuple[np.ndarray, list[str]]:
         """The concepts over the image, shown in every class row of the grid; written for slot 0 only."""
         explanations, labels = result[out.index]
         resized = np.stack([out.resize(e) for e in explanations])  # (K, H, W)
@@ -408,7 +414,7 @@ class Runner:
         self.device = device
         self.options = options
         self.setup = setup
-        self.adapters: Dict[str, MethodAdapter] = {name: adapter_for(name) for name in options.methods}
+        self.adapters: dict[str, MethodAdapter] = {name: adapter_for(name) for name in options.methods}
         self.guided = PixelAdapter(GuidedBackpropReLUModel)  # --guided: the same memo as guidedbackprop
 
     @classmethod
@@ -419,12 +425,12 @@ class Runner:
         options: RunOptions,
         image: np.ndarray,
         say: Callable[[str], None],
-    ) -> "Runner":
+    ) -> Runner:
         """The runner whose target layer and classes are decided on the run's first readable image."""
         first = preprocess(loaded, image).to(device)
         return cls(loaded, device, options, prepare_target(loaded, options, first, say))
 
-    def run_batch(self, batch: Sequence[InputImage], images: Sequence[np.ndarray]) -> List[dict]:
+    def run_batch(self, batch: Sequence[InputImage], images: Sequence[np.ndarray]) -> list[dict]:
         """Explain the images (float RGB, any sizes), write their files; one results.jsonl record each."""
         x = torch.cat([preprocess(self.loaded, image) for image in images]).to(self.device)  # (B, 3, S, S)
         with torch.no_grad():
@@ -448,11 +454,12 @@ class Runner:
             for i, (item, image) in enumerate(zip(batch, images))
         ]
 
-    def _compute(self, ctx: BatchContext, probabilities: torch.Tensor) -> Tuple[dict, List[List[dict]]]:
+    def _compute(self, ctx: BatchContext, probabilities: torch.Tensor) -> tuple[dict, list[list[dict]]]:
         """Every method on every class slot: ``{(method, slot): result}``, and each image's map entries
-        (method, class, name, probability, seconds per image) in the order they are written."""
+        (method, class, name, probability, seconds per image) in the order they are written.
+        """
         size = len(ctx.classes)
-        entries: List[List[dict]] = [[] for _ in range(size)]
+        entries: list[list[dict]] = [[] for _ in range(size)]
         results = {}
         for method in self.options.methods:
             adapter = self.adapters[method]
@@ -477,7 +484,7 @@ class Runner:
         return results, entries
 
     def _write(
-        self, item: InputImage, out: ImageOut, classes: List[int], results: dict, entries: List[dict]
+        self, item: InputImage, out: ImageOut, classes: list[int], results: dict, entries: list[dict]
     ) -> dict:
         """One image's files, its grid when there is more than one picture or a report, and its record."""
         several = len(classes) > 1
@@ -508,7 +515,7 @@ class Runner:
         record["outputs"] = written
         return record
 
-    def _write_grid(self, item: InputImage, out: ImageOut, classes: List[int], rows: list) -> str:
+    def _write_grid(self, item: InputImage, out: ImageOut, classes: list[int], rows: list) -> str:
         """``<image>_grid.jpg``: a row per class slot, the image then each method's picture."""
         original = np.uint8(np.clip(out.image * 255, 0, 255))
         grid_rows = []

@@ -5,7 +5,8 @@ CAM (the linear head's weights), FEM (each channel's active fraction) and Random
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -23,7 +24,7 @@ class _InputRecorder(HookSet):
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.module = module
-        self.inputs: List[torch.Tensor] = []
+        self.inputs: list[torch.Tensor] = []
 
     def _register(self) -> None:
         self._handles.append(self.module.register_forward_hook(self._record))
@@ -69,19 +70,27 @@ class CAM(BaseCAM):
     name = "cam"
     uses_gradients = False
 
-    def __init__(self, model: nn.Module, target_layers: Union[None, nn.Module, Sequence[nn.Module]] = None,
-                 reshape_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, *,
-                 fc_layer: Union[None, str, nn.Module] = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: nn.Module | Sequence[nn.Module] | None = None,
+        reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        *,
+        fc_layer: str | nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(model, target_layers, reshape_transform, **kwargs)
         self.fc_layer = self._find_fc_layer(model, fc_layer)
 
     @staticmethod
-    def _find_fc_layer(model: nn.Module, fc_layer: Union[None, str, nn.Module]) -> nn.Linear:
+    def _find_fc_layer(model: nn.Module, fc_layer: str | nn.Module | None) -> nn.Linear:
         if fc_layer is None:
             linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
             if not linears:
-                raise ValueError("CAM needs the model's final linear layer (its weights are the class "
-                                 "weights), but the model has no nn.Linear module; pass fc_layer=")
+                raise ValueError(
+                    "CAM needs the model's final linear layer (its weights are the class "
+                    "weights), but the model has no nn.Linear module; pass fc_layer="
+                )
             return linears[-1]
         if isinstance(fc_layer, str):
             try:
@@ -93,11 +102,15 @@ class CAM(BaseCAM):
                 raise ValueError(f"fc_layer ({type(fc_layer).__name__}) is not a module of the model")
             module = fc_layer
         else:
-            raise TypeError(f"fc_layer must be None, a module of the model or its dotted name, got "
-                            f"{type(fc_layer).__name__}")
+            raise TypeError(
+                f"fc_layer must be None, a module of the model or its dotted name, got "
+                f"{type(fc_layer).__name__}"
+            )
         if not isinstance(module, nn.Linear):
-            raise TypeError(f"fc_layer must be an nn.Linear (the classifier after the pooled target "
-                            f"layer), got {type(module).__name__}")
+            raise TypeError(
+                f"fc_layer must be an nn.Linear (the classifier after the pooled target "
+                f"layer), got {type(module).__name__}"
+            )
         return module
 
     #: The cosine between the head's input and the target layer's spatial mean below which CAM warns.
@@ -131,26 +144,33 @@ class CAM(BaseCAM):
                 "the way the head does and the map may not show what the model uses (e.g. a ViT head reads "
                 "only the class token, or a ReLU/norm/max-pool lies between the layer and the head); choose "
                 "the layer that is average-pooled into the head, or a gradient method such as GradCAM",
-                UserWarning)
+                UserWarning,
+            )
 
-    def cam_weights(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
-                    context: LayerContext) -> torch.Tensor:
+    def cam_weights(
+        self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
+    ) -> torch.Tensor:
         weight = self.fc_layer.weight.detach()  # (num_classes, in_features)
         channels = activations.shape[1]
         if weight.shape[1] != channels:
             raise ValueError(
                 f"CAM: the linear layer '{layer_name(self.model, self.fc_layer)}' has in_features="
                 f"{weight.shape[1]} but the target layer '{layer_name(self.model, context.layer)}' has "
-                f"{channels} channels; choose the layer that is pooled into it, or pass fc_layer=")
+                f"{channels} channels; choose the layer that is pooled into it, or pass fc_layer="
+            )
         self._check_pooled_into_head(activations, context)
         classes = []
         for i, target in enumerate(context.targets):
             if not isinstance(target, ClassifierOutputTarget):
-                raise TypeError(f"targets[{i}] is {target!r}, but CAM needs class indices (ints or "
-                                "ClassifierOutputTarget): its weights are the linear layer's row for a class")
+                raise TypeError(
+                    f"targets[{i}] is {target!r}, but CAM needs class indices (ints or "
+                    "ClassifierOutputTarget): its weights are the linear layer's row for a class"
+                )
             if target.category >= weight.shape[0]:
-                raise ValueError(f"targets[{i}]: class {target.category} is out of range for the linear "
-                                 f"layer's {weight.shape[0]} outputs")
+                raise ValueError(
+                    f"targets[{i}]: class {target.category} is out of range for the linear "
+                    f"layer's {weight.shape[0]} outputs"
+                )
             classes.append(target.category)
         rows = torch.tensor(classes, device=weight.device)
         return weight[rows].to(device=activations.device, dtype=torch.float32)  # (B, C)
@@ -173,8 +193,9 @@ class FEM(BaseCAM):
         self.k = check_float(k, "k")
         super().__init__(*args, **kwargs)
 
-    def cam_weights(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
-                    context: LayerContext) -> torch.Tensor:
+    def cam_weights(
+        self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
+    ) -> torch.Tensor:
         flat = activations.flatten(2)  # (B, C, N)
         threshold = flat.mean(-1, keepdim=True) + self.k * flat.std(-1, unbiased=False, keepdim=True)
         return (flat >= threshold).float().mean(-1)  # (B, C): the active fraction
@@ -191,12 +212,13 @@ class RandomCAM(BaseCAM):
     class_specific = False
     deterministic = False  # unless a seed is given
 
-    def __init__(self, *args: Any, seed: Optional[int] = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, seed: int | None = None, **kwargs: Any) -> None:
         self.seed = check_seed(seed)
         super().__init__(*args, **kwargs)
 
-    def cam_weights(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
-                    context: LayerContext) -> torch.Tensor:
+    def cam_weights(
+        self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
+    ) -> torch.Tensor:
         generator = torch.Generator()
         if self.seed is None:
             generator.seed()

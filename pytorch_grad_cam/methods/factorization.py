@@ -6,10 +6,12 @@ activations of one layer, of all images of a batch together, into ``K`` concepts
 no gradients and no targets. The NMF is written here in torch (Lee & Seung's multiplicative updates),
 so it runs on the model's device and needs no scikit-learn.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -40,7 +42,7 @@ class NMFResult(NamedTuple):
     n_iter: int
 
 
-def _nndsvda(v: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def _nndsvda(v: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """NNDSVD initialisation (Boutsidis & Gallopoulos, 2008), zeros filled with the mean of ``v``.
 
     For each of the top ``k`` singular triplets ``(s_j, u_j, v_j)``, the positive or the negative part
@@ -59,8 +61,9 @@ def _nndsvda(v: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
     m_pos, m_neg = up_norm * vp_norm, un_norm * vn_norm  # (K,)
     positive = m_pos > m_neg
     w_dir = torch.where(positive, up / up_norm.clamp_min(tiny), un / un_norm.clamp_min(tiny))  # (M, K)
-    h_dir = torch.where(positive[:, None], vp / vp_norm.clamp_min(tiny)[:, None],
-                        vn / vn_norm.clamp_min(tiny)[:, None])  # (K, N)
+    h_dir = torch.where(
+        positive[:, None], vp / vp_norm.clamp_min(tiny)[:, None], vn / vn_norm.clamp_min(tiny)[:, None]
+    )  # (K, N)
     scale = (s * torch.where(positive, m_pos, m_neg)).sqrt()  # (K,)
     w, h = w_dir * scale, h_dir * scale[:, None]
     mean = v.mean()
@@ -69,9 +72,10 @@ def _nndsvda(v: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
     return w, h
 
 
-def _random_init(v: torch.Tensor, k: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def _random_init(v: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``|N(0, 1)| * sqrt(mean(v) / k)`` from a CPU generator seeded with ``seed`` (same draw on any
-    device), so that ``w @ h`` has about the mean of ``v``."""
+    device), so that ``w @ h`` has about the mean of ``v``.
+    """
     generator = torch.Generator().manual_seed(seed)
     scale = (v.mean() / k).sqrt()
     w = torch.randn(v.shape[0], k, generator=generator, dtype=v.dtype).abs().to(v.device) * scale
@@ -79,8 +83,15 @@ def _random_init(v: torch.Tensor, k: int, seed: int) -> Tuple[torch.Tensor, torc
     return w, h
 
 
-def nmf(matrix: torch.Tensor, n_components: int, *, max_iter: int = 200, tol: float = 1e-4,
-        init: str = "nndsvda", seed: int = 0) -> NMFResult:
+def nmf(
+    matrix: torch.Tensor,
+    n_components: int,
+    *,
+    max_iter: int = 200,
+    tol: float = 1e-4,
+    init: str = "nndsvda",
+    seed: int = 0,
+) -> NMFResult:
     """Non-negative matrix factorisation ``V ~ W H`` by Lee & Seung's multiplicative updates.
 
     Minimises ``|V - W H|_F`` over ``W >= 0`` ``(M, K)`` and ``H >= 0`` ``(K, N)`` by alternating
@@ -116,8 +127,10 @@ def nmf(matrix: torch.Tensor, n_components: int, *, max_iter: int = 200, tol: fl
         raise ValueError(f"matrix must be 2-D (M, N), got shape {tuple(matrix.shape)}")
     k = check_int(n_components, "n_components", 1)
     if k > min(matrix.shape):
-        raise ValueError(f"n_components must be at most min(M, N) = {min(matrix.shape)} for a matrix of "
-                         f"shape {tuple(matrix.shape)}, got {k}")
+        raise ValueError(
+            f"n_components must be at most min(M, N) = {min(matrix.shape)} for a matrix of "
+            f"shape {tuple(matrix.shape)}, got {k}"
+        )
     max_iter = check_int(max_iter, "max_iter", 0)
     tol = check_float(tol, "tol", minimum=0)
     check_choice(init, "init", NMF_INITS)
@@ -143,8 +156,15 @@ def nmf(matrix: torch.Tensor, n_components: int, *, max_iter: int = 200, tol: fl
     return NMFResult(w, h, n_iter)
 
 
-def _factorize(activations: torch.Tensor, n_components: int, max_iter: int, tol: float, init: str,
-               seed: int, negatives: str) -> Tuple[torch.Tensor, torch.Tensor]:
+def _factorize(
+    activations: torch.Tensor,
+    n_components: int,
+    max_iter: int,
+    tol: float,
+    init: str,
+    seed: int,
+    negatives: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """DFF of ``(B, C, *spatial)`` activations -> concepts ``(C, K)`` and heatmaps ``(B, K, *spatial)``.
 
     ``V`` = the activations as (channels x every position of every image); with negative values each
@@ -163,9 +183,11 @@ def _factorize(activations: torch.Tensor, n_components: int, max_iter: int, tol:
     v = acts.transpose(0, 1).reshape(channels, -1)  # (C, B*N): every position of every image
     k = check_int(n_components, "n_components", 1)
     if k > min(v.shape):
-        raise ValueError(f"n_components must be at most min(channels, positions) = {min(v.shape)} (the "
-                         f"activations have {channels} channels and {v.shape[1]} positions over the batch), "
-                         f"got {k}")
+        raise ValueError(
+            f"n_components must be at most min(channels, positions) = {min(v.shape)} (the "
+            f"activations have {channels} channels and {v.shape[1]} positions over the batch), "
+            f"got {k}"
+        )
     if negatives == "shift":
         offset = v.amin(1).clamp_max(0)  # (C,): 0 for channels that are already non-negative
         v = v - offset[:, None]
@@ -173,14 +195,16 @@ def _factorize(activations: torch.Tensor, n_components: int, max_iter: int, tol:
         offset = torch.zeros(channels, dtype=dtype, device=v.device)
         v = v.clamp_min(0)
     if not bool((v > 0).any()):
-        warn("the activations are all zero (after making them non-negative): every concept and "
-                      "every explanation is zero", RuntimeWarning)
+        warn(
+            "the activations are all zero (after making them non-negative): every concept and "
+            "every explanation is zero",
+            RuntimeWarning,
+        )
     w, h, _ = nmf(v, k, max_iter=max_iter, tol=tol, init=init, seed=seed)  # (C, K), (K, B*N)
     peak = h.amax(1)  # (K,)
     empty = (peak <= 0).nonzero().flatten().tolist()
     if empty and bool((v > 0).any()):
-        warn(f"NMF component(s) {empty} are empty (zero everywhere); use fewer n_components",
-                      RuntimeWarning)
+        warn(f"NMF component(s) {empty} are empty (zero everywhere); use fewer n_components", RuntimeWarning)
     scale = torch.where(peak > 0, peak, torch.ones_like(peak))
     w, h = w * scale, h / scale[:, None]
     concepts = w + offset[:, None]  # (C, K)
@@ -188,9 +212,16 @@ def _factorize(activations: torch.Tensor, n_components: int, max_iter: int, tol:
     return concepts, explanations
 
 
-def dff(activations: Union[np.ndarray, torch.Tensor], n_components: int = 5, *, max_iter: int = 200,
-        tol: float = 1e-4, init: str = "nndsvda", seed: int = 0,
-        negatives: str = "shift") -> Tuple[np.ndarray, np.ndarray]:
+def dff(
+    activations: np.ndarray | torch.Tensor,
+    n_components: int = 5,
+    *,
+    max_iter: int = 200,
+    tol: float = 1e-4,
+    init: str = "nndsvda",
+    seed: int = 0,
+    negatives: str = "shift",
+) -> tuple[np.ndarray, np.ndarray]:
     """Deep Feature Factorization of already computed activations (the reference library's ``dff``).
 
     Args:
@@ -207,13 +238,13 @@ def dff(activations: Union[np.ndarray, torch.Tensor], n_components: int = 5, *, 
     if isinstance(activations, np.ndarray):
         activations = torch.from_numpy(activations)
     if not isinstance(activations, torch.Tensor):
-        raise TypeError(f"activations must be a numpy array or a torch.Tensor, got "
-                        f"{type(activations).__name__}")
+        raise TypeError(
+            f"activations must be a numpy array or a torch.Tensor, got {type(activations).__name__}"
+        )
     if not activations.is_floating_point():
         activations = activations.float()
     concepts, explanations = _factorize(activations, n_components, max_iter, tol, init, seed, negatives)
-    return (concepts.cpu().numpy().astype(np.float32),
-            explanations.cpu().numpy().astype(np.float32))
+    return (concepts.cpu().numpy().astype(np.float32), explanations.cpu().numpy().astype(np.float32))
 
 
 class DeepFeatureFactorization(Registered):
@@ -276,16 +307,16 @@ class DeepFeatureFactorization(Registered):
     def __init__(
         self,
         model: nn.Module,
-        target_layer: Union[nn.Module, Sequence[nn.Module]],
-        reshape_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-        computation_on_concepts: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        target_layer: nn.Module | Sequence[nn.Module],
+        reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        computation_on_concepts: Callable[[torch.Tensor], torch.Tensor] | None = None,
         *,
         max_iter: int = 200,
         tol: float = 1e-4,
         init: str = "nndsvda",
         seed: int = 0,
         negatives: str = "shift",
-        device: Union[None, str, torch.device] = None,
+        device: str | torch.device | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -295,8 +326,10 @@ class DeepFeatureFactorization(Registered):
         if reshape_transform is not None and not callable(reshape_transform):
             raise TypeError(f"reshape_transform must be callable, got {type(reshape_transform).__name__}")
         if computation_on_concepts is not None and not callable(computation_on_concepts):
-            raise TypeError(f"computation_on_concepts must be callable (e.g. the classifier head), got "
-                            f"{type(computation_on_concepts).__name__}")
+            raise TypeError(
+                f"computation_on_concepts must be callable (e.g. the classifier head), got "
+                f"{type(computation_on_concepts).__name__}"
+            )
         self.model = model
         self.target_layer = layers[0]
         self.reshape_transform = reshape_transform
@@ -308,7 +341,7 @@ class DeepFeatureFactorization(Registered):
         self.negatives = check_choice(negatives, "negatives", NEGATIVES)
         self.device = check_device(None, device)
 
-    def __enter__(self) -> "DeepFeatureFactorization":
+    def __enter__(self) -> DeepFeatureFactorization:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -320,12 +353,14 @@ class DeepFeatureFactorization(Registered):
         check_int(n_components, "n_components", 1)
         with compute_session(self.model, self.device, x) as x:
             activations = self._activations(x)  # (B, C, *grid)
-            concepts, explanations = _factorize(activations, n_components, self.max_iter, self.tol,
-                                                self.init, self.seed, self.negatives)
+            concepts, explanations = _factorize(
+                activations, n_components, self.max_iter, self.tol, self.init, self.seed, self.negatives
+            )
             with torch.no_grad():
                 batch, k = explanations.shape[:2]
-                resized = resize_maps(explanations.reshape(batch * k, *explanations.shape[2:]).float(),
-                                      x.shape[2:])
+                resized = resize_maps(
+                    explanations.reshape(batch * k, *explanations.shape[2:]).float(), x.shape[2:]
+                )
                 resized = resized.reshape(batch, k, *x.shape[2:]).clamp(0, 1)  # (B, K, *spatial)
             result = (concepts.cpu().numpy().astype(np.float32), resized.cpu().numpy().astype(np.float32))
             if self.computation_on_concepts is None:
@@ -333,7 +368,7 @@ class DeepFeatureFactorization(Registered):
             return (*result, self._concept_outputs(concepts, x.dtype))
 
     @property
-    def target_layers(self) -> List[nn.Module]:
+    def target_layers(self) -> list[nn.Module]:
         return [self.target_layer]
 
     def _activations(self, x: torch.Tensor) -> torch.Tensor:
@@ -342,8 +377,13 @@ class DeepFeatureFactorization(Registered):
         # The engine's forward pass: the layer captured (a dict/list of tensors allowed with a
         # reshape_transform, e.g. a detector's FPN levels), under no_grad, on a copy of the input, and the
         # engine's error for a layer that did not run.
-        capture, _ = capture_forward(self.model, [layer], lambda: self.model(x.clone()), grad=False,
-                                     structured=self.reshape_transform is not None)
+        capture, _ = capture_forward(
+            self.model,
+            [layer],
+            lambda: self.model(x.clone()),
+            grad=False,
+            structured=self.reshape_transform is not None,
+        )
         raw = map_tensors(torch.Tensor.detach, capture.activations[id(layer)])
         reshaped = []
 
@@ -374,8 +414,9 @@ class DeepFeatureFactorization(Registered):
         return outputs.detach().float().cpu().numpy()
 
 
-def create_labels_legend(concept_scores: np.ndarray, labels: Union[Mapping[int, str], Sequence[str]],
-                         top_k: int = 2) -> List[str]:
+def create_labels_legend(
+    concept_scores: np.ndarray, labels: Mapping[int, str] | Sequence[str], top_k: int = 2
+) -> list[str]:
     """One legend string per concept: its ``top_k`` classes as ``"name:score"``, one per line.
 
     ``name`` is the class label up to its third comma-separated synonym. ``concept_scores`` is
@@ -394,12 +435,17 @@ def create_labels_legend(concept_scores: np.ndarray, labels: Union[Mapping[int, 
     return legend
 
 
-def run_dff_on_image(model: nn.Module, target_layer: nn.Module,
-                     classifier: Callable[[torch.Tensor], torch.Tensor], img_pil: Any,
-                     img_tensor: torch.Tensor,
-                     reshape_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                     n_components: int = 5, top_k: int = 2,
-                     labels: Union[None, Mapping[int, str], Sequence[str]] = None) -> np.ndarray:
+def run_dff_on_image(
+    model: nn.Module,
+    target_layer: nn.Module,
+    classifier: Callable[[torch.Tensor], torch.Tensor],
+    img_pil: Any,
+    img_tensor: torch.Tensor,
+    reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    n_components: int = 5,
+    top_k: int = 2,
+    labels: Mapping[int, str] | Sequence[str] | None = None,
+) -> np.ndarray:
     """DFF of one image, drawn: the image next to its concepts with a legend of the classifier's top classes.
 
     Args:
@@ -418,17 +464,20 @@ def run_dff_on_image(model: nn.Module, target_layer: nn.Module,
 
     rgb = np.asarray(img_pil)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"img_pil must be an (H, W, 3) RGB uint8 image, got shape {rgb.shape} and dtype "
-                         f"{rgb.dtype}")
+        raise ValueError(
+            f"img_pil must be an (H, W, 3) RGB uint8 image, got shape {rgb.shape} and dtype {rgb.dtype}"
+        )
     if labels is None:
         labels = getattr(getattr(model, "config", None), "id2label", None)
-    dff_ = DeepFeatureFactorization(model, target_layer, reshape_transform,
-                                    computation_on_concepts=classifier)
+    dff_ = DeepFeatureFactorization(
+        model, target_layer, reshape_transform, computation_on_concepts=classifier
+    )
     _, explanations, outputs = dff_(img_tensor[None], n_components)
     scores = torch.softmax(torch.from_numpy(outputs), dim=-1).numpy()
     if labels is None:
         labels = [str(i) for i in range(scores.shape[1])]
     legend = create_labels_legend(scores, labels, top_k)
-    visualization = show_factorization_on_image(np.float32(rgb) / 255, explanations[0], image_weight=0.3,
-                                                concept_labels=legend)
+    visualization = show_factorization_on_image(
+        np.float32(rgb) / 255, explanations[0], image_weight=0.3, concept_labels=legend
+    )
     return np.hstack((rgb, visualization))

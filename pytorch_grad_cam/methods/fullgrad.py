@@ -1,8 +1,10 @@
 """FullGrad: the input-gradient and every bias-gradient of the network, summed into one saliency map."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable
 
 import torch
 from torch import nn
@@ -13,20 +15,32 @@ from .._engine.maps import first_principal_component, min_max_normalize, resize_
 from ..base_cam import DEFAULT_OPTIONS, BaseCAM, CallOptions, Target, TargetsArg, normalize_targets
 
 # Modules whose bias is added along the channel axis (dim 1) of a ``(B, C, *spatial)`` output.
-_CHANNEL_BIAS = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.GroupNorm,
-                 nn.modules.instancenorm._InstanceNorm)
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+_CHANNEL_BIAS = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    *_BATCH_NORMS,
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+)
 # Modules whose bias is added along the trailing dims of the output (``(..., F)`` for Linear).
 _TRAILING_BIAS = (nn.Linear, nn.LayerNorm, nn.Bilinear)
 
 
-def effective_bias(module: nn.Module) -> Optional[torch.Tensor]:
+def effective_bias(module: nn.Module) -> torch.Tensor | None:
     """The bias a module adds to its output, ``None`` for a module without one.
 
     BatchNorm with running statistics is affine in eval mode: ``y = gamma (x - mean) / sqrt(var + eps)
     + beta``, so its bias is ``beta - mean * gamma / sqrt(var + eps)`` (``gamma = 1, beta = 0`` without
     ``affine``). Every other module: its ``bias`` Parameter, if it has one.
     """
-    if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+    if isinstance(module, _BATCH_NORMS) and module.running_mean is not None:
         gamma = module.weight if module.weight is not None else torch.ones_like(module.running_var)
         beta = module.bias if module.bias is not None else torch.zeros_like(module.running_mean)
         return (beta - module.running_mean * gamma / torch.sqrt(module.running_var + module.eps)).detach()
@@ -36,7 +50,7 @@ def effective_bias(module: nn.Module) -> Optional[torch.Tensor]:
     return None
 
 
-def _broadcast_bias(module: nn.Module, bias: torch.Tensor, output: torch.Tensor) -> Optional[torch.Tensor]:
+def _broadcast_bias(module: nn.Module, bias: torch.Tensor, output: torch.Tensor) -> torch.Tensor | None:
     """``bias`` viewed to broadcast against ``output`` the way the module adds it, or ``None``.
 
     Conv/BatchNorm/GroupNorm/InstanceNorm add it on the channel axis, Linear/LayerNorm on the trailing
@@ -47,7 +61,7 @@ def _broadcast_bias(module: nn.Module, bias: torch.Tensor, output: torch.Tensor)
     as_channel = as_trailing = None
     if output.ndim >= 2 and bias.ndim == 1 and bias.numel() == output.shape[1]:
         as_channel = bias.reshape(1, -1, *([1] * (output.ndim - 2)))
-    if 0 < bias.ndim < output.ndim and tuple(output.shape[-bias.ndim:]) == tuple(bias.shape):
+    if 0 < bias.ndim < output.ndim and tuple(output.shape[-bias.ndim :]) == tuple(bias.shape):
         as_trailing = bias
     if isinstance(module, _TRAILING_BIAS):
         return as_trailing if as_trailing is not None else as_channel
@@ -67,7 +81,7 @@ class FullGradTerms:
     input_term: torch.Tensor
     #: one entry per call of a module with a bias: ``(name, d score / d out * bias)`` in the module's
     #: output layout, all modules included (also those without spatial output, e.g. the classifier).
-    bias_terms: List[Tuple[str, torch.Tensor]]
+    bias_terms: list[tuple[str, torch.Tensor]]
     #: ``(B,)`` the target scores.
     scores: torch.Tensor
 
@@ -82,7 +96,7 @@ class _BiasCapture(HookSet):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.records: List[Tuple[str, nn.Module, torch.Tensor, torch.Tensor]] = []
+        self.records: list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]] = []
 
     def _register(self) -> None:
         for name, module in self.model.named_modules():
@@ -101,6 +115,7 @@ class _BiasCapture(HookSet):
                 output = output.detach().requires_grad_(True)
             self.records.append((name, module, output, bias))
             return output.clone()
+
         return hook
 
 
@@ -143,21 +158,29 @@ class FullGrad(BaseCAM):
     name = "fullgrad"
     uses_target_layers = False
 
-    def __init__(self, model: nn.Module,
-                 target_layers: Union[None, nn.Module, Sequence[nn.Module]] = None,
-                 reshape_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                 *, per_channel: bool = True, **kwargs) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: nn.Module | Sequence[nn.Module] | None = None,
+        reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        *,
+        per_channel: bool = True,
+        **kwargs,
+    ) -> None:
         if isinstance(target_layers, (list, tuple)) and not target_layers:
             target_layers = None  # FullGrad(model, target_layers=[]), the reference's usual call
         super().__init__(model, target_layers, reshape_transform, **kwargs)
         if self.reshape_transform is not None:
-            raise ValueError("FullGrad does not support reshape_transform: it uses every bias layer whose "
-                             "output is (B, C, *spatial) like the input; leave reshape_transform out")
+            raise ValueError(
+                "FullGrad does not support reshape_transform: it uses every bias layer whose "
+                "output is (B, C, *spatial) like the input; leave reshape_transform out"
+            )
         self.per_channel = check_bool(per_channel, "per_channel")
 
     # -- the raw decomposition -----------------------------------------------------------------
-    def _decomposition(self, x: torch.Tensor, targets: Optional[List[Target]],
-                       options: CallOptions = DEFAULT_OPTIONS) -> tuple:
+    def _decomposition(
+        self, x: torch.Tensor, targets: list[Target] | None, options: CallOptions = DEFAULT_OPTIONS
+    ) -> tuple:
         """Inside a session: one forward pass and one gradient.
 
         Returns ``x * grad_x`` ``(B, C, *spatial)``, ``[(name, module, bias, grad_out), ...]`` (``bias``
@@ -169,18 +192,23 @@ class FullGrad(BaseCAM):
         targets = self.resolve_targets(targets, output, x.shape[0], options)
         scores = self.score_targets(targets, output, x.shape[0], options)  # (B,)
         if not scores.requires_grad:
-            raise ValueError("the target scores do not depend on the input: the target must return a "
-                             "value computed from the model output")
+            raise ValueError(
+                "the target scores do not depend on the input: the target must return a "
+                "value computed from the model output"
+            )
         outputs = [out for _, _, out, _ in capture.records]
         grads = torch.autograd.grad(scores.sum(), [x_in, *outputs], allow_unused=True)
         grad_x = grads[0] if grads[0] is not None else torch.zeros_like(x_in)
-        records = [(name, module, bias, torch.zeros_like(out) if g is None else g)
-                   for (name, module, out, bias), g in zip(capture.records, grads[1:])]
+        records = [
+            (name, module, bias, torch.zeros_like(out) if g is None else g)
+            for (name, module, out, bias), g in zip(capture.records, grads[1:])
+        ]
         return x_in.detach() * grad_x, records, scores.detach()
 
     def decompose(self, input_tensor: torch.Tensor, targets: TargetsArg = None) -> FullGradTerms:
         """The raw full-gradient terms of each image's score (no abs, no normalisation), on the compute
-        device, in the model's dtype. See :class:`FullGradTerms`."""
+        device, in the model's dtype. See :class:`FullGradTerms`.
+        """
         x = check_input(input_tensor)
         target_list = normalize_targets(targets, x.shape[0])
         with self.session(x) as x_dev:
@@ -191,13 +219,19 @@ class FullGrad(BaseCAM):
     # -- the map ---------------------------------------------------------------------------------
     def _post(self, term: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
         """``(B, C, *s)`` term -> ``(B, *spatial)``: abs, min-max per channel (or per image), channel
-        sum, resize. Resizing is linear, so resizing the channel sum equals summing resized channels."""
+        sum, resize. Resizing is linear, so resizing the channel sum equals summing resized channels.
+        """
         term = term.float().abs()  # (B, C, *s)
         normalised = min_max_normalize(term.flatten(0, 1) if self.per_channel else term).view_as(term)
         return resize_maps(normalised.sum(1), spatial)  # (B, *spatial)
 
-    def compute_maps(self, input_tensor: torch.Tensor, targets: Optional[List[Target]], eigen_smooth: bool,
-                     options: CallOptions = DEFAULT_OPTIONS) -> torch.Tensor:
+    def compute_maps(
+        self,
+        input_tensor: torch.Tensor,
+        targets: list[Target] | None,
+        eigen_smooth: bool,
+        options: CallOptions = DEFAULT_OPTIONS,
+    ) -> torch.Tensor:
         # FullGrad has no target layers to fuse: its terms are every bias layer's, summed; options may
         # change how targets are resolved and see the pass's output.
         with self.session(input_tensor) as x:  # (B, C, *spatial) on the model's device and dtype
@@ -205,7 +239,7 @@ class FullGrad(BaseCAM):
             input_term, records, _ = self._decomposition(x, targets, options)
             with torch.no_grad():
                 if eigen_smooth:  # each input channel is one term, as in grad-cam 1.5.7
-                    terms = [self._post(input_term[:, c:c + 1], spatial) for c in range(x.shape[1])]
+                    terms = [self._post(input_term[:, c : c + 1], spatial) for c in range(x.shape[1])]
                 else:
                     terms = [self._post(input_term, spatial)]
                 for _, _, bias, grad in records:
@@ -222,6 +256,7 @@ class FullGrad(BaseCAM):
                     fused = resize_maps(first_principal_component(reduced), spatial)
                 else:
                     fused = torch.stack(terms, 1).sum(1)  # (B, *spatial)
-                warn_if_constant(fused, "the FullGrad map",
-                                 reason="no gradient reaches the input or the bias layers")
+                warn_if_constant(
+                    fused, "the FullGrad map", reason="no gradient reaches the input or the bias layers"
+                )
                 return min_max_normalize(fused)

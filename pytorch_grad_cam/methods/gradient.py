@@ -1,8 +1,10 @@
 """Gradient-weighted CAMs: channel (or position) weights computed from the gradient of the score."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -36,8 +38,9 @@ class GradCAM(BaseCAM):
 
     name = "gradcam"
 
-    def cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor,
-                    context: LayerContext) -> torch.Tensor:
+    def cam_weights(
+        self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
+    ) -> torch.Tensor:
         return gradients.flatten(2).mean(-1)  # (B, C)
 
 
@@ -50,8 +53,9 @@ class GradCAMPlusPlus(BaseCAM):
 
     name = "gradcam++"
 
-    def cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor,
-                    context: LayerContext) -> torch.Tensor:
+    def cam_weights(
+        self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
+    ) -> torch.Tensor:
         g2 = gradients.pow(2)  # (B, C, *spatial)
         g3 = g2 * gradients
         sum_a = broadcast_weights(activations.flatten(2).sum(-1), activations)  # (B, C, 1, ...)
@@ -68,8 +72,9 @@ class XGradCAM(BaseCAM):
 
     name = "xgradcam"
 
-    def cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor,
-                    context: LayerContext) -> torch.Tensor:
+    def cam_weights(
+        self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
+    ) -> torch.Tensor:
         return (gradients * activations).flatten(2).sum(-1) / (activations.flatten(2).sum(-1) + 1e-7)
 
 
@@ -83,16 +88,20 @@ class HiResCAM(BaseCAM):
 
     name = "hirescam"
 
-    def cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor,
-                    context: LayerContext) -> torch.Tensor:
+    def cam_weights(
+        self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
+    ) -> torch.Tensor:
         return gradients  # (B, C, *spatial): one weight per position
 
-    def layer_map(self, activations: torch.Tensor, gradients: torch.Tensor,
-                  context: LayerContext, eigen_smooth: bool) -> torch.Tensor:
+    def layer_map(
+        self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext, eigen_smooth: bool
+    ) -> torch.Tensor:
         if eigen_smooth:
-            warn("HiResCAM with eigen_smooth=True is no longer guaranteed to be faithful to the "
-                          "model: the principal component replaces the exact element-wise attribution",
-                          UserWarning)
+            warn(
+                "HiResCAM with eigen_smooth=True is no longer guaranteed to be faithful to the "
+                "model: the principal component replaces the exact element-wise attribution",
+                UserWarning,
+            )
         return super().layer_map(activations, gradients, context, eigen_smooth)
 
 
@@ -101,8 +110,9 @@ class GradCAMElementWise(BaseCAM):
 
     name = "gradcamelementwise"
 
-    def layer_map(self, activations: torch.Tensor, gradients: torch.Tensor,
-                  context: LayerContext, eigen_smooth: bool) -> torch.Tensor:
+    def layer_map(
+        self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext, eigen_smooth: bool
+    ) -> torch.Tensor:
         contributions = (gradients * activations).relu()  # (B, C, *spatial)
         return first_principal_component(contributions) if eigen_smooth else contributions.sum(1)
 
@@ -116,8 +126,9 @@ class LayerCAM(BaseCAM):
 
     name = "layercam"
 
-    def cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor,
-                    context: LayerContext) -> torch.Tensor:
+    def cam_weights(
+        self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
+    ) -> torch.Tensor:
         return gradients.relu()  # (B, C, *spatial)
 
 
@@ -153,9 +164,17 @@ class SmoothGradCAMPlusPlus(BaseCAM):
     name = "smoothgradcam++"
     deterministic = False  # without a seed, every call draws new noise
 
-    def __init__(self, model: nn.Module, target_layers: Union[None, nn.Module, Sequence[nn.Module]] = None,
-                 reshape_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, *,
-                 num_samples: int = 4, std: float = 0.3, seed: Optional[int] = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: nn.Module | Sequence[nn.Module] | None = None,
+        reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        *,
+        num_samples: int = 4,
+        std: float = 0.3,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(model, target_layers, reshape_transform, **kwargs)
         self.num_samples = check_int(num_samples, "num_samples", 1)
         self.std = check_float(std, "std", 0)
@@ -163,7 +182,8 @@ class SmoothGradCAMPlusPlus(BaseCAM):
 
     def _noisy_copies(self, x: torch.Tensor) -> torch.Tensor:
         """``(S * B, C, *spatial)``: the noisy copies, sample-major (copy ``s`` of image ``b`` is row
-        ``s * B + b``)."""
+        ``s * B + b``).
+        """
         generator = torch.Generator()  # its own state: the global RNG is left alone
         if self.seed is None:
             generator.seed()
@@ -176,8 +196,13 @@ class SmoothGradCAMPlusPlus(BaseCAM):
         noisy = x + broadcast_weights(sigma, x) * eps  # (S, B, C, *spatial)
         return noisy.flatten(0, 1)
 
-    def compute_maps(self, input_tensor: torch.Tensor, targets: Optional[List[Target]], eigen_smooth: bool,
-                     options: CallOptions = DEFAULT_OPTIONS) -> torch.Tensor:
+    def compute_maps(
+        self,
+        input_tensor: torch.Tensor,
+        targets: list[Target] | None,
+        eigen_smooth: bool,
+        options: CallOptions = DEFAULT_OPTIONS,
+    ) -> torch.Tensor:
         with self.session(input_tensor) as x:  # (B, C, *spatial)
             batch, samples = x.shape[0], self.num_samples
             # The clean pass: activations, targets (top class), scores, and every check of the engine
@@ -188,13 +213,15 @@ class SmoothGradCAMPlusPlus(BaseCAM):
             self.layer_gradients(scores, clean)  # only for its checks: the maps use the noisy gradients
             scores = scores.detach()
             # A layer's output may be a structure of tensors (an FPN's dict of levels): detach each tensor.
-            clean.activations = {key: map_tensors(torch.Tensor.detach, value)
-                                 for key, value in clean.activations.items()}
+            clean.activations = {
+                key: map_tensors(torch.Tensor.detach, value) for key, value in clean.activations.items()
+            }
             clean.output = None
             # The noisy pass: all S copies in one batch, sample-major (row s * B + b).
             noisy = self.forward_pass(self._noisy_copies(x), options)  # (S * B, ...)
-            noisy_scores = self.score_targets(list(resolved) * samples, noisy.output, samples * batch,
-                                              options)  # (S * B,)
+            noisy_scores = self.score_targets(
+                list(resolved) * samples, noisy.output, samples * batch, options
+            )  # (S * B,)
             gradients = self.layer_gradients(noisy_scores, noisy)
             del noisy, noisy_scores
             # The clean activations with the noisy gradients (reshape_gradients: (S, B, C, *grid)).
@@ -208,8 +235,9 @@ class SmoothGradCAMPlusPlus(BaseCAM):
         grads = self.reshape_activations(gradients, layer)  # (S * B, C, *grid), sample-major
         return grads.view(self.num_samples, -1, *grads.shape[1:])  # (S, B, C, *grid)
 
-    def cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor,
-                    context: LayerContext) -> torch.Tensor:
+    def cam_weights(
+        self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
+    ) -> torch.Tensor:
         d1 = gradients.mean(0)  # (B, C, *spatial)
         d2 = gradients.pow(2).mean(0)
         d3 = gradients.pow(3).mean(0)
@@ -263,9 +291,10 @@ class ShapleyCAM(BaseCAM):
         with TwiceDifferentiable():
             return super().forward_pass(x, options)
 
-    def layer_gradients(self, scores: torch.Tensor, forward: ForwardPass) -> Dict[int, Any]:
+    def layer_gradients(self, scores: torch.Tensor, forward: ForwardPass) -> dict[int, Any]:
         """Per layer ``g - 0.5 * H A`` in the layer's own layout (``reshape_transform`` is linear): a tensor,
-        or for a layer that returns a structure of tensors (an FPN's dict of levels) the same structure."""
+        or for a layer that returns a structure of tensors (an FPN's dict of levels) the same structure.
+        """
         layers = self.target_layers
         # create_graph: the gradient is differentiated once more for the Hessian-vector product.
         per_layer, grads_per_layer = self.raw_layer_gradients(scores, forward, create_graph=True)
@@ -279,8 +308,9 @@ class ShapleyCAM(BaseCAM):
             if pairs:
                 product = sum((g * t.detach()).sum() for t, g in pairs)
                 try:
-                    hvps = torch.autograd.grad(product, [t for t, _ in pairs], allow_unused=True,
-                                               retain_graph=i < len(layers) - 1)
+                    hvps = torch.autograd.grad(
+                        product, [t for t, _ in pairs], allow_unused=True, retain_graph=i < len(layers) - 1
+                    )
                 except RuntimeError as error:
                     if "derivative" not in str(error) and "double backward" not in str(error):
                         raise
@@ -290,17 +320,23 @@ class ShapleyCAM(BaseCAM):
                         f"backward in torch ({error}). Scaled-dot-product attention and torchvision's "
                         "RoIAlign are already made twice differentiable; for another custom or fused "
                         "kernel, use a model built with plain differentiable operations, or a "
-                        "first-order method such as GradCAM") from error
+                        "first-order method such as GradCAM"
+                    ) from error
             hessian = {id(t): h for (t, _), h in zip(pairs, hvps)}
-            corrected = {id(t): g if hessian.get(id(t)) is None else g - 0.5 * hessian[id(t)]
-                         for t, g in zip(tensors, grads) if g is not None}
+            corrected = {
+                id(t): g if hessian.get(id(t)) is None else g - 0.5 * hessian[id(t)]
+                for t, g in zip(tensors, grads)
+                if g is not None
+            }
             # As the engine's gradients: a tensor of the structure that the score does not use gets zeros.
-            effective[id(layer)] = map_tensors(partial(gradient_or_zeros, corrected),
-                                               forward.activations[id(layer)])
+            effective[id(layer)] = map_tensors(
+                partial(gradient_or_zeros, corrected), forward.activations[id(layer)]
+            )
         del grads_per_layer
         warn_if_zero_gradients(effective, scores.shape[0])
         return effective
 
-    def cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor,
-                    context: LayerContext) -> torch.Tensor:
+    def cam_weights(
+        self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
+    ) -> torch.Tensor:
         return gradients.flatten(2).mean(-1)  # (B, C): gradients here are g - 0.5 * H A

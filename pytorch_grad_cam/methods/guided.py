@@ -1,8 +1,10 @@
 """Guided Backpropagation and Guided Grad-CAM: pixel-resolution gradients, not ``(B, *spatial)`` maps."""
+
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from collections.abc import Iterator, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -20,10 +22,17 @@ from .gradient import GradCAM
 # own backward then masks with 0 < x < 6.
 _RELU_MODULES = (nn.ReLU, nn.ReLU6)
 # The functional spellings of them that the forward pass may call instead of a module.
-_FUNCTIONAL_RELUS = frozenset({
-    torch.relu, torch.relu_, torch.nn.functional.relu, torch.nn.functional.relu_,
-    torch.Tensor.relu, torch.Tensor.relu_, torch.nn.functional.relu6,
-})
+_FUNCTIONAL_RELUS = frozenset(
+    {
+        torch.relu,
+        torch.relu_,
+        torch.nn.functional.relu,
+        torch.nn.functional.relu_,
+        torch.Tensor.relu,
+        torch.Tensor.relu_,
+        torch.nn.functional.relu6,
+    }
+)
 
 
 class _PositiveGradient(torch.autograd.Function):
@@ -47,7 +56,8 @@ class _PositiveGradient(torch.autograd.Function):
 class _ReLUModuleHooks(HookSet):
     """The guided rule on every ``nn.ReLU`` / ``nn.ReLU6`` module of ``model``, by forward hooks, for one
     ``with`` block. ``depth > 0`` while such a module runs (its own ``F.relu`` call is then left to
-    the hook, so nothing is wrapped twice)."""
+    the hook, so nothing is wrapped twice).
+    """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -74,7 +84,8 @@ class _FunctionalReLUs(TorchFunctionMode):
     """The guided rule on the functional ReLUs called in ``forward`` (``F.relu``, ``torch.relu``,
     ``x.relu()``, their in-place forms), outside the ReLU modules that ``modules`` hooks. An in-place
     functional ReLU whose result is discarded (``torch.relu_(x); return x``) cannot be reached: the
-    guided rule applies to the returned tensor."""
+    guided rule applies to the returned tensor.
+    """
 
     def __init__(self, modules: _ReLUModuleHooks) -> None:
         super().__init__()
@@ -82,8 +93,12 @@ class _FunctionalReLUs(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         result = func(*args, **(kwargs or {}))
-        if (func in _FUNCTIONAL_RELUS and self.modules.depth == 0 and isinstance(result, torch.Tensor)
-                and result.requires_grad):
+        if (
+            func in _FUNCTIONAL_RELUS
+            and self.modules.depth == 0
+            and isinstance(result, torch.Tensor)
+            and result.requires_grad
+        ):
             return _PositiveGradient.apply(result)
         return result
 
@@ -91,7 +106,8 @@ class _FunctionalReLUs(TorchFunctionMode):
 @contextlib.contextmanager
 def _guided_relus(model: nn.Module) -> Iterator[None]:
     """For one forward pass: the guided rule on every ReLU, module or functional. The hooks are removed
-    and the mode is exited on exit, also when the block, or entering the mode, raises."""
+    and the mode is exited on exit, also when the block, or entering the mode, raises.
+    """
     hooks = _ReLUModuleHooks(model)
     with hooks, _FunctionalReLUs(hooks):
         yield
@@ -99,7 +115,8 @@ def _guided_relus(model: nn.Module) -> Iterator[None]:
 
 def _layout(gradients: torch.Tensor, channels_last: bool) -> np.ndarray:
     """``(B, C, *spatial)`` -> float32 numpy ``(B, *spatial, C)`` (``(*spatial, C)`` for one image) or
-    ``(B, C, *spatial)``."""
+    ``(B, C, *spatial)``.
+    """
     if channels_last:
         gradients = gradients.movedim(1, -1)  # (B, *spatial, C)
         if gradients.shape[0] == 1:
@@ -140,8 +157,9 @@ class GuidedBackpropReLUModel(Registered):
     name = "guidedbackprop"
     kind = "pixel"
 
-    def __init__(self, model: nn.Module, device: Union[None, str, torch.device] = None, *,
-                 use_cuda: Optional[bool] = None) -> None:
+    def __init__(
+        self, model: nn.Module, device: str | torch.device | None = None, *, use_cuda: bool | None = None
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
@@ -151,8 +169,14 @@ class GuidedBackpropReLUModel(Registered):
         """The model's output (the reference library's ``forward``)."""
         return self.model(input_img)
 
-    def __call__(self, input_img: torch.Tensor, target_category: Any = None, *, targets: TargetsArg = None,
-                 channels_last: bool = True) -> np.ndarray:
+    def __call__(
+        self,
+        input_img: torch.Tensor,
+        target_category: Any = None,
+        *,
+        targets: TargetsArg = None,
+        channels_last: bool = True,
+    ) -> np.ndarray:
         if target_category is not None:
             if targets is not None:
                 raise TypeError("pass targets or target_category (the first API's name), not both")
@@ -173,8 +197,10 @@ class GuidedBackpropReLUModel(Registered):
                 targets = top_class_targets(output, x.shape[0])
             total = target_scores(targets, output, x.shape[0]).sum()
         if not total.requires_grad:
-            raise ValueError("the target scores do not depend on the input: the target must return a "
-                             "value computed from the model output")
+            raise ValueError(
+                "the target scores do not depend on the input: the target must return a "
+                "value computed from the model output"
+            )
         # Only the graph from the input copy to the scores: parameters' .grad are neither read nor written.
         (grad,) = torch.autograd.grad(total, x_in, allow_unused=True)
         return torch.zeros_like(x_in) if grad is None else grad.detach()
@@ -206,11 +232,16 @@ class GuidedGradCAM(Registered):
     name = "guidedgradcam"
     kind = "pixel"
 
-    def __init__(self, model: nn.Module,
-                 target_layers: Union[None, nn.Module, Sequence[nn.Module]] = None,
-                 reshape_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, *,
-                 cam: Union[None, type, Callable[..., np.ndarray]] = None,
-                 device: Union[None, str, torch.device] = None, use_cuda: Optional[bool] = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: nn.Module | Sequence[nn.Module] | None = None,
+        reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        *,
+        cam: type | Callable[..., np.ndarray] | None = None,
+        device: str | torch.device | None = None,
+        use_cuda: bool | None = None,
+    ) -> None:
         self.guided_backprop = GuidedBackpropReLUModel(model, device, use_cuda=use_cuda)
         if cam is None or (isinstance(cam, type) and issubclass(cam, BaseCAM)):
             cls = GradCAM if cam is None else cam
@@ -222,8 +253,14 @@ class GuidedGradCAM(Registered):
         self.model = model
         self.cam = cam
 
-    def __call__(self, input_tensor: torch.Tensor, targets: TargetsArg = None, *,
-                 target_category: Any = UNSET, channels_last: bool = True) -> np.ndarray:
+    def __call__(
+        self,
+        input_tensor: torch.Tensor,
+        targets: TargetsArg = None,
+        *,
+        target_category: Any = UNSET,
+        channels_last: bool = True,
+    ) -> np.ndarray:
         if target_category is not UNSET:
             if targets is not None:
                 raise TypeError("pass targets or target_category (the first API's name), not both")
@@ -231,6 +268,8 @@ class GuidedGradCAM(Registered):
         gb = self.guided_backprop(input_tensor, targets=targets, channels_last=False)  # (B, C, *spatial)
         maps = np.asarray(self.cam(input_tensor, targets), dtype=np.float32)  # (B, *spatial)
         if maps.shape != gb.shape[:1] + gb.shape[2:]:
-            raise ValueError(f"the cam returned maps of shape {maps.shape}, expected "
-                             f"{gb.shape[:1] + gb.shape[2:]} (one per image, the input's size)")
+            raise ValueError(
+                f"the cam returned maps of shape {maps.shape}, expected "
+                f"{gb.shape[:1] + gb.shape[2:]} (one per image, the input's size)"
+            )
         return _layout(torch.from_numpy(gb * maps[:, None]), channels_last)

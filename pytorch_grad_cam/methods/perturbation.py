@@ -4,10 +4,11 @@ perturbed inputs or activations, no gradients.
 All stream their perturbed batches ``batch_size`` at a time, so memory does not grow with the number
 of channels.
 """
+
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable
 
 import torch
 
@@ -23,7 +24,7 @@ from ..utils.model_targets import ClassifierOutputTarget
 ABLATION_OFFSET = 1e7
 
 
-def _target_scores(targets: List[Callable], index: int, output: Any, count: int) -> torch.Tensor:
+def _target_scores(targets: list[Callable], index: int, output: Any, count: int) -> torch.Tensor:
     """Image ``index``'s target on each of the ``count`` outputs of a perturbed batch: ``(count,)``."""
     target = targets[index]
     if type(target) is ClassifierOutputTarget and isinstance(output, torch.Tensor) and output.ndim == 2:
@@ -60,8 +61,9 @@ class ScoreCAM(BaseCAM):
     #: How many model inputs each channel's mask gives (SS-CAM: noisy samples, IS-CAM: path steps).
     inputs_per_mask: int = 1
 
-    def cam_weights(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
-                    context: LayerContext) -> torch.Tensor:
+    def cam_weights(
+        self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
+    ) -> torch.Tensor:
         x = context.input  # (B, C_in, *S)
         batch, channels = activations.shape[:2]
         per_mask = self.inputs_per_mask
@@ -82,7 +84,7 @@ class ScoreCAM(BaseCAM):
                 rows = torch.arange(start, stop, device=masks.device)
                 if per_mask > 1:  # several rows share a mask
                     masks = masks[rows // per_mask - first]  # (n, *S)
-                masked = self.mask_inputs(x[i:i + 1], masks, rows % per_mask, generator)
+                masked = self.mask_inputs(x[i : i + 1], masks, rows % per_mask, generator)
                 output = context.model(masked)  # masked: (n, C_in, *S)
                 scores[i, start:stop] = _target_scores(context.targets, i, output, stop - start)
         return self.combine_scores(scores.view(batch, channels, per_mask))
@@ -90,14 +92,17 @@ class ScoreCAM(BaseCAM):
     # -- what SS-CAM and IS-CAM change -----------------------------------------------------------
     def noise_seed(self, generator: torch.Generator) -> int:
         """The seed each image's ``generator`` restarts from in this call (SS-CAM: its ``seed``, or a
-        fresh one per call). Score-CAM and IS-CAM draw no noise."""
+        fresh one per call). Score-CAM and IS-CAM draw no noise.
+        """
         return 0
 
-    def mask_inputs(self, image: torch.Tensor, masks: torch.Tensor, samples: torch.Tensor,
-                    generator: torch.Generator) -> torch.Tensor:
+    def mask_inputs(
+        self, image: torch.Tensor, masks: torch.Tensor, samples: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         """The model inputs ``(n, C_in, *S)`` for one image ``(1, C_in, *S)``, one per row: ``masks``
         ``(n, *S)`` in [0, 1] and ``samples`` ``(n,)``, each row's index in ``0..inputs_per_mask-1``;
-        ``generator`` is the call's noise source, restarted for each image."""
+        ``generator`` is the call's noise source, restarted for each image.
+        """
         return image * masks.unsqueeze(1)
 
     def combine_scores(self, scores: torch.Tensor) -> torch.Tensor:
@@ -135,8 +140,15 @@ class SSCAM(ScoreCAM):
     name = "sscam"
     deterministic = False  # unless a seed is given
 
-    def __init__(self, *args: Any, num_samples: int = 35, std: float = 2.0, seed: Optional[int] = None,
-                 noise: str = "mask", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        num_samples: int = 35,
+        std: float = 2.0,
+        seed: int | None = None,
+        noise: str = "mask",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.num_samples = check_int(num_samples, "num_samples", 1)
         self.std = check_float(std, "std", minimum=0)
@@ -152,12 +164,17 @@ class SSCAM(ScoreCAM):
     def noise_seed(self, generator: torch.Generator) -> int:
         return self.seed if self.seed is not None else generator.seed()
 
-    def mask_inputs(self, image: torch.Tensor, masks: torch.Tensor, samples: torch.Tensor,
-                    generator: torch.Generator) -> torch.Tensor:
+    def mask_inputs(
+        self, image: torch.Tensor, masks: torch.Tensor, samples: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         # One draw per row, in row order: the same noise whatever the batch boundaries.
         shape = masks.shape[1:] if self.noise == "mask" else image.shape[1:]
-        noise = torch.stack([torch.randn(shape, generator=generator, device=image.device)
-                             for _ in range(len(masks))]).to(image.dtype) * self.std  # (n, *shape)
+        noise = (
+            torch.stack(
+                [torch.randn(shape, generator=generator, device=image.device) for _ in range(len(masks))]
+            ).to(image.dtype)
+            * self.std
+        )  # (n, *shape)
         if self.noise == "mask":
             return image * (masks + noise).unsqueeze(1)
         return image * masks.unsqueeze(1) + noise
@@ -195,8 +212,9 @@ class ISCAM(ScoreCAM):
     def inputs_per_mask(self) -> int:  # type: ignore[override]
         return self.num_samples
 
-    def mask_inputs(self, image: torch.Tensor, masks: torch.Tensor, samples: torch.Tensor,
-                    generator: torch.Generator) -> torch.Tensor:
+    def mask_inputs(
+        self, image: torch.Tensor, masks: torch.Tensor, samples: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         step = (samples + 1).to(image.dtype)  # i = 1..N
         coefficient = step * (step + 1) / (2 * self.num_samples)  # (n,)
         return image * (coefficient.view(-1, *([1] * (masks.ndim - 1))) * masks).unsqueeze(1)
@@ -230,8 +248,9 @@ class AblationCAM(BaseCAM):
     # batch costs little memory and saves calls.
     default_batch_size = 128
 
-    def cam_weights(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
-                    context: LayerContext) -> torch.Tensor:
+    def cam_weights(
+        self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
+    ) -> torch.Tensor:
         raw = context.raw_activations  # the layer's own output, (B, C, ...) or (B, ..., C), or a structure
         batch, channels = activations.shape[:2]
         layout = channel_layout(raw, context.channel_dim, self.reshape_transform, channels)
@@ -248,7 +267,7 @@ class AblationCAM(BaseCAM):
             for start in range(0, channels, context.batch_size):
                 stop = min(start + context.batch_size, channels)
                 index = torch.arange(start, stop, device=activations.device)
-                ablated[i, start:start + len(index)] = suffix(copies.ablate(index))
+                ablated[i, start : start + len(index)] = suffix(copies.ablate(index))
         score = context.scores[:, None]  # (B, 1)
         self._warn_unresolved(score - ablated, activations, context)
         # A zero score would divide by zero: keep it finite (the weights then rank by y - y_k).
@@ -260,7 +279,8 @@ class AblationCAM(BaseCAM):
         """Warn about images where no ablation changed the score at all (``drops`` ``(B, C)`` all 0) though
         the layer is not all zeros: activations too small next to the score for one rounding step of
         the model's dtype (``|y - y_k| < eps * |y|``), e.g. a random network whose BatchNorm statistics
-        were never fitted. Such a map carries no information; without this, only a constant map shows."""
+        were never fitted. Such a map carries no information; without this, only a constant map shows.
+        """
         flat = activations.flatten(1).abs()  # (B, C * positions)
         unresolved = ((drops == 0).all(1) & (flat.amax(1) > 0)).nonzero().flatten().tolist()
         if not unresolved:
@@ -273,4 +293,5 @@ class AblationCAM(BaseCAM):
             f"{float(context.scores[i]):.6g}, largest |activation| {float(flat[i].max()):.3g}): the "
             "activations are too small to move the score by one rounding step (e.g. a randomly initialised "
             "network whose BatchNorm statistics were never fitted), so the map carries no information",
-            RuntimeWarning)
+            RuntimeWarning,
+        )

@@ -1,10 +1,11 @@
 """Projection CAMs: the map is the activations' projection on a principal component (of ``A``, of
-``g * A`` for Eigen-Grad-CAM, or in a kernel's feature space for KPCA-CAM)."""
+``g * A`` for Eigen-Grad-CAM, or in a kernel's feature space for KPCA-CAM).
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -26,8 +27,13 @@ class EigenCAM(BaseCAM):
     uses_gradients = False
     class_specific = False
 
-    def layer_map(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
-                  context: LayerContext, eigen_smooth: bool) -> torch.Tensor:
+    def layer_map(
+        self,
+        activations: torch.Tensor,
+        gradients: torch.Tensor | None,
+        context: LayerContext,
+        eigen_smooth: bool,
+    ) -> torch.Tensor:
         return first_principal_component(activations)  # (B, *spatial)
 
 
@@ -40,8 +46,13 @@ class SegEigenCAM(BaseCAM):
 
     name = "segeigencam"
 
-    def layer_map(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
-                  context: LayerContext, eigen_smooth: bool) -> torch.Tensor:
+    def layer_map(
+        self,
+        activations: torch.Tensor,
+        gradients: torch.Tensor | None,
+        context: LayerContext,
+        eigen_smooth: bool,
+    ) -> torch.Tensor:
         return first_principal_component(gradients.abs() * activations)  # (B, *spatial)
 
 
@@ -110,8 +121,15 @@ class KPCA_CAM(BaseCAM):
     uses_gradients = False
     class_specific = False
 
-    def __init__(self, *args: Any, kernel: str = "sigmoid", gamma: Optional[float] = None, degree: int = 3,
-                 coef0: float = 1.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        kernel: str = "sigmoid",
+        gamma: float | None = None,
+        degree: int = 3,
+        coef0: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
         kernel = check_choice(kernel, "kernel", KPCA_KERNELS)
         if gamma is not None:
             gamma = check_float(gamma, "gamma", 0, include_minimum=False)
@@ -121,8 +139,13 @@ class KPCA_CAM(BaseCAM):
         super().__init__(*args, **kwargs)
         self.kernel, self.gamma, self.degree, self.coef0 = kernel, gamma, int(degree), float(coef0)
 
-    def layer_map(self, activations: torch.Tensor, gradients: Optional[torch.Tensor],
-                  context: LayerContext, eigen_smooth: bool) -> torch.Tensor:
+    def layer_map(
+        self,
+        activations: torch.Tensor,
+        gradients: torch.Tensor | None,
+        context: LayerContext,
+        eigen_smooth: bool,
+    ) -> torch.Tensor:
         acts = torch.nan_to_num(activations.float(), nan=0.0)
         x = acts.flatten(2).transpose(1, 2).double()  # (B, N, C); float64 for the eigensolver
         x = x - x.mean(1, keepdim=True)
@@ -139,6 +162,7 @@ class EigenGradCAM(BaseCAM):
 
     name = "eigengradcam"
 
-    def layer_map(self, activations: torch.Tensor, gradients: torch.Tensor,
-                  context: LayerContext, eigen_smooth: bool) -> torch.Tensor:
+    def layer_map(
+        self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext, eigen_smooth: bool
+    ) -> torch.Tensor:
         return first_principal_component(gradients * activations)  # (B, *spatial)

@@ -6,10 +6,12 @@ Example:
     >>> found.name, found.reshape_transform                         # ('layer4', None)
     >>> cam = GradCAM(model, [found.layer], reshape_transform=found.reshape_transform)
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, List, Optional, Tuple, Type, Union
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -19,9 +21,8 @@ from torch import nn
 from .._engine.capture import HookSet
 from .._engine.session import compute_session
 from .reshape_transforms import (
-    MAX_PREFIX_TOKENS,  # noqa: F401
-    TokenGridReshape,  # noqa: F401
-    channels_last_reshape,  # noqa: F401
+    TokenGridReshape,
+    channels_last_reshape,
     guess_reshape_transform,
 )
 
@@ -42,9 +43,33 @@ __all__ = [
 
 #: Modules whose output adds nothing to locate: resampling or identity-like (VGG's avgpool only copies
 #: its input into a 7x7 grid).
-_PASS_THROUGH = (nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
-                 nn.modules.dropout._DropoutNd, nn.Identity, nn.Flatten)
+_PASS_THROUGH = (
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+    nn.Identity,
+    nn.Flatten,
+)
 
+
+def _children(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every ``(name, child)`` of ``module``, a child registered under two names included (unlike
+    ``named_children``, which gives a shared module once).
+    """
+    return [
+        (name, child)
+        for name, child in module.named_modules(remove_duplicate=False)
+        if name and "." not in name
+    ]
 
 
 def get_layer(model: nn.Module, name: str) -> nn.Module:
@@ -64,13 +89,17 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
             if -len(module) <= index < len(module):
                 child = module[index]
         else:
-            child = module._modules.get(part)
+            child = dict(_children(module)).get(part)
         if child is None:
             where = ".".join(walked) or "the model"
-            children = list(module._modules)
-            hint = (f"it has {len(module)} entries (use 0..{len(module) - 1} or -1)"
-                    if isinstance(module, (nn.Sequential, nn.ModuleList)) else
-                    f"its children are {children}" if children else "it has no children")
+            children = [child_name for child_name, _ in _children(module)]
+            hint = (
+                f"it has {len(module)} entries (use 0..{len(module) - 1} or -1)"
+                if isinstance(module, (nn.Sequential, nn.ModuleList))
+                else f"its children are {children}"
+                if children
+                else "it has no children"
+            )
             raise ValueError(f"layer {name!r}: {where} ({type(module).__name__}) has no {part!r}; {hint}")
         module = child
         walked.append(part)
@@ -81,37 +110,40 @@ def _is_int(text: str) -> bool:
     return text.lstrip("-").isdigit()
 
 
-def find_layer_types_recursive(model: nn.Module, layer_types: Iterable[Type[nn.Module]]) -> List[nn.Module]:
+def find_layer_types_recursive(model: nn.Module, layer_types: Iterable[type[nn.Module]]) -> list[nn.Module]:
     """Every sub-module (the model included) that is an instance of one of ``layer_types``, in order."""
     types = tuple(layer_types)
     return [module for module in model.modules() if isinstance(module, types)]
 
 
-def find_layer_predicate_recursive(model: nn.Module,
-                                   predicate: Callable[[nn.Module], bool]) -> List[nn.Module]:
+def find_layer_predicate_recursive(
+    model: nn.Module, predicate: Callable[[nn.Module], bool]
+) -> list[nn.Module]:
     """Every sub-module (the model included) for which ``predicate(module)`` is true, in order."""
     return [module for module in model.modules() if predicate(module)]
 
 
 def replace_layer_recursive(model: nn.Module, old_layer: nn.Module, new_layer: nn.Module) -> bool:
     """Put ``new_layer`` wherever ``old_layer`` is a child in ``model``'s tree. This CHANGES the model
-    (the CAM methods never do this; it is a utility for the user's own edits). True if found."""
+    (the CAM methods never do this; it is a utility for the user's own edits). True if found.
+    """
     found = False
-    for module in model.modules():
-        for key, child in module._modules.items():
+    for module in list(model.modules()):
+        for key, child in _children(module):
             if child is old_layer:
-                module._modules[key] = new_layer
+                setattr(module, key, new_layer)
                 found = True
     return found
 
 
-def replace_all_layer_type_recursive(model: nn.Module, old_layer_type: Type[nn.Module],
-                                     new_layer: nn.Module) -> None:
+def replace_all_layer_type_recursive(
+    model: nn.Module, old_layer_type: type[nn.Module], new_layer: nn.Module
+) -> None:
     """Replace every child of type ``old_layer_type`` with ``new_layer`` (changes the model)."""
-    for module in model.modules():
-        for key, child in module._modules.items():
+    for module in list(model.modules()):
+        for key, child in _children(module):
             if isinstance(child, old_layer_type):
-                module._modules[key] = new_layer
+                setattr(module, key, new_layer)
 
 
 @dataclass(frozen=True)
@@ -124,9 +156,9 @@ class LayerLayout:
         map_shape: the shape after ``reshape_transform``, ``(B, C, *spatial)``, e.g. ``(1, 768, 14, 14)``.
     """
 
-    output_shape: Tuple[int, ...]
-    reshape_transform: Optional[Callable]
-    map_shape: Tuple[int, ...]
+    output_shape: tuple[int, ...]
+    reshape_transform: Callable | None
+    map_shape: tuple[int, ...]
 
 
 class _FirstOutput(HookSet):
@@ -135,7 +167,7 @@ class _FirstOutput(HookSet):
     def __init__(self, layer: nn.Module) -> None:
         super().__init__()
         self.layer = layer
-        self.outputs: List[Any] = []
+        self.outputs: list[Any] = []
 
     def _register(self) -> None:
         self._handles.append(self.layer.register_forward_hook(self._record))
@@ -173,8 +205,10 @@ def layer_output_layout(model: nn.Module, layer: nn.Module, input_tensor: torch.
         raise ValueError(f"the layer returns {type(output).__name__}; choose a layer with a tensor output")
     transform, ok = guess_reshape_transform(output)
     if not ok:
-        raise ValueError(f"its output {tuple(output.shape)} is not a spatial map (B, C, H, W), channels-last "
-                         "(B, H, W, C) or tokens on a square grid")
+        raise ValueError(
+            f"its output {tuple(output.shape)} is not a spatial map (B, C, H, W), channels-last "
+            "(B, H, W, C) or tokens on a square grid"
+        )
     mapped = transform(output) if transform is not None else output  # (B, C, *spatial)
     return LayerLayout(tuple(output.shape), transform, tuple(mapped.shape))
 
@@ -183,12 +217,13 @@ def layer_output_layout(model: nn.Module, layer: nn.Module, input_tensor: torch.
 @dataclass
 class FoundLayer:
     """What :func:`find_target_layer` chose: the module, its dotted name, the reshape transform its output
-    needs (None for channels-first maps), and the shape of its output on the traced input."""
+    needs (None for channels-first maps), and the shape of its output on the traced input.
+    """
 
     layer: nn.Module
     name: str
-    reshape_transform: Optional[Callable]
-    output_shape: Tuple[int, ...]
+    reshape_transform: Callable | None
+    output_shape: tuple[int, ...]
 
     def describe(self) -> str:
         how = getattr(self.reshape_transform, "describe", None)
@@ -198,13 +233,14 @@ class FoundLayer:
 
 class _OutputRecorder(HookSet):
     """Forward hooks on every module for one ``with`` block: how often each ran, and the floating-point
-    outputs with spatial dims that require grad, of named modules that are not pass-through."""
+    outputs with spatial dims that require grad, of named modules that are not pass-through.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
         self.names = {id(module): name for name, module in model.named_modules() if name}
-        self.records: List[Tuple[str, nn.Module, torch.Tensor]] = []
+        self.records: list[tuple[str, nn.Module, torch.Tensor]] = []
         self.calls: dict = {}
 
     def _register(self) -> None:
@@ -218,8 +254,9 @@ class _OutputRecorder(HookSet):
             self.records.append((self.names[key], module, output))
 
 
-def find_target_layer(model: nn.Module, input_tensor: torch.Tensor,
-                      score: Union[None, Callable[[Any], torch.Tensor]] = None) -> FoundLayer:
+def find_target_layer(
+    model: nn.Module, input_tensor: torch.Tensor, score: Callable[[Any], torch.Tensor] | None = None
+) -> FoundLayer:
     """The last layer with a spatial output that the score depends on, found by tracing one forward pass.
 
     Every module that runs exactly once and returns a tensor is recorded (except pass-through modules:
@@ -242,8 +279,10 @@ def find_target_layer(model: nn.Module, input_tensor: torch.Tensor,
             output = model(x)
         if score is None:
             if not isinstance(output, torch.Tensor) or output.ndim != 2:
-                raise ValueError("find_target_layer: the model output is not (B, num_classes); pass "
-                                 "score=... (a function of the output returning a scalar)")
+                raise ValueError(
+                    "find_target_layer: the model output is not (B, num_classes); pass "
+                    "score=... (a function of the output returning a scalar)"
+                )
             value = output.max(-1).values.sum()
         else:
             value = score(output)
@@ -262,5 +301,7 @@ def find_target_layer(model: nn.Module, input_tensor: torch.Tensor,
         positions = g[0].flatten(1).abs().sum(0)  # (N,)
         if positions.numel() > 1 and int((positions > 0).sum()) >= 2:
             return FoundLayer(module, name, transform, tuple(out.shape))
-    raise ValueError("no layer with a spatial output that the score depends on was found; pick one with "
-                     "target_layers / --target-layer")
+    raise ValueError(
+        "no layer with a spatial output that the score depends on was found; pick one with "
+        "target_layers / --target-layer"
+    )

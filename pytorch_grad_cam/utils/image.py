@@ -1,4 +1,5 @@
 """Image helpers: overlay a CAM on an image, normalise an image for a model, rescale CAMs."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -10,8 +11,13 @@ import torch
 
 from .._engine.checks import check_bool, check_float
 
-__all__ = ["deprocess_image", "preprocess_image", "scale_cam_image", "show_cam_on_image",
-           "show_factorization_on_image"]
+__all__ = [
+    "deprocess_image",
+    "preprocess_image",
+    "scale_cam_image",
+    "show_cam_on_image",
+    "show_factorization_on_image",
+]
 
 # The reference library's defaults; torchvision's ImageNet models want
 # mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), passed explicitly.
@@ -38,8 +44,10 @@ def _require_unit_float_image(img: np.ndarray, name: str) -> None:
     if hi > 1:
         raise ValueError(f"{name} has values above 1 (max {hi:g}); {hint}")
     if lo < 0:
-        raise ValueError(f"{name} has values below 0 (min {lo:g}); pass the image before mean/std "
-                         "normalisation, with values in [0, 1]")
+        raise ValueError(
+            f"{name} has values below 0 (min {lo:g}); pass the image before mean/std "
+            "normalisation, with values in [0, 1]"
+        )
 
 
 def _check_image_weight(image_weight: Any) -> float:
@@ -49,7 +57,8 @@ def _check_image_weight(image_weight: Any) -> float:
 
 def _check_unit_range(values: np.ndarray, name: str, hint: str = "") -> None:
     """Raise unless ``values`` (non-empty) are finite and in [0, 1], up to a float round-off of 1e-6:
-    anything further out would wrap around in the uint8 cast of an overlay."""
+    anything further out would wrap around in the uint8 cast of an overlay.
+    """
     lo, hi = float(np.min(values)), float(np.max(values))
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ValueError(f"{name} contain NaN or infinite values")
@@ -57,8 +66,13 @@ def _check_unit_range(values: np.ndarray, name: str, hint: str = "") -> None:
         raise ValueError(f"{name} must be in [0, 1], got min {lo:g} and max {hi:g}{hint}")
 
 
-def show_cam_on_image(img: np.ndarray, mask: np.ndarray, use_rgb: bool = False,
-                      colormap: int = cv2.COLORMAP_JET, image_weight: float = 0.5) -> np.ndarray:
+def show_cam_on_image(
+    img: np.ndarray,
+    mask: np.ndarray,
+    use_rgb: bool = False,
+    colormap: int = cv2.COLORMAP_JET,
+    image_weight: float = 0.5,
+) -> np.ndarray:
     """Overlay a CAM, drawn as a colour heatmap, on an image.
 
     ``heatmap = applyColorMap(uint8(255 * mask), colormap) / 255`` (BGR, converted to RGB when
@@ -88,15 +102,19 @@ def show_cam_on_image(img: np.ndarray, mask: np.ndarray, use_rgb: bool = False,
         raise ValueError(f"img must have shape (H, W, 3), got shape {img.shape}")
     _require_unit_float_image(img, "img")
     if mask.ndim != 2:
-        raise ValueError(f"mask must be a 2-D (H, W) map, got shape {mask.shape}; for a batch of CAMs "
-                         "pass one map, e.g. grayscale_cam[0]")
+        raise ValueError(
+            f"mask must be a 2-D (H, W) map, got shape {mask.shape}; for a batch of CAMs "
+            "pass one map, e.g. grayscale_cam[0]"
+        )
     if mask.size == 0:
         raise ValueError(f"mask is empty (shape {mask.shape})")
     image_weight = _check_image_weight(image_weight)
     use_rgb = check_bool(use_rgb, "use_rgb")
     if isinstance(colormap, bool) or not isinstance(colormap, (int, np.integer)):
-        raise TypeError(f"colormap must be an OpenCV colormap id (int, e.g. cv2.COLORMAP_JET), "
-                        f"got {type(colormap).__name__}")
+        raise TypeError(
+            f"colormap must be an OpenCV colormap id (int, e.g. cv2.COLORMAP_JET), "
+            f"got {type(colormap).__name__}"
+        )
 
     mask = mask.astype(np.float32)  # a copy: cv2.resize needs float32, and the caller's array stays intact
     _check_unit_range(mask, "mask values", "; normalise it first, e.g. with scale_cam_image")
@@ -129,8 +147,9 @@ def _three_floats(values: Any, name: str, channels: int) -> np.ndarray:
     return arr
 
 
-def preprocess_image(img: np.ndarray, mean: Sequence[float] = _DEFAULT_MEAN,
-                     std: Sequence[float] = _DEFAULT_STD) -> torch.Tensor:
+def preprocess_image(
+    img: np.ndarray, mean: Sequence[float] = _DEFAULT_MEAN, std: Sequence[float] = _DEFAULT_STD
+) -> torch.Tensor:
     """Turn an ``(H, W, 3)`` image into a normalised ``(1, 3, H, W)`` float32 tensor for a model.
 
     ``x[c] = (img[..., c] - mean[c]) / std[c]``, with a uint8 image first divided by 255.
@@ -201,13 +220,17 @@ def _check_target_size(target_size: Any, rank: int) -> tuple[int, ...]:
     except TypeError:
         raise TypeError(f"target_size must be a tuple of ints, got {type(target_size).__name__}") from None
     if rank not in (1, 2):
-        raise ValueError(f"target_size is supported for 1-D and 2-D maps, but each map here has {rank} "
-                         "dimensions; pass target_size=None to only normalise")
+        raise ValueError(
+            f"target_size is supported for 1-D and 2-D maps, but each map here has {rank} "
+            "dimensions; pass target_size=None to only normalise"
+        )
     expected = "(W, H)" if rank == 2 else "(L,)"
     if len(size) != rank or not all(
-            isinstance(s, (int, np.integer)) and not isinstance(s, (bool, np.bool_)) and s > 0 for s in size):
-        raise ValueError(f"target_size for {rank}-D maps must be {expected} with positive ints, "
-                         f"got {target_size!r}")
+        isinstance(s, (int, np.integer)) and not isinstance(s, (bool, np.bool_)) and s > 0 for s in size
+    ):
+        raise ValueError(
+            f"target_size for {rank}-D maps must be {expected} with positive ints, got {target_size!r}"
+        )
     return tuple(int(s) for s in size)
 
 
@@ -273,15 +296,20 @@ def _concept_colors(colors: Any, n_components: int) -> np.ndarray:
     try:
         rows = [np.asarray(c, dtype=np.float64).reshape(-1) for c in colors]
     except (TypeError, ValueError):
-        raise TypeError("colors must be a list of RGB (or RGBA) colours with values in [0, 1], "
-                        f"got {colors!r}") from None
+        raise TypeError(
+            f"colors must be a list of RGB (or RGBA) colours with values in [0, 1], got {colors!r}"
+        ) from None
     if len(rows) != n_components:
-        raise ValueError(f"colors has {len(rows)} entries but explanations has {n_components} components; "
-                         "give one colour per component")
+        raise ValueError(
+            f"colors has {len(rows)} entries but explanations has {n_components} components; "
+            "give one colour per component"
+        )
     for i, row in enumerate(rows):
         if row.shape[0] not in (3, 4) or not np.all(np.isfinite(row)) or row.min() < 0 or row.max() > 1:
-            raise ValueError(f"colors[{i}] must be 3 (RGB) or 4 (RGBA) values in [0, 1], got {colors[i]!r}; "
-                             "for 0-255 colours divide by 255")
+            raise ValueError(
+                f"colors[{i}] must be 3 (RGB) or 4 (RGBA) values in [0, 1], got {colors[i]!r}; "
+                "for 0-255 colours divide by 255"
+            )
     return np.stack([row[:3] for row in rows])
 
 
@@ -289,38 +317,51 @@ def _legend_panel(height: int, width: int, colors: np.ndarray, labels: Sequence[
     """A white ``(height, width, 3)`` uint8 panel: per concept a box of its colour and its label's lines.
 
     Drawn with OpenCV's Hershey font (ASCII only: other characters are drawn as '?'), sized so that
-    every line fits the panel."""
+    every line fits the panel.
+    """
     font = cv2.FONT_HERSHEY_SIMPLEX
     panel = np.full((height, width, 3), 255, dtype=np.uint8)
-    entries = [[line.encode("ascii", "replace").decode("ascii") for line in label.split("\n")]
-               for label in labels]
+    entries = [
+        [line.encode("ascii", "replace").decode("ascii") for line in label.split("\n")] for label in labels
+    ]
     rows = sum(len(lines) for lines in entries) + 0.5 * (len(entries) + 1)  # lines plus half-row gaps
     row = min(height / rows, height / 8)
     margin = max(1.0, 0.02 * width)
     box = 0.8 * row
     text_x = margin + box + margin
     (_, text_h), _ = cv2.getTextSize("Ag", font, 1.0, 1)
-    widest = max((cv2.getTextSize(line, font, 1.0, 1)[0][0] for lines in entries for line in lines if line),
-                 default=1)
+    widest = max(
+        (cv2.getTextSize(line, font, 1.0, 1)[0][0] for lines in entries for line in lines if line), default=1
+    )
     scale = min(0.6 * row / text_h, max(width - text_x - margin, 1.0) / max(widest, 1))
     thickness = max(1, int(round(scale)))
     y = 0.5 * row
     for color, lines in zip(colors, entries):
         rgb = tuple(int(round(255 * c)) for c in color)
         top = int(round(y + 0.1 * row))
-        cv2.rectangle(panel, (int(round(margin)), top), (int(round(margin + box)), int(round(top + box))),
-                      rgb, thickness=-1)
+        cv2.rectangle(
+            panel,
+            (int(round(margin)), top),
+            (int(round(margin + box)), int(round(top + box))),
+            rgb,
+            thickness=-1,
+        )
         for j, line in enumerate(lines):
             baseline = int(round(y + j * row + (row + scale * text_h) / 2))
-            cv2.putText(panel, line, (int(round(text_x)), baseline), font, scale, (0, 0, 0), thickness,
-                        cv2.LINE_AA)
+            cv2.putText(
+                panel, line, (int(round(text_x)), baseline), font, scale, (0, 0, 0), thickness, cv2.LINE_AA
+            )
         y += (len(lines) + 0.5) * row
     return panel
 
 
-def show_factorization_on_image(img: np.ndarray, explanations: np.ndarray,
-                                colors: Sequence[Sequence[float]] | None = None, image_weight: float = 0.5,
-                                concept_labels: Sequence[str] | None = None) -> np.ndarray:
+def show_factorization_on_image(
+    img: np.ndarray,
+    explanations: np.ndarray,
+    colors: Sequence[Sequence[float]] | None = None,
+    image_weight: float = 0.5,
+    concept_labels: Sequence[str] | None = None,
+) -> np.ndarray:
     """Colour each pixel by its dominant concept of a Deep Feature Factorization, blended with the image.
 
     At each pixel the concept with the largest explanation value ``e`` wins (ties: the lowest index);
@@ -352,15 +393,19 @@ def show_factorization_on_image(img: np.ndarray, explanations: np.ndarray,
         raise ValueError(f"img must have shape (H, W, 3), got shape {img.shape}")
     _require_unit_float_image(img, "img")
     if explanations.ndim != 3 or explanations.shape[0] == 0 or explanations.size == 0:
-        raise ValueError(f"explanations must have shape (K, H, W) with K >= 1 (one image's heatmaps, e.g. "
-                         f"batch_explanations[0]), got shape {explanations.shape}")
+        raise ValueError(
+            f"explanations must have shape (K, H, W) with K >= 1 (one image's heatmaps, e.g. "
+            f"batch_explanations[0]), got shape {explanations.shape}"
+        )
     _check_image_weight(image_weight)
     n_components = explanations.shape[0]
     palette = _concept_colors(colors, n_components)  # (K, 3)
     if concept_labels is not None:
         if isinstance(concept_labels, str) or len(concept_labels) != n_components:
-            raise ValueError(f"concept_labels must be a list of {n_components} strings (one per component), "
-                             f"got {concept_labels!r}")
+            raise ValueError(
+                f"concept_labels must be a list of {n_components} strings (one per component), "
+                f"got {concept_labels!r}"
+            )
         if not all(isinstance(label, str) for label in concept_labels):
             raise TypeError("concept_labels must be strings")
 

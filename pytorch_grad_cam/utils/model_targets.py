@@ -12,6 +12,7 @@ Example:
     >>> ClassifierOutputTarget(1)(logits)
     tensor(2., grad_fn=<SelectBackward0>)
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -40,8 +41,9 @@ def _check_category(category: Any, name: str = "category") -> int:
     """Return ``category`` as a Python int, or raise if it is not a non-negative integer."""
     # bool is a subclass of int; True as a class index is almost always a bug, so refuse it.
     if isinstance(category, (bool, np.bool_)) or not isinstance(category, (int, np.integer)):
-        raise TypeError(f"{name} must be a non-negative int (a class index), "
-                        f"got {type(category).__name__} {category!r}")
+        raise TypeError(
+            f"{name} must be a non-negative int (a class index), got {type(category).__name__} {category!r}"
+        )
     category = int(category)
     if category < 0:
         raise ValueError(f"{name} must be a non-negative int (a class index), got {category}")
@@ -60,8 +62,10 @@ def _as_rows(output: Any, who: str) -> tuple[torch.Tensor, bool]:
         return output.unsqueeze(0), True
     if output.ndim == 2:
         return output, output.shape[0] == 1
-    raise ValueError(f"{who} expects one image's output of shape (num_classes,) (or (1, num_classes) / "
-                     f"(B, num_classes)), got shape {tuple(output.shape)}")
+    raise ValueError(
+        f"{who} expects one image's output of shape (num_classes,) (or (1, num_classes) / "
+        f"(B, num_classes)), got shape {tuple(output.shape)}"
+    )
 
 
 def _finish(per_row: torch.Tensor, scalar: bool) -> torch.Tensor:
@@ -72,8 +76,10 @@ def _finish(per_row: torch.Tensor, scalar: bool) -> torch.Tensor:
 def _check_in_range(rows: torch.Tensor, category: int, who: str) -> None:
     num_classes = rows.shape[-1]
     if category >= num_classes:
-        raise ValueError(f"{who}: category {category} is out of range for a model output with "
-                         f"{num_classes} classes (valid: 0..{num_classes - 1})")
+        raise ValueError(
+            f"{who}: category {category} is out of range for a model output with "
+            f"{num_classes} classes (valid: 0..{num_classes - 1})"
+        )
 
 
 class ClassifierOutputTarget:
@@ -178,10 +184,13 @@ class FinerWeightedTarget:
     def __init__(self, main_category: int, comparison_categories, alpha: float = 1.0) -> None:
         self.main_category = _check_category(main_category, "main_category")
         if isinstance(comparison_categories, (str, bytes)) or not hasattr(comparison_categories, "__iter__"):
-            raise TypeError(f"comparison_categories must be a sequence of class indices, got "
-                            f"{type(comparison_categories).__name__}")
-        comparison = [_check_category(c, f"comparison_categories[{i}]")
-                      for i, c in enumerate(comparison_categories)]
+            raise TypeError(
+                f"comparison_categories must be a sequence of class indices, got "
+                f"{type(comparison_categories).__name__}"
+            )
+        comparison = [
+            _check_category(c, f"comparison_categories[{i}]") for i, c in enumerate(comparison_categories)
+        ]
         if not comparison:
             raise ValueError("comparison_categories is empty; give at least one class to compare with")
         alpha = check_float(alpha, "alpha")
@@ -199,8 +208,10 @@ class FinerWeightedTarget:
         return _finish(score, scalar)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(main_category={self.main_category}, "
-                f"comparison_categories={self.comparison_categories}, alpha={self.alpha})")
+        return (
+            f"{type(self).__name__}(main_category={self.main_category}, "
+            f"comparison_categories={self.comparison_categories}, alpha={self.alpha})"
+        )
 
 
 class BinaryClassifierOutputTarget:
@@ -228,16 +239,19 @@ class BinaryClassifierOutputTarget:
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
         who = type(self).__name__
         if not isinstance(model_output, torch.Tensor):
-            raise TypeError(f"{who} expects the model output as a torch.Tensor, got "
-                            f"{type(model_output).__name__}")
+            raise TypeError(
+                f"{who} expects the model output as a torch.Tensor, got {type(model_output).__name__}"
+            )
         sign = 1.0 if self.category == 1 else -1.0
         if model_output.numel() == 1:
             return model_output.reshape(()) * sign
         if model_output.ndim == 2 and model_output.shape[1] == 1:
             return model_output[:, 0] * sign
-        raise ValueError(f"{who} expects a single logit per image (shape (1,) or (B, 1)), got shape "
-                         f"{tuple(model_output.shape)}; for a model with one output per class use "
-                         "ClassifierOutputTarget")
+        raise ValueError(
+            f"{who} expects a single logit per image (shape (1,) or (B, 1)), got shape "
+            f"{tuple(model_output.shape)}; for a model with one output per class use "
+            "ClassifierOutputTarget"
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(category={self.category})"
@@ -307,8 +321,9 @@ def _as_float_tensor(value: Any, name: str) -> torch.Tensor:
         try:
             tensor = torch.as_tensor(np.asarray(value))
         except (TypeError, ValueError, RuntimeError):
-            raise TypeError(f"{name} must be a numpy array or a tensor of numbers, got "
-                            f"{type(value).__name__}") from None
+            raise TypeError(
+                f"{name} must be a numpy array or a tensor of numbers, got {type(value).__name__}"
+            ) from None
     if tensor.dtype == torch.bool or not (tensor.is_floating_point() or tensor.dtype.is_complex):
         tensor = tensor.to(torch.get_default_dtype())
     if tensor.dtype.is_complex:
@@ -340,8 +355,9 @@ class SemanticSegmentationTarget:
         self.category = _check_category(category)
         mask = _as_float_tensor(mask, "mask")
         if mask.ndim == 0:
-            raise ValueError("mask must be a spatial array of shape (H, W) (the output's spatial shape), "
-                             "got a scalar")
+            raise ValueError(
+                "mask must be a spatial array of shape (H, W) (the output's spatial shape), got a scalar"
+            )
         if not bool(torch.isfinite(mask).all()):
             raise ValueError("mask contains NaN or Inf")
         self.mask = mask
@@ -350,22 +366,30 @@ class SemanticSegmentationTarget:
         who = type(self).__name__
         if isinstance(model_output, dict):
             if "out" not in model_output:
-                raise ValueError(f"{who} got a dict output without an 'out' entry (keys: "
-                                 f"{list(model_output)}); pass the per-pixel class scores")
+                raise ValueError(
+                    f"{who} got a dict output without an 'out' entry (keys: "
+                    f"{list(model_output)}); pass the per-pixel class scores"
+                )
             model_output = model_output["out"]
         if not isinstance(model_output, torch.Tensor):
-            raise TypeError(f"{who} expects one image's output (num_classes, *spatial) as a tensor, got "
-                            f"{type(model_output).__name__}")
+            raise TypeError(
+                f"{who} expects one image's output (num_classes, *spatial) as a tensor, got "
+                f"{type(model_output).__name__}"
+            )
         if model_output.ndim == self.mask.ndim + 2 and model_output.shape[0] == 1:
             model_output = model_output[0]  # (1, num_classes, *spatial): one image
         if model_output.ndim != self.mask.ndim + 1 or tuple(model_output.shape[1:]) != tuple(self.mask.shape):
-            raise ValueError(f"{who}: the mask has shape {tuple(self.mask.shape)} but the model output has "
-                             f"shape {tuple(model_output.shape)}; the mask must match the output's spatial "
-                             "shape (num_classes, *mask.shape)")
+            raise ValueError(
+                f"{who}: the mask has shape {tuple(self.mask.shape)} but the model output has "
+                f"shape {tuple(model_output.shape)}; the mask must match the output's spatial "
+                "shape (num_classes, *mask.shape)"
+            )
         num_classes = model_output.shape[0]
         if self.category >= num_classes:
-            raise ValueError(f"{who}: category {self.category} is out of range for a model output with "
-                             f"{num_classes} classes (valid: 0..{num_classes - 1})")
+            raise ValueError(
+                f"{who}: category {self.category} is out of range for a model output with "
+                f"{num_classes} classes (valid: 0..{num_classes - 1})"
+            )
         mask = self.mask.to(device=model_output.device, dtype=model_output.dtype)
         return (model_output[self.category] * mask).sum()
 
@@ -415,13 +439,12 @@ class FasterRCNNBoxScoreTarget:
     """
 
     def __init__(self, labels: Any, bounding_boxes: Any, iou_threshold: float = 0.5) -> None:
-        if isinstance(labels, torch.Tensor):
-            labels = labels.tolist()
-        elif isinstance(labels, np.ndarray):
+        if isinstance(labels, torch.Tensor) or isinstance(labels, np.ndarray):
             labels = labels.tolist()
         if isinstance(labels, (int, np.integer)) or not hasattr(labels, "__iter__"):
-            raise TypeError(f"labels must be a sequence of class indices (one per box), got "
-                            f"{type(labels).__name__}")
+            raise TypeError(
+                f"labels must be a sequence of class indices (one per box), got {type(labels).__name__}"
+            )
         self.labels = [_check_category(label, f"labels[{i}]") for i, label in enumerate(labels)]
         boxes = _as_float_tensor(bounding_boxes, "bounding_boxes")
         if boxes.ndim == 1 and boxes.numel() == 4:
@@ -429,11 +452,14 @@ class FasterRCNNBoxScoreTarget:
         if boxes.numel() == 0:
             boxes = boxes.reshape(0, 4)
         if boxes.ndim != 2 or boxes.shape[1] != 4:
-            raise ValueError(f"bounding_boxes must have shape (N, 4) (x1, y1, x2, y2), got shape "
-                             f"{tuple(boxes.shape)}")
+            raise ValueError(
+                f"bounding_boxes must have shape (N, 4) (x1, y1, x2, y2), got shape {tuple(boxes.shape)}"
+            )
         if boxes.shape[0] != len(self.labels):
-            raise ValueError(f"labels has {len(self.labels)} entries but bounding_boxes has {boxes.shape[0]} "
-                             "boxes; give one label per box")
+            raise ValueError(
+                f"labels has {len(self.labels)} entries but bounding_boxes has {boxes.shape[0]} "
+                "boxes; give one label per box"
+            )
         if not bool(torch.isfinite(boxes).all()):
             raise ValueError("bounding_boxes contains NaN or Inf")
         iou_threshold = check_float(iou_threshold, "iou_threshold", 0, 1, include_maximum=False)
@@ -443,10 +469,15 @@ class FasterRCNNBoxScoreTarget:
     def __call__(self, model_output: Any) -> torch.Tensor:
         who = type(self).__name__
         if not isinstance(model_output, dict) or not {"boxes", "labels", "scores"} <= set(model_output):
-            got = f"a dict with keys {list(model_output)}" if isinstance(model_output, dict) \
+            got = (
+                f"a dict with keys {list(model_output)}"
+                if isinstance(model_output, dict)
                 else type(model_output).__name__
-            raise TypeError(f"{who} expects one image's detections, a dict with 'boxes', 'labels' and "
-                            f"'scores' (torchvision's detection models), got {got}")
+            )
+            raise TypeError(
+                f"{who} expects one image's detections, a dict with 'boxes', 'labels' and "
+                f"'scores' (torchvision's detection models), got {got}"
+            )
         boxes, labels, scores = model_output["boxes"], model_output["labels"], model_output["scores"]
         # A zero connected to the output: without a match the gradients are zero, not missing.
         total = scores.sum() * 0.0
@@ -465,8 +496,10 @@ class FasterRCNNBoxScoreTarget:
         return total
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(labels={self.labels}, {self.bounding_boxes.shape[0]} boxes, "
-                f"iou_threshold={self.iou_threshold})")
+        return (
+            f"{type(self).__name__}(labels={self.labels}, {self.bounding_boxes.shape[0]} boxes, "
+            f"iou_threshold={self.iou_threshold})"
+        )
 
 
 class _ConceptTarget:
@@ -477,8 +510,10 @@ class _ConceptTarget:
         if concept.ndim == 2 and concept.shape[0] == 1:
             concept = concept[0]
         if concept.ndim != 1 or concept.numel() == 0:
-            raise ValueError(f"features must be one embedding vector of shape (D,) (or (1, D)), got shape "
-                             f"{tuple(concept.shape)}")
+            raise ValueError(
+                f"features must be one embedding vector of shape (D,) (or (1, D)), got shape "
+                f"{tuple(concept.shape)}"
+            )
         if not bool(torch.isfinite(concept).all()):
             raise ValueError("features contains NaN or Inf")
         if float(concept.norm()) == 0.0:
@@ -489,8 +524,10 @@ class _ConceptTarget:
         who = type(self).__name__
         rows, scalar = _as_rows(model_output, who)
         if rows.shape[-1] != self.features.numel():
-            raise ValueError(f"{who}: the model output has {rows.shape[-1]} features (shape "
-                             f"{tuple(model_output.shape)}) but the concept has {self.features.numel()}")
+            raise ValueError(
+                f"{who}: the model output has {rows.shape[-1]} features (shape "
+                f"{tuple(model_output.shape)}) but the concept has {self.features.numel()}"
+            )
         concept = self.features.to(device=rows.device, dtype=rows.dtype)
         # cos = <y, f> / max(|y| |f|, eps), as torch.nn.functional.cosine_similarity.
         similarity = torch.nn.functional.cosine_similarity(rows, concept[None], dim=-1)  # (B,)

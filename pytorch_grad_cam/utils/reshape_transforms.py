@@ -5,19 +5,27 @@ so both come out as ``(B, C, h, w)`` channel maps on the patch grid. Pass a func
 (``reshape_transform=vit_reshape_transform``) or fix its options with ``functools.partial``
 (``partial(vit_reshape_transform, height=12, width=16)``).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "ChannelsLastReshape", "TokenGridReshape", "channels_last_reshape", "fasterrcnn_reshape_transform",
-    "fpn_reshape_transform", "guess_reshape_transform", "swinT_reshape_transform", "swin_reshape_transform",
+    "ChannelsLastReshape",
+    "TokenGridReshape",
+    "channels_last_reshape",
+    "fasterrcnn_reshape_transform",
+    "fpn_reshape_transform",
+    "guess_reshape_transform",
+    "swinT_reshape_transform",
+    "swin_reshape_transform",
     "vit_reshape_transform",
 ]
 
@@ -41,8 +49,10 @@ def _grid_from_pair(height: int | None, width: int | None, who: str) -> tuple[in
     height = _optional_positive_int(height, "height")
     width = _optional_positive_int(width, "width")
     if (height is None) != (width is None):
-        raise ValueError(f"{who}: give both height and width of the patch grid, or neither (to infer a "
-                         f"square grid); got height={height}, width={width}")
+        raise ValueError(
+            f"{who}: give both height and width of the patch grid, or neither (to infer a "
+            f"square grid); got height={height}, width={width}"
+        )
     return None if height is None else (height, width)
 
 
@@ -56,7 +66,8 @@ def _square_side(count: int) -> int | None:
 
 def infer_square_grid(tokens: int) -> tuple[int, int] | None:
     """``(prefix, side)`` for ``tokens`` = ``prefix`` leading tokens + a ``side x side`` patch grid: the
-    smallest ``prefix`` in ``0..MAX_PREFIX_TOKENS`` that leaves a perfect square; None if there is none."""
+    smallest ``prefix`` in ``0..MAX_PREFIX_TOKENS`` that leaves a perfect square; None if there is none.
+    """
     for prefix in range(min(MAX_PREFIX_TOKENS, tokens) + 1):
         side = _square_side(tokens - prefix)
         if side is not None:
@@ -74,8 +85,12 @@ def _require_tensor(tensor: Any, who: str) -> None:
         raise TypeError(f"{who} expects a torch.Tensor, got {type(tensor).__name__}")
 
 
-def vit_reshape_transform(tensor: torch.Tensor, height: int | None = None, width: int | None = None,
-                          num_prefix_tokens: int | None = None) -> torch.Tensor:
+def vit_reshape_transform(
+    tensor: torch.Tensor,
+    height: int | None = None,
+    width: int | None = None,
+    num_prefix_tokens: int | None = None,
+) -> torch.Tensor:
     """ViT tokens ``(B, N, C)`` -> channel maps ``(B, C, h, w)`` on the patch grid.
 
     A ViT layer outputs ``N = p + h * w`` tokens: ``p`` prefix tokens (the class token, and in some
@@ -116,8 +131,10 @@ def vit_reshape_transform(tensor: torch.Tensor, height: int | None = None, width
     if num_prefix_tokens is not None:
         is_int = isinstance(num_prefix_tokens, (int, np.integer))
         if isinstance(num_prefix_tokens, (bool, np.bool_)) or not is_int:
-            raise TypeError(f"num_prefix_tokens must be a non-negative int or None, got "
-                            f"{type(num_prefix_tokens).__name__} {num_prefix_tokens!r}")
+            raise TypeError(
+                f"num_prefix_tokens must be a non-negative int or None, got "
+                f"{type(num_prefix_tokens).__name__} {num_prefix_tokens!r}"
+            )
         if num_prefix_tokens < 0:
             raise ValueError(f"num_prefix_tokens must be a non-negative int or None, got {num_prefix_tokens}")
         num_prefix_tokens = int(num_prefix_tokens)
@@ -127,22 +144,31 @@ def vit_reshape_transform(tensor: torch.Tensor, height: int | None = None, width
         h, w = grid
         prefix = tokens - h * w if num_prefix_tokens is None else num_prefix_tokens
         if prefix < 0 or tokens - prefix != h * w:
-            raise ValueError(f"{who}: {tokens} tokens do not fit a {h}x{w} grid ({h * w} patches) "
-                             + (f"after {num_prefix_tokens} prefix tokens" if num_prefix_tokens is not None
-                                else "plus prefix tokens"))
+            raise ValueError(
+                f"{who}: {tokens} tokens do not fit a {h}x{w} grid ({h * w} patches) "
+                + (
+                    f"after {num_prefix_tokens} prefix tokens"
+                    if num_prefix_tokens is not None
+                    else "plus prefix tokens"
+                )
+            )
     elif num_prefix_tokens is not None:
         prefix = num_prefix_tokens
         side = _square_side(tokens - prefix)
         if side is None:
-            raise ValueError(f"{who}: {tokens} tokens minus {prefix} prefix tokens leaves {tokens - prefix}, "
-                             "not a square grid; pass height and width")
+            raise ValueError(
+                f"{who}: {tokens} tokens minus {prefix} prefix tokens leaves {tokens - prefix}, "
+                "not a square grid; pass height and width"
+            )
         h = w = side
     else:
         inferred = infer_square_grid(tokens)
         if inferred is None:
-            raise ValueError(f"{who}: cannot infer a square patch grid from {tokens} tokens (no count of "
-                             f"0..{MAX_PREFIX_TOKENS} prefix tokens leaves a perfect square); pass "
-                             "height and width, or num_prefix_tokens")
+            raise ValueError(
+                f"{who}: cannot infer a square patch grid from {tokens} tokens (no count of "
+                f"0..{MAX_PREFIX_TOKENS} prefix tokens leaves a perfect square); pass "
+                "height and width, or num_prefix_tokens"
+            )
         prefix, side = inferred
         h = w = side
 
@@ -151,8 +177,9 @@ def vit_reshape_transform(tensor: torch.Tensor, height: int | None = None, width
     return patches.transpose(1, 2).reshape(batch, channels, h, w).contiguous()
 
 
-def swinT_reshape_transform(tensor: torch.Tensor, height: int | None = None,
-                            width: int | None = None) -> torch.Tensor:
+def swinT_reshape_transform(
+    tensor: torch.Tensor, height: int | None = None, width: int | None = None
+) -> torch.Tensor:
     """Swin Transformer features -> channel maps ``(B, C, H, W)``.
 
     Two layouts are accepted:
@@ -180,9 +207,11 @@ def swinT_reshape_transform(tensor: torch.Tensor, height: int | None = None,
     grid = _grid_from_pair(height, width, who)
     if tensor.ndim == 4:
         if grid is not None and tuple(tensor.shape[1:3]) != grid:
-            raise ValueError(f"{who}: got a {tensor.shape[1]}x{tensor.shape[2]} grid (shape "
-                             f"{tuple(tensor.shape)}, read as (B, H, W, C)) but height={grid[0]}, "
-                             f"width={grid[1]}")
+            raise ValueError(
+                f"{who}: got a {tensor.shape[1]}x{tensor.shape[2]} grid (shape "
+                f"{tuple(tensor.shape)}, read as (B, H, W, C)) but height={grid[0]}, "
+                f"width={grid[1]}"
+            )
         return channels_last_to_first(tensor)  # (B, C, H, W)
     if tensor.ndim == 3:
         batch, tokens, channels = tensor.shape
@@ -192,8 +221,9 @@ def swinT_reshape_transform(tensor: torch.Tensor, height: int | None = None,
                 raise ValueError(f"{who}: {tokens} tokens do not form a square grid; pass height and width")
             grid = (side, side)
         elif grid[0] * grid[1] != tokens:
-            raise ValueError(f"{who}: {tokens} tokens do not fit a {grid[0]}x{grid[1]} grid "
-                             f"({grid[0] * grid[1]} cells)")
+            raise ValueError(
+                f"{who}: {tokens} tokens do not fit a {grid[0]}x{grid[1]} grid ({grid[0] * grid[1]} cells)"
+            )
         return tensor.transpose(1, 2).reshape(batch, channels, *grid).contiguous()
     raise ValueError(f"{who} expects (B, H, W, C) maps or (B, L, C) tokens, got shape {tuple(tensor.shape)}")
 
@@ -202,9 +232,56 @@ def swinT_reshape_transform(tensor: torch.Tensor, height: int | None = None,
 swin_reshape_transform = swinT_reshape_transform
 
 
-def fpn_reshape_transform(features: Union[Mapping[Any, torch.Tensor], Sequence[torch.Tensor]],
-                          size: Union[None, str, Sequence[int]] = None,
-                          absolute: bool = True) -> torch.Tensor:
+def _pyramid_levels(features: Any, who: str) -> tuple[list, list]:
+    """The levels of a pyramid (a dict, in its order, or a list/tuple) and their names, checked: each a
+    ``(B, C, H, W)`` tensor of one batch size.
+    """
+    if isinstance(features, Mapping):
+        levels, names = list(features.values()), list(features.keys())
+    elif isinstance(features, (list, tuple)):
+        levels, names = list(features), list(range(len(features)))
+    else:
+        raise TypeError(
+            f"{who} expects the pyramid levels as a dict or a list of (B, C, H, W) tensors, got "
+            f"{type(features).__name__}"
+        )
+    if not levels:
+        raise ValueError(f"{who}: got no pyramid levels")
+    for name, level in zip(names, levels):
+        if not isinstance(level, torch.Tensor) or level.ndim != 4:
+            got = tuple(level.shape) if isinstance(level, torch.Tensor) else type(level).__name__
+            raise ValueError(f"{who}: level {name!r} must be a (B, C, H, W) tensor, got {got}")
+        if level.shape[0] != levels[0].shape[0]:
+            raise ValueError(
+                f"{who}: level {name!r} has batch size {level.shape[0]}, level {names[0]!r} has "
+                f"{levels[0].shape[0]}"
+            )
+    return levels, names
+
+
+def _pyramid_grid(size: Any, levels: list, names: list, who: str) -> tuple:
+    """The common grid ``(h, w)``: the coarsest level's (``size=None``), a named level's, or ``size``."""
+    if size is None:
+        return tuple(min((level.shape[-2:] for level in levels), key=lambda hw: hw[0] * hw[1]))
+    if isinstance(size, (str, int)) and not isinstance(size, bool) and size in names:
+        return tuple(levels[names.index(size)].shape[-2:])
+    if isinstance(size, str):
+        raise ValueError(f"{who}: size {size!r} is not a level of the pyramid (levels: {names})")
+    grid = (
+        (_optional_positive_int(size[0], "size[0]"), _optional_positive_int(size[1], "size[1]"))
+        if isinstance(size, (list, tuple)) and len(size) == 2
+        else None
+    )
+    if grid is None or None in grid:
+        raise ValueError(f"{who}: size must be None, a level's key or (height, width), got {size!r}")
+    return grid
+
+
+def fpn_reshape_transform(
+    features: Mapping[Any, torch.Tensor] | Sequence[torch.Tensor],
+    size: str | Sequence[int] | None = None,
+    absolute: bool = True,
+) -> torch.Tensor:
     """A feature pyramid's levels -> one ``(B, sum_l C_l, h, w)`` tensor: every level resized to one
     grid and the levels concatenated along the channels.
 
@@ -233,34 +310,8 @@ def fpn_reshape_transform(features: Union[Mapping[Any, torch.Tensor], Sequence[t
         torch.Size([1, 512, 8, 8])
     """
     who = "fpn_reshape_transform"
-    if isinstance(features, Mapping):
-        levels = list(features.values())
-        names = list(features.keys())
-    elif isinstance(features, (list, tuple)):
-        levels, names = list(features), list(range(len(features)))
-    else:
-        raise TypeError(f"{who} expects the pyramid levels as a dict or a list of (B, C, H, W) tensors, got "
-                        f"{type(features).__name__}")
-    if not levels:
-        raise ValueError(f"{who}: got no pyramid levels")
-    for name, level in zip(names, levels):
-        if not isinstance(level, torch.Tensor) or level.ndim != 4:
-            got = tuple(level.shape) if isinstance(level, torch.Tensor) else type(level).__name__
-            raise ValueError(f"{who}: level {name!r} must be a (B, C, H, W) tensor, got {got}")
-        if level.shape[0] != levels[0].shape[0]:
-            raise ValueError(f"{who}: level {name!r} has batch size {level.shape[0]}, level {names[0]!r} has "
-                             f"{levels[0].shape[0]}")
-    if size is None:
-        grid = tuple(min((level.shape[-2:] for level in levels), key=lambda hw: hw[0] * hw[1]))
-    elif isinstance(size, (str, int)) and not isinstance(size, bool) and size in names:
-        grid = tuple(levels[names.index(size)].shape[-2:])
-    elif isinstance(size, str):
-        raise ValueError(f"{who}: size {size!r} is not a level of the pyramid (levels: {names})")
-    else:
-        grid = (_optional_positive_int(size[0], "size[0]"), _optional_positive_int(size[1], "size[1]")) \
-            if isinstance(size, (list, tuple)) and len(size) == 2 else None
-        if grid is None or None in grid:
-            raise ValueError(f"{who}: size must be None, a level's key or (height, width), got {size!r}")
+    levels, names = _pyramid_levels(features, who)
+    grid = _pyramid_grid(size, levels, names, who)
     resized = []
     for level in levels:
         level = level.abs() if absolute else level
@@ -270,10 +321,12 @@ def fpn_reshape_transform(features: Union[Mapping[Any, torch.Tensor], Sequence[t
     return torch.cat(resized, dim=1)
 
 
-def fasterrcnn_reshape_transform(features: Union[Mapping[Any, torch.Tensor], Sequence[torch.Tensor]],
-                                 ) -> torch.Tensor:
+def fasterrcnn_reshape_transform(
+    features: Mapping[Any, torch.Tensor] | Sequence[torch.Tensor],
+) -> torch.Tensor:
     """The reference library's name for :func:`fpn_reshape_transform` with its defaults: every level's
-    magnitude, resized to the coarsest level's grid, concatenated along the channels."""
+    magnitude, resized to the coarsest level's grid, concatenated along the channels.
+    """
     return fpn_reshape_transform(features)
 
 
@@ -282,7 +335,8 @@ def fasterrcnn_reshape_transform(features: Union[Mapping[Any, torch.Tensor], Seq
 class TokenGridReshape:
     """Transformer tokens ``(B, prefix + H*W, D)`` -> ``(B, D, H, W)``, dropping ``prefix`` leading tokens
     (class token, registers): :func:`vit_reshape_transform` with the grid and prefix fixed. A picklable
-    callable, usable as any ``reshape_transform``."""
+    callable, usable as any ``reshape_transform``.
+    """
 
     prefix: int
     height: int
@@ -299,7 +353,8 @@ class TokenGridReshape:
 @dataclass(frozen=True)
 class ChannelsLastReshape:
     """``(B, *spatial, C)`` -> ``(B, C, *spatial)`` (Swin-style channels-last feature maps); for
-    ``(B, H, W, C)`` the channels-last branch of ``swinT_reshape_transform``. A picklable callable."""
+    ``(B, H, W, C)`` the channels-last branch of ``swinT_reshape_transform``. A picklable callable.
+    """
 
     def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
         return channels_last_to_first(tensor)
@@ -312,7 +367,7 @@ class ChannelsLastReshape:
 channels_last_reshape = ChannelsLastReshape()
 
 
-def guess_reshape_transform(output: torch.Tensor) -> Tuple[Optional[Callable], bool]:
+def guess_reshape_transform(output: torch.Tensor) -> tuple[Callable | None, bool]:
     """Recognise a layer output's layout from one example; returns ``(transform or None, ok)``.
 
     * ``(B, C, *spatial)`` with channels first: no transform needed.

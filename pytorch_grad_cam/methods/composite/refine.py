@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -13,9 +13,10 @@ from ..gradient import GradCAMPlusPlus
 from .base import BaseMethod, CompositeCAM
 
 
-def layer_product(maps: List[torch.Tensor]) -> torch.Tensor:
+def layer_product(maps: list[torch.Tensor]) -> torch.Tensor:
     """Each layer's ``(B, *spatial)`` map exactly as the base method alone would give it (normalised,
-    resized, normalised again), then their product; the engine min-max normalises the result."""
+    resized, normalised again), then their product; the engine min-max normalises the result.
+    """
     product = min_max_normalize(maps[0])  # (B, *spatial)
     for layer_map in maps[1:]:
         product = product * min_max_normalize(layer_map)
@@ -56,16 +57,34 @@ class RefineCAM(CompositeCAM):
     name = "refinecam"
     default_base = GradCAMPlusPlus
 
-    def __init__(self, model: nn.Module, target_layers: Any = None, reshape_transform: Any = None,
-                 base_method: BaseMethod = GradCAMPlusPlus, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Any = None,
+        reshape_transform: Any = None,
+        base_method: BaseMethod = GradCAMPlusPlus,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(model, target_layers, reshape_transform, base_method, **kwargs)
         # One instance per layer where the base method does not fuse target layers of its own.
-        self.per_layer = [] if self.base_method.uses_target_layers else [
-            self.base_method(model, [layer], self.reshape_transform, device=self.device, **self.base_kwargs)
-            for layer in self.target_layers]
+        self.per_layer = (
+            []
+            if self.base_method.uses_target_layers
+            else [
+                self.base_method(
+                    model, [layer], self.reshape_transform, device=self.device, **self.base_kwargs
+                )
+                for layer in self.target_layers
+            ]
+        )
 
-    def compute_maps(self, input_tensor: torch.Tensor, targets: Optional[List[Target]], eigen_smooth: bool,
-                     options: CallOptions = DEFAULT_OPTIONS) -> torch.Tensor:
+    def compute_maps(
+        self,
+        input_tensor: torch.Tensor,
+        targets: list[Target] | None,
+        eigen_smooth: bool,
+        options: CallOptions = DEFAULT_OPTIONS,
+    ) -> torch.Tensor:
         if not self.per_layer:
             return self.base_cam.compute_maps(input_tensor, targets, eigen_smooth, _REFINED)
         # Each layer's map (B, *spatial) in [0, 1], multiplied.

@@ -9,8 +9,9 @@ accumulated per image).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,7 @@ from .base import BaseMethod, CompositeCAM, check_int_list
 
 
 # -- geometry -----------------------------------------------------------------------------------------------
-def _window_starts(length: int, window: int, step: int) -> List[int]:
+def _window_starts(length: int, window: int, step: int) -> list[int]:
     """Where the windows start along one axis: every ``step``, the last one moved back inside.
 
     ``_window_starts(10, 4, 4) == [0, 4, 6]``: windows never cross the border, so all have the same size.
@@ -48,20 +49,23 @@ class SlidingWindows:
     ``step_size`` (default: the window) in pixels of the scaled input.
     """
 
-    scales: Optional[List[int]]
+    scales: list[int] | None
     num_scales: int
     scale_step_ratio: float
-    window_size: Optional[int]
-    step_size: Optional[int]
+    window_size: int | None
+    step_size: int | None
 
-    def layout(self, spatial: Sequence[int]) -> Tuple[int, int, List[Tuple[int, ...]]]:
+    def layout(self, spatial: Sequence[int]) -> tuple[int, int, list[tuple[int, ...]]]:
         """``(window, step, scaled sizes)`` for an input of spatial size ``spatial``: each scaled size
-        has its shorter side at a scale, the others in proportion (``int(scale * L / shorter)``)."""
+        has its shorter side at a scale, the others in proportion (``int(scale * L / shorter)``).
+        """
         shorter = min(spatial)
         window = shorter if self.window_size is None else self.window_size
         if window > shorter:
-            raise ValueError(f"window_size {window} is larger than the input's shorter side {shorter} "
-                             f"(spatial size {tuple(spatial)})")
+            raise ValueError(
+                f"window_size {window} is larger than the input's shorter side {shorter} "
+                f"(spatial size {tuple(spatial)})"
+            )
         step = window if self.step_size is None else self.step_size
         if self.scales is None:
             increment = int(round(window * self.scale_step_ratio))
@@ -74,17 +78,18 @@ class SlidingWindows:
         return window, step, sizes
 
     @staticmethod
-    def starts(size: Sequence[int], window: int, step: int) -> List[Tuple[int, ...]]:
+    def starts(size: Sequence[int], window: int, step: int) -> list[tuple[int, ...]]:
         """Every window's start (one index per axis) in a frame of ``size``."""
         return list(itertools.product(*(_window_starts(length, window, step) for length in size)))
 
 
-
 # -- patch iteration ------------------------------------------------------------------------------------------
-def patches(x: torch.Tensor, sizes: Sequence[Tuple[int, ...]], window: int, step: int,
-            keep: Optional[Set[int]] = None) -> Iterator[Tuple[int, int, int, Tuple[int, ...], torch.Tensor]]:
+def patches(
+    x: torch.Tensor, sizes: Sequence[tuple[int, ...]], window: int, step: int, keep: set[int] | None = None
+) -> Iterator[tuple[int, int, int, tuple[int, ...], torch.Tensor]]:
     """``(patch id, image, scale index, starts, patch (C, *window))`` scale by scale; one scaled
-    input exists at a time. ``keep``: only these patch ids."""
+    input exists at a time. ``keep``: only these patch ids.
+    """
     mode = INTERPOLATION[x.ndim - 2]
     work = x.to(torch.promote_types(x.dtype, torch.float32))  # resized in at least float32
     pid = 0
@@ -96,8 +101,9 @@ def patches(x: torch.Tensor, sizes: Sequence[Tuple[int, ...]], window: int, step
         # A scale below the shorter side shrinks the input: antialiased in 2D, as torchvision's
         # resize (F.interpolate has no antialiased linear/trilinear mode for 1D/3D).
         shrink = x.ndim == 4 and size[0] < x.shape[2]
-        scaled = F.interpolate(work, size=size, mode=mode, align_corners=False,
-                               antialias=shrink)  # (B, C, *size)
+        scaled = F.interpolate(
+            work, size=size, mode=mode, align_corners=False, antialias=shrink
+        )  # (B, C, *size)
         for image in range(x.shape[0]):
             for starts in windows:
                 if keep is None or pid in keep:
@@ -122,7 +128,8 @@ def batches(items: Iterable[Any], size: int) -> Iterator[list]:
 # -- fusion ---------------------------------------------------------------------------------------------------
 def interpolation_matrix(length: int, size: int, device: torch.device) -> torch.Tensor:
     """``(length, size)``: row ``j`` is where a unit at ``j`` goes when a ``length`` axis is resized to
-    ``size`` (linear, half-pixel centres), so resizing is ``M.T @ values``, separably per axis."""
+    ``size`` (linear, half-pixel centres), so resizing is ``M.T @ values``, separably per axis.
+    """
     eye = torch.eye(length, device=device)[None]  # (1, length, length): one impulse per channel
     return F.interpolate(eye, size=size, mode="linear", align_corners=False)[0]  # (length, size)
 
@@ -135,7 +142,7 @@ def gaussian_blur(maps: torch.Tensor, kernel_size: int, sigma: float) -> torch.T
         if radius == 0:
             continue
         offsets = torch.arange(-radius, radius + 1, device=maps.device, dtype=maps.dtype)
-        kernel = torch.exp(-offsets ** 2 / (2 * sigma ** 2))
+        kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
         kernel = kernel / kernel.sum()
         moved = maps.movedim(axis, -1)
         flat = moved.reshape(-1, 1, length)  # (N, 1, L)
@@ -144,10 +151,17 @@ def gaussian_blur(maps: torch.Tensor, kernel_size: int, sigma: float) -> torch.T
     return maps
 
 
-def paste(maps: torch.Tensor, chunk: list, sizes: Sequence[Tuple[int, ...]], spatial: Sequence[int],
-          window: int, matrices: dict) -> torch.Tensor:
+def paste(
+    maps: torch.Tensor,
+    chunk: list,
+    sizes: Sequence[tuple[int, ...]],
+    spatial: Sequence[int],
+    window: int,
+    matrices: dict,
+) -> torch.Tensor:
     """Each ``(window,)*D`` map placed at its start in its scaled frame and resized to ``spatial``,
-    as ``M_1[s_1:s_1+w].T @ ... @ map``: the frame of zeros is never built."""
+    as ``M_1[s_1:s_1+w].T @ ... @ map``: the frame of zeros is never built.
+    """
     out = maps
     for axis, length in enumerate(spatial):
         pieces = []
@@ -157,7 +171,7 @@ def paste(maps: torch.Tensor, chunk: list, sizes: Sequence[Tuple[int, ...]], spa
             if key not in matrices:
                 matrices[key] = interpolation_matrix(scaled, length, maps.device)
             start = item[3][axis]
-            pieces.append(matrices[key][start:start + window])  # (w, L)
+            pieces.append(matrices[key][start : start + window])  # (w, L)
         slices = torch.stack(pieces)  # (n, w, L)
         moved = out.movedim(axis + 1, -1)  # (n, ..., w)
         shape = moved.shape
@@ -168,10 +182,12 @@ def paste(maps: torch.Tensor, chunk: list, sizes: Sequence[Tuple[int, ...]], spa
 
 class PatchFusion:
     """Per-image accumulation of pasted patch maps: the mean of the values above ``theta`` at each
-    position (0 where none is), or the maximum. Memory: two ``(B, *spatial)`` tensors."""
+    position (0 where none is), or the maximum. Memory: two ``(B, *spatial)`` tensors.
+    """
 
-    def __init__(self, batch: int, spatial: Sequence[int], pool: str, theta: float,
-                 device: torch.device) -> None:
+    def __init__(
+        self, batch: int, spatial: Sequence[int], pool: str, theta: float, device: torch.device
+    ) -> None:
         self.pool, self.theta = pool, theta
         self.total = torch.zeros(batch, *spatial, device=device)  # (B, *spatial)
         self.counts = torch.zeros_like(self.total)
@@ -239,13 +255,28 @@ class SESS(CompositeCAM):
     perturbation = True
     shares_batch_size = False
 
-    def __init__(self, model: nn.Module, target_layers: Any = None, reshape_transform: Any = None,
-                 base_method: BaseMethod = GradCAM, scales: Optional[Sequence[int]] = None,
-                 num_scales: int = 12, scale_step_ratio: float = 2.0 / 7.0, window_size: Optional[int] = None,
-                 step_size: Optional[int] = None, pre_filter_ratio: float = 0.0, theta: float = 0.0,
-                 pool: str = "mean", smooth: bool = True, use_softmax_scores: bool = True,
-                 batch_size: int = 32, *, smooth_kernel_size: int = 11, smooth_sigma: float = 5.0,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Any = None,
+        reshape_transform: Any = None,
+        base_method: BaseMethod = GradCAM,
+        scales: Sequence[int] | None = None,
+        num_scales: int = 12,
+        scale_step_ratio: float = 2.0 / 7.0,
+        window_size: int | None = None,
+        step_size: int | None = None,
+        pre_filter_ratio: float = 0.0,
+        theta: float = 0.0,
+        pool: str = "mean",
+        smooth: bool = True,
+        use_softmax_scores: bool = True,
+        batch_size: int = 32,
+        *,
+        smooth_kernel_size: int = 11,
+        smooth_sigma: float = 5.0,
+        **kwargs: Any,
+    ) -> None:
         pool = check_choice(pool, "pool", ("mean", "max"))  # the spatial weighted average, or the maximum
         pre_filter_ratio = check_float(pre_filter_ratio, "pre_filter_ratio")  # the type; [0, 1) below
         if not 0.0 <= pre_filter_ratio < 1.0:
@@ -261,8 +292,9 @@ class SESS(CompositeCAM):
             scales = check_int_list(scales, "scales")
             if not scales or min(scales) < 1:
                 raise ValueError(f"scales must be a non-empty list of positive ints, got {scales}")
-        super().__init__(model, target_layers, reshape_transform, base_method, batch_size=batch_size,
-                         **kwargs)
+        super().__init__(
+            model, target_layers, reshape_transform, base_method, batch_size=batch_size, **kwargs
+        )
         self.windows = SlidingWindows(scales, num_scales, scale_step_ratio, window_size, step_size)
         self.pre_filter_ratio = pre_filter_ratio
         self.theta = theta
@@ -273,7 +305,7 @@ class SESS(CompositeCAM):
         self.smooth_sigma = smooth_sigma
 
     @property
-    def scales(self) -> Optional[List[int]]:
+    def scales(self) -> list[int] | None:
         """The shorter side of each scaled input, or None for ``num_scales`` from the window up."""
         return self.windows.scales
 
@@ -283,32 +315,43 @@ class SESS(CompositeCAM):
         return self.windows.num_scales
 
     # -- geometry --------------------------------------------------------------------------------------------
-    def geometry(self, spatial: Sequence[int]) -> Tuple[int, int, List[Tuple[int, ...]]]:
+    def geometry(self, spatial: Sequence[int]) -> tuple[int, int, list[tuple[int, ...]]]:
         """``(window, step, scaled sizes)`` for an input of spatial size ``spatial``
-        (:meth:`SlidingWindows.layout`)."""
+        (:meth:`SlidingWindows.layout`).
+        """
         return self.windows.layout(spatial)
 
     # -- the computation -------------------------------------------------------------------------
-    def _patch_scores(self, output: Any, targets: List[Target], images: List[int]) -> torch.Tensor:
+    def _patch_scores(self, output: Any, targets: list[Target], images: list[int]) -> torch.Tensor:
         """``(n,)`` each patch's score under its image's target, on softmax(output) by default."""
         count = len(images)
         if self.use_softmax_scores:
             if not isinstance(output, torch.Tensor) or output.ndim != 2:
-                raise ValueError("SESS weights patches by the softmax of a (B, num_classes) output; this "
-                                 "model returns something else: pass use_softmax_scores=False")
+                raise ValueError(
+                    "SESS weights patches by the softmax of a (B, num_classes) output; this "
+                    "model returns something else: pass use_softmax_scores=False"
+                )
             output = output.float().softmax(-1)
         scores = []
         for j, image in enumerate(images):
             target = targets[image]
-            if type(target) is ClassifierOutputTarget and isinstance(output, torch.Tensor) \
-                    and output.ndim == 2:
+            if (
+                type(target) is ClassifierOutputTarget
+                and isinstance(output, torch.Tensor)
+                and output.ndim == 2
+            ):
                 scores.append(output[j, target.category].float())
             else:
                 scores.append(torch.as_tensor(target(select_output(output, j, count))).reshape(()).float())
         return torch.stack(scores)
 
-    def compute_maps(self, input_tensor: torch.Tensor, targets: Optional[List[Target]], eigen_smooth: bool,
-                     options: CallOptions = DEFAULT_OPTIONS) -> torch.Tensor:
+    def compute_maps(
+        self,
+        input_tensor: torch.Tensor,
+        targets: list[Target] | None,
+        eigen_smooth: bool,
+        options: CallOptions = DEFAULT_OPTIONS,
+    ) -> torch.Tensor:
         window, step, sizes = self.geometry(input_tensor.shape[2:])
         with self.session(input_tensor) as x:  # (B, C, *spatial) on the model's device and dtype
             # The whole input first: targets, layers and gradients are checked before any patch is run.
@@ -321,25 +364,28 @@ class SESS(CompositeCAM):
                 total = self._two_passes(x, targets, sizes, window, step, spatial, eigen_smooth, matrices)
             if self.smooth:
                 total = gaussian_blur(total, self.smooth_kernel_size, self.smooth_sigma)
-            warn_if_constant(total, "the SESS map",
-                             reason="no patch has positive evidence for the target")
+            warn_if_constant(total, "the SESS map", reason="no patch has positive evidence for the target")
             return min_max_normalize(total)
 
-    def _clean_scores(self, output: Any, targets: List[Target], images: List[int]) -> torch.Tensor:
+    def _clean_scores(self, output: Any, targets: list[Target], images: list[int]) -> torch.Tensor:
         with torch.no_grad():
             scores = self._patch_scores(output, targets, images)
         # A patch whose score is not finite (e.g. a NaN logit in the softmax) gets no weight.
         return torch.nan_to_num(scores, nan=0.0, posinf=0.0).clamp_min(0.0)  # (n,)
 
-    def _patch_maps(self, chunk: list, x: torch.Tensor, targets: List[Target],
-                    eigen_smooth: bool) -> Tuple[torch.Tensor, Any]:
+    def _patch_maps(
+        self, chunk: list, x: torch.Tensor, targets: list[Target], eigen_smooth: bool
+    ) -> tuple[torch.Tensor, Any]:
         """The base method's maps of a chunk of patches ``(n, *window)`` and the model output of its first
         scored pass (a method may score more: Smooth Grad-CAM++ its noisy copies after the clean patches).
-        A background patch's map is often constant: no warning for it."""
+        A background patch's map is often constant: no warning for it.
+        """
         stacked = torch.stack([item[4] for item in chunk]).to(x.dtype)  # (n, C, *window)
         outputs: list = []
         options = CallOptions(on_output=outputs.append, warn_constant=False)
-        maps = self.base_cam.compute_maps(stacked, [targets[item[1]] for item in chunk], eigen_smooth, options)
+        maps = self.base_cam.compute_maps(
+            stacked, [targets[item[1]] for item in chunk], eigen_smooth, options
+        )
         return maps, outputs[0]
 
     def _one_pass(self, x, targets, sizes, window, step, spatial, eigen_smooth, matrices) -> torch.Tensor:
@@ -364,8 +410,9 @@ class SESS(CompositeCAM):
             top = top.scatter_reduce(0, owners, scores, "amax")
         scored = top > 0  # (B,)
         view = (-1, *[1] * len(spatial))
-        return torch.where(scored.view(view), weighted.result() / top.clamp_min(1e-30).view(view),
-                           plain.result())
+        return torch.where(
+            scored.view(view), weighted.result() / top.clamp_min(1e-30).view(view), plain.result()
+        )
 
     def _two_passes(self, x, targets, sizes, window, step, spatial, eigen_smooth, matrices) -> torch.Tensor:
         """Pass 1 scores every patch (forward only); pass 2 runs the base method on the kept ones."""
@@ -386,7 +433,7 @@ class SESS(CompositeCAM):
         for image in range(batch):
             ids = (owners_t == image).nonzero().flatten()
             order = ids[torch.sort(all_scores[ids], stable=True).indices]
-            kept = order[int(len(order) * self.pre_filter_ratio):]
+            kept = order[int(len(order) * self.pre_filter_ratio) :]
             top = all_scores[kept].max()
             weights[kept] = all_scores[kept] / top if top > 0 else 1.0
             keep.update(kept.tolist())
