@@ -9,14 +9,14 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Union, cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from ._engine.capture import LayerCapture, capture_forward, layer_name, map_tensors, tensors_of
-from ._engine.checks import check_device, check_input, check_layers
+from ._engine.checks import check_batch_size, check_device, check_input, check_layers
 from ._engine.maps import broadcast_weights, first_principal_component, min_max_normalize, resize_maps
 from ._engine.maps import warn_if_constant as warn_if_constant
 from ._engine.session import compute_session
@@ -350,11 +350,7 @@ class BaseCAM(Registered):
 
     @batch_size.setter
     def batch_size(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"batch_size must be a positive int, got {type(value).__name__}")
-        if value <= 0:
-            raise ValueError(f"batch_size must be a positive int, got {value}")
-        self._batch_size = int(value)
+        self._batch_size = check_batch_size(value)
 
     def __enter__(self) -> BaseCAM:
         return self
@@ -365,7 +361,7 @@ class BaseCAM(Registered):
 
     # -- tier 1: the formula ---------------------------------------------------------------------------
     def cam_weights(
-        self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
+        self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
     ) -> torch.Tensor:
         """Channel weights ``(B, C)`` (or position weights ``(B, C, *spatial)``), float32."""
         raise NotImplementedError(f"{type(self).__name__} must implement cam_weights or layer_map")
@@ -373,7 +369,7 @@ class BaseCAM(Registered):
     def layer_map(
         self,
         activations: torch.Tensor,
-        gradients: torch.Tensor | None,
+        gradients: torch.Tensor,
         context: LayerContext,
         eigen_smooth: bool,
     ) -> torch.Tensor:
@@ -595,7 +591,10 @@ class BaseCAM(Registered):
                 extras=forward.extras,
             )
             layer_activations = self.reshape_activations(raw, layer)  # (B, C, *grid)
-            grads = self.reshape_gradients(gradients[key], layer) if key in gradients else None
+            # None for a method without gradients (uses_gradients = False): its formula takes an Optional.
+            grads = cast(
+                torch.Tensor, self.reshape_gradients(gradients[key], layer) if key in gradients else None
+            )
             with torch.no_grad():
                 layer_cam = self.layer_map(layer_activations, grads, context, eigen_smooth).float()
                 normalized = self.normalize_layer_map(layer_cam.relu(), layer, options)

@@ -66,6 +66,15 @@ def check_seed(seed: Any, name: str = "seed") -> int | None:
     return None if seed is None else int(seed)
 
 
+def check_batch_size(value: Any) -> int:
+    """``batch_size``: a positive int (numpy ints accepted, bools refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, _INTS):
+        raise TypeError(f"batch_size must be a positive int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"batch_size must be a positive int, got {value}")
+    return int(value)
+
+
 def check_bool(value: Any, name: str) -> bool:
     """``value`` as a bool (numpy bools accepted); anything else is a TypeError."""
     if not isinstance(value, (bool, np.bool_)):

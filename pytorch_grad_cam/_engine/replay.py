@@ -59,6 +59,8 @@ def channel_layout(
             )
         zeros = torch.zeros(channels, dtype=torch.long)
         return ChannelLayout(zeros, torch.arange(channels), [dim])
+    if reshape_transform is None:  # the engine captures a structure only with a transform
+        raise TypeError(f"a layer returning a {type(raw).__name__} needs a reshape_transform")
     leaves = tensors_of(raw)
     last_error: Exception | None = None  # why the transform refused a probe, kept as the cause
     for axis in (1, -1):
@@ -133,7 +135,12 @@ class AblatedCopies:
     def ablate(self, index: torch.Tensor) -> Any:
         n = len(index)
         buffers = self.buffers
-        if buffers is None or buffers[0].shape[0] != n or [version_of(b) for b in buffers] != self.versions:
+        if (
+            buffers is None
+            or self.last_index is None
+            or buffers[0].shape[0] != n
+            or [version_of(b) for b in buffers] != self.versions
+        ):
             buffers = [leaf.expand(n, *leaf.shape[1:]).clone() for leaf in self.leaves]
         else:
             self._write(buffers, self.last_index, restore=True)

@@ -92,4 +92,4 @@ def read_image(path: str) -> np.ndarray:
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if bgr is None:
         raise ValueError("not an image OpenCV can decode")
-    return np.float32(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)) / 255.0
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0

@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch loads when a model does, not on `import pytorch_grad_cam.cli`
+    from torch import nn
 
 DEFAULT_MODEL = "efficientnet-lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -25,7 +29,7 @@ class LoadedModel:
     size), its class names (empty when unknown) and where its weights came from.
     """
 
-    model: object
+    model: nn.Module
     mean: tuple[float, ...]
     std: tuple[float, ...]
     input_size: int

@@ -323,7 +323,7 @@ class PixelAdapter:
         return lambda slot: ctx.memo((self.cls, slot), lambda: self._compute(ctx, slot))
 
     def _compute(self, ctx: BatchContext, slot: int) -> np.ndarray:
-        kwargs = {"device": ctx.device}
+        kwargs: dict[str, Any] = {"device": ctx.device}
         if "cam" in inspect.signature(self.cls).parameters:
             # Guided Grad-CAM multiplies by a map method's map: Grad-CAM, smoothed as this run asks.
             kwargs["cam"] = ctx.gradcam()
@@ -460,7 +460,7 @@ class Runner:
         """
         size = len(ctx.classes)
         entries: list[list[dict]] = [[] for _ in range(size)]
-        results = {}
+        results: dict[tuple[str, int], Any] = {}
         for method in self.options.methods:
             adapter = self.adapters[method]
             compute = adapter.bind(ctx)
@@ -499,7 +499,7 @@ class Runner:
                 entry["files"] = files
                 written += files
                 rows.append((slot, method, shown))
-        record = {
+        record: dict[str, Any] = {
             "path": item.path,
             "status": "ok",
             "settings": self.options.settings,
@@ -517,7 +517,7 @@ class Runner:
 
     def _write_grid(self, item: InputImage, out: ImageOut, classes: list[int], rows: list) -> str:
         """``<image>_grid.jpg``: a row per class slot, the image then each method's picture."""
-        original = np.uint8(np.clip(out.image * 255, 0, 255))
+        original = np.clip(out.image * 255, 0, 255).astype(np.uint8)
         grid_rows = []
         for slot, c in enumerate(classes):
             label = f"{c} {self.loaded.class_name(c)}"

@@ -365,7 +365,7 @@ class DeepFeatureFactorization(Registered):
             result = (concepts.cpu().numpy().astype(np.float32), resized.cpu().numpy().astype(np.float32))
             if self.computation_on_concepts is None:
                 return result
-            return (*result, self._concept_outputs(concepts, x.dtype))
+            return (*result, _concept_outputs(self.computation_on_concepts, concepts, x.dtype))
 
     @property
     def target_layers(self) -> list[nn.Module]:
@@ -397,21 +397,24 @@ class DeepFeatureFactorization(Registered):
         reshape_layer_output(self.model, layer, transform, raw)
         return reshaped[0]
 
-    def _concept_outputs(self, concepts: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
-        head = self.computation_on_concepts
-        vectors = concepts.T.contiguous()  # (K, C)
-        if isinstance(head, nn.Module):
-            head_dev, head_dtype = model_device(head), model_float_dtype(head)
-            vectors = vectors.to(device=head_dev or vectors.device, dtype=head_dtype or dtype)
-            state = evaluation_state(head)
-        else:
-            vectors = vectors.to(dtype)
-            state = contextlib.nullcontext()
-        with state, torch.no_grad():
-            outputs = head(vectors)
-        if not isinstance(outputs, torch.Tensor):
-            raise TypeError(f"computation_on_concepts must return a tensor, got {type(outputs).__name__}")
-        return outputs.detach().float().cpu().numpy()
+
+def _concept_outputs(
+    head: Callable[[torch.Tensor], Any], concepts: torch.Tensor, dtype: torch.dtype
+) -> np.ndarray:
+    """``head`` (``computation_on_concepts``) on the concept vectors ``(K, C)``, in its own eval mode."""
+    vectors = concepts.T.contiguous()  # (K, C)
+    if isinstance(head, nn.Module):
+        head_dev, head_dtype = model_device(head), model_float_dtype(head)
+        vectors = vectors.to(device=head_dev or vectors.device, dtype=head_dtype or dtype)
+        state: contextlib.AbstractContextManager = evaluation_state(head)
+    else:
+        vectors = vectors.to(dtype)
+        state = contextlib.nullcontext()
+    with state, torch.no_grad():
+        outputs = head(vectors)
+    if not isinstance(outputs, torch.Tensor):
+        raise TypeError(f"computation_on_concepts must return a tensor, got {type(outputs).__name__}")
+    return outputs.detach().float().cpu().numpy()
 
 
 def create_labels_legend(
@@ -478,6 +481,6 @@ def run_dff_on_image(
         labels = [str(i) for i in range(scores.shape[1])]
     legend = create_labels_legend(scores, labels, top_k)
     visualization = show_factorization_on_image(
-        np.float32(rgb) / 255, explanations[0], image_weight=0.3, concept_labels=legend
+        rgb.astype(np.float32) / 255, explanations[0], image_weight=0.3, concept_labels=legend
     )
     return np.hstack((rgb, visualization))

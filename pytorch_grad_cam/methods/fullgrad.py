@@ -40,10 +40,15 @@ def effective_bias(module: nn.Module) -> torch.Tensor | None:
     + beta``, so its bias is ``beta - mean * gamma / sqrt(var + eps)`` (``gamma = 1, beta = 0`` without
     ``affine``). Every other module: its ``bias`` Parameter, if it has one.
     """
-    if isinstance(module, _BATCH_NORMS) and module.running_mean is not None:
-        gamma = module.weight if module.weight is not None else torch.ones_like(module.running_var)
-        beta = module.bias if module.bias is not None else torch.zeros_like(module.running_mean)
-        return (beta - module.running_mean * gamma / torch.sqrt(module.running_var + module.eps)).detach()
+    if (
+        isinstance(module, _BATCH_NORMS)
+        and module.running_mean is not None
+        and module.running_var is not None
+    ):
+        mean, var = module.running_mean, module.running_var
+        gamma = module.weight if module.weight is not None else torch.ones_like(var)
+        beta = module.bias if module.bias is not None else torch.zeros_like(mean)
+        return (beta - mean * gamma / torch.sqrt(var + module.eps)).detach()
     bias = getattr(module, "bias", None)
     if isinstance(bias, nn.Parameter):
         return bias.detach()
@@ -107,7 +112,10 @@ class _BiasCapture(HookSet):
         def hook(module: nn.Module, inputs, output):
             if not isinstance(output, torch.Tensor) or not output.is_floating_point():
                 return None
-            bias = _broadcast_bias(module, effective_bias(module).to(output.dtype), output)
+            effective = effective_bias(module)
+            if effective is None:  # only modules with a bias are hooked
+                return None
+            bias = _broadcast_bias(module, effective.to(output.dtype), output)
             if bias is None:
                 return None
             if not output.requires_grad:

@@ -304,7 +304,8 @@ class ShapleyCAM(BaseCAM):
             # structure); layers one at a time, so that another layer's gradient does not enter this
             # layer's product.
             pairs = [(t, g) for t, g in zip(tensors, grads) if g is not None and g.requires_grad]
-            hvps = [None] * len(pairs)  # a gradient that depends on nothing: H = 0 there
+            # A gradient that depends on nothing: H = 0 there.
+            hvps: Sequence[torch.Tensor | None] = [None] * len(pairs)
             if pairs:
                 product = sum((g * t.detach()).sum() for t, g in pairs)
                 try:
@@ -324,7 +325,7 @@ class ShapleyCAM(BaseCAM):
                     ) from error
             hessian = {id(t): h for (t, _), h in zip(pairs, hvps)}
             corrected = {
-                id(t): g if hessian.get(id(t)) is None else g - 0.5 * hessian[id(t)]
+                id(t): g if (h := hessian.get(id(t))) is None else g - 0.5 * h
                 for t, g in zip(tensors, grads)
                 if g is not None
             }

@@ -49,7 +49,7 @@ class SegEigenCAM(BaseCAM):
     def layer_map(
         self,
         activations: torch.Tensor,
-        gradients: torch.Tensor | None,
+        gradients: torch.Tensor,
         context: LayerContext,
         eigen_smooth: bool,
     ) -> torch.Tensor:

@@ -9,7 +9,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -81,7 +81,7 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"a layer name must be a dotted path such as 'layer4.-1', got {name!r}")
     module = model
-    walked = []
+    walked: list[str] = []
     for part in name.strip().split("."):
         child = None
         if _is_int(part) and isinstance(module, (nn.Sequential, nn.ModuleList)):
@@ -287,8 +287,9 @@ def find_target_layer(
         else:
             value = score(output)
         candidates = [r for r in recorder.records if recorder.calls[id(r[1])] == 1]
+        grads: Sequence[torch.Tensor | None] = []
         if not candidates or not value.requires_grad:
-            candidates, grads = [], []
+            candidates = []
         else:
             grads = torch.autograd.grad(value, [r[2] for r in candidates], allow_unused=True)
     for (name, module, out), grad in reversed(list(zip(candidates, grads))):

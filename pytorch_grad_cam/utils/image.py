@@ -123,10 +123,10 @@ def show_cam_on_image(
         mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_LINEAR)
     mask = np.clip(mask, 0.0, 1.0)
 
-    heatmap = cv2.applyColorMap(np.uint8(255 * mask), int(colormap))
+    heatmap = cv2.applyColorMap((255 * mask).astype(np.uint8), int(colormap))
     if use_rgb:
         heatmap = cv2.cvtColor(heatmap, cv2.COLOR_BGR2RGB)
-    heatmap = np.float32(heatmap) / 255
+    heatmap = heatmap.astype(np.float32) / 255
 
     cam = (1 - image_weight) * heatmap + image_weight * img
     peak = np.max(cam)
@@ -134,7 +134,7 @@ def show_cam_on_image(
     # on a black image) stays black instead of dividing by zero.
     if peak > 0:
         cam = cam / peak
-    return np.uint8(255 * cam)
+    return (255 * cam).astype(np.uint8)
 
 
 def _three_floats(values: Any, name: str, channels: int) -> np.ndarray:
@@ -209,7 +209,7 @@ def deprocess_image(img: np.ndarray) -> np.ndarray:
     img = img * 0.1
     img = img + 0.5
     img = np.clip(img, 0, 1)
-    return np.uint8(img * 255)
+    return (img * 255).astype(np.uint8)
 
 
 def _check_target_size(target_size: Any, rank: int) -> tuple[int, ...]:
@@ -334,22 +334,22 @@ def _legend_panel(height: int, width: int, colors: np.ndarray, labels: Sequence[
         (cv2.getTextSize(line, font, 1.0, 1)[0][0] for lines in entries for line in lines if line), default=1
     )
     scale = min(0.6 * row / text_h, max(width - text_x - margin, 1.0) / max(widest, 1))
-    thickness = max(1, int(round(scale)))
+    thickness = max(1, round(scale))
     y = 0.5 * row
     for color, lines in zip(colors, entries):
-        rgb = tuple(int(round(255 * c)) for c in color)
-        top = int(round(y + 0.1 * row))
+        rgb = tuple(round(255 * c) for c in color)
+        top = round(y + 0.1 * row)
         cv2.rectangle(
             panel,
-            (int(round(margin)), top),
-            (int(round(margin + box)), int(round(top + box))),
+            (round(margin), top),
+            (round(margin + box), round(top + box)),
             rgb,
             thickness=-1,
         )
         for j, line in enumerate(lines):
-            baseline = int(round(y + j * row + (row + scale * text_h) / 2))
+            baseline = round(y + j * row + (row + scale * text_h) / 2)
             cv2.putText(
-                panel, line, (int(round(text_x)), baseline), font, scale, (0, 0, 0), thickness, cv2.LINE_AA
+                panel, line, (round(text_x), baseline), font, scale, (0, 0, 0), thickness, cv2.LINE_AA
             )
         y += (len(lines) + 0.5) * row
     return panel
@@ -422,7 +422,7 @@ def show_factorization_on_image(
     dominant = maps.argmax(0)  # (H, W)
     strength = np.take_along_axis(maps, dominant[None], 0)[0]  # (H, W)
     mask = full[dominant] * strength[..., None]  # (H, W, 3)
-    result = np.uint8(255 * (image_weight * img.astype(np.float64) + (1 - image_weight) * mask))
+    result = (255 * (image_weight * img.astype(np.float64) + (1 - image_weight) * mask)).astype(np.uint8)
     if concept_labels is None:
         return result
     return np.hstack((result, _legend_panel(height, width, palette, concept_labels)))

@@ -439,7 +439,7 @@ class FasterRCNNBoxScoreTarget:
     """
 
     def __init__(self, labels: Any, bounding_boxes: Any, iou_threshold: float = 0.5) -> None:
-        if isinstance(labels, torch.Tensor) or isinstance(labels, np.ndarray):
+        if isinstance(labels, (torch.Tensor, np.ndarray)):
             labels = labels.tolist()
         if isinstance(labels, (int, np.integer)) or not hasattr(labels, "__iter__"):
             raise TypeError(

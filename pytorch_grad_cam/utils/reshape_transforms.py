@@ -53,7 +53,7 @@ def _grid_from_pair(height: int | None, width: int | None, who: str) -> tuple[in
             f"{who}: give both height and width of the patch grid, or neither (to infer a "
             f"square grid); got height={height}, width={width}"
         )
-    return None if height is None else (height, width)
+    return None if height is None or width is None else (height, width)
 
 
 def _square_side(count: int) -> int | None:
@@ -262,7 +262,8 @@ def _pyramid_levels(features: Any, who: str) -> tuple[list, list]:
 def _pyramid_grid(size: Any, levels: list, names: list, who: str) -> tuple:
     """The common grid ``(h, w)``: the coarsest level's (``size=None``), a named level's, or ``size``."""
     if size is None:
-        return tuple(min((level.shape[-2:] for level in levels), key=lambda hw: hw[0] * hw[1]))
+        shapes = [tuple(level.shape[-2:]) for level in levels]
+        return min(shapes, key=lambda hw: hw[0] * hw[1])
     if isinstance(size, (str, int)) and not isinstance(size, bool) and size in names:
         return tuple(levels[names.index(size)].shape[-2:])
     if isinstance(size, str):

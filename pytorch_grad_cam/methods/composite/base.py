@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..._engine.checks import check_int
+from ..._engine.checks import check_batch_size, check_int
 from ...base_cam import UNSET, BaseCAM
 from ...registry import get_method
 from ..gradient import GradCAM
@@ -114,7 +114,7 @@ class CompositeCAM(BaseCAM):
 
     @batch_size.setter
     def batch_size(self, value: int) -> None:
-        BaseCAM.batch_size.fset(self, value)  # validates
+        self._batch_size = check_batch_size(value)
         if self.shares_batch_size and "base_cam" in self.__dict__:
             self.base_cam.batch_size = value
 

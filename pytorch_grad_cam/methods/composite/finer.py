@@ -183,9 +183,9 @@ class FinerCAM(CompositeCAM):
         """The FinerCAM target of each image, from the logits of the forward pass (no extra pass);
         ``options`` are the call's (:meth:`_check_options`).
         """
-        convert = [targets is None or isinstance(targets[i], ClassifierOutputTarget) for i in range(batch)]
-        if not any(convert):
-            return targets
+        if targets is not None and not any(isinstance(t, ClassifierOutputTarget) for t in targets):
+            return targets  # every target given, none of them a class: explained as they are
+        given: list[Target | None] = [None] * batch if targets is None else list(targets)
         if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[0] != batch:
             shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
             raise ValueError(
@@ -194,13 +194,13 @@ class FinerCAM(CompositeCAM):
             )
         logits = output.detach().float()  # (B, K)
         num_classes = logits.shape[1]
-        resolved = []
-        for i in range(batch):
-            if not convert[i]:
-                resolved.append(targets[i])
+        resolved: list[Target] = []
+        for i, target in enumerate(given):
+            if target is not None and not isinstance(target, ClassifierOutputTarget):
+                resolved.append(target)
                 continue
-            if targets is not None:
-                main = targets[i].category
+            if isinstance(target, ClassifierOutputTarget):
+                main = target.category
                 where = f"targets[{i}]"
             elif options["target_idx"] is not None:
                 main, where = options["target_idx"], "target_idx"

@@ -68,7 +68,7 @@ class SlidingWindows:
             )
         step = window if self.step_size is None else self.step_size
         if self.scales is None:
-            increment = int(round(window * self.scale_step_ratio))
+            increment = round(window * self.scale_step_ratio)
             scales = [window + increment * i for i in range(self.num_scales)]
         else:
             scales = self.scales
