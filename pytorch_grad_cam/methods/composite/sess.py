@@ -83,7 +83,7 @@ class SlidingWindows:
         return list(itertools.product(*(_window_starts(length, window, step) for length in size)))
 
 
-# -- patch iteration ------------------------------------------------------------------------------------------
+# -- patch iteration ---------------------------------------------------------------------------------------
 def patches(
     x: torch.Tensor, sizes: Sequence[tuple[int, ...]], window: int, step: int, keep: set[int] | None = None
 ) -> Iterator[tuple[int, int, int, tuple[int, ...], torch.Tensor]]:
@@ -125,7 +125,7 @@ def batches(items: Iterable[Any], size: int) -> Iterator[list]:
         yield batch
 
 
-# -- fusion ---------------------------------------------------------------------------------------------------
+# -- fusion --------------------------------------------------------------------------------------------------
 def interpolation_matrix(length: int, size: int, device: torch.device) -> torch.Tensor:
     """``(length, size)``: row ``j`` is where a unit at ``j`` goes when a ``length`` axis is resized to
     ``size`` (linear, half-pixel centres), so resizing is ``M.T @ values``, separably per axis.
