@@ -75,19 +75,30 @@ def test_a_composite_holds_an_instance_of_exactly_its_base_class(tiny_2d, cls, b
 
 
 # -- no per-call state: recursion and threads -----------------------------------------------------------------
-class _Recursing(ClassifierOutputTarget):
-    """Class ``category``'s logit, as a target that, on its ``after``-th call, runs the very same CAM object
-    on another input. A subclass of ClassifierOutputTarget, so CAM takes it (its weights are a class's)."""
+class _Recursion:
+    """On its ``after``-th call (a target's call: see the classes below), runs the very same CAM object on
+    another input and keeps the maps."""
 
     def __init__(self, cam, inner_input, category, after):
-        super().__init__(category)
-        self.cam, self.inner_input, self.after = cam, inner_input, after
+        self.cam, self.inner_input, self.category, self.after = cam, inner_input, category, after
         self.calls, self.inner_maps = 0, None
 
-    def __call__(self, output):
+    def step(self):
         self.calls += 1
         if self.calls == self.after:
             self.inner_maps = self.cam(self.inner_input, targets=[self.category] * len(self.inner_input))
+
+
+class _Recursing(ClassifierOutputTarget, _Recursion):
+    """Class ``category``'s logit, recursing (a ClassifierOutputTarget, so CAM takes it: its weights are a
+    class's)."""
+
+    def __init__(self, cam, inner_input, category, after):
+        ClassifierOutputTarget.__init__(self, category)
+        _Recursion.__init__(self, cam, inner_input, category, after)
+
+    def __call__(self, output):
+        self.step()
         return super().__call__(output)
 
 
@@ -101,19 +112,12 @@ class _Logit:
         return output[self.category]
 
 
-class _RecursingLogit(_Logit):
-    """:class:`_Logit` that runs ``cam`` on another input on its ``after``-th call."""
-
-    def __init__(self, cam, inner_input, category, after):
-        super().__init__(category)
-        self.cam, self.inner_input, self.after = cam, inner_input, after
-        self.calls, self.inner_maps = 0, None
+class _RecursingLogit(_Recursion):
+    """:class:`_Logit`, recursing."""
 
     def __call__(self, output):
-        self.calls += 1
-        if self.calls == self.after:
-            self.inner_maps = self.cam(self.inner_input, targets=[self.category] * len(self.inner_input))
-        return super().__call__(output)
+        self.step()
+        return output[self.category]
 
 
 # ``after``: the target's call that recurses; past the first, inside the method's own loop (SS-CAM's masked
