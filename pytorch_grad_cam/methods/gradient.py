@@ -118,7 +118,10 @@ class GradCAMElementWise(BaseCAM):
     def layer_map(
         self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext, eigen_smooth: bool
     ) -> torch.Tensor:
-        """``sum_k relu(g_k * A_k)``, or with ``eigen_smooth`` the first principal component of it."""
+        """The map ``sum_k relu(g_k * A_k)``.
+
+        With ``eigen_smooth``: the first principal component of ``relu(g * A)`` instead.
+        """
         contributions = (gradients * activations).relu()  # (B, C, *spatial)
         return first_principal_component(contributions) if eigen_smooth else contributions.sum(1)
 
