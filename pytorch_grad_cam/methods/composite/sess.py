@@ -58,8 +58,8 @@ class SlidingWindows:
     def layout(self, spatial: Sequence[int]) -> tuple[int, int, list[tuple[int, ...]]]:
         """``(window, step, scaled sizes)`` for an input of spatial size ``spatial``.
 
-        Each scaled size has its shorter side at a scale, the others in proportion (``int(scale * L /
-        shorter)``).
+        Each scaled size has its shorter side at a scale, the others in proportion
+        (``int(scale * L / shorter)``).
         """
         shorter = min(spatial)
         window = shorter if self.window_size is None else self.window_size
