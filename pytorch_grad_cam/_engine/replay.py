@@ -26,8 +26,9 @@ def version_of(tensor: torch.Tensor) -> int:
 
 
 class ChannelLayout:
-    """Where each channel ``k`` of the reshaped activations lives in the layer's raw output: tensor
-    ``leaf[k]`` of the output's structure (0 for a plain tensor), at ``channel[k]`` along that tensor's
+    """Where each channel ``k`` of the reshaped activations lives in the layer's raw output.
+
+    Tensor ``leaf[k]`` of the output's structure (0 for a plain tensor), at ``channel[k]`` along that tensor's
     ``axes[leaf[k]]``.
     """
 

@@ -206,8 +206,9 @@ class FullGrad(BaseCAM):
         return x_in.detach() * grad_x, records, scores.detach()
 
     def decompose(self, input_tensor: torch.Tensor, targets: TargetsArg = None) -> FullGradTerms:
-        """The raw full-gradient terms of each image's score (no abs, no normalisation), on the compute
-        device, in the model's dtype. See :class:`FullGradTerms`.
+        """The raw full-gradient terms of each image's score (no abs, no normalisation).
+
+        On the compute device, in the model's dtype. See :class:`FullGradTerms`.
         """
         x = check_input(input_tensor)
         target_list = normalize_targets(targets, x.shape[0])
@@ -218,8 +219,10 @@ class FullGrad(BaseCAM):
 
     # -- the map ---------------------------------------------------------------------------------
     def _post(self, term: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
-        """``(B, C, *s)`` term -> ``(B, *spatial)``: abs, min-max per channel (or per image), channel
-        sum, resize. Resizing is linear, so resizing the channel sum equals summing resized channels.
+        """``(B, C, *s)`` term -> ``(B, *spatial)``: abs, min-max, channel sum, resize.
+
+        The min-max is per channel (or per image). Resizing is linear, so resizing the channel sum equals
+        summing resized channels.
         """
         term = term.float().abs()  # (B, C, *s)
         normalised = min_max_normalize(term.flatten(0, 1) if self.per_channel else term).view_as(term)

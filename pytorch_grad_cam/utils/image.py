@@ -56,8 +56,9 @@ def _check_image_weight(image_weight: Any) -> float:
 
 
 def _check_unit_range(values: np.ndarray, name: str, hint: str = "") -> None:
-    """Raise unless ``values`` (non-empty) are finite and in [0, 1], up to a float round-off of 1e-6:
-    anything further out would wrap around in the uint8 cast of an overlay.
+    """Raise unless ``values`` (non-empty) are finite and in [0, 1], up to a float round-off of 1e-6.
+
+    Anything further out would wrap around in the uint8 cast of an overlay.
     """
     lo, hi = float(np.min(values)), float(np.max(values))
     if not (np.isfinite(lo) and np.isfinite(hi)):

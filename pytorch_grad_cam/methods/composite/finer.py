@@ -180,7 +180,8 @@ class FinerCAM(CompositeCAM):
     def _finer_targets(
         options: dict[str, Any], targets: list[Target] | None, output: Any, batch: int
     ) -> list[Target]:
-        """The FinerCAM target of each image, from the logits of the forward pass (no extra pass);
+        """The FinerCAM target of each image, from the logits of the forward pass (no extra pass).
+
         ``options`` are the call's (:meth:`_check_options`).
         """
         convert = [targets is None or isinstance(targets[i], ClassifierOutputTarget) for i in range(batch)]
@@ -217,8 +218,9 @@ class FinerCAM(CompositeCAM):
 
 
 def _check_comparison_classes(comparison_classes: Any, input_tensor: Any) -> list[list[int]]:
-    """``comparison_classes`` as one checked list of class indices per image: one list for every image,
-    or a list of lists (one per image).
+    """``comparison_classes`` as one checked list of class indices per image.
+
+    Given as one list for every image, or a list of lists (one per image).
     """
     try:
         items = list(comparison_classes)
@@ -248,8 +250,10 @@ def _check_comparison_classes(comparison_classes: Any, input_tensor: Any) -> lis
 
 
 def _comparison_classes(options: dict[str, Any], logits: torch.Tensor, image: int, main: int) -> list[int]:
-    """The classes image ``image``'s main class is compared with: the call's ``comparison_classes``, or the
-    classes at the call's ranks of closeness of their logit ``(K,)`` to the main class's.
+    """The classes image ``image``'s main class is compared with.
+
+    The call's ``comparison_classes``, or the classes at the call's ranks of closeness of their logit ``(K,)``
+    to the main class's.
     """
     num_classes = logits.shape[0]
     if options["classes"] is not None:

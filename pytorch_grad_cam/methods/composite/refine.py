@@ -14,8 +14,9 @@ from .base import BaseMethod, CompositeCAM
 
 
 def layer_product(maps: list[torch.Tensor]) -> torch.Tensor:
-    """Each layer's ``(B, *spatial)`` map exactly as the base method alone would give it (normalised,
-    resized, normalised again), then their product; the engine min-max normalises the result.
+    """Each layer's ``(B, *spatial)`` map exactly as the base method alone would give it, then their product.
+
+    Each map normalised, resized, normalised again; the engine min-max normalises the result.
     """
     product = min_max_normalize(maps[0])  # (B, *spatial)
     for layer_map in maps[1:]:
