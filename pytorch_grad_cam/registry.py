@@ -42,6 +42,7 @@ class Registered:
     kind: ClassVar[str] = "map"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Register a subclass whose own body sets ``name``."""
         super().__init_subclass__(**kwargs)
         if "name" in cls.__dict__:
             register(cls)

@@ -33,6 +33,7 @@ class ChannelLayout:
     """
 
     def __init__(self, leaf: torch.Tensor, channel: torch.Tensor, axes: list[int]) -> None:
+        """Store the per-channel ``leaf`` and ``channel`` indices and each leaf's channel axis."""
         self.leaf, self.channel, self.axes = leaf, channel, axes
 
 
@@ -123,6 +124,7 @@ class AblatedCopies:
     """
 
     def __init__(self, original: Any, layout: ChannelLayout, value: float) -> None:
+        """Ablate channels of ``original`` (one image's output) by setting them to ``value``."""
         self.original = original  # the layer's output for one image: (1, ...) tensors
         self.leaves = tensors_of(original)
         self.layout = layout
@@ -132,6 +134,7 @@ class AblatedCopies:
         self.last_index: torch.Tensor | None = None
 
     def ablate(self, index: torch.Tensor) -> Any:
+        """The layer's output for ``len(index)`` copies, row ``r`` with channel ``index[r]`` ablated."""
         n = len(index)
         buffers = self.buffers
         if buffers is None or buffers[0].shape[0] != n or [version_of(b) for b in buffers] != self.versions:
@@ -168,6 +171,7 @@ class ReplaySuffix:
     """
 
     def __init__(self, context: Any, index: int, score: Callable[[int, Any, int], torch.Tensor]) -> None:
+        """Replay image ``index`` of ``context``, scored by ``score``; see the class docstring."""
         self.context = context
         self.index = index
         self.score = score

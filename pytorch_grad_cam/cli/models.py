@@ -15,6 +15,7 @@ class CliError(Exception):
     """A failure to report on stderr, then exit with ``code`` (1: failure, 2: bad arguments)."""
 
     def __init__(self, message: str, code: int = 1) -> None:
+        """A failure with ``message``, exiting with ``code``."""
         super().__init__(message)
         self.code = code
 

@@ -363,7 +363,7 @@ def show_factorization_on_image(
     image_weight: float = 0.5,
     concept_labels: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """Colour each pixel by its dominant concept of a Deep Feature Factorization, blended with the image.
+    r"""Colour each pixel by its dominant concept of a Deep Feature Factorization, blended with the image.
 
     At each pixel the concept with the largest explanation value ``e`` wins (ties: the lowest index);
     the pixel gets that concept's colour at brightness ``e`` (its hue and saturation, with HSV value
@@ -377,7 +377,7 @@ def show_factorization_on_image(
         colors: one RGB (or RGBA, alpha ignored) colour per concept, values in [0, 1]; by default ``K``
             hues evenly spaced on the colour wheel (red first).
         image_weight: weight of the image in the blend, in [0, 1].
-        concept_labels: one string per concept (``"\\n"`` separates lines); if given, a legend panel as
+        concept_labels: one string per concept (``"\n"`` separates lines); if given, a legend panel as
             large as the image, with each concept's colour and label, is drawn (with OpenCV) to the right.
 
     Returns:

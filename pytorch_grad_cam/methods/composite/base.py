@@ -75,6 +75,7 @@ class CompositeCAM(BaseCAM):
         batch_size: int | None = None,
         **base_kwargs: Any,
     ) -> None:
+        """Check the common arguments as :class:`BaseCAM`, then build the base method on them."""
         base_cls = base_class(self.default_base if base_method is None else base_method)
         own_batch = None if self.shares_batch_size else batch_size
         super().__init__(

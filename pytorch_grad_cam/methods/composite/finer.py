@@ -67,6 +67,7 @@ class FinerCAM(CompositeCAM):
         num_comparisons: int = 3,
         **kwargs: Any,
     ) -> None:
+        """Check and store ``alpha`` and ``num_comparisons``, and build the base method."""
         self.alpha = check_float(alpha, "alpha")
         self.num_comparisons = check_int(num_comparisons, "num_comparisons", 1)
         super().__init__(model, target_layers, reshape_transform, base_method, **kwargs)
@@ -85,6 +86,7 @@ class FinerCAM(CompositeCAM):
         aug_smooth: bool = False,
         target_category: Any = UNSET,
     ) -> np.ndarray:
+        """Maps ``(B, *spatial)`` in ``[0, 1]`` (the reference's argument order): see the class docstring."""
         aug_smooth, eigen_smooth = self.check_call_order(aug_smooth, eigen_smooth)
         options = self._check_options(
             input_tensor, alpha, comparison_categories, target_idx, comparison_classes

@@ -66,6 +66,7 @@ class RefineCAM(CompositeCAM):
         base_method: BaseMethod = GradCAMPlusPlus,
         **kwargs: Any,
     ) -> None:
+        """Build the base method, one instance per layer where it does not use target layers."""
         super().__init__(model, target_layers, reshape_transform, base_method, **kwargs)
         # One instance per layer where the base method does not fuse target layers of its own.
         self.per_layer = (
@@ -86,6 +87,7 @@ class RefineCAM(CompositeCAM):
         eigen_smooth: bool,
         options: CallOptions = DEFAULT_OPTIONS,
     ) -> torch.Tensor:
+        """The normalised product of the layers' maps, ``(B, *spatial)``, in ``[0, 1]``."""
         if not self.per_layer:
             return self.base_cam.compute_maps(input_tensor, targets, eigen_smooth, _REFINED)
         # Each layer's map (B, *spatial) in [0, 1], multiplied.
