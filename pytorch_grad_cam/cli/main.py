@@ -69,8 +69,8 @@ def _reject(parser: argparse.ArgumentParser, option: str, expected: str, got: ob
 class _IntAtLeast(argparse.Action):
     """``type=int`` with a lower bound, checked while parsing.
 
-    So that every use of :func:`build_parser` gets checked values; a word or a number below ``minimum`` goes
-    through :func:`_reject`.
+    Checked there, every use of :func:`build_parser` gets checked values; a word or a number below
+    ``minimum`` goes through :func:`_reject`.
     """
 
     def __init__(self, option_strings: Sequence[str], dest: str, minimum: int = 1, **kwargs) -> None:
