@@ -109,9 +109,11 @@ def top_class_targets(output: Any, batch: int) -> list[Target]:
 
 
 def target_scores(targets: Sequence[Target], output: Any, batch: int) -> torch.Tensor:
-    """Each image's target score on the model output, ``(B,)``: ``targets[i]`` gets image ``i``'s part
-    (:func:`select_output`). Refuses a target that does not return a scalar tensor and a score that is
-    not finite (NaN or Inf), naming the image(s). Grad mode is the caller's.
+    """Each image's target score on the model output, ``(B,)``.
+
+    ``targets[i]`` gets image ``i``'s part (:func:`select_output`). Refuses a target that does not return a
+    scalar tensor and a score that is not finite (NaN or Inf), naming the image(s). Grad mode is the
+    caller's.
     """
     scores = []
     for i, target in enumerate(targets):
@@ -134,9 +136,10 @@ def target_scores(targets: Sequence[Target], output: Any, batch: int) -> torch.T
 def reshape_layer_output(
     model: nn.Module, layer: nn.Module, reshape_transform: Callable | None, output: Any
 ) -> torch.Tensor:
-    """A target layer's output (or its gradient) as float32 ``(B, C, *spatial)``: through
-    ``reshape_transform`` when given (it may take a structure of tensors, e.g. an FPN's dict of levels,
-    and must return one tensor); refuses anything without spatial dimensions, saying what to do.
+    """A target layer's output (or its gradient) as float32 ``(B, C, *spatial)``.
+
+    Through ``reshape_transform`` when given (it may take a structure of tensors, e.g. an FPN's dict of
+    levels, and must return one tensor); refuses anything without spatial dimensions, saying what to do.
     """
     if reshape_transform is not None:
         output = reshape_transform(output)
@@ -156,8 +159,10 @@ def reshape_layer_output(
 
 
 def gradient_or_zeros(grads: dict[int, torch.Tensor | None], activation: torch.Tensor) -> torch.Tensor:
-    """The gradient computed for ``activation`` (keyed by ``id``), detached; zeros where the score does not
-    use it (a tensor of a layer's structure, such as an unused pyramid level).
+    """The gradient computed for ``activation`` (keyed by ``id``), detached.
+
+    Zeros where the score does not use it (a tensor of a layer's structure, such as an unused pyramid
+    level).
     """
     gradient = grads.get(id(activation))
     return torch.zeros_like(activation) if gradient is None else gradient.detach()
@@ -191,8 +196,10 @@ def to_numpy(maps: torch.Tensor) -> np.ndarray:
 # -- the per-call objects ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CallOptions:
-    """How one call departs from the method's own pipeline; given by a method that runs another one
-    (FinerCAM, RefineCAM, SESS) through :meth:`BaseCAM.explain` or :meth:`BaseCAM.compute_maps`.
+    """How one call departs from the method's own pipeline.
+
+    Given by a method that runs another one (FinerCAM, RefineCAM, SESS) through :meth:`BaseCAM.explain`
+    or :meth:`BaseCAM.compute_maps`.
 
     Attributes:
         resolve_targets: replaces :meth:`BaseCAM.resolve_targets` (FinerCAM's comparison targets).
@@ -324,6 +331,7 @@ class BaseCAM(Registered):
         tta_transforms: Any = None,
         batch_size: int | None = None,
     ) -> None:
+        """Check and store the model, the target layers and the options; see the class docstring."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if isinstance(reshape_transform, bool):
@@ -353,9 +361,11 @@ class BaseCAM(Registered):
         self._batch_size = check_batch_size(value)
 
     def __enter__(self) -> BaseCAM:
+        """The CAM itself: ``with GradCAM(...) as cam:`` is still accepted."""
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        """Nothing to release (hooks only exist during a call); exceptions propagate."""
         # Hooks only exist during a call, so there is nothing to release; exceptions propagate.
         return None
 
@@ -373,8 +383,9 @@ class BaseCAM(Registered):
         context: LayerContext,
         eigen_smooth: bool,
     ) -> torch.Tensor:
-        """One target layer's map ``(B, *spatial)`` before ReLU: ``sum_k w_k A_k``, or the first principal
-        component of ``w * A`` with ``eigen_smooth``.
+        """One target layer's map ``(B, *spatial)`` before ReLU.
+
+        ``sum_k w_k A_k``, or the first principal component of ``w * A`` with ``eigen_smooth``.
         """
         weights = self.cam_weights(activations, gradients, context)
         weighted = broadcast_weights(weights, activations) * activations  # (B, C, *spatial)
@@ -438,8 +449,9 @@ class BaseCAM(Registered):
         eigen_smooth: bool,
         options: CallOptions = DEFAULT_OPTIONS,
     ) -> torch.Tensor:
-        """Step: one checked batch -> fused maps ``(B, *spatial)``, float32 in ``[0, 1]``, on the compute
-        device. ``targets``: one per image, or ``None``.
+        """Step: one checked batch -> fused maps ``(B, *spatial)``, float32 in ``[0, 1]``.
+
+        On the compute device. ``targets``: one per image, or ``None``.
         """
         with self.session(input_tensor) as x:  # (B, C, *spatial) on the model's device and dtype
             forward = self.forward_pass(x, options)
@@ -468,8 +480,9 @@ class BaseCAM(Registered):
         return self.model(x.clone())
 
     def forward_pass(self, x: torch.Tensor, options: CallOptions = DEFAULT_OPTIONS) -> ForwardPass:
-        """Step: one forward pass with the target layers captured (under ``no_grad`` until the first of
-        them); a layer that did not run is a ValueError.
+        """Step: one forward pass with the target layers captured.
+
+        Under ``no_grad`` until the first of them; a layer that did not run is a ValueError.
         """
         capture, output = self._capture(x)
         return ForwardPass(output, capture.activations, capture.prefix)
@@ -487,8 +500,9 @@ class BaseCAM(Registered):
     def resolve_targets(
         self, targets: list[Target] | None, output: Any, batch: int, options: CallOptions = DEFAULT_OPTIONS
     ) -> list[Target]:
-        """Step: the call's targets, one per image: as given, else each image's top class; a resolver in
-        ``options`` replaces this.
+        """Step: the call's targets, one per image: as given, else each image's top class.
+
+        A resolver in ``options`` replaces this.
         """
         if options.resolve_targets is not None:
             return options.resolve_targets(targets, output, batch)
@@ -500,6 +514,7 @@ class BaseCAM(Registered):
         self, targets: list[Target], output: Any, batch: int, options: CallOptions = DEFAULT_OPTIONS
     ) -> torch.Tensor:
         """Step: each image's target score, ``(B,)``, still attached to the graph when gradients are used.
+
         ``options.on_output`` first sees the output.
         """
         if options.on_output is not None:
@@ -510,9 +525,11 @@ class BaseCAM(Registered):
     def raw_layer_gradients(
         self, scores: torch.Tensor, forward: ForwardPass, create_graph: bool = False
     ) -> tuple[list[list], list[list]]:
-        """For each target layer: its captured tensors that require grad (one, or several for a layer
-        returning a structure such as an FPN's dict of levels), and the gradient of the summed scores
-        with respect to each (None where the score does not use it). Refuses a layer that gets none.
+        """For each target layer: its captured tensors that require grad, and the scores' gradients.
+
+        The tensors: one, or several for a layer returning a structure such as an FPN's dict of levels;
+        the gradients: of the summed scores with respect to each (None where the score does not use it).
+        Refuses a layer that gets none.
         """
         layers = self.target_layers
         if not scores.requires_grad:
@@ -542,8 +559,9 @@ class BaseCAM(Registered):
         return per_layer, grads_per_layer
 
     def layer_gradients(self, scores: torch.Tensor, forward: ForwardPass) -> dict[int, Any]:
-        """Step: each target layer's gradient, keyed by ``id(layer)``, in the layout of its activations
-        (zeros for a tensor of its structure that the score does not use); warns about images whose
+        """Step: each target layer's gradient, keyed by ``id(layer)``, in the layout of its activations.
+
+        Zeros for a tensor of its structure that the score does not use; warns about images whose
         gradient is zero everywhere.
         """
         per_layer, grads_per_layer = self.raw_layer_gradients(scores, forward)
@@ -566,8 +584,10 @@ class BaseCAM(Registered):
         eigen_smooth: bool,
         options: CallOptions = DEFAULT_OPTIONS,
     ) -> list[torch.Tensor]:
-        """Step: each target layer's map, ready for :meth:`fuse_layer_maps`: ``(B, *spatial)`` at the
-        input's size, in ``[0, 1]`` (``relu(layer_map)``, min-max normalised, resized), one per layer.
+        """Step: each target layer's map, ready for :meth:`fuse_layer_maps`, one per layer.
+
+        ``(B, *spatial)`` at the input's size, in ``[0, 1]`` (``relu(layer_map)``, min-max normalised,
+        resized).
 
         ``x``: the input ``(B, C, *spatial)``; ``scores``: ``(B,)`` the targets' scores on it;
         ``forward``: the pass whose activations (and prefix, extras) are explained; ``gradients``: keyed by
@@ -620,8 +640,10 @@ class BaseCAM(Registered):
     def fuse_layer_maps(
         self, maps: list[torch.Tensor], options: CallOptions = DEFAULT_OPTIONS
     ) -> torch.Tensor:
-        """Step: the target layers' maps, each ``(B, *spatial)`` in ``[0, 1]`` at the input's size, made
-        into one ``(B, *spatial)`` map (min-max normalised afterwards): their mean, or ``options.fuse``.
+        """Step: the target layers' maps made into one ``(B, *spatial)`` map.
+
+        Each is ``(B, *spatial)`` in ``[0, 1]`` at the input's size; the result (min-max normalised
+        afterwards) is their mean, or ``options.fuse``.
         """
         if options.fuse is not None:
             return options.fuse(maps)
@@ -634,8 +656,9 @@ class BaseCAM(Registered):
         eigen_smooth: bool,
         options: CallOptions = DEFAULT_OPTIONS,
     ) -> torch.Tensor:
-        """Step: test-time augmentation: every augmented copy in one batch, each map de-augmented,
-        averaged. The targets are resolved on the unaugmented image (each image's top class, or the
+        """Step: test-time augmentation: every augmented copy in one batch, each map de-augmented, averaged.
+
+        The targets are resolved on the unaugmented image (each image's top class, or the
         resolver's targets), so every copy explains the same thing.
         """
         transforms = self.tta_transforms
@@ -663,9 +686,11 @@ class BaseCAM(Registered):
     def prepare_targets(
         self, input_tensor: torch.Tensor, targets: list[Target] | None, options: CallOptions = DEFAULT_OPTIONS
     ) -> list[Target]:
-        """Step: the targets resolved on one forward pass of the (checked) batch, scored, and for gradient
-        methods differentiated, so that every error of a call comes before its expensive work; no map is
-        made. SESS calls it on the whole input before running the method on its patches.
+        """Step: the targets resolved on one forward pass of the (checked) batch, and scored.
+
+        For gradient methods also differentiated, so that every error of a call comes before its
+        expensive work; no map is made. SESS calls it on the whole input before running the method on its
+        patches.
         """
         with self.session(input_tensor) as x:
             forward = self.forward_pass(x, options)

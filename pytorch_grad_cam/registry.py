@@ -29,9 +29,11 @@ KINDS: dict[str, dict[str, Any]] = {
 
 
 class Registered:
-    """Base of every method class. A subclass whose own body sets ``name`` is registered under it, in the
-    table of its ``kind`` (``"map"``, ``"pixel"`` or ``"factorization"``); subclasses that do not set a
-    name of their own (a user's variant of GradCAM, say) are not.
+    """Base of every method class.
+
+    A subclass whose own body sets ``name`` is registered under it, in the table of its ``kind`` (``"map"``,
+    ``"pixel"`` or ``"factorization"``); subclasses that do not set a name of their own (a user's variant of
+    GradCAM, say) are not.
     """
 
     #: The registry name, lower case (e.g. ``"gradcam"``); also the CLI's ``--method`` value.
@@ -40,14 +42,16 @@ class Registered:
     kind: ClassVar[str] = "map"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Register a subclass whose own body sets ``name``."""
         super().__init_subclass__(**kwargs)
         if "name" in cls.__dict__:
             register(cls)
 
 
 def register(cls: Any) -> Any:
-    """Put ``cls`` in the table of its ``kind`` under ``cls.name``; a name taken by another class is a
-    ValueError.
+    """Put ``cls`` in the table of its ``kind`` under ``cls.name``.
+
+    A name taken by another class is a ValueError.
     """
     if cls.kind not in KINDS:
         raise ValueError(f"{cls.__name__}.kind must be one of {tuple(KINDS)}, got {cls.kind!r}")

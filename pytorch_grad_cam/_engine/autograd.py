@@ -11,8 +11,10 @@ from torch.overrides import TorchFunctionMode
 
 
 def _math_attention() -> contextlib.AbstractContextManager:
-    """Scaled-dot-product attention restricted to its math kernel for the block (the fused kernels have no
-    double backward); the previous selection is restored on exit. A no-op before torch 2.0 (no SDPA).
+    """Scaled-dot-product attention restricted to its math kernel for the block.
+
+    The fused kernels have no double backward; the previous selection is restored on exit. A no-op before
+    torch 2.0 (no SDPA).
     """
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel  # torch >= 2.3
@@ -35,9 +37,11 @@ def _roi_align_op(name: str) -> Any:
 
 
 class _RoIAlign(torch.autograd.Function):
-    """torchvision's RoIAlign, twice differentiable. For fixed boxes RoIAlign is linear in its input, so its
-    backward is the adjoint linear map (torchvision's ``_roi_align_backward``), and the backward of that
-    is RoIAlign again. torchvision's own op refuses double backward; the boxes get no gradient in either.
+    """torchvision's RoIAlign, twice differentiable.
+
+    For fixed boxes RoIAlign is linear in its input, so its backward is the adjoint linear map (torchvision's
+    ``_roi_align_backward``), and the backward of that is RoIAlign again. torchvision's own op refuses double
+    backward; the boxes get no gradient in either.
     """
 
     @staticmethod
@@ -54,8 +58,9 @@ class _RoIAlign(torch.autograd.Function):
 
 
 class _RoIAlignAdjoint(torch.autograd.Function):
-    """The adjoint of RoIAlign (scatters ``(K, C, PH, PW)`` back to the ``(N, C, H, W)`` input); its backward
-    is RoIAlign.
+    """The adjoint of RoIAlign (scatters ``(K, C, PH, PW)`` back to the ``(N, C, H, W)`` input).
+
+    Its backward is RoIAlign.
     """
 
     @staticmethod
@@ -83,18 +88,22 @@ class _RoIAlignAdjoint(torch.autograd.Function):
 
 
 class TwiceDifferentiable(TorchFunctionMode):
-    """For one forward pass: the operations that have no double backward in torch or torchvision replaced by
-    exact twice-differentiable equivalents. Scaled-dot-product attention runs with its math kernel (same
-    result); torchvision's RoIAlign (Faster/Mask R-CNN box heads) with :class:`_RoIAlign`.
+    """For one forward pass: the operations without a double backward replaced by twice-differentiable ones.
+
+    The operations that have no double backward in torch or torchvision are replaced by exact
+    twice-differentiable equivalents. Scaled-dot-product attention runs with its math kernel (same result);
+    torchvision's RoIAlign (Faster/Mask R-CNN box heads) with :class:`_RoIAlign`.
     """
 
     def __init__(self) -> None:
+        """Look up torchvision's RoIAlign op (None where it is not loaded) and the math-attention context."""
         super().__init__()
         self._roi_align = _roi_align_op("roi_align")
         self._roi_align_default = getattr(self._roi_align, "default", None)
         self._attention = _math_attention()
 
     def __enter__(self) -> TwiceDifferentiable:
+        """Restrict attention to its math kernel and start replacing RoIAlign."""
         self._attention.__enter__()
         try:
             return super().__enter__()
@@ -103,12 +112,14 @@ class TwiceDifferentiable(TorchFunctionMode):
             raise
 
     def __exit__(self, *exc_info) -> None:
+        """Stop replacing RoIAlign and restore the previous attention kernels."""
         try:
             super().__exit__(*exc_info)
         finally:
             self._attention.__exit__(*exc_info)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        """Run ``func``, with RoIAlign on an input that requires grad replaced by :class:`_RoIAlign`."""
         kwargs = kwargs or {}
         if (
             self._roi_align is not None

@@ -42,17 +42,21 @@ def layer_name(model: nn.Module, layer: nn.Module) -> str:
 
 
 class HookSet:
-    """Hooks that live for one ``with`` block: ``_register`` adds handles to ``self._handles``; all are
-    removed on exit, and also when registering fails half-way.
+    """Hooks that live for one ``with`` block.
+
+    ``_register`` adds handles to ``self._handles``; all are removed on exit, and also when registering fails
+    half-way.
     """
 
     def __init__(self) -> None:
+        """No handles yet: they are registered on entering the block."""
         self._handles: list = []
 
     def _register(self) -> None:
         raise NotImplementedError
 
     def __enter__(self):
+        """Register the hooks (all removed again if registering fails); returns the hook set."""
         try:
             self._register()
         except BaseException:
@@ -61,9 +65,11 @@ class HookSet:
         return self
 
     def __exit__(self, *exc_info) -> None:
+        """Remove the hooks; exceptions propagate."""
         self.remove()
 
     def remove(self) -> None:
+        """Remove every registered hook."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -90,6 +96,7 @@ class LayerCapture(HookSet):
         record_prefix: bool = False,
         structured: bool = False,
     ) -> None:
+        """Store the model, the layers and the capture options; the hooks are registered on entering."""
         super().__init__()
         self.model = model
         self.layers = list(layers)
@@ -115,6 +122,7 @@ class LayerCapture(HookSet):
                 self._handles.append(layer.register_forward_pre_hook(self._snapshot_prefix))
 
     def remove(self) -> None:
+        """Remove every hook and forget the completed module calls."""
         super().remove()
         self._done.clear()
 

@@ -39,8 +39,10 @@ def check_float(
     include_minimum: bool = True,
     include_maximum: bool = True,
 ) -> float:
-    """``value`` as a finite Python float (ints and numpy numbers accepted, bools refused) within
-    ``[minimum, maximum]`` (each end open with ``include_minimum=False`` / ``include_maximum=False``).
+    """``value`` as a finite Python float within ``[minimum, maximum]``.
+
+    Ints and numpy numbers are accepted, bools refused; each end is open with ``include_minimum=False`` /
+    ``include_maximum=False``.
     """
     low = "" if minimum is None else f"{'>=' if include_minimum else '>'} {minimum}"
     high = "" if maximum is None else f"{'<=' if include_maximum else '<'} {maximum}"
@@ -83,8 +85,9 @@ def check_bool(value: Any, name: str) -> bool:
 
 
 def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
-    """``value`` as one of the strings ``choices``: a non-string is a TypeError, another string a
-    ValueError.
+    """``value`` as one of the strings ``choices``.
+
+    A non-string is a TypeError, another string a ValueError.
     """
     if not isinstance(value, str):
         raise TypeError(f"{name} must be one of {tuple(choices)}, got {type(value).__name__} {value!r}")
@@ -124,8 +127,9 @@ def check_layers(model: nn.Module, target_layers: Any, target_layer: Any = None)
 
 
 def check_device(use_cuda: bool | None, device: str | torch.device | None) -> torch.device | None:
-    """The compute device: ``device``, or CUDA for ``use_cuda=True`` (the first API's name), or ``None``
-    (follow the model). A CUDA device that is not available is a ValueError.
+    """The compute device: ``device``, or CUDA for ``use_cuda=True`` (the first API's name), or ``None``.
+
+    ``None``: follow the model. A CUDA device that is not available is a ValueError.
     """
     if use_cuda is not None and device is not None:
         raise TypeError("pass device or use_cuda (the first API's name), not both")

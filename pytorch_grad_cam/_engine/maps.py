@@ -14,8 +14,9 @@ INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
 def resize_maps(maps: torch.Tensor, size: Sequence[int], align_corners: bool = False) -> torch.Tensor:
-    """Resize ``(B, *spatial)`` maps to ``(B, *size)``: (bi/tri)linear, half-pixel centres by default
-    (the same sampling as ``cv2.resize``).
+    """Resize ``(B, *spatial)`` maps to ``(B, *size)``: (bi/tri)linear, half-pixel centres by default.
+
+    The same sampling as ``cv2.resize``.
     """
     size = tuple(int(s) for s in size)
     if tuple(maps.shape[1:]) == size:
@@ -60,8 +61,10 @@ def first_principal_component(activations: torch.Tensor) -> torch.Tensor:
 
 
 def orient_like_channel_sum(projection: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
-    """Fix the arbitrary sign of a component: ``(B, N)`` projections are flipped where they correlate
-    negatively with the channel sum of ``(B, C, *spatial)`` activations; returns ``(B, *spatial)``.
+    """Fix the arbitrary sign of a component; returns ``(B, *spatial)``.
+
+    The ``(B, N)`` projections are flipped where they correlate negatively with the channel sum of the
+    ``(B, C, *spatial)`` activations.
     """
     reference = activations.flatten(2).sum(1)  # (B, N)
     reference = reference - reference.mean(1, keepdim=True)
@@ -73,9 +76,10 @@ _CONSTANT_REASON = "often: all weights negative, or no positive evidence for the
 
 
 def warn_if_constant(maps: torch.Tensor, what: str, reason: str = _CONSTANT_REASON) -> None:
-    """A ``RuntimeWarning`` naming the images whose ``(B, *spatial)`` map is constant (it normalises to
-    all zeros), attributed to the user's line. ``what`` names the map, e.g. "the CAM of layer 'layer4'";
-    ``reason`` says why it usually happens for this method.
+    """A ``RuntimeWarning`` naming the images whose ``(B, *spatial)`` map is constant.
+
+    Such a map normalises to all zeros; the warning is attributed to the user's line. ``what`` names the map,
+    e.g. "the CAM of layer 'layer4'"; ``reason`` says why it usually happens for this method.
     """
     flat = maps.flatten(1)
     constant = (flat.amax(1) == flat.amin(1)).nonzero().flatten().tolist()

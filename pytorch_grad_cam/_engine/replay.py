@@ -26,12 +26,14 @@ def version_of(tensor: torch.Tensor) -> int:
 
 
 class ChannelLayout:
-    """Where each channel ``k`` of the reshaped activations lives in the layer's raw output: tensor
-    ``leaf[k]`` of the output's structure (0 for a plain tensor), at ``channel[k]`` along that tensor's
+    """Where each channel ``k`` of the reshaped activations lives in the layer's raw output.
+
+    Tensor ``leaf[k]`` of the output's structure (0 for a plain tensor), at ``channel[k]`` along that tensor's
     ``axes[leaf[k]]``.
     """
 
     def __init__(self, leaf: torch.Tensor, channel: torch.Tensor, axes: list[int]) -> None:
+        """Store the per-channel ``leaf`` and ``channel`` indices and each leaf's channel axis."""
         self.leaf, self.channel, self.axes = leaf, channel, axes
 
 
@@ -124,6 +126,7 @@ class AblatedCopies:
     """
 
     def __init__(self, original: Any, layout: ChannelLayout, value: float) -> None:
+        """Ablate channels of ``original`` (one image's output) by setting them to ``value``."""
         self.original = original  # the layer's output for one image: (1, ...) tensors
         self.leaves = tensors_of(original)
         self.layout = layout
@@ -133,6 +136,7 @@ class AblatedCopies:
         self.last_index: torch.Tensor | None = None
 
     def ablate(self, index: torch.Tensor) -> Any:
+        """The layer's output for ``len(index)`` copies, row ``r`` with channel ``index[r]`` ablated."""
         n = len(index)
         buffers = self.buffers
         if (
@@ -174,6 +178,7 @@ class ReplaySuffix:
     """
 
     def __init__(self, context: Any, index: int, score: Callable[[int, Any, int], torch.Tensor]) -> None:
+        """Replay image ``index`` of ``context``, scored by ``score``; see the class docstring."""
         self.context = context
         self.index = index
         self.score = score

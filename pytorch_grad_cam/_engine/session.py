@@ -65,9 +65,10 @@ _LOCKS_GUARD = threading.Lock()
 
 
 def model_lock(model: nn.Module) -> threading.RLock:
-    """The lock that serialises the calls on ``model``: a call's hooks, mode and device changes are the
-    model's, so two threads explaining one model take turns. Re-entrant: a call made inside a call (a
-    target that runs a CAM itself) on the same thread goes through.
+    """The lock that serialises the calls on ``model``.
+
+    A call's hooks, mode and device changes are the model's, so two threads explaining one model take turns.
+    Re-entrant: a call made inside a call (a target that runs a CAM itself) on the same thread goes through.
     """
     with _LOCKS_GUARD:
         lock = _LOCKS.get(model)

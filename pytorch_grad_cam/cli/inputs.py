@@ -52,8 +52,9 @@ def collect_inputs(specs: Sequence[str]) -> tuple[list[InputImage], list[tuple[s
 
 
 def _expand(spec: str) -> tuple[list[tuple[str, str]], str]:
-    """``([(path, key)], why)`` of one spec: a folder (walked), a file, or a glob; ``why`` says why it
-    matches nothing (empty when it matches something, or is a file).
+    """``([(path, key)], why)`` of one spec: a folder (walked), a file, or a glob.
+
+    ``why`` says why it matches nothing (empty when it matches something, or is a file).
     """
     if os.path.isdir(spec):
         paths = sorted(_walk_images(spec))

@@ -58,15 +58,19 @@ def _method_names() -> list[str]:
 
 # ------------------------------------------------------------------------------------------ the rule
 def _reject(parser: argparse.ArgumentParser, option: str, expected: str, got: object, why: str = "") -> None:
-    """The one rule for a bad option value: exit 2 through argparse, naming the option, what it must be
-    and what it got (``--batch-size must be an int >= 1, got 0``).
+    """The one rule for a bad option value: exit 2 through argparse.
+
+    The message names the option, what it must be and what it got
+    (``--batch-size must be an int >= 1, got 0``).
     """
     parser.error(f"{option} must be {expected}, got {got}{why}")
 
 
 class _IntAtLeast(argparse.Action):
-    """``type=int`` with a lower bound, checked while parsing so that every use of :func:`build_parser`
-    gets checked values; a word or a number below ``minimum`` goes through :func:`_reject`.
+    """``type=int`` with a lower bound, checked while parsing.
+
+    Checked there, every use of :func:`build_parser` gets checked values; a word or a number below
+    ``minimum`` goes through :func:`_reject`.
     """
 
     def __init__(self, option_strings: Sequence[str], dest: str, minimum: int = 1, **kwargs) -> None:
@@ -395,9 +399,11 @@ def _explain_all(
     console: _Console,
     totals: _Totals,
 ) -> None:
-    """Every item, ``options.batch_size`` at a time: unreadable ones and ones already done are recorded
-    or skipped one by one, the rest explained together. The runner is made from the first readable
-    image (it decides the target layer), also when that image turns out to be done already.
+    """Every item, ``options.batch_size`` at a time.
+
+    Unreadable ones and ones already done are recorded or skipped one by one, the rest explained together. The
+    runner is made from the first readable image (it decides the target layer), also when that image turns out
+    to be done already.
     """
     runner = None
     with _progress(len(items), options.quiet) as progress:
@@ -437,8 +443,10 @@ def _read_or_record(item: InputImage, output_dir: str, console: _Console, totals
 def _explain_batch(
     runner, batch: list[tuple[InputImage, object]], output_dir: str, console: _Console, totals: _Totals
 ) -> None:
-    """One batch through the runner; a failure (other than a CliError, which ends the run) marks the
-    batch's images failed, and the run goes on with the next batch.
+    """One batch through the runner.
+
+    A failure (other than a CliError, which ends the run) marks the batch's images failed, and the run goes on
+    with the next batch.
     """
     from .outputs import append_result
 

@@ -19,14 +19,17 @@ class CliError(Exception):
     """A failure to report on stderr, then exit with ``code`` (1: failure, 2: bad arguments)."""
 
     def __init__(self, message: str, code: int = 1) -> None:
+        """A failure with ``message``, exiting with ``code``."""
         super().__init__(message)
         self.code = code
 
 
 @dataclass
 class LoadedModel:
-    """A model ready to explain: the network (eval mode), its preprocessing (mean, std, square input
-    size), its class names (empty when unknown) and where its weights came from.
+    """A model ready to explain.
+
+    The network (eval mode), its preprocessing (mean, std, square input size), its class names (empty when
+    unknown) and where its weights came from.
     """
 
     model: nn.Module
@@ -42,9 +45,11 @@ class LoadedModel:
 
 
 def load_model(name: str, checkpoint: str | None = None) -> LoadedModel:
-    """``name``: 'efficientnet-lite0', a torchvision classification model, or a timm model ('timm:NAME',
-    or a plain name torchvision does not know when timm is installed). ``checkpoint``: a state dict for
-    that architecture, loaded instead of the pretrained weights.
+    """Load a model by name, with the pretrained weights or a checkpoint.
+
+    ``name``: 'efficientnet-lite0', a torchvision classification model, or a timm model ('timm:NAME', or a
+    plain name torchvision does not know when timm is installed). ``checkpoint``: a state dict for that
+    architecture, loaded instead of the pretrained weights.
     """
     if name == DEFAULT_MODEL:
         loaded = _efficientnet_lite0()
@@ -145,9 +150,11 @@ def _timm_model(name: str, pretrained: bool) -> LoadedModel:
 
 
 def load_checkpoint(loaded: LoadedModel, path: str, name: str) -> None:
-    """Load a state dict (optionally wrapped in {'state_dict': ...} or {'model': ...}, keys optionally
-    prefixed 'module.' by DataParallel) into ``loaded.model``. A classifier with another number of
-    classes is rebuilt to fit the checkpoint (torchvision/timm), and the ImageNet names are dropped.
+    """Load a state dict into ``loaded.model``.
+
+    It may be wrapped in {'state_dict': ...} or {'model': ...}, its keys prefixed 'module.' by DataParallel. A
+    classifier with another number of classes is rebuilt to fit the checkpoint (torchvision/timm), and the
+    ImageNet names are dropped.
     """
     import torch
 
@@ -218,9 +225,10 @@ def _is_timm(model) -> bool:
 
 
 def resolve_categories(values: Sequence[str], loaded: LoadedModel, num_classes: int) -> list[int]:
-    """``--target-category`` values: class indices, or class names, case-insensitive. A name matches a
-    class exactly, or else the one class whose words all appear in it or that has all its words
-    ("tabby cat" -> "tabby"). Ambiguous or unknown names are errors that list the candidates.
+    """``--target-category`` values: class indices, or class names, case-insensitive.
+
+    A name matches a class exactly, or else the one class whose words all appear in it or that has all its
+    words ("tabby cat" -> "tabby"). Ambiguous or unknown names are errors that list the candidates.
     """
     return [_category(value.strip(), loaded, num_classes) for value in values]
 

@@ -83,8 +83,9 @@ def append_result(output_dir: str, record: dict) -> None:
 
 
 def write_report(output_dir: str, records: list[dict], title: str = "Class Activation Maps") -> str:
-    """A self-contained HTML page: every image's grid embedded (base64), its classes, method(s), layer
-    and timing. Returns the page's path.
+    """A self-contained HTML page; returns the page's path.
+
+    Every image's grid embedded (base64), its classes, method(s), layer and timing.
     """
     sections = []
     for record in records:

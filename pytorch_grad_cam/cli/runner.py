@@ -112,8 +112,10 @@ class RunOptions:
 
 @dataclass(frozen=True)
 class TargetSetup:
-    """What the first image decides: the target layer, its reshape transform, the classes asked for by
-    name or index, and the head that names DFF's concepts (None when no concept can be named).
+    """What the first image decides: the target layer, its reshape transform, the classes, the concept head.
+
+    The classes are those asked for by name or index; the head names DFF's concepts (None when no concept can
+    be named).
     """
 
     layer: nn.Module
@@ -173,8 +175,9 @@ def _target_layer(model: nn.Module, name: str, x: torch.Tensor, say: Callable[[s
 
 
 def _concept_head(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> nn.Module | None:
-    """The model's last ``nn.Linear`` if it reads as many features as the target layer's map has
-    channels (a concept is then a valid input to it), else None.
+    """The model's last ``nn.Linear`` if it reads as many features as the target layer's map has channels.
+
+    A concept is then a valid input to it; else None.
     """
     linears = find_layer_types_recursive(model, [nn.Linear])
     if not linears:
@@ -229,8 +232,10 @@ class BatchContext:
 
 @dataclass(frozen=True)
 class ImageOut:
-    """One image's place in the outputs: its pixels (H, W, 3 float RGB), index in the batch, folder, and
-    the batch's guided backpropagation images per class slot (with --guided).
+    """One image's place in the outputs.
+
+    Its pixels (H, W, 3 float RGB), index in the batch, folder, and the batch's guided backpropagation
+    images per class slot (with --guided).
     """
 
     image: np.ndarray
@@ -275,13 +280,15 @@ class MethodAdapter(Protocol):
 
 
 class MapAdapter:
-    """A map method (``cls(model, target_layers=..., reshape_transform=..., device=...)``): (B, S, S) maps
-    per class slot; writes the overlay and the map, and with --guided the gb and cam_gb images.
+    """A map method (``cls(model, target_layers=..., reshape_transform=..., device=...)``).
+
+    (B, S, S) maps per class slot; writes the overlay and the map, and with --guided the gb and cam_gb images.
     """
 
     class_agnostic = False
 
     def __init__(self, cls: type) -> None:
+        """Adapt the map method class ``cls``."""
         self.cls = cls
 
     def bind(self, ctx: BatchContext) -> Callable[[int], np.ndarray]:
@@ -309,13 +316,15 @@ class MapAdapter:
 
 
 class PixelAdapter:
-    """A pixel method (guided backpropagation, Guided Grad-CAM): (B, S, S, 3) gradient images per class
-    slot, computed once per batch and slot; writes the image (deprocessed) and the raw gradients.
+    """A pixel method (guided backpropagation, Guided Grad-CAM): (B, S, S, 3) gradient images per class slot.
+
+    Computed once per batch and slot; writes the image (deprocessed) and the raw gradients.
     """
 
     class_agnostic = False
 
     def __init__(self, cls: type) -> None:
+        """Adapt the pixel method class ``cls``."""
         self.cls = cls
 
     def bind(self, ctx: BatchContext) -> Callable[[int], np.ndarray]:
@@ -342,8 +351,9 @@ class PixelAdapter:
 
 
 class FactorizationAdapter:
-    """A factorization method (Deep Feature Factorization): each image factorised on its own into
-    --n-components concepts, whatever the class; one picture per image.
+    """A factorization method (Deep Feature Factorization): one picture per image.
+
+    Each image is factorised on its own into --n-components concepts, whatever the class.
 
     Concepts are named by the run's concept head (the model's last linear layer when it reads the
     target layer's channels): the softmax of its outputs on the concept vectors, top class and probability.
@@ -352,6 +362,7 @@ class FactorizationAdapter:
     class_agnostic = True
 
     def __init__(self, cls: type) -> None:
+        """Adapt the factorization method class ``cls``."""
         self.cls = cls
 
     def bind(self, ctx: BatchContext) -> Callable[[int], list[tuple[np.ndarray, list[str]]]]:
@@ -410,6 +421,7 @@ class Runner:
     def __init__(
         self, loaded: LoadedModel, device: torch.device, options: RunOptions, setup: TargetSetup
     ) -> None:
+        """Store the loaded model, the device, the options and the target setup; one adapter per method."""
         self.loaded = loaded
         self.device = device
         self.options = options
@@ -455,8 +467,9 @@ class Runner:
         ]
 
     def _compute(self, ctx: BatchContext, probabilities: torch.Tensor) -> tuple[dict, list[list[dict]]]:
-        """Every method on every class slot: ``{(method, slot): result}``, and each image's map entries
-        (method, class, name, probability, seconds per image) in the order they are written.
+        """Every method on every class slot: ``{(method, slot): result}``, and each image's map entries.
+
+        The entries (method, class, name, probability, seconds per image) are in the order they are written.
         """
         size = len(ctx.classes)
         entries: list[list[dict]] = [[] for _ in range(size)]

@@ -79,6 +79,7 @@ class CAM(BaseCAM):
         fc_layer: str | nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
+        """Set up as :class:`BaseCAM` and find ``fc_layer``; see the class docstring for the arguments."""
         super().__init__(model, target_layers, reshape_transform, **kwargs)
         self.fc_layer = self._find_fc_layer(model, fc_layer)
 
@@ -117,6 +118,7 @@ class CAM(BaseCAM):
     pooled_cosine_tolerance = 0.999
 
     def forward_pass(self, x: torch.Tensor, options: CallOptions = DEFAULT_OPTIONS) -> ForwardPass:
+        """The base forward pass, with ``fc_layer``'s inputs recorded in ``extras["head_inputs"]``."""
         # fc_layer's inputs in this forward pass, for the pooled-head check: kept in the pass's extras (one
         # call's, never the object's), so every caller of forward_pass gets them (SESS runs the method on
         # each patch).
@@ -150,6 +152,7 @@ class CAM(BaseCAM):
     def cam_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
+        """``W[c]``, the head's row for each image's class, ``(B, C)``, after the pooled-head check."""
         weight = self.fc_layer.weight.detach()  # (num_classes, in_features)
         channels = activations.shape[1]
         if weight.shape[1] != channels:
@@ -183,6 +186,10 @@ class FEM(BaseCAM):
     and weighted by how much of it is active: ``w_k = mean_ij [A_k[i, j] >= mu_k + k sigma_k]``;
     ``cam = sum_k w_k A_k``. Gradient-free and class-agnostic. ``k`` (default 2) is a constructor
     argument.
+
+    Args:
+        k: the threshold in standard deviations above each channel's mean (default 2.0).
+        *args, **kwargs: :class:`BaseCAM`'s arguments.
     """
 
     name = "fem"
@@ -190,12 +197,14 @@ class FEM(BaseCAM):
     class_specific = False
 
     def __init__(self, *args: Any, k: float = 2.0, **kwargs: Any) -> None:
+        """Check and store ``k``; see the class docstring for the arguments."""
         self.k = check_float(k, "k")
         super().__init__(*args, **kwargs)
 
     def cam_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
+        """``w_k = mean_ij [A_k[i, j] >= mu_k + k sigma_k]``, the active fraction, ``(B, C)``."""
         flat = activations.flatten(2)  # (B, C, N)
         threshold = flat.mean(-1, keepdim=True) + self.k * flat.std(-1, unbiased=False, keepdim=True)
         return (flat >= threshold).float().mean(-1)  # (B, C): the active fraction
@@ -205,6 +214,10 @@ class RandomCAM(BaseCAM):
     """Random channel weights in [-1, 1]: a baseline for CAM metrics (a real method should beat it).
 
     ``seed`` (constructor) makes it reproducible: every call draws the same weights for the same shapes.
+
+    Args:
+        seed: None (the default) for fresh weights at every call, or an int for the same weights.
+        *args, **kwargs: :class:`BaseCAM`'s arguments.
     """
 
     name = "randomcam"
@@ -213,12 +226,14 @@ class RandomCAM(BaseCAM):
     deterministic = False  # unless a seed is given
 
     def __init__(self, *args: Any, seed: int | None = None, **kwargs: Any) -> None:
+        """Check and store ``seed``; see the class docstring for the arguments."""
         self.seed = check_seed(seed)
         super().__init__(*args, **kwargs)
 
     def cam_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
+        """Uniform random weights in [-1, 1], ``(B, C)``, from ``seed`` (or a fresh seed) on the CPU."""
         generator = torch.Generator()
         if self.seed is None:
             generator.seed()

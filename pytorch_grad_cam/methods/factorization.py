@@ -73,8 +73,9 @@ def _nndsvda(v: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _random_init(v: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``|N(0, 1)| * sqrt(mean(v) / k)`` from a CPU generator seeded with ``seed`` (same draw on any
-    device), so that ``w @ h`` has about the mean of ``v``.
+    """``|N(0, 1)| * sqrt(mean(v) / k)`` from a CPU generator seeded with ``seed``.
+
+    The same draw on any device, so that ``w @ h`` has about the mean of ``v``.
     """
     generator = torch.Generator().manual_seed(seed)
     scale = (v.mean() / k).sqrt()
@@ -227,7 +228,10 @@ def dff(
     Args:
         activations: ``(B, C, *spatial)`` numpy array or tensor (e.g. ``(B, C, H, W)``).
         n_components: the number of concepts ``K``, at most ``min(C, B * H * W)``.
-        max_iter, tol, init, seed: of the NMF (:func:`nmf`).
+        max_iter: the NMF's most updates of both factors (:func:`nmf`).
+        tol: the NMF's relative stopping tolerance, >= 0.
+        init: the NMF's initialisation, ``"nndsvda"`` (default) or ``"random"``.
+        seed: the seed of the NMF's random initialisation.
         negatives: ``"shift"`` or ``"clamp"`` (see :class:`DeepFeatureFactorization`).
 
     Returns:
@@ -318,6 +322,7 @@ class DeepFeatureFactorization(Registered):
         negatives: str = "shift",
         device: str | torch.device | None = None,
     ) -> None:
+        """Check and store the model, the layer and the NMF options; see the class docstring."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         layers = check_layers(model, target_layer, None)
@@ -342,13 +347,16 @@ class DeepFeatureFactorization(Registered):
         self.device = check_device(None, device)
 
     def __enter__(self) -> DeepFeatureFactorization:
+        """The object itself, for ``with DeepFeatureFactorization(...) as dff:``."""
         return self
 
     def __exit__(self, *exc_info) -> None:
+        """Nothing to release (hooks only exist during a call); exceptions propagate."""
         # Hooks only exist during a call: nothing to release, exceptions propagate.
         return None
 
     def __call__(self, input_tensor: torch.Tensor, n_components: int = 16) -> tuple:
+        """``(concepts, explanations[, concept_outputs])`` for ``input_tensor``: see the class docstring."""
         x = check_input(input_tensor)
         check_int(n_components, "n_components", 1)
         with compute_session(self.model, self.device, x) as x:
@@ -369,6 +377,7 @@ class DeepFeatureFactorization(Registered):
 
     @property
     def target_layers(self) -> list[nn.Module]:
+        """The target layer as a one-element list, as the CAMs have it."""
         return [self.target_layer]
 
     def _activations(self, x: torch.Tensor) -> torch.Tensor:
@@ -452,11 +461,14 @@ def run_dff_on_image(
     """DFF of one image, drawn: the image next to its concepts with a legend of the classifier's top classes.
 
     Args:
-        model, target_layer, reshape_transform: as :class:`DeepFeatureFactorization`.
+        model: the network, as for :class:`DeepFeatureFactorization`.
+        target_layer: the layer to factorise, as for :class:`DeepFeatureFactorization`.
         classifier: applied to the concept vectors (``computation_on_concepts``); its softmax names them.
         img_pil: the image, ``(H, W, 3)`` RGB uint8 (a PIL image or a numpy array).
         img_tensor: the model's input for it, ``(C, H, W)``.
-        n_components, top_k: concepts, and classes shown per concept.
+        reshape_transform: as for :class:`DeepFeatureFactorization`.
+        n_components: the number of concepts.
+        top_k: the classes shown per concept.
         labels: class index -> name; by default ``model.config.id2label`` (Hugging Face models), else
             the index itself.
 

@@ -157,6 +157,12 @@ class FullGrad(BaseCAM):
     One forward pass and one ``torch.autograd.grad`` over a copy of the input and every bias layer's
     output; the user's model and tensor are left as they were.
 
+    Args:
+        per_channel: min-max normalise each channel of a term (True, grad-cam 1.5.7's numerics) or each
+            image (False, the paper's code).
+        model, target_layers, reshape_transform, **kwargs: as for :class:`BaseCAM` (``target_layers``
+            ignored, ``reshape_transform`` refused).
+
     Example:
         >>> cam = FullGrad(model)
         >>> maps = cam(x, targets=[ClassifierOutputTarget(281)])  # (B, H, W) in [0, 1]
@@ -175,6 +181,7 @@ class FullGrad(BaseCAM):
         per_channel: bool = True,
         **kwargs,
     ) -> None:
+        """Check the arguments as :class:`BaseCAM` (no ``reshape_transform``) and store ``per_channel``."""
         if isinstance(target_layers, (list, tuple)) and not target_layers:
             target_layers = None  # FullGrad(model, target_layers=[]), the reference's usual call
         super().__init__(model, target_layers, reshape_transform, **kwargs)
@@ -214,8 +221,9 @@ class FullGrad(BaseCAM):
         return x_in.detach() * grad_x, records, scores.detach()
 
     def decompose(self, input_tensor: torch.Tensor, targets: TargetsArg = None) -> FullGradTerms:
-        """The raw full-gradient terms of each image's score (no abs, no normalisation), on the compute
-        device, in the model's dtype. See :class:`FullGradTerms`.
+        """The raw full-gradient terms of each image's score (no abs, no normalisation).
+
+        On the compute device, in the model's dtype. See :class:`FullGradTerms`.
         """
         x = check_input(input_tensor)
         target_list = normalize_targets(targets, x.shape[0])
@@ -226,8 +234,10 @@ class FullGrad(BaseCAM):
 
     # -- the map ---------------------------------------------------------------------------------
     def _post(self, term: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
-        """``(B, C, *s)`` term -> ``(B, *spatial)``: abs, min-max per channel (or per image), channel
-        sum, resize. Resizing is linear, so resizing the channel sum equals summing resized channels.
+        """``(B, C, *s)`` term -> ``(B, *spatial)``: abs, min-max, channel sum, resize.
+
+        The min-max is per channel (or per image). Resizing is linear, so resizing the channel sum equals
+        summing resized channels.
         """
         term = term.float().abs()  # (B, C, *s)
         normalised = min_max_normalize(term.flatten(0, 1) if self.per_channel else term).view_as(term)
@@ -240,6 +250,7 @@ class FullGrad(BaseCAM):
         eigen_smooth: bool,
         options: CallOptions = DEFAULT_OPTIONS,
     ) -> torch.Tensor:
+        """The FullGrad map ``(B, *spatial)`` in ``[0, 1]`` of one batch: see the class docstring."""
         # FullGrad has no target layers to fuse: its terms are every bias layer's, summed; options may
         # change how targets are resolved and see the pass's output.
         with self.session(input_tensor) as x:  # (B, C, *spatial) on the model's device and dtype

@@ -41,6 +41,7 @@ class GradCAM(BaseCAM):
     def cam_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
     ) -> torch.Tensor:
+        """``w_k = mean_ij g_k[i, j]``, ``(B, C)``."""
         return gradients.flatten(2).mean(-1)  # (B, C)
 
 
@@ -56,6 +57,7 @@ class GradCAMPlusPlus(BaseCAM):
     def cam_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
     ) -> torch.Tensor:
+        """Grad-CAM++'s ``w_k = sum_ij relu(g_ij) alpha_ij``, ``(B, C)``; see the class docstring."""
         g2 = gradients.pow(2)  # (B, C, *spatial)
         g3 = g2 * gradients
         sum_a = broadcast_weights(activations.flatten(2).sum(-1), activations)  # (B, C, 1, ...)
@@ -75,6 +77,7 @@ class XGradCAM(BaseCAM):
     def cam_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
     ) -> torch.Tensor:
+        """``w_k = sum_ij (g_ij A_k[i, j]) / (sum_ij A_k[i, j] + 1e-7)``, ``(B, C)``."""
         return (gradients * activations).flatten(2).sum(-1) / (activations.flatten(2).sum(-1) + 1e-7)
 
 
@@ -91,11 +94,13 @@ class HiResCAM(BaseCAM):
     def cam_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
     ) -> torch.Tensor:
+        """The gradients themselves, ``(B, C, *spatial)``: one weight per position."""
         return gradients  # (B, C, *spatial): one weight per position
 
     def layer_map(
         self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext, eigen_smooth: bool
     ) -> torch.Tensor:
+        """The base map ``sum_k g_k * A_k``; warns that ``eigen_smooth`` loses the faithfulness guarantee."""
         if eigen_smooth:
             warn(
                 "HiResCAM with eigen_smooth=True is no longer guaranteed to be faithful to the "
@@ -113,6 +118,10 @@ class GradCAMElementWise(BaseCAM):
     def layer_map(
         self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext, eigen_smooth: bool
     ) -> torch.Tensor:
+        """The map ``sum_k relu(g_k * A_k)``.
+
+        With ``eigen_smooth``: the first principal component of ``relu(g * A)`` instead.
+        """
         contributions = (gradients * activations).relu()  # (B, C, *spatial)
         return first_principal_component(contributions) if eigen_smooth else contributions.sum(1)
 
@@ -129,6 +138,7 @@ class LayerCAM(BaseCAM):
     def cam_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
     ) -> torch.Tensor:
+        """``relu(g)``, ``(B, C, *spatial)``: each position's own positive gradient."""
         return gradients.relu()  # (B, C, *spatial)
 
 
@@ -175,14 +185,16 @@ class SmoothGradCAMPlusPlus(BaseCAM):
         seed: int | None = None,
         **kwargs: Any,
     ) -> None:
+        """Check and store ``num_samples``, ``std`` and ``seed``; see the class docstring."""
         super().__init__(model, target_layers, reshape_transform, **kwargs)
         self.num_samples = check_int(num_samples, "num_samples", 1)
         self.std = check_float(std, "std", 0)
         self.seed = check_seed(seed)
 
     def _noisy_copies(self, x: torch.Tensor) -> torch.Tensor:
-        """``(S * B, C, *spatial)``: the noisy copies, sample-major (copy ``s`` of image ``b`` is row
-        ``s * B + b``).
+        """``(S * B, C, *spatial)``: the noisy copies, sample-major.
+
+        Copy ``s`` of image ``b`` is row ``s * B + b``.
         """
         generator = torch.Generator()  # its own state: the global RNG is left alone
         if self.seed is None:
@@ -203,6 +215,7 @@ class SmoothGradCAMPlusPlus(BaseCAM):
         eigen_smooth: bool,
         options: CallOptions = DEFAULT_OPTIONS,
     ) -> torch.Tensor:
+        """The clean pass (targets, scores, checks), then the ``S`` noisy copies in one batch; fused maps."""
         with self.session(input_tensor) as x:  # (B, C, *spatial)
             batch, samples = x.shape[0], self.num_samples
             # The clean pass: activations, targets (top class), scores, and every check of the engine
@@ -232,12 +245,14 @@ class SmoothGradCAMPlusPlus(BaseCAM):
                 return min_max_normalize(fused)
 
     def reshape_gradients(self, gradients: Any, layer: nn.Module) -> torch.Tensor:
+        """The noisy copies' gradients, sample-major, as ``(S, B, C, *grid)``."""
         grads = self.reshape_activations(gradients, layer)  # (S * B, C, *grid), sample-major
         return grads.view(self.num_samples, -1, *grads.shape[1:])  # (S, B, C, *grid)
 
     def cam_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
     ) -> torch.Tensor:
+        """Grad-CAM++'s weights from the sample means ``D1, D2, D3``, ``(B, C)``; see the class docstring."""
         d1 = gradients.mean(0)  # (B, C, *spatial)
         d2 = gradients.pow(2).mean(0)
         d3 = gradients.pow(3).mean(0)
@@ -281,6 +296,7 @@ class ShapleyCAM(BaseCAM):
     name = "shapleycam"
 
     def forward_pass(self, x: torch.Tensor, options: CallOptions = DEFAULT_OPTIONS) -> ForwardPass:
+        """The base forward pass, with attention and RoIAlign made twice differentiable for its duration."""
         # The Hessian-vector product differentiates the backward pass of every operation after the target
         # layer, and which backward an operation gets is fixed in the forward pass. The fused
         # scaled_dot_product_attention kernels (flash, memory-efficient, cuDNN: what nn.MultiheadAttention
@@ -292,8 +308,10 @@ class ShapleyCAM(BaseCAM):
             return super().forward_pass(x, options)
 
     def layer_gradients(self, scores: torch.Tensor, forward: ForwardPass) -> dict[int, Any]:
-        """Per layer ``g - 0.5 * H A`` in the layer's own layout (``reshape_transform`` is linear): a tensor,
-        or for a layer that returns a structure of tensors (an FPN's dict of levels) the same structure.
+        """Per layer ``g - 0.5 * H A`` in the layer's own layout (``reshape_transform`` is linear).
+
+        A tensor, or for a layer that returns a structure of tensors (an FPN's dict of levels) the same
+        structure.
         """
         layers = self.target_layers
         # create_graph: the gradient is differentiated once more for the Hessian-vector product.
@@ -340,4 +358,5 @@ class ShapleyCAM(BaseCAM):
     def cam_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
     ) -> torch.Tensor:
+        """``w_k = mean_ij (g - 0.5 * H A)_k[i, j]``, ``(B, C)``."""
         return gradients.flatten(2).mean(-1)  # (B, C): gradients here are g - 0.5 * H A

@@ -54,8 +54,9 @@ class _PositiveGradient(torch.autograd.Function):
 
 
 class _ReLUModuleHooks(HookSet):
-    """The guided rule on every ``nn.ReLU`` / ``nn.ReLU6`` module of ``model``, by forward hooks, for one
-    ``with`` block. ``depth > 0`` while such a module runs (its own ``F.relu`` call is then left to
+    """The guided rule on every ``nn.ReLU`` / ``nn.ReLU6`` module of ``model``, by forward hooks.
+
+    For one ``with`` block. ``depth > 0`` while such a module runs (its own ``F.relu`` call is then left to
     the hook, so nothing is wrapped twice).
     """
 
@@ -81,10 +82,11 @@ class _ReLUModuleHooks(HookSet):
 
 
 class _FunctionalReLUs(TorchFunctionMode):
-    """The guided rule on the functional ReLUs called in ``forward`` (``F.relu``, ``torch.relu``,
-    ``x.relu()``, their in-place forms), outside the ReLU modules that ``modules`` hooks. An in-place
-    functional ReLU whose result is discarded (``torch.relu_(x); return x``) cannot be reached: the
-    guided rule applies to the returned tensor.
+    """The guided rule on the functional ReLUs called in ``forward``, outside the hooked ReLU modules.
+
+    The functional ReLUs: ``F.relu``, ``torch.relu``, ``x.relu()``, their in-place forms; the ReLU modules are
+    those that ``modules`` hooks. An in-place functional ReLU whose result is discarded
+    (``torch.relu_(x); return x``) cannot be reached: the guided rule applies to the returned tensor.
     """
 
     def __init__(self, modules: _ReLUModuleHooks) -> None:
@@ -105,8 +107,9 @@ class _FunctionalReLUs(TorchFunctionMode):
 
 @contextlib.contextmanager
 def _guided_relus(model: nn.Module) -> Iterator[None]:
-    """For one forward pass: the guided rule on every ReLU, module or functional. The hooks are removed
-    and the mode is exited on exit, also when the block, or entering the mode, raises.
+    """For one forward pass: the guided rule on every ReLU, module or functional.
+
+    The hooks are removed and the mode is exited on exit, also when the block, or entering the mode, raises.
     """
     hooks = _ReLUModuleHooks(model)
     with hooks, _FunctionalReLUs(hooks):
@@ -114,8 +117,9 @@ def _guided_relus(model: nn.Module) -> Iterator[None]:
 
 
 def _layout(gradients: torch.Tensor, channels_last: bool) -> np.ndarray:
-    """``(B, C, *spatial)`` -> float32 numpy ``(B, *spatial, C)`` (``(*spatial, C)`` for one image) or
-    ``(B, C, *spatial)``.
+    """``(B, C, *spatial)`` -> float32 numpy, channels last or not.
+
+    ``(B, *spatial, C)`` (``(*spatial, C)`` for one image) or ``(B, C, *spatial)``.
     """
     if channels_last:
         gradients = gradients.movedim(1, -1)  # (B, *spatial, C)
@@ -160,6 +164,7 @@ class GuidedBackpropReLUModel(Registered):
     def __init__(
         self, model: nn.Module, device: str | torch.device | None = None, *, use_cuda: bool | None = None
     ) -> None:
+        """Check and store ``model`` and the compute device; see the class docstring for the arguments."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
@@ -177,6 +182,7 @@ class GuidedBackpropReLUModel(Registered):
         targets: TargetsArg = None,
         channels_last: bool = True,
     ) -> np.ndarray:
+        """The guided gradients of each image's target score w.r.t. the input: see the class docstring."""
         if target_category is not None:
             if targets is not None:
                 raise TypeError("pass targets or target_category (the first API's name), not both")
@@ -207,9 +213,10 @@ class GuidedBackpropReLUModel(Registered):
 
 
 class GuidedGradCAM(Registered):
-    """Guided Grad-CAM (Selvaraju et al., arXiv:1610.02391, section 3): guided backpropagation times the
-    class map upsampled to the input, ``cam_gb = gb * cam[..., None]``, high-resolution and
-    class-discriminative.
+    """Guided Grad-CAM (Selvaraju et al., arXiv:1610.02391, section 3).
+
+    Guided backpropagation times the class map upsampled to the input, ``cam_gb = gb * cam[..., None]``,
+    high-resolution and class-discriminative.
 
     Args:
         model: the network.
@@ -242,6 +249,7 @@ class GuidedGradCAM(Registered):
         device: str | torch.device | None = None,
         use_cuda: bool | None = None,
     ) -> None:
+        """Build the guided backpropagation and the map method; see the class docstring for the arguments."""
         self.guided_backprop = GuidedBackpropReLUModel(model, device, use_cuda=use_cuda)
         if cam is None or (isinstance(cam, type) and issubclass(cam, BaseCAM)):
             cls = GradCAM if cam is None else cam
@@ -261,6 +269,7 @@ class GuidedGradCAM(Registered):
         target_category: Any = UNSET,
         channels_last: bool = True,
     ) -> np.ndarray:
+        """``cam_gb = gb * cam[..., None]``, in the layout of :class:`GuidedBackpropReLUModel`."""
         if target_category is not UNSET:
             if targets is not None:
                 raise TypeError("pass targets or target_category (the first API's name), not both")

@@ -1,5 +1,6 @@
-"""Perturbation CAMs (ScoreCAM, SS-CAM, IS-CAM, AblationCAM): channel weights from the scores of
-perturbed inputs or activations, no gradients.
+"""Perturbation CAMs (ScoreCAM, SS-CAM, IS-CAM, AblationCAM): no gradients.
+
+Channel weights from the scores of perturbed inputs or activations.
 
 All stream their perturbed batches ``batch_size`` at a time, so memory does not grow with the number
 of channels.
@@ -64,6 +65,7 @@ class ScoreCAM(BaseCAM):
     def cam_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
+        """``w = softmax_k(s)`` from the masked inputs' scores, ``(B, C)``; see the class docstring."""
         x = context.input  # (B, C_in, *S)
         batch, channels = activations.shape[:2]
         per_mask = self.inputs_per_mask
@@ -91,17 +93,19 @@ class ScoreCAM(BaseCAM):
 
     # -- what SS-CAM and IS-CAM change -----------------------------------------------------------
     def noise_seed(self, generator: torch.Generator) -> int:
-        """The seed each image's ``generator`` restarts from in this call (SS-CAM: its ``seed``, or a
-        fresh one per call). Score-CAM and IS-CAM draw no noise.
+        """The seed each image's ``generator`` restarts from in this call.
+
+        SS-CAM: its ``seed``, or a fresh one per call. Score-CAM and IS-CAM draw no noise.
         """
         return 0
 
     def mask_inputs(
         self, image: torch.Tensor, masks: torch.Tensor, samples: torch.Tensor, generator: torch.Generator
     ) -> torch.Tensor:
-        """The model inputs ``(n, C_in, *S)`` for one image ``(1, C_in, *S)``, one per row: ``masks``
-        ``(n, *S)`` in [0, 1] and ``samples`` ``(n,)``, each row's index in ``0..inputs_per_mask-1``;
-        ``generator`` is the call's noise source, restarted for each image.
+        """The model inputs ``(n, C_in, *S)`` for one image ``(1, C_in, *S)``, one per row.
+
+        ``masks``: ``(n, *S)`` in [0, 1]; ``samples``: ``(n,)``, each row's index in
+        ``0..inputs_per_mask-1``; ``generator`` is the call's noise source, restarted for each image.
         """
         return image * masks.unsqueeze(1)
 
@@ -132,6 +136,13 @@ class SSCAM(ScoreCAM):
     image's map does not depend on the others in its batch, nor on ``batch_size``). ``seed=None``
     draws a fresh seed per call (two calls differ); an int makes every call the same.
 
+    Args:
+        num_samples: ``N``, the noisy copies of each channel's mask (default 35).
+        std: the standard deviation of the Gaussian noise (default 2.0).
+        seed: the noise seed: None for a fresh seed per call, an int for the same noise in every call.
+        noise: ``"mask"`` (SS-CAM(1), the default) or ``"input"`` (SS-CAM(2)): where the noise is added.
+        *args, **kwargs: :class:`BaseCAM`'s arguments.
+
     Example:
         >>> cam = SSCAM(model, target_layers=[model.layer4[-1]], num_samples=35, std=2.0, seed=0)
         >>> maps = cam(x, targets=[ClassifierOutputTarget(281)])  # (1, 224, 224)
@@ -149,6 +160,7 @@ class SSCAM(ScoreCAM):
         noise: str = "mask",
         **kwargs: Any,
     ) -> None:
+        """Check and store the SS-CAM options; the other arguments are :class:`BaseCAM`'s."""
         super().__init__(*args, **kwargs)
         self.num_samples = check_int(num_samples, "num_samples", 1)
         self.std = check_float(std, "std", minimum=0)
@@ -159,14 +171,17 @@ class SSCAM(ScoreCAM):
 
     @property
     def inputs_per_mask(self) -> int:  # type: ignore[override]
+        """``num_samples`` noisy inputs per channel's mask."""
         return self.num_samples
 
     def noise_seed(self, generator: torch.Generator) -> int:
+        """``seed``, or a fresh seed drawn by ``generator`` when ``seed`` is None."""
         return self.seed if self.seed is not None else generator.seed()
 
     def mask_inputs(
         self, image: torch.Tensor, masks: torch.Tensor, samples: torch.Tensor, generator: torch.Generator
     ) -> torch.Tensor:
+        """One noisy input per row: ``x * (m_k + d)`` (``noise='mask'``) or ``x * m_k + d`` (``'input'``)."""
         # One draw per row, in row order: the same noise whatever the batch boundaries.
         shape = masks.shape[1:] if self.noise == "mask" else image.shape[1:]
         noise = (
@@ -180,6 +195,7 @@ class SSCAM(ScoreCAM):
         return image * masks.unsqueeze(1) + noise
 
     def combine_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """The softmax over channels of the scores averaged over the noisy samples, ``(B, C)``."""
         return scores.mean(-1).softmax(-1)
 
 
@@ -198,6 +214,10 @@ class ISCAM(ScoreCAM):
     same for every channel and drops out of the softmax. Costs ``C * num_samples`` forward passes per
     image, streamed ``batch_size`` at a time.
 
+    Args:
+        num_samples: ``N``, the steps of the path of growing masks (default 10).
+        *args, **kwargs: :class:`BaseCAM`'s arguments.
+
     Example:
         >>> cam = ISCAM(model, target_layers=[model.layer4[-1]], num_samples=10)
     """
@@ -205,21 +225,25 @@ class ISCAM(ScoreCAM):
     name = "iscam"
 
     def __init__(self, *args: Any, num_samples: int = 10, **kwargs: Any) -> None:
+        """Check and store ``num_samples``; the other arguments are :class:`BaseCAM`'s."""
         super().__init__(*args, **kwargs)
         self.num_samples = check_int(num_samples, "num_samples", 1)
 
     @property
     def inputs_per_mask(self) -> int:  # type: ignore[override]
+        """``num_samples`` path steps per channel's mask."""
         return self.num_samples
 
     def mask_inputs(
         self, image: torch.Tensor, masks: torch.Tensor, samples: torch.Tensor, generator: torch.Generator
     ) -> torch.Tensor:
+        """One input per row: ``x * c_i m_k`` with ``c_i = i (i + 1) / (2N)``, ``i`` the row's step (1..N)."""
         step = (samples + 1).to(image.dtype)  # i = 1..N
         coefficient = step * (step + 1) / (2 * self.num_samples)  # (n,)
         return image * (coefficient.view(-1, *([1] * (masks.ndim - 1))) * masks).unsqueeze(1)
 
     def combine_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """The softmax over channels of the scores averaged over the path steps, ``(B, C)``."""
         return scores.mean(-1).softmax(-1)
 
 
@@ -251,6 +275,7 @@ class AblationCAM(BaseCAM):
     def cam_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
     ) -> torch.Tensor:
+        """``w_k = (y - y_k) / y`` from the ablated copies' scores, ``(B, C)``; see the class docstring."""
         raw = context.raw_activations  # the layer's own output, (B, C, ...) or (B, ..., C), or a structure
         batch, channels = activations.shape[:2]
         layout = channel_layout(raw, context.channel_dim, self.reshape_transform, channels)
@@ -276,10 +301,12 @@ class AblationCAM(BaseCAM):
 
     @staticmethod
     def _warn_unresolved(drops: torch.Tensor, activations: torch.Tensor, context: LayerContext) -> None:
-        """Warn about images where no ablation changed the score at all (``drops`` ``(B, C)`` all 0) though
-        the layer is not all zeros: activations too small next to the score for one rounding step of
-        the model's dtype (``|y - y_k| < eps * |y|``), e.g. a random network whose BatchNorm statistics
-        were never fitted. Such a map carries no information; without this, only a constant map shows.
+        """Warn about images where no ablation changed the score at all (``drops`` ``(B, C)`` all 0).
+
+        Only where the layer is not all zeros: its activations are then too small next to the score for one
+        rounding step of the model's dtype (``|y - y_k| < eps * |y|``), e.g. a random network whose BatchNorm
+        statistics were never fitted. Such a map carries no information; without this, only a constant map
+        shows.
         """
         flat = activations.flatten(1).abs()  # (B, C * positions)
         unresolved = ((drops == 0).all(1) & (flat.amax(1) > 0)).nonzero().flatten().tolist()

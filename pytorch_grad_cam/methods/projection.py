@@ -1,5 +1,6 @@
-"""Projection CAMs: the map is the activations' projection on a principal component (of ``A``, of
-``g * A`` for Eigen-Grad-CAM, or in a kernel's feature space for KPCA-CAM).
+"""Projection CAMs: the map is the activations' projection on a principal component.
+
+Of ``A``, of ``g * A`` for Eigen-Grad-CAM, or in a kernel's feature space for KPCA-CAM.
 """
 
 from __future__ import annotations
@@ -34,14 +35,16 @@ class EigenCAM(BaseCAM):
         context: LayerContext,
         eigen_smooth: bool,
     ) -> torch.Tensor:
+        """The first principal component of the activations, ``(B, *spatial)``."""
         return first_principal_component(activations)  # (B, *spatial)
 
 
 class SegEigenCAM(BaseCAM):
-    """Seg-Eigen-CAM (Chung & Ying, Applied Sciences 2025): the first principal component of
-    ``|g| * A``, the activations weighted by the magnitude of their gradient, made for semantic
-    segmentation. The component's sign is fixed by the rule of ``first_principal_component``: the map
-    correlates positively with the channel sum of ``|g| * A``.
+    """Seg-Eigen-CAM (Chung & Ying, Applied Sciences 2025): the first principal component of ``|g| * A``.
+
+    The activations weighted by the magnitude of their gradient, made for semantic segmentation. The
+    component's sign is fixed by the rule of ``first_principal_component``: the map correlates positively with
+    the channel sum of ``|g| * A``.
     """
 
     name = "segeigencam"
@@ -53,6 +56,7 @@ class SegEigenCAM(BaseCAM):
         context: LayerContext,
         eigen_smooth: bool,
     ) -> torch.Tensor:
+        """The first principal component of ``|g| * A``, ``(B, *spatial)``."""
         return first_principal_component(gradients.abs() * activations)  # (B, *spatial)
 
 
@@ -130,6 +134,7 @@ class KPCA_CAM(BaseCAM):
         coef0: float = 1.0,
         **kwargs: Any,
     ) -> None:
+        """Check and store the kernel's options; see the class docstring for the arguments."""
         kernel = check_choice(kernel, "kernel", KPCA_KERNELS)
         if gamma is not None:
             gamma = check_float(gamma, "gamma", 0, include_minimum=False)
@@ -146,6 +151,7 @@ class KPCA_CAM(BaseCAM):
         context: LayerContext,
         eigen_smooth: bool,
     ) -> torch.Tensor:
+        """The first kernel principal component of the centred activations, ``(B, *spatial)``."""
         acts = torch.nan_to_num(activations.float(), nan=0.0)
         x = acts.flatten(2).transpose(1, 2).double()  # (B, N, C); float64 for the eigensolver
         x = x - x.mean(1, keepdim=True)
@@ -165,4 +171,5 @@ class EigenGradCAM(BaseCAM):
     def layer_map(
         self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext, eigen_smooth: bool
     ) -> torch.Tensor:
+        """The first principal component of ``g * A``, ``(B, *spatial)``."""
         return first_principal_component(gradients * activations)  # (B, *spatial)

@@ -62,8 +62,9 @@ _PASS_THROUGH = (
 
 
 def _children(module: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Every ``(name, child)`` of ``module``, a child registered under two names included (unlike
-    ``named_children``, which gives a shared module once).
+    """Every ``(name, child)`` of ``module``, a child registered under two names included.
+
+    Unlike ``named_children``, which gives a shared module once.
     """
     return [
         (name, child)
@@ -73,8 +74,9 @@ def _children(module: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def get_layer(model: nn.Module, name: str) -> nn.Module:
-    """The sub-module of ``model`` at a dotted path; integers index sequences, negatives count from the
-    end: ``"layer4.-1"`` is ``model.layer4[-1]``, ``"features.-1.0"`` is ``model.features[-1][0]``.
+    """The sub-module of ``model`` at a dotted path; integers index sequences, negatives count from the end.
+
+    ``"layer4.-1"`` is ``model.layer4[-1]``, ``"features.-1.0"`` is ``model.features[-1][0]``.
 
     Raises ``ValueError`` naming the part that does not exist and what exists there instead.
     """
@@ -124,8 +126,9 @@ def find_layer_predicate_recursive(
 
 
 def replace_layer_recursive(model: nn.Module, old_layer: nn.Module, new_layer: nn.Module) -> bool:
-    """Put ``new_layer`` wherever ``old_layer`` is a child in ``model``'s tree. This CHANGES the model
-    (the CAM methods never do this; it is a utility for the user's own edits). True if found.
+    """Put ``new_layer`` wherever ``old_layer`` is a child in ``model``'s tree; True if found.
+
+    This CHANGES the model (the CAM methods never do this; it is a utility for the user's own edits).
     """
     found = False
     for module in list(model.modules()):
@@ -178,8 +181,10 @@ class _FirstOutput(HookSet):
 
 
 def layer_output_layout(model: nn.Module, layer: nn.Module, input_tensor: torch.Tensor) -> LayerLayout:
-    """Run ``model`` once on ``input_tensor`` and read ``layer``'s output layout: its shape, the reshape
-    transform :func:`guess_reshape_transform` picks for it, and the ``(B, C, *spatial)`` shape that gives.
+    """Run ``model`` once on ``input_tensor`` and read ``layer``'s output layout.
+
+    Its shape, the reshape transform :func:`guess_reshape_transform` picks for it, and the
+    ``(B, C, *spatial)`` shape that gives.
 
     The forward pass runs without gradients, in eval mode, with the input on the model's device and
     floating dtype; the model's training flags are restored afterwards and its hook is removed, also when
@@ -216,8 +221,10 @@ def layer_output_layout(model: nn.Module, layer: nn.Module, input_tensor: torch.
 # --------------------------------------------------------------------------------- automatic choice
 @dataclass
 class FoundLayer:
-    """What :func:`find_target_layer` chose: the module, its dotted name, the reshape transform its output
-    needs (None for channels-first maps), and the shape of its output on the traced input.
+    """What :func:`find_target_layer` chose.
+
+    The module, its dotted name, the reshape transform its output needs (None for channels-first maps), and
+    the shape of its output on the traced input.
     """
 
     layer: nn.Module
@@ -226,14 +233,17 @@ class FoundLayer:
     output_shape: tuple[int, ...]
 
     def describe(self) -> str:
+        """The layer's name, output shape and reshape transform, in one line."""
         how = getattr(self.reshape_transform, "describe", None)
         layout = f"; reshape: {how()}" if how else ""
         return f"{self.name} (output {tuple(self.output_shape)}{layout})"
 
 
 class _OutputRecorder(HookSet):
-    """Forward hooks on every module for one ``with`` block: how often each ran, and the floating-point
-    outputs with spatial dims that require grad, of named modules that are not pass-through.
+    """Forward hooks on every module for one ``with`` block.
+
+    They record how often each module ran, and the floating-point outputs with spatial dims that require grad,
+    of named modules that are not pass-through.
     """
 
     def __init__(self, model: nn.Module) -> None:

@@ -56,8 +56,9 @@ def _check_image_weight(image_weight: Any) -> float:
 
 
 def _check_unit_range(values: np.ndarray, name: str, hint: str = "") -> None:
-    """Raise unless ``values`` (non-empty) are finite and in [0, 1], up to a float round-off of 1e-6:
-    anything further out would wrap around in the uint8 cast of an overlay.
+    """Raise unless ``values`` (non-empty) are finite and in [0, 1], up to a float round-off of 1e-6.
+
+    Anything further out would wrap around in the uint8 cast of an overlay.
     """
     lo, hi = float(np.min(values)), float(np.max(values))
     if not (np.isfinite(lo) and np.isfinite(hi)):
@@ -362,7 +363,7 @@ def show_factorization_on_image(
     image_weight: float = 0.5,
     concept_labels: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """Colour each pixel by its dominant concept of a Deep Feature Factorization, blended with the image.
+    r"""Colour each pixel by its dominant concept of a Deep Feature Factorization, blended with the image.
 
     At each pixel the concept with the largest explanation value ``e`` wins (ties: the lowest index);
     the pixel gets that concept's colour at brightness ``e`` (its hue and saturation, with HSV value
@@ -376,7 +377,7 @@ def show_factorization_on_image(
         colors: one RGB (or RGBA, alpha ignored) colour per concept, values in [0, 1]; by default ``K``
             hues evenly spaced on the colour wheel (red first).
         image_weight: weight of the image in the blend, in [0, 1].
-        concept_labels: one string per concept (``"\\n"`` separates lines); if given, a legend panel as
+        concept_labels: one string per concept (``"\n"`` separates lines); if given, a legend panel as
             large as the image, with each concept's colour and label, is drawn (with OpenCV) to the right.
 
     Returns:

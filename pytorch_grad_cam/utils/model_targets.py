@@ -96,14 +96,17 @@ class ClassifierOutputTarget:
     """
 
     def __init__(self, category: int) -> None:
+        """Check and store ``category``; see the class docstring for the arguments."""
         self.category = _check_category(category)
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        """The logit of ``category`` in ``model_output``: 0-dim for one image, ``(B,)`` for ``B`` rows."""
         rows, scalar = _as_rows(model_output, type(self).__name__)
         _check_in_range(rows, self.category, type(self).__name__)
         return _finish(rows[:, self.category], scalar)
 
     def __repr__(self) -> str:
+        """The class name and the category."""
         return f"{type(self).__name__}(category={self.category})"
 
 
@@ -123,19 +126,23 @@ class ClassifierOutputSoftmaxTarget:
     """
 
     def __init__(self, category: int) -> None:
+        """Check and store ``category``; see the class docstring for the arguments."""
         self.category = _check_category(category)
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        """The softmax probability of ``category`` in ``model_output`` (0-dim, or ``(B,)`` per row)."""
         rows, scalar = _as_rows(model_output, type(self).__name__)
         _check_in_range(rows, self.category, type(self).__name__)
         return _finish(torch.softmax(rows, dim=-1)[:, self.category], scalar)
 
     def __repr__(self) -> str:
+        """The class name and the category."""
         return f"{type(self).__name__}(category={self.category})"
 
 
 class ClassifierOutputReST:
-    """ReST, the residual softmax target of ShapleyCAM (Cai et al., arXiv:2501.06261):
+    """ReST, the residual softmax target of ShapleyCAM (Cai et al., arXiv:2501.06261).
+
     ``score = output[category] + log_softmax(output)[category]``, i.e. the logit minus the
     cross-entropy of the class. It uses both the pre- and the post-softmax score.
 
@@ -150,15 +157,18 @@ class ClassifierOutputReST:
     """
 
     def __init__(self, category: int) -> None:
+        """Check and store ``category``; see the class docstring for the arguments."""
         self.category = _check_category(category)
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        """The ReST score of ``category`` in ``model_output`` (0-dim, or ``(B,)`` per row)."""
         rows, scalar = _as_rows(model_output, type(self).__name__)
         _check_in_range(rows, self.category, type(self).__name__)
         logit = rows[:, self.category]  # (B,)
         return _finish(logit + torch.log_softmax(rows, dim=-1)[:, self.category], scalar)
 
     def __repr__(self) -> str:
+        """The class name and the category."""
         return f"{type(self).__name__}(category={self.category})"
 
 
@@ -182,6 +192,7 @@ class FinerWeightedTarget:
     """
 
     def __init__(self, main_category: int, comparison_categories, alpha: float = 1.0) -> None:
+        """Check and store the classes and ``alpha``; see the class docstring for the arguments."""
         self.main_category = _check_category(main_category, "main_category")
         if isinstance(comparison_categories, (str, bytes)) or not hasattr(comparison_categories, "__iter__"):
             raise TypeError(
@@ -198,6 +209,7 @@ class FinerWeightedTarget:
         self.alpha = alpha
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        """The FinerCAM score of ``model_output`` (0-dim, or ``(B,)`` per row)."""
         rows, scalar = _as_rows(model_output, type(self).__name__)
         for category in (self.main_category, *self.comparison_categories):
             _check_in_range(rows, category, type(self).__name__)
@@ -208,6 +220,7 @@ class FinerWeightedTarget:
         return _finish(score, scalar)
 
     def __repr__(self) -> str:
+        """The class name, the main and comparison categories and ``alpha``."""
         return (
             f"{type(self).__name__}(main_category={self.main_category}, "
             f"comparison_categories={self.comparison_categories}, alpha={self.alpha})"
@@ -231,12 +244,14 @@ class BinaryClassifierOutputTarget:
     """
 
     def __init__(self, category: int) -> None:
+        """Check (0 or 1) and store ``category``; see the class docstring for the arguments."""
         category = _check_category(category)
         if category not in (0, 1):
             raise ValueError(f"category must be 0 or 1 for a binary classifier, got {category}")
         self.category = category
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        """The single logit of ``model_output``, negated for ``category == 0`` (0-dim, or ``(B,)``)."""
         who = type(self).__name__
         if not isinstance(model_output, torch.Tensor):
             raise TypeError(
@@ -254,6 +269,7 @@ class BinaryClassifierOutputTarget:
         )
 
     def __repr__(self) -> str:
+        """The class name and the category."""
         return f"{type(self).__name__}(category={self.category})"
 
 
@@ -271,12 +287,14 @@ class RawScoresOutputTarget:
     """
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        """The sum of the scores of ``model_output`` (0-dim, or ``(B,)`` per row)."""
         if isinstance(model_output, torch.Tensor) and model_output.ndim == 0:
             return model_output  # already the scalar of a regression model
         rows, scalar = _as_rows(model_output, type(self).__name__)
         return _finish(rows.sum(dim=-1), scalar)
 
     def __repr__(self) -> str:
+        """The class name."""
         return f"{type(self).__name__}()"
 
 
@@ -299,9 +317,11 @@ class SoftmaxOutputTarget:
     """
 
     def __init__(self, category: int | None = None) -> None:
+        """Check and store ``category`` (or None); see the class docstring for the arguments."""
         self.category = None if category is None else _check_category(category)
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        """The probability of ``category`` (or of the top class) in ``model_output`` (0-dim, or ``(B,)``)."""
         rows, scalar = _as_rows(model_output, type(self).__name__)
         probs = torch.softmax(rows, dim=-1)
         if self.category is None:
@@ -310,6 +330,7 @@ class SoftmaxOutputTarget:
         return _finish(probs[:, self.category], scalar)
 
     def __repr__(self) -> str:
+        """The class name and the category."""
         return f"{type(self).__name__}(category={self.category})"
 
 
@@ -352,6 +373,7 @@ class SemanticSegmentationTarget:
     """
 
     def __init__(self, category: int, mask: Any) -> None:
+        """Check and store ``category`` and ``mask`` (as floats); see the class docstring for the args."""
         self.category = _check_category(category)
         mask = _as_float_tensor(mask, "mask")
         if mask.ndim == 0:
@@ -363,6 +385,7 @@ class SemanticSegmentationTarget:
         self.mask = mask
 
     def __call__(self, model_output: Any) -> torch.Tensor:
+        """The mask-weighted sum of ``category``'s scores in ``model_output``, a 0-dim tensor."""
         who = type(self).__name__
         if isinstance(model_output, dict):
             if "out" not in model_output:
@@ -394,6 +417,7 @@ class SemanticSegmentationTarget:
         return (model_output[self.category] * mask).sum()
 
     def __repr__(self) -> str:
+        """The class name, the category and the mask's shape."""
         return f"{type(self).__name__}(category={self.category}, mask of shape {tuple(self.mask.shape)})"
 
 
@@ -410,9 +434,11 @@ def _box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
 
 
 class FasterRCNNBoxScoreTarget:
-    """How well a detector still finds given boxes: for object detection models (torchvision's Faster
-    R-CNN, RetinaNet, FCOS...), whose output for one image is a dict with ``"boxes"`` ``(M, 4)``
-    (x1, y1, x2, y2), ``"labels"`` ``(M,)`` and ``"scores"`` ``(M,)``.
+    """How well a detector still finds given boxes.
+
+    For object detection models (torchvision's Faster R-CNN, RetinaNet, FCOS...), whose output for one
+    image is a dict with ``"boxes"`` ``(M, 4)`` (x1, y1, x2, y2), ``"labels"`` ``(M,)`` and ``"scores"``
+    ``(M,)``.
 
     For each wanted box ``b`` with label ``l`` the detection ``d`` with label ``l`` that overlaps ``b``
     most is found; if ``IoU(b, d) > iou_threshold`` it contributes ``IoU(b, d) + score(d)`` (as in the
@@ -439,6 +465,7 @@ class FasterRCNNBoxScoreTarget:
     """
 
     def __init__(self, labels: Any, bounding_boxes: Any, iou_threshold: float = 0.5) -> None:
+        """Check and store the labels, the boxes and the threshold; see the class docstring."""
         if isinstance(labels, (torch.Tensor, np.ndarray)):
             labels = labels.tolist()
         if isinstance(labels, (int, np.integer)) or not hasattr(labels, "__iter__"):
@@ -467,6 +494,7 @@ class FasterRCNNBoxScoreTarget:
         self.iou_threshold = iou_threshold
 
     def __call__(self, model_output: Any) -> torch.Tensor:
+        """The summed ``IoU + score`` of the matched boxes in ``model_output``, a 0-dim tensor."""
         who = type(self).__name__
         if not isinstance(model_output, dict) or not {"boxes", "labels", "scores"} <= set(model_output):
             got = (
@@ -496,6 +524,7 @@ class FasterRCNNBoxScoreTarget:
         return total
 
     def __repr__(self) -> str:
+        """The class name, the labels, the number of boxes and the threshold."""
         return (
             f"{type(self).__name__}(labels={self.labels}, {self.bounding_boxes.shape[0]} boxes, "
             f"iou_threshold={self.iou_threshold})"
@@ -538,7 +567,8 @@ class _ConceptTarget:
 
 
 class SimilarityToConceptTarget(_ConceptTarget):
-    """For embedding models: the cosine similarity of the image's embedding with a concept's,
+    """For embedding models: the cosine similarity of the image's embedding with a concept's.
+
     ``score = <y, f> / (|y| |f|)``, so the CAM shows what makes the image look like the concept.
 
     Args:
@@ -553,12 +583,14 @@ class SimilarityToConceptTarget(_ConceptTarget):
     """
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        """The cosine similarity of ``model_output`` with the concept (0-dim, or ``(B,)`` per row)."""
         return self._similarity(model_output)
 
 
 class DifferenceFromConceptTarget(_ConceptTarget):
-    """For embedding models: ``score = 1 - <y, f> / (|y| |f|)``, one minus the cosine similarity of the
-    image's embedding with a concept's, so the CAM shows what makes the image differ from the concept.
+    """For embedding models: one minus the cosine similarity of the image's embedding with a concept's.
+
+    ``score = 1 - <y, f> / (|y| |f|)``, so the CAM shows what makes the image differ from the concept.
 
     Args:
         features: the concept's embedding ``(D,)`` (or ``(1, D)``), a numpy array or a tensor.
@@ -570,4 +602,5 @@ class DifferenceFromConceptTarget(_ConceptTarget):
     """
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        """One minus the cosine similarity of ``model_output`` with the concept (0-dim, or ``(B,)``)."""
         return 1.0 - self._similarity(model_output)

@@ -65,8 +65,9 @@ def _square_side(count: int) -> int | None:
 
 
 def infer_square_grid(tokens: int) -> tuple[int, int] | None:
-    """``(prefix, side)`` for ``tokens`` = ``prefix`` leading tokens + a ``side x side`` patch grid: the
-    smallest ``prefix`` in ``0..MAX_PREFIX_TOKENS`` that leaves a perfect square; None if there is none.
+    """``(prefix, side)`` for ``tokens`` = ``prefix`` leading tokens + a ``side x side`` patch grid.
+
+    The smallest ``prefix`` in ``0..MAX_PREFIX_TOKENS`` that leaves a perfect square; None if there is none.
     """
     for prefix in range(min(MAX_PREFIX_TOKENS, tokens) + 1):
         side = _square_side(tokens - prefix)
@@ -110,8 +111,9 @@ def vit_reshape_transform(
 
     Args:
         tensor: ``(B, N, C)`` token tensor (activations or gradients).
-        height, width: the patch grid (e.g. 12 and 16 for a 192x256 input with 16x16 patches);
-            both or neither.
+        height: the patch grid's height (e.g. 12 for a 192x256 input with 16x16 patches); give both
+            ``height`` and ``width`` or neither.
+        width: the patch grid's width (e.g. 16 for a 192x256 input with 16x16 patches).
         num_prefix_tokens: how many leading non-patch tokens to drop (e.g. 5 for 1 class + 4 registers).
 
     Returns:
@@ -193,7 +195,9 @@ def swinT_reshape_transform(
 
     Args:
         tensor: ``(B, H, W, C)`` or ``(B, L, C)`` (activations or gradients).
-        height, width: the grid, both or neither; with a 4-D input they are only checked.
+        height: the grid's height; give both ``height`` and ``width`` or neither. With a 4-D input
+            they are only checked.
+        width: the grid's width.
 
     Returns:
         ``(B, C, H, W)`` tensor (contiguous).
@@ -233,8 +237,9 @@ swin_reshape_transform = swinT_reshape_transform
 
 
 def _pyramid_levels(features: Any, who: str) -> tuple[list, list]:
-    """The levels of a pyramid (a dict, in its order, or a list/tuple) and their names, checked: each a
-    ``(B, C, H, W)`` tensor of one batch size.
+    """The levels of a pyramid (a dict, in its order, or a list/tuple) and their names, checked.
+
+    Each level must be a ``(B, C, H, W)`` tensor of one batch size.
     """
     if isinstance(features, Mapping):
         levels, names = list(features.values()), list(features.keys())
@@ -283,8 +288,9 @@ def fpn_reshape_transform(
     size: str | Sequence[int] | None = None,
     absolute: bool = True,
 ) -> torch.Tensor:
-    """A feature pyramid's levels -> one ``(B, sum_l C_l, h, w)`` tensor: every level resized to one
-    grid and the levels concatenated along the channels.
+    """A feature pyramid's levels -> one ``(B, sum_l C_l, h, w)`` tensor.
+
+    Every level is resized to one grid and the levels are concatenated along the channels.
 
     For detectors whose backbone returns a dict of pyramid levels (torchvision's Faster R-CNN,
     RetinaNet, FCOS: ``target_layers=[model.backbone]``, output ``OrderedDict('0': (B, C, H/8, W/8),
@@ -325,8 +331,9 @@ def fpn_reshape_transform(
 def fasterrcnn_reshape_transform(
     features: Mapping[Any, torch.Tensor] | Sequence[torch.Tensor],
 ) -> torch.Tensor:
-    """The reference library's name for :func:`fpn_reshape_transform` with its defaults: every level's
-    magnitude, resized to the coarsest level's grid, concatenated along the channels.
+    """The reference library's name for :func:`fpn_reshape_transform` with its defaults.
+
+    Every level's magnitude, resized to the coarsest level's grid, concatenated along the channels.
     """
     return fpn_reshape_transform(features)
 
@@ -334,9 +341,10 @@ def fasterrcnn_reshape_transform(
 # ------------------------------------------------------------- transforms found from one example output
 @dataclass(frozen=True)
 class TokenGridReshape:
-    """Transformer tokens ``(B, prefix + H*W, D)`` -> ``(B, D, H, W)``, dropping ``prefix`` leading tokens
-    (class token, registers): :func:`vit_reshape_transform` with the grid and prefix fixed. A picklable
-    callable, usable as any ``reshape_transform``.
+    """Transformer tokens ``(B, prefix + H*W, D)`` -> ``(B, D, H, W)``, dropping ``prefix`` leading tokens.
+
+    The leading tokens: the class token, registers. :func:`vit_reshape_transform` with the grid and
+    prefix fixed. A picklable callable, usable as any ``reshape_transform``.
     """
 
     prefix: int
@@ -344,23 +352,28 @@ class TokenGridReshape:
     width: int
 
     def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The tokens ``(B, prefix + H*W, D)`` as ``(B, D, H, W)`` maps."""
         return vit_reshape_transform(tensor, self.height, self.width, self.prefix)  # (B, D, H, W)
 
     def describe(self) -> str:
+        """A one-line description of the transform (the grid and the dropped tokens)."""
         extra = f", dropping {self.prefix} leading token(s)" if self.prefix else ""
         return f"tokens -> {self.height}x{self.width} grid{extra}"
 
 
 @dataclass(frozen=True)
 class ChannelsLastReshape:
-    """``(B, *spatial, C)`` -> ``(B, C, *spatial)`` (Swin-style channels-last feature maps); for
-    ``(B, H, W, C)`` the channels-last branch of ``swinT_reshape_transform``. A picklable callable.
+    """``(B, *spatial, C)`` -> ``(B, C, *spatial)`` (Swin-style channels-last feature maps).
+
+    For ``(B, H, W, C)`` the channels-last branch of ``swinT_reshape_transform``. A picklable callable.
     """
 
     def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The channels-last ``(B, *spatial, C)`` tensor as ``(B, C, *spatial)``."""
         return channels_last_to_first(tensor)
 
     def describe(self) -> str:
+        """A one-line description of the transform."""
         return "channels-last (B, H, W, C) -> (B, C, H, W)"
 
 

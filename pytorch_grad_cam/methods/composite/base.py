@@ -75,6 +75,7 @@ class CompositeCAM(BaseCAM):
         batch_size: int | None = None,
         **base_kwargs: Any,
     ) -> None:
+        """Check the common arguments as :class:`BaseCAM`, then build the base method on them."""
         base_cls = base_class(self.default_base if base_method is None else base_method)
         own_batch = None if self.shares_batch_size else batch_size
         super().__init__(
@@ -128,8 +129,10 @@ class CompositeCAM(BaseCAM):
         aug_smooth: bool = False,
         target_category: Any = UNSET,
     ) -> np.ndarray:
-        """Maps ``(B, *spatial)`` float32 in ``[0, 1]``. The reference library's argument order:
-        ``(input_tensor, targets, eigen_smooth)``; ``aug_smooth`` is keyword-only.
+        """Maps ``(B, *spatial)`` float32 in ``[0, 1]``.
+
+        The reference library's argument order: ``(input_tensor, targets, eigen_smooth)``; ``aug_smooth`` is
+        keyword-only.
         """
         self.check_call_order(aug_smooth, eigen_smooth)
         return super().__call__(
@@ -143,8 +146,10 @@ class CompositeCAM(BaseCAM):
         return self(input_tensor, targets, eigen_smooth)
 
     def check_call_order(self, aug_smooth: Any, eigen_smooth: Any) -> tuple[bool, bool]:
-        """Both flags as bools; a non-bool (usually a call in another library's argument order) is a
-        TypeError saying this method's order.
+        """Both flags as bools.
+
+        A non-bool (usually a call in another library's argument order) is a TypeError saying this method's
+        order.
         """
         for name, value in (("aug_smooth", aug_smooth), ("eigen_smooth", eigen_smooth)):
             if not isinstance(value, (bool, np.bool_)):

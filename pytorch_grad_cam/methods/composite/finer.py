@@ -67,6 +67,7 @@ class FinerCAM(CompositeCAM):
         num_comparisons: int = 3,
         **kwargs: Any,
     ) -> None:
+        """Check and store ``alpha`` and ``num_comparisons``, and build the base method."""
         self.alpha = check_float(alpha, "alpha")
         self.num_comparisons = check_int(num_comparisons, "num_comparisons", 1)
         super().__init__(model, target_layers, reshape_transform, base_method, **kwargs)
@@ -85,6 +86,7 @@ class FinerCAM(CompositeCAM):
         aug_smooth: bool = False,
         target_category: Any = UNSET,
     ) -> np.ndarray:
+        """Maps ``(B, *spatial)`` in ``[0, 1]`` (the reference's argument order): see the class docstring."""
         aug_smooth, eigen_smooth = self.check_call_order(aug_smooth, eigen_smooth)
         options = self._check_options(
             input_tensor, alpha, comparison_categories, target_idx, comparison_classes
@@ -180,7 +182,8 @@ class FinerCAM(CompositeCAM):
     def _finer_targets(
         options: dict[str, Any], targets: list[Target] | None, output: Any, batch: int
     ) -> list[Target]:
-        """The FinerCAM target of each image, from the logits of the forward pass (no extra pass);
+        """The FinerCAM target of each image, from the logits of the forward pass (no extra pass).
+
         ``options`` are the call's (:meth:`_check_options`).
         """
         if targets is not None and not any(isinstance(t, ClassifierOutputTarget) for t in targets):
@@ -217,8 +220,9 @@ class FinerCAM(CompositeCAM):
 
 
 def _check_comparison_classes(comparison_classes: Any, input_tensor: Any) -> list[list[int]]:
-    """``comparison_classes`` as one checked list of class indices per image: one list for every image,
-    or a list of lists (one per image).
+    """``comparison_classes`` as one checked list of class indices per image.
+
+    Given as one list for every image, or a list of lists (one per image).
     """
     try:
         items = list(comparison_classes)
@@ -248,8 +252,10 @@ def _check_comparison_classes(comparison_classes: Any, input_tensor: Any) -> lis
 
 
 def _comparison_classes(options: dict[str, Any], logits: torch.Tensor, image: int, main: int) -> list[int]:
-    """The classes image ``image``'s main class is compared with: the call's ``comparison_classes``, or the
-    classes at the call's ranks of closeness of their logit ``(K,)`` to the main class's.
+    """The classes image ``image``'s main class is compared with.
+
+    The call's ``comparison_classes``, or the classes at the call's ranks of closeness of their logit ``(K,)``
+    to the main class's.
     """
     num_classes = logits.shape[0]
     if options["classes"] is not None:

@@ -14,8 +14,9 @@ from .base import BaseMethod, CompositeCAM
 
 
 def layer_product(maps: list[torch.Tensor]) -> torch.Tensor:
-    """Each layer's ``(B, *spatial)`` map exactly as the base method alone would give it (normalised,
-    resized, normalised again), then their product; the engine min-max normalises the result.
+    """Each layer's ``(B, *spatial)`` map exactly as the base method alone would give it, then their product.
+
+    Each map normalised, resized, normalised again; the engine min-max normalises the result.
     """
     product = min_max_normalize(maps[0])  # (B, *spatial)
     for layer_map in maps[1:]:
@@ -65,6 +66,7 @@ class RefineCAM(CompositeCAM):
         base_method: BaseMethod = GradCAMPlusPlus,
         **kwargs: Any,
     ) -> None:
+        """Build the base method, one instance per layer where it does not use target layers."""
         super().__init__(model, target_layers, reshape_transform, base_method, **kwargs)
         # One instance per layer where the base method does not fuse target layers of its own.
         self.per_layer = (
@@ -85,6 +87,7 @@ class RefineCAM(CompositeCAM):
         eigen_smooth: bool,
         options: CallOptions = DEFAULT_OPTIONS,
     ) -> torch.Tensor:
+        """The normalised product of the layers' maps, ``(B, *spatial)``, in ``[0, 1]``."""
         if not self.per_layer:
             return self.base_cam.compute_maps(input_tensor, targets, eigen_smooth, _REFINED)
         # Each layer's map (B, *spatial) in [0, 1], multiplied.

@@ -56,8 +56,10 @@ class SlidingWindows:
     step_size: int | None
 
     def layout(self, spatial: Sequence[int]) -> tuple[int, int, list[tuple[int, ...]]]:
-        """``(window, step, scaled sizes)`` for an input of spatial size ``spatial``: each scaled size
-        has its shorter side at a scale, the others in proportion (``int(scale * L / shorter)``).
+        """``(window, step, scaled sizes)`` for an input of spatial size ``spatial``.
+
+        Each scaled size has its shorter side at a scale, the others in proportion
+        (``int(scale * L / shorter)``).
         """
         shorter = min(spatial)
         window = shorter if self.window_size is None else self.window_size
@@ -87,8 +89,9 @@ class SlidingWindows:
 def patches(
     x: torch.Tensor, sizes: Sequence[tuple[int, ...]], window: int, step: int, keep: set[int] | None = None
 ) -> Iterator[tuple[int, int, int, tuple[int, ...], torch.Tensor]]:
-    """``(patch id, image, scale index, starts, patch (C, *window))`` scale by scale; one scaled
-    input exists at a time. ``keep``: only these patch ids.
+    """``(patch id, image, scale index, starts, patch (C, *window))``, scale by scale.
+
+    One scaled input exists at a time. ``keep``: only these patch ids.
     """
     mode = INTERPOLATION[x.ndim - 2]
     work = x.to(torch.promote_types(x.dtype, torch.float32))  # resized in at least float32
@@ -127,8 +130,10 @@ def batches(items: Iterable[Any], size: int) -> Iterator[list]:
 
 # -- fusion --------------------------------------------------------------------------------------------------
 def interpolation_matrix(length: int, size: int, device: torch.device) -> torch.Tensor:
-    """``(length, size)``: row ``j`` is where a unit at ``j`` goes when a ``length`` axis is resized to
-    ``size`` (linear, half-pixel centres), so resizing is ``M.T @ values``, separably per axis.
+    """``(length, size)``: row ``j`` is where a unit at ``j`` goes when resizing a ``length`` axis.
+
+    The axis is resized to ``size``: linear, half-pixel centres, so resizing is ``M.T @ values``, separably
+    per axis.
     """
     eye = torch.eye(length, device=device)[None]  # (1, length, length): one impulse per channel
     return F.interpolate(eye, size=size, mode="linear", align_corners=False)[0]  # (length, size)
@@ -159,8 +164,9 @@ def paste(
     window: int,
     matrices: dict,
 ) -> torch.Tensor:
-    """Each ``(window,)*D`` map placed at its start in its scaled frame and resized to ``spatial``,
-    as ``M_1[s_1:s_1+w].T @ ... @ map``: the frame of zeros is never built.
+    """Each ``(window,)*D`` map placed at its start in its scaled frame and resized to ``spatial``.
+
+    As ``M_1[s_1:s_1+w].T @ ... @ map``: the frame of zeros is never built.
     """
     out = maps
     for axis, length in enumerate(spatial):
@@ -181,13 +187,16 @@ def paste(
 
 
 class PatchFusion:
-    """Per-image accumulation of pasted patch maps: the mean of the values above ``theta`` at each
-    position (0 where none is), or the maximum. Memory: two ``(B, *spatial)`` tensors.
+    """Per-image accumulation of pasted patch maps.
+
+    The mean of the values above ``theta`` at each position (0 where none is), or the maximum. Memory: two
+    ``(B, *spatial)`` tensors.
     """
 
     def __init__(
         self, batch: int, spatial: Sequence[int], pool: str, theta: float, device: torch.device
     ) -> None:
+        """Zero totals for ``batch`` images of size ``spatial``; ``pool``: ``"mean"`` or ``"max"``."""
         self.pool, self.theta = pool, theta
         self.total = torch.zeros(batch, *spatial, device=device)  # (B, *spatial)
         self.counts = torch.zeros_like(self.total)
@@ -203,6 +212,7 @@ class PatchFusion:
         self.counts.index_add_(0, images, mask.float())
 
     def result(self) -> torch.Tensor:
+        """The fused ``(B, *spatial)`` maps: the mean above ``theta`` (0 where none is), or the maximum."""
         if self.pool == "max":
             return self.total
         mean = self.total / self.counts.clamp_min(1.0)
@@ -277,6 +287,7 @@ class SESS(CompositeCAM):
         smooth_sigma: float = 5.0,
         **kwargs: Any,
     ) -> None:
+        """Check and store the options and build the base method; see the class docstring."""
         pool = check_choice(pool, "pool", ("mean", "max"))  # the spatial weighted average, or the maximum
         pre_filter_ratio = check_float(pre_filter_ratio, "pre_filter_ratio")  # the type; [0, 1) below
         if not 0.0 <= pre_filter_ratio < 1.0:
@@ -316,8 +327,9 @@ class SESS(CompositeCAM):
 
     # -- geometry --------------------------------------------------------------------------------------------
     def geometry(self, spatial: Sequence[int]) -> tuple[int, int, list[tuple[int, ...]]]:
-        """``(window, step, scaled sizes)`` for an input of spatial size ``spatial``
-        (:meth:`SlidingWindows.layout`).
+        """``(window, step, scaled sizes)`` for an input of spatial size ``spatial``.
+
+        See :meth:`SlidingWindows.layout`.
         """
         return self.windows.layout(spatial)
 
@@ -352,6 +364,7 @@ class SESS(CompositeCAM):
         eigen_smooth: bool,
         options: CallOptions = DEFAULT_OPTIONS,
     ) -> torch.Tensor:
+        """The input's targets checked, then every patch scored, mapped by the base method and fused."""
         window, step, sizes = self.geometry(input_tensor.shape[2:])
         with self.session(input_tensor) as x:  # (B, C, *spatial) on the model's device and dtype
             # The whole input first: targets, layers and gradients are checked before any patch is run.
@@ -376,9 +389,10 @@ class SESS(CompositeCAM):
     def _patch_maps(
         self, chunk: list, x: torch.Tensor, targets: list[Target], eigen_smooth: bool
     ) -> tuple[torch.Tensor, Any]:
-        """The base method's maps of a chunk of patches ``(n, *window)`` and the model output of its first
-        scored pass (a method may score more: Smooth Grad-CAM++ its noisy copies after the clean patches).
-        A background patch's map is often constant: no warning for it.
+        """The base method's maps of a chunk of patches ``(n, *window)``, and its first scored pass's output.
+
+        A method may score more: Smooth Grad-CAM++ its noisy copies after the clean patches. A background
+        patch's map is often constant: no warning for it.
         """
         stacked = torch.stack([item[4] for item in chunk]).to(x.dtype)  # (n, C, *window)
         outputs: list = []
