@@ -57,7 +57,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional
 
 import torch
 import torchvision
@@ -71,7 +70,7 @@ REPO = os.path.dirname(HERE)
 GRADIENT_METHODS = ("gradcam", "gradcam++", "xgradcam")
 PERTURBATION_METHODS = ("scorecam", "ablationcam")
 ALL_METHODS = GRADIENT_METHODS + ("eigencam",) + PERTURBATION_METHODS
-TARGET_RATIO: Dict[str, Optional[float]] = {
+TARGET_RATIO: dict[str, float | None] = {
     "gradcam": 1.2, "gradcam++": 1.2, "xgradcam": 1.2, "eigencam": None, "ablationcam": 3.0, "scorecam": 1.1,
 }
 BASELINE_OF = {m: "fwd+grad" for m in GRADIENT_METHODS}
@@ -124,14 +123,14 @@ def peak_allocated_bytes(fn) -> tuple:
     return peak, result
 
 
-def run_counted(model: torch.nn.Module, fn, chunk_rows=(), stop_after_chunks: Optional[int] = None) -> dict:
+def run_counted(model: torch.nn.Module, fn, chunk_rows=(), stop_after_chunks: int | None = None) -> dict:
     """Run ``fn`` with the start time and batch size of every call of ``model`` recorded.
 
     A call after the first one whose batch has ``chunk_rows`` rows is a batch of perturbed inputs (the
     capturing pass, a check pass or the reference's extra pass have other sizes). With
     ``stop_after_chunks=N``, ``_Stop`` is raised at the start of perturbed batch N + 1."""
-    stamps: List[tuple] = []
-    chunk_calls: List[int] = []
+    stamps: list[tuple] = []
+    chunk_calls: list[int] = []
 
     def pre_hook(module, inputs):
         batch = inputs[0].shape[0] if inputs and isinstance(inputs[0], torch.Tensor) else -1
@@ -179,8 +178,8 @@ class Runner:
         self.impl = impl
         self.workdir = workdir
         self.seed = seed
-        self.models: Dict[str, torch.nn.Module] = {}
-        self.inputs: Dict[tuple, torch.Tensor] = {}
+        self.models: dict[str, torch.nn.Module] = {}
+        self.inputs: dict[tuple, torch.Tensor] = {}
         import pytorch_grad_cam  # ours or the reference, whichever sys.path gives
 
         self.package_file = pytorch_grad_cam.__file__
@@ -315,7 +314,7 @@ def worker_main(workdir: str, seed: int, reference_path: str) -> None:
         runner = Runner("reference", workdir, seed)
         ok = os.path.abspath(runner.package_file).startswith(os.path.abspath(reference_path))
         hello = {"ok": ok, "file": runner.package_file}
-    except Exception as error:  # noqa: BLE001 - reported to the main process
+    except Exception as error:  # reported to the main process
         runner, hello = None, {"ok": False, "file": f"import failed: {error!r}"}
     out.write(WORKER_TAG + json.dumps(hello) + "\n")
     out.flush()
@@ -325,7 +324,7 @@ def worker_main(workdir: str, seed: int, reference_path: str) -> None:
         req = json.loads(line)
         try:
             reply = runner.handle(req)
-        except Exception as error:  # noqa: BLE001 - reported to the main process
+        except Exception as error:  # reported to the main process
             reply = {"error": repr(error)}
         out.write(WORKER_TAG + json.dumps(reply) + "\n")
         out.flush()
@@ -369,13 +368,13 @@ class Item:
 
     def __init__(self, key: str, executor: str, req: dict, repeats: int) -> None:
         self.key, self.executor, self.req, self.repeats = key, executor, req, repeats
-        self.times: List[float] = []
-        self.details: List[dict] = []
-        self.peak: Optional[int] = None
-        self.skip_reason: Optional[str] = None
+        self.times: list[float] = []
+        self.details: list[dict] = []
+        self.peak: int | None = None
+        self.skip_reason: str | None = None
 
 
-def median(values: List[float]) -> float:
+def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
@@ -384,12 +383,12 @@ class Bench:
         self.args = args
         self.rng = random.Random(args.seed)
         self.workdir = tempfile.mkdtemp(prefix="bench_cam_")
-        self.notes: List[str] = []
-        self.rows: List[dict] = []
-        self.mem_rows: List[dict] = []
-        self.demo_rows: List[dict] = []
-        self.channels: Dict[tuple, int] = {}
-        self.targets: Dict[tuple, List[int]] = {}
+        self.notes: list[str] = []
+        self.rows: list[dict] = []
+        self.mem_rows: list[dict] = []
+        self.demo_rows: list[dict] = []
+        self.channels: dict[tuple, int] = {}
+        self.targets: dict[tuple, list[int]] = {}
         sys.path.insert(0, REPO)  # benchmark this checkout
         self.code_version = _engine_version()
         self.ours = Runner("ours", self.workdir, args.seed)
@@ -434,14 +433,14 @@ class Bench:
             return self.reference.handle(req)
         return self.ours.handle(req)
 
-    def run_rounds(self, items: List[Item]) -> None:
+    def run_rounds(self, items: list[Item]) -> None:
         """Warm every item up once, then interleave the timed calls in shuffled rounds."""
         for item in items:
             if item.skip_reason:
                 continue
             try:
                 warm = self.execute(item, chunks_only=True)
-            except Exception as error:  # noqa: BLE001 - the reference may fail where ours works
+            except Exception as error:  # the reference may fail where ours works
                 if item.executor != "reference":
                     raise
                 item.skip_reason = f"the reference failed: {error}"
@@ -482,7 +481,7 @@ class Bench:
         if "scorecam" in slow:
             groups.append(["scorecam"])
         for methods in groups:
-            items: Dict[str, Item] = {}
+            items: dict[str, Item] = {}
             needs_grad = any(m in GRADIENT_METHODS for m in methods)
             fast_reps = args.repeats
             slow_reps = min(args.repeats, args.slow_repeats)
@@ -560,7 +559,7 @@ class Bench:
                 "ref": ref.peak, "ref_skip": ref.skip_reason, "est": ours.req.get("chunks_only"),
             })
 
-    def perturbation_notes(self, who: str, item: Item, fwd_bs: Optional[Item]) -> List[str]:
+    def perturbation_notes(self, who: str, item: Item, fwd_bs: Item | None) -> list[str]:
         d = [x for x in item.details if "period_s" in x]
         if not item.details:
             return []
@@ -616,20 +615,20 @@ class Bench:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _spread(ours: List[float], base: List[float]) -> str:
+def _spread(ours: list[float], base: list[float]) -> str:
     pairs = [o / b for o, b in zip(ours, base)]
     return f"{min(pairs):.2f}-{max(pairs):.2f}" if pairs else ""
 
 
 # -- output -------------------------------------------------------------------------------------------
-def fmt_ms(value: Optional[float], est: bool = False) -> str:
+def fmt_ms(value: float | None, est: bool = False) -> str:
     if value is None:
         return "-"
     text = f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
     return text + (" (est.)" if est else "")
 
 
-def render(bench: Bench, argv: List[str], started: float, loads: tuple) -> str:
+def render(bench: Bench, argv: list[str], started: float, loads: tuple) -> str:
     args = bench.args
     lines = ["# CAM method benchmark", ""]
     lines.append(f"`python benchmarks/bench_methods.py {' '.join(argv)}` on "
@@ -753,7 +752,7 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def parse_args(argv: List[str]):
+def parse_args(argv: list[str]):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["resnet18", "resnet50"])
@@ -813,7 +812,7 @@ def parse_args(argv: List[str]):
     return args
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.threads:

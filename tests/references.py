@@ -19,7 +19,7 @@ Targets are class indices (one per image): the score is ``output[i, k]``.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -33,13 +33,13 @@ ABLATION_OFFSET = 1e7
 
 # ------------------------------------------------------------------------ activations and gradients
 def activations_and_gradients(model: nn.Module, layers: Sequence[nn.Module], x: torch.Tensor,
-                              classes: Sequence[int], with_gradients: bool = True) -> Dict[str, list]:
+                              classes: Sequence[int], with_gradients: bool = True) -> dict[str, list]:
     """One forward pass: each layer's output and d(sum_i output[i, classes[i]])/d(output), as float64.
 
     Returns ``{"activations": [A_layer (B, C, *S)], "gradients": [G_layer or None], "scores": (B,)}``.
     """
     assert not model.training, "the reference expects a model in eval mode"
-    outputs: List[torch.Tensor] = [None] * len(layers)
+    outputs: list[torch.Tensor] = [None] * len(layers)
 
     def make_hook(index):
         def hook(module, inputs, output):
@@ -326,7 +326,7 @@ def layer_weights(method: str, model, layer, x, classes, acts, grads) -> np.ndar
 
 
 def reference_cam(method: str, model: nn.Module, layers: Sequence[nn.Module], x: torch.Tensor,
-                  classes: Sequence[int], eigen_smooth: bool = False, details: dict = None) -> np.ndarray:
+                  classes: Sequence[int], eigen_smooth: bool = False, details: dict | None = None) -> np.ndarray:
     """The fused map ``(B, *spatial)`` (float64) of ``method`` for class ``classes[i]`` of image ``i``.
 
     ``details``, if given, receives the per-layer activations, gradients, weights and resized maps (for

@@ -405,7 +405,7 @@ def test_two_threads_with_their_own_models():
                 cam = make_cam(name, models[job])
                 for _ in range(2):
                     results.setdefault((name, seed), []).append(cam(x, targets=None))
-        except BaseException as error:  # noqa: BLE001 - reported to the main thread
+        except BaseException as error:  # reported to the main thread
             errors.append(error)
 
     threads = [threading.Thread(target=worker, args=(jobs[i::2],)) for i in range(2)]
@@ -437,7 +437,7 @@ def test_same_model_copied_across_threads_keeps_grad_modes_thread_local():
             else:
                 out = make_cam("gradcam", m)(x)
                 seen[key] = (out, torch.is_grad_enabled())
-        except BaseException as error:  # noqa: BLE001
+        except BaseException as error:
             errors.append(error)
 
     threads = [threading.Thread(target=worker, args=(k, k == "no_grad")) for k in ("no_grad", "grad")]

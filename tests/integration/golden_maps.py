@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import platform
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Tuple
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from torch import nn
 
 GOLDEN_FILE = Path(__file__).with_name("golden_maps.npz")
 
-Case = Tuple[str, Callable[[], np.ndarray]]
+Case = tuple[str, Callable[[], np.ndarray]]
 
 
 def fingerprint() -> str:
@@ -61,7 +62,7 @@ class _TinySegmenter(nn.Module):
                                   nn.ReLU())
         self.head = nn.Conv2d(8, 3, 1)
 
-    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"out": self.head(self.body(x))}
 
 
@@ -78,8 +79,8 @@ def _input(*shape: int, seed: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-def _extra_kwargs(name: str, cls: type) -> Dict[str, Any]:
-    kwargs: Dict[str, Any] = {}
+def _extra_kwargs(name: str, cls: type) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
     if name in ("sscam", "iscam"):
         kwargs["num_samples"] = 3
     if name == "sess":
@@ -102,7 +103,7 @@ def cases() -> Iterator[Case]:
         "3d": (lambda: _tiny(3, 4, 1), lambda: _input(2, 1, 6, 8, 10, seed=5), "conv3", "conv2"),
     }
 
-    def run(name: str, kind: str, layers: Tuple[str, ...], targets: Any = None, aug: bool = False,
+    def run(name: str, kind: str, layers: tuple[str, ...], targets: Any = None, aug: bool = False,
             eigen: bool = False) -> Callable[[], np.ndarray]:
         def compute() -> np.ndarray:
             make_model, make_input, *_ = tiny[kind]
@@ -124,7 +125,7 @@ def cases() -> Iterator[Case]:
             yield f"{name}/2d/aug", run(name, "2d", ("conv3",), None, aug=True)
 
     # Every target kind, through Grad-CAM (gradients of the target) and Score-CAM (scores of the target).
-    classifier_targets: Dict[str, Callable[[], Any]] = {
+    classifier_targets: dict[str, Callable[[], Any]] = {
         "ClassifierOutputTarget": lambda: [mt.ClassifierOutputTarget(1), mt.ClassifierOutputTarget(4)],
         "ClassifierOutputSoftmaxTarget": lambda: [mt.ClassifierOutputSoftmaxTarget(2)] * 2,
         "ClassifierOutputReST": lambda: [mt.ClassifierOutputReST(3)] * 2,
@@ -221,7 +222,7 @@ def outcome(compute: Callable[[], np.ndarray]) -> np.ndarray:
         return np.array(f"{type(error).__name__}: {error}")
 
 
-def compute_all() -> Dict[str, np.ndarray]:
+def compute_all() -> dict[str, np.ndarray]:
     """Every case, one thread (reduction orders then do not depend on the machine's load)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

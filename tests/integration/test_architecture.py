@@ -28,7 +28,6 @@ from pytorch_grad_cam import (
 )
 from pytorch_grad_cam.registry import FACTORIZATION_METHODS, KINDS, METHODS, PIXEL_METHODS, kind_of
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
 from tests.models import seeded_input, tiny_net
 
 

@@ -34,7 +34,7 @@ import functools
 import inspect
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -70,7 +70,7 @@ HEAVY = {"segmentation", "detection"}
 CHEAP_SAMPLES = 2
 
 #: (method, kind) -> (exception type, regex): the method cannot apply to the kind, and says why.
-CLEAR_ERRORS: Dict[Tuple[str, str], Tuple[type, str]] = {
+CLEAR_ERRORS: dict[tuple[str, str], tuple[type, str]] = {
     # CAM's weights are the final linear layer's rows: a segmentation net has no linear layer, a detector's
     # last one (the box regressor, 1024 inputs) is not fed by the pooled backbone.
     ("cam", "segmentation"): (ValueError, "CAM needs the model's final linear layer .* no nn.Linear"),
@@ -81,7 +81,7 @@ CLEAR_ERRORS: Dict[Tuple[str, str], Tuple[type, str]] = {
     ("fullgrad", "detection"): (ValueError, "FullGrad does not support reshape_transform"),
 }
 #: (method, kind) -> (exception raised, reason): a bug outside this file's owner's modules (strict xfail).
-KNOWN_BUGS: Dict[Tuple[str, str], Tuple[Any, str]] = {}
+KNOWN_BUGS: dict[tuple[str, str], tuple[Any, str]] = {}
 #: (method, kind) -> a warning the call must give: CAM on a layer that is not average-pooled into the
 #: head (the ViT head reads the class token; Swin's norm1 of the last block is not the pooled output).
 EXPECTED_WARNINGS = {("cam", "vit"): "CAM: the input of the linear layer 'heads.head' is not the spatial",
@@ -129,7 +129,7 @@ class PlantedNet(nn.Module):
         return self.fc(self.features(x).flatten(2).mean(-1))
 
 
-def _planted_input(dim: int, size: int = 12) -> Tuple[torch.Tensor, np.ndarray]:
+def _planted_input(dim: int, size: int = 12) -> tuple[torch.Tensor, np.ndarray]:
     """Two copies of one input: channel 0 bright in the first corner, channel 1 in the opposite corner,
     plus faint seeded noise. Returns (x (2, 3, *S), hot (2, *S) bool: image i's target patch)."""
     gen = torch.Generator().manual_seed(1)
@@ -148,14 +148,14 @@ def _planted_input(dim: int, size: int = 12) -> Tuple[torch.Tensor, np.ndarray]:
 @dataclass
 class Kind:
     model: nn.Module
-    layers: List[nn.Module]
+    layers: list[nn.Module]
     x: torch.Tensor
-    targets: List[Any]
-    reshape_transform: Optional[Callable] = None
-    hot: Optional[np.ndarray] = None  # (B, *spatial) where a class-specific map must be hot
+    targets: list[Any]
+    reshape_transform: Callable | None = None
+    hot: np.ndarray | None = None  # (B, *spatial) where a class-specific map must be hot
     #: reshape_transform for the perturbation methods (fewer channels, to bound their cost)
-    perturbation_transform: Optional[Callable] = None
-    extra: Dict[str, Any] = field(default_factory=dict)
+    perturbation_transform: Callable | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _planted(dim: int) -> Kind:
@@ -203,7 +203,7 @@ def _segmentation() -> Kind:
         prediction = model(x)["out"][0].argmax(0)  # (64, 64)
     category = int(prediction.flatten().mode().values)
     mask = (prediction == category).numpy()
-    assert 0 < mask.sum()
+    assert mask.sum() > 0
     # The head's last ReLU (256 channels on a 4x4 grid); the ScoreCAM family explains its first 32.
     return Kind(model, [model.classifier[3]], x, [SemanticSegmentationTarget(category, mask)],
                 perturbation_transform=_first_channels, extra={"sess": {"use_softmax_scores": False}})
@@ -243,7 +243,7 @@ _BUILDERS = {"cnn2d": lambda: _planted(2), "cnn3d": lambda: _planted(3), "cnn1d"
 @pytest.fixture(scope="module")
 def kinds():
     """Each kind built once, on first use."""
-    cache: Dict[str, Kind] = {}
+    cache: dict[str, Kind] = {}
 
     def get(name: str) -> Kind:
         if name not in cache:
@@ -259,7 +259,7 @@ def _build(method: str, kind_name: str, kind: Kind):
     if cls.perturbation and not cls.records_prefix and kind.perturbation_transform is not None:
         # The ScoreCAM family runs the whole model per channel (AblationCAM only the layers after the target).
         transform = kind.perturbation_transform
-    kwargs: Dict[str, Any] = dict(kind.extra.get(method, {}))
+    kwargs: dict[str, Any] = dict(kind.extra.get(method, {}))
     if transform is not None:
         kwargs["reshape_transform"] = transform
     parameters = inspect.signature(cls.__init__).parameters
@@ -361,7 +361,7 @@ class _RefGuidedReLU(torch.autograd.Function):
 
 
 class _RefGuidedModule(nn.Module):
-    def __init__(self, upper: Optional[float]) -> None:
+    def __init__(self, upper: float | None) -> None:
         super().__init__()
         self.upper = upper
 
@@ -411,7 +411,7 @@ def _has_relus(model: nn.Module) -> bool:
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
-def _state(model: nn.Module) -> Dict[str, Any]:
+def _state(model: nn.Module) -> dict[str, Any]:
     return {"hooks": [[list(getattr(m, attr)) for attr in _HOOK_DICTS] for m in model.modules()],
             "training": [m.training for m in model.modules()],
             "requires_grad": [p.requires_grad for p in model.parameters()],
@@ -419,7 +419,7 @@ def _state(model: nn.Module) -> Dict[str, Any]:
             "values": {k: v.clone() for k, v in model.state_dict().items()}}
 
 
-def _assert_state(before: Dict[str, Any], after: Dict[str, Any]) -> None:
+def _assert_state(before: dict[str, Any], after: dict[str, Any]) -> None:
     for key in ("hooks", "training", "requires_grad"):
         assert before[key] == after[key], key
     assert all(g0 is g1 for g0, g1 in zip(before["grad"], after["grad"]))

@@ -332,7 +332,7 @@ def test_guided_gradcam_is_guided_backprop_times_the_map():
 
 
 def test_registry_and_import_paths():
-    assert PIXEL_METHODS == {"guidedbackprop": GuidedBackpropReLUModel, "guidedgradcam": GuidedGradCAM}
+    assert {"guidedbackprop": GuidedBackpropReLUModel, "guidedgradcam": GuidedGradCAM} == PIXEL_METHODS
     assert FromReferencePath is GuidedBackpropReLUModel
 
 
