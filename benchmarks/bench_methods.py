@@ -69,7 +69,7 @@ REPO = os.path.dirname(HERE)
 
 GRADIENT_METHODS = ("gradcam", "gradcam++", "xgradcam")
 PERTURBATION_METHODS = ("scorecam", "ablationcam")
-ALL_METHODS = GRADIENT_METHODS + ("eigencam",) + PERTURBATION_METHODS
+ALL_METHODS = (*GRADIENT_METHODS, "eigencam", *PERTURBATION_METHODS)
 TARGET_RATIO: dict[str, float | None] = {
     "gradcam": 1.2, "gradcam++": 1.2, "xgradcam": 1.2, "eigencam": None, "ablationcam": 3.0, "scorecam": 1.1,
 }

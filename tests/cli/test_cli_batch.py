@@ -118,7 +118,7 @@ def test_class_names_top_k_and_several_categories(tmp_path, capsys):
 
 
 @needs_pretrained
-@pytest.mark.parametrize("value, message", [
+@pytest.mark.parametrize(("value", "message"), [
     ("cat", "is ambiguous"), ("espreso", "did you mean 'espresso'"), ("1000", "out of range")])
 def test_bad_class_names_exit_2(tmp_path, capsys, value, message):
     assert main([str(CAT), "--output-dir", str(tmp_path), "--target-category", value]) == 2
@@ -151,7 +151,7 @@ def test_methods_all_and_bad_method_lists():
 
     args = parser.parse_args([str(CAT), "--methods", "all"])
     _check_args(args, parser)
-    assert args.method_list == list(METHODS) + ["guidedbackprop", "guidedgradcam", "dff"]
+    assert args.method_list == [*METHODS, "guidedbackprop", "guidedgradcam", "dff"]
     args = parser.parse_args([str(CAT), "--methods", "gradcam, eigencam,gradcam"])
     _check_args(args, parser)
     assert args.method_list == ["gradcam", "eigencam"]
@@ -187,16 +187,16 @@ def _tiny_checkpoint(tmp_path, num_classes=3):
 def test_checkpoint_named_and_traced_layers(tmp_path, capsys):
     ckpt = _tiny_checkpoint(tmp_path)
     common = [str(COFFEE), "--model", "resnet18", "--checkpoint", str(ckpt), "--target-category", "2"]
-    assert main(common + ["--output-dir", str(tmp_path / "auto")]) == 0
+    assert main([*common, "--output-dir", str(tmp_path / "auto")]) == 0
     out = capsys.readouterr().out
     assert "target layer (auto): layer4 (output (1, 512, 7, 7))" in out
     assert "explained class: 2 (class 2)" in out
-    assert main(common + ["--output-dir", str(tmp_path / "named"), "--target-layer", "layer4.-1"]) == 0
+    assert main([*common, "--output-dir", str(tmp_path / "named"), "--target-layer", "layer4.-1"]) == 0
     # layer4 and layer4[-1] are the same tensor: the same map
     np.testing.assert_allclose(np.load(tmp_path / "named" / "coffee_gradcam.npy"),
                                np.load(tmp_path / "auto" / "coffee_gradcam.npy"), atol=1e-6)
     assert records_of(tmp_path / "named")[0]["layer"] == "layer4.-1"
-    assert main(common + ["--output-dir", str(tmp_path / "bad"), "--target-layer", "layer9"]) == 2
+    assert main([*common, "--output-dir", str(tmp_path / "bad"), "--target-layer", "layer9"]) == 2
     assert "children are" in capsys.readouterr().err
 
 
@@ -245,7 +245,7 @@ def test_report_renders_in_headless_chromium(photo_folder, tmp_path, capsys):
     assert code == 1  # the broken file
     page = out / "report.html"
     assert f"wrote: {page}" in capsys.readouterr().out
-    common = CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}"]
+    common = [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([CHROMIUM, *common, "--dump-dom", page.as_uri()], capture_output=True, text=True,
                          timeout=120).stdout
     # every embedded grid decoded in the browser (set by the page's script on load)

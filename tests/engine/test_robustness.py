@@ -301,7 +301,7 @@ def counting_extras():
 
 
 @pytest.mark.parametrize("name", LAYERED)
-@pytest.mark.parametrize("bad, error, match", [
+@pytest.mark.parametrize(("bad", "error", "match"), [
     (lambda m: [nn.Conv2d(8, 8, 1)], ValueError, r"target_layers\[0\].*not a module of the model"),
     (lambda m: [m.tiny.block, nn.ReLU()], ValueError, r"target_layers\[1\].*not a module of the model"),
     (lambda m: [], ValueError, "target_layers is empty"),
@@ -343,7 +343,7 @@ def test_layer_with_tuple_output(name):
 
 
 @pytest.mark.parametrize("name", ALL)
-@pytest.mark.parametrize("bad, error, match", [
+@pytest.mark.parametrize(("bad", "error", "match"), [
     (lambda: make_input().numpy(), TypeError, "input_tensor must be a torch.Tensor"),
     (lambda: [make_input()], TypeError, "input_tensor must be a torch.Tensor"),
     (lambda: torch.ones(2, 3, 16, 16, dtype=torch.int64), TypeError, "input_tensor must be a floating"),
@@ -364,7 +364,7 @@ def test_bad_inputs_raise_before_any_forward_pass(name, bad, error, match):
 
 
 @pytest.mark.parametrize("name", ALL)
-@pytest.mark.parametrize("targets, error, match", [
+@pytest.mark.parametrize(("targets", "error", "match"), [
     ([1, -1], ValueError, r"targets\[1\] must be a class index >= 0.*-1"),
     (-2, ValueError, r"targets must be a class index >= 0.*-2"),
     ([1, "cat"], TypeError, r"targets\[1\] must be a callable target"),
@@ -419,7 +419,7 @@ def test_model_producing_nan_scores(name):
 
 
 @pytest.mark.parametrize("cls", [METHODS["scorecam"], METHODS["ablationcam"], GradCAM])
-@pytest.mark.parametrize("value, error", [(0, ValueError), (-1, ValueError), (2.5, TypeError),
+@pytest.mark.parametrize(("value", "error"), [(0, ValueError), (-1, ValueError), (2.5, TypeError),
                                           (True, TypeError), (None, TypeError), ("8", TypeError),
                                           (np.float32(4), TypeError)])
 def test_bad_batch_size(cls, value, error):

@@ -226,7 +226,7 @@ def test_use_cuda_without_cuda_is_a_clear_value_error(model):
         GradCAM(model, target_layers=[model.layer4[-1]], device="cuda")
 
 
-@pytest.mark.parametrize("module, name", [
+@pytest.mark.parametrize(("module", "name"), [
     ("pytorch_grad_cam.grad_cam", "GradCAM"),
     ("pytorch_grad_cam.grad_cam_plusplus", "GradCAMPlusPlus"),
     ("pytorch_grad_cam.xgrad_cam", "XGradCAM"),

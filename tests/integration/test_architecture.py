@@ -31,7 +31,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from tests.models import seeded_input, tiny_net
 
 
-# -- the registry ---------------------------------------------------------------------------------------------
+# -- the registry --------------------------------------------------------------------------------------------
 def test_every_registered_class_is_public_and_in_its_kinds_table():
     registered = {cls for table in KINDS.values() for cls in table.values()}
     assert len(METHODS) == 23 and set(PIXEL_METHODS) == {"guidedbackprop", "guidedgradcam"}
@@ -64,8 +64,9 @@ def test_importing_the_package_does_not_import_opencv():
     assert result.returncode == 0, result.stderr
 
 
-# -- composites hold a plain base method ----------------------------------------------------------------------
-@pytest.mark.parametrize("cls, base", [(FinerCAM, GradCAM), (RefineCAM, GradCAMPlusPlus), (SESS, GradCAM)])
+# -- composites hold a plain base method ---------------------------------------------------------------------
+@pytest.mark.parametrize(("cls", "base"),
+                         [(FinerCAM, GradCAM), (RefineCAM, GradCAMPlusPlus), (SESS, GradCAM)])
 def test_a_composite_holds_an_instance_of_exactly_its_base_class(tiny_2d, cls, base):
     model, _ = tiny_2d
     cam = cls(model, [model.conv2, model.conv3])
@@ -73,7 +74,7 @@ def test_a_composite_holds_an_instance_of_exactly_its_base_class(tiny_2d, cls, b
     assert set(vars(cam.base_cam)) == set(vars(base(model, [model.conv2, model.conv3])))  # nothing injected
 
 
-# -- no per-call state: recursion and threads -----------------------------------------------------------------
+# -- no per-call state: recursion and threads ----------------------------------------------------------------
 class _Recursing(ClassifierOutputTarget):
     """Class ``category``'s logit, as a target that, on its ``after``-th call, runs the very same CAM object
     on another input. A subclass of ClassifierOutputTarget, so CAM takes it (its weights are a class's)."""
@@ -117,7 +118,7 @@ class _RecursingLogit(_Logit):
 
 # ``after``: the target's call that recurses; past the first, inside the method's own loop (SS-CAM's masked
 # batches, SESS's patches), where per-call state on the object would be overwritten under the outer call.
-@pytest.mark.parametrize("make, after", [
+@pytest.mark.parametrize(("make", "after"), [
     (lambda m: GradCAM(m, [m.conv3]), 1),
     (lambda m: CAM(m, [m.relu3]), 1),
     (lambda m: SSCAM(m, [m.conv3], num_samples=2, seed=3, batch_size=4), 3),
@@ -145,7 +146,8 @@ def test_two_threads_share_one_cam_object_and_one_model():
     inputs = [seeded_input(2, 3, 12, 16, seed=s) for s in range(6)]
     cam = FinerCAM(model, [model.conv3])
     # Each thread its own alpha: a call's options that lived on the object would leak across threads.
-    want = {(i, alpha): cam(x, targets=[1, 3], alpha=alpha) for i, x in enumerate(inputs) for alpha in (0.2, 0.9)}
+    want = {(i, alpha): cam(x, targets=[1, 3], alpha=alpha)
+            for i, x in enumerate(inputs) for alpha in (0.2, 0.9)}
     got, errors = {}, []
 
     def work(alpha):
@@ -168,8 +170,8 @@ def test_two_threads_share_one_cam_object_and_one_model():
     assert not model.training and not any(m._forward_hooks for m in model.modules())
 
 
-# -- one validation rule --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("make, error, match", [
+# -- one validation rule -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("make", "error", "match"), [
     (lambda m: FEM(m, [m.conv3], k=float("nan")), ValueError, "k must be a finite float, got nan"),
     (lambda m: FEM(m, [m.conv3], k="2"), TypeError, "k must be a finite float, got str '2'"),
     (lambda m: RandomCAM(m, [m.conv3], seed=1.5), TypeError, "seed must be None or an int, got float 1.5"),
@@ -178,7 +180,8 @@ def test_two_threads_share_one_cam_object_and_one_model():
     (lambda m: KPCA_CAM(m, [m.conv3], kernel=3), TypeError, "kernel must be one of .*, got int 3"),
     (lambda m: KPCA_CAM(m, [m.conv3], kernel="tanh"), ValueError, "kernel must be one of .*, got 'tanh'"),
     (lambda m: KPCA_CAM(m, [m.conv3], coef0=float("inf")), ValueError, "coef0 must be a finite float"),
-    (lambda m: FinerCAM(m, [m.conv3], alpha=float("nan")), ValueError, "alpha must be a finite float, got nan"),
+    (lambda m: FinerCAM(m, [m.conv3], alpha=float("nan")), ValueError,
+     "alpha must be a finite float, got nan"),
     (lambda m: SESS(m, [m.conv3], smooth="yes"), TypeError, "smooth must be a bool, got str 'yes'"),
 ], ids=["fem-k-nan", "fem-k-str", "random-seed", "kpca-gamma-str", "kpca-gamma-0", "kpca-kernel-int",
         "kpca-kernel-name", "kpca-coef0", "finer-alpha", "sess-smooth"])

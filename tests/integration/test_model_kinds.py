@@ -118,7 +118,7 @@ class PlantedNet(nn.Module):
                 layer.weight.copy_(0.05 * torch.randn(layer.weight.shape, generator=gen))
                 layer.bias.zero_()
                 for k in (0, 1):
-                    layer.weight[(k, k) + centre[1:]] += 1.0
+                    layer.weight[(k, k, *centre[1:])] += 1.0
             self.fc.weight.copy_(0.1 * torch.randn(3, 6, generator=gen))
             for c in (0, 1):
                 # Logits of order 10: ScoreCAM's softmax over the channels' scores then tells them apart.
@@ -137,11 +137,11 @@ def _planted_input(dim: int, size: int = 12) -> tuple[torch.Tensor, np.ndarray]:
     x = 0.05 * torch.randn(1, 3, *shape, generator=gen)
     low = (slice(1, 5),) * dim
     high = (slice(size - 5, size - 1),) * dim
-    x[(0, 0) + low] += 1.0
-    x[(0, 1) + high] += 1.0
-    hot = np.zeros((2,) + shape, bool)
-    hot[(0,) + low] = True  # image 0 explains class 0: the channel-0 patch
-    hot[(1,) + high] = True  # image 1 explains class 1: the channel-1 patch
+    x[(0, 0, *low)] += 1.0
+    x[(0, 1, *high)] += 1.0
+    hot = np.zeros((2, *shape), bool)
+    hot[(0, *low)] = True  # image 0 explains class 0: the channel-0 patch
+    hot[(1, *high)] = True  # image 1 explains class 1: the channel-1 patch
     return x.repeat(2, *([1] * (dim + 1))), hot
 
 
@@ -280,7 +280,7 @@ def _cells():
 
 def assert_contract(maps: np.ndarray, x: torch.Tensor) -> None:
     assert isinstance(maps, np.ndarray) and maps.dtype == np.float32
-    assert maps.shape == (x.shape[0],) + tuple(x.shape[2:])
+    assert maps.shape == (x.shape[0], *x.shape[2:])
     assert np.isfinite(maps).all()
     assert maps.min() >= 0.0 and maps.max() <= 1.0
     flat = maps.reshape(maps.shape[0], -1)
@@ -300,7 +300,7 @@ def assert_hot_on_planted_patch(maps: np.ndarray, hot: np.ndarray) -> None:
         assert inside > other + 0.05, f"image {i}: {inside:.3f} on its patch vs {other:.3f} on the other"
 
 
-@pytest.mark.parametrize("method, kind_name", list(_cells()))
+@pytest.mark.parametrize(("method", "kind_name"), list(_cells()))
 def test_method_on_model_kind(method, kind_name, kinds):
     kind = kinds(kind_name)
     expected_error = CLEAR_ERRORS.get((method, kind_name))
@@ -524,7 +524,7 @@ def test_deep_feature_factorization_on_model_kind(kind_name, kinds):
     acts = _layer_activations(kind).double()  # (B, C, *grid)
     batch, channels = acts.shape[:2]
     assert concepts.dtype == np.float32 and concepts.shape == (channels, 2)
-    assert explanations.dtype == np.float32 and explanations.shape == (batch, 2) + tuple(kind.x.shape[2:])
+    assert explanations.dtype == np.float32 and explanations.shape == (batch, 2, *kind.x.shape[2:])
     assert np.isfinite(concepts).all() and np.isfinite(explanations).all()
     assert explanations.min() >= 0 and explanations.max() <= 1
     assert (explanations.reshape(batch * 2, -1).std(1) > 0.05).all(), "a flat explanation"

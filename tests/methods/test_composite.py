@@ -134,7 +134,7 @@ def finer_case():
     return tiny_net(2, seed=0), seeded_input(2, 3, 12, 16, seed=3)
 
 
-@pytest.mark.parametrize("options, hand", [
+@pytest.mark.parametrize(("options", "hand"), [
     ({}, {}),
     ({"alpha": 0.4}, {"alpha": 0.4}),
     ({"comparison_categories": [2, 4]}, {"ranks": (2, 4)}),
@@ -256,7 +256,7 @@ def refine_by_hand(model, x, layers, classes, method="gradcam++"):
     return normalize(product).numpy()
 
 
-@pytest.mark.parametrize("dim, shape, layers", [
+@pytest.mark.parametrize(("dim", "shape", "layers"), [
     (2, (2, 3, 12, 16), ["relu1", "relu2", "relu3"]),
     (2, (2, 3, 12, 16), ["conv2", "relu3"]),
     (1, (2, 2, 40), ["relu1", "relu3"]),
@@ -454,7 +454,7 @@ def sess_case():
     return tiny_net(2, seed=0), seeded_input(2, 3, 12, 16, seed=1)
 
 
-@pytest.mark.parametrize("kwargs, hand", [
+@pytest.mark.parametrize(("kwargs", "hand"), [
     ({"num_scales": 3}, {"scales": [12, 15, 18], "window": 12, "step": 12}),
     ({"scales": [10, 13, 17], "window_size": 10, "step_size": 5, "pre_filter_ratio": 0.5, "theta": 0.1},
      {"scales": [10, 13, 17], "window": 10, "step": 5, "pre_filter_ratio": 0.5, "theta": 0.1}),
@@ -483,7 +483,7 @@ def test_sess_conventions_match_cv2():
     np.testing.assert_allclose(SESS(model, [model.relu2], num_scales=3)(x, [4]), expected, atol=2e-5)
 
 
-@pytest.mark.parametrize("dim, shape", [(1, (2, 2, 40)), (3, (1, 1, 6, 8, 10))], ids=["1d", "3d"])
+@pytest.mark.parametrize(("dim", "shape"), [(1, (2, 2, 40)), (3, (1, 1, 6, 8, 10))], ids=["1d", "3d"])
 def test_sess_1d_and_3d(dim, shape):
     model = tiny_net(dim, seed=4, in_channels=shape[1])
     x = seeded_input(*shape, seed=5)

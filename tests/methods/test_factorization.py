@@ -207,7 +207,7 @@ def test_nmf_agrees_with_sklearn_on_the_spanned_concepts():
 
 
 # -- DFF end to end ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("dim, layer", [(1, "relu2"), (2, "relu2"), (2, "conv2"), (3, "relu3")])
+@pytest.mark.parametrize(("dim", "layer"), [(1, "relu2"), (2, "relu2"), (2, "conv2"), (3, "relu3")])
 def test_dff_equals_the_reference(dim, layer):
     shapes = {1: (2, 2, 40), 2: (2, 3, 12, 16), 3: (2, 1, 6, 8, 10)}
     model = tiny_net(dim, seed=dim, in_channels=shapes[dim][1]).double()
@@ -222,7 +222,7 @@ def test_dff_equals_the_reference(dim, layer):
     concepts, explanations = DeepFeatureFactorization(model, getattr(model, layer), max_iter=60, tol=0)(x, k)
     assert concepts.dtype == explanations.dtype == np.float32
     assert concepts.shape == (acts.shape[1], k)
-    assert explanations.shape == (x.shape[0], k) + tuple(x.shape[2:])
+    assert explanations.shape == (x.shape[0], k, *x.shape[2:])
     np.testing.assert_allclose(concepts, want_concepts, rtol=1e-5, atol=1e-6)
     # on the layer's grid (the module-level dff), then resized to the input
     grid_concepts, grid_maps = dff(acts, k, max_iter=60, tol=0)

@@ -64,7 +64,7 @@ from tests.references import (
 # ==================================================================================== Smooth Grad-CAM++
 
 
-@pytest.mark.parametrize("layer,num_samples,std", [("relu2", 4, 0.3), ("conv2", 3, 0.15)])
+@pytest.mark.parametrize(("layer", "num_samples", "std"), [("relu2", 4, 0.3), ("conv2", 3, 0.15)])
 def test_smooth_gradcampp_reference_2d(tiny_2d, layer, num_samples, std):
     model, x = tiny_2d
     want = reference_smooth_gradcampp(model, layer, x, [1, 3], num_samples, std, seed=11)
@@ -187,7 +187,7 @@ def test_reference_hvp_agrees_with_finite_differences(tiny_2d_sigmoid):
     assert hvp.abs().max() > 1e-3  # the sigmoid head is not linear: the correction is real
 
 
-@pytest.mark.parametrize("net,layer,tail,classes,score", [
+@pytest.mark.parametrize(("net", "layer", "tail", "classes", "score"), [
     ("tiny_2d_sigmoid", "conv2", tail_after_conv2, [1, 3], "logit"),
     ("tiny_2d_sigmoid", "conv2", tail_after_conv2, [1, 3], "rest"),
     ("tiny_2d", "relu2", tail_after_relu2, [1, 3], "rest"),

@@ -239,7 +239,7 @@ def test_sscam_seed():
     np.testing.assert_allclose(run(5)[1:], single, atol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
     ({"num_samples": 0}, ValueError, "num_samples must be an int >= 1, got 0"),
     ({"num_samples": 2.0}, TypeError, "num_samples must be an int >= 1, got float"),
     ({"std": -1.0}, ValueError, "std must be a finite float >= 0, got -1.0"),
@@ -280,7 +280,7 @@ def test_iscam_bad_num_samples():
 
 
 # ============================================================================ the shared stream
-@pytest.mark.parametrize("cls, kwargs, per_channel", [
+@pytest.mark.parametrize(("cls", "kwargs", "per_channel"), [
     (ScoreCAM, {}, 1), (SSCAM, {"num_samples": 3, "seed": 0}, 3), (ISCAM, {"num_samples": 4}, 4)])
 @pytest.mark.parametrize("batch_size", [1, 4, 7, 100])
 def test_one_streamed_loop(cls, kwargs, per_channel, batch_size):

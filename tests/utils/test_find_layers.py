@@ -89,7 +89,7 @@ def _state(model):
     return [m.training for m in model.modules()], [p.requires_grad for p in model.parameters()]
 
 
-@pytest.mark.parametrize("arch, expected", [("resnet18", "layer4"), ("vgg11", "features"),
+@pytest.mark.parametrize(("arch", "expected"), [("resnet18", "layer4"), ("vgg11", "features"),
                                             ("mobilenet_v3_small", "features")])
 def test_find_target_layer_on_cnns(arch, expected):
     torch.manual_seed(0)

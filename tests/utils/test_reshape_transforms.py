@@ -156,7 +156,7 @@ def test_fpn_reshape_transform_resizes_and_concatenates_the_levels():
                                fpn_reshape_transform(levels, size="1"))
 
 
-@pytest.mark.parametrize("features, kwargs, error, match", [
+@pytest.mark.parametrize(("features", "kwargs", "error", "match"), [
     (torch.zeros(1, 2, 3, 3), {}, TypeError, "dict or a list"),
     ({}, {}, ValueError, "no pyramid levels"),
     ({"0": torch.zeros(1, 2, 3)}, {}, ValueError, r"level '0' must be a \(B, C, H, W\)"),

@@ -46,7 +46,7 @@ def test_finer_weighted_target_formula_and_limits():
     assert batch.shape == (2,) and batch[1].item() == pytest.approx(want, rel=1e-9)
 
 
-@pytest.mark.parametrize("args, error, match", [
+@pytest.mark.parametrize(("args", "error", "match"), [
     ((1, [], 1.0), ValueError, "comparison_categories is empty"),
     ((1, 3, 1.0), TypeError, "comparison_categories must be a sequence"),
     ((1, [2, -1], 1.0), ValueError, "non-negative"),
@@ -99,7 +99,7 @@ def test_semantic_segmentation_target_is_the_masked_sum_of_the_class_map():
     assert target(out.detach()[None]).item() == pytest.approx(want_bool)
 
 
-@pytest.mark.parametrize("call, error, match", [
+@pytest.mark.parametrize(("call", "error", "match"), [
     (lambda: SemanticSegmentationTarget(1, np.ones((4, 6)))(torch.zeros(3, 4, 5)), ValueError,
      r"mask has shape \(4, 6\) but the model output has shape \(3, 4, 5\)"),
     (lambda: SemanticSegmentationTarget(3, np.ones((4, 5)))(torch.zeros(3, 4, 5)), ValueError,
@@ -188,7 +188,7 @@ def test_targets_move_their_tensors_to_the_output_dtype():
     assert SimilarityToConceptTarget(torch.ones(4, dtype=torch.float64))(torch.ones(4)).dtype == torch.float32
 
 
-@pytest.mark.parametrize("args, error, match", [
+@pytest.mark.parametrize(("args", "error", "match"), [
     (([1, 2], np.zeros((3, 4))), ValueError, "labels has 2 entries but bounding_boxes has 3"),
     (([1], np.zeros((1, 5))), ValueError, r"shape \(N, 4\)"),
     ((1, np.zeros((1, 4))), TypeError, "labels must be a sequence"),
@@ -226,7 +226,7 @@ def test_concept_targets_are_cosine_similarity_and_its_complement():
     np.testing.assert_allclose(DifferenceFromConceptTarget(f)(rows).numpy(), [0.0, 2.0], atol=1e-12)
 
 
-@pytest.mark.parametrize("call, error, match", [
+@pytest.mark.parametrize(("call", "error", "match"), [
     (lambda: SimilarityToConceptTarget(np.zeros(4)), ValueError, "zero vector"),
     (lambda: SimilarityToConceptTarget(np.ones((2, 4))), ValueError, r"shape \(D,\)"),
     (lambda: DifferenceFromConceptTarget("cat"), TypeError, "features must be a numpy array"),
@@ -264,7 +264,7 @@ def test_class_indices_are_accepted_wherever_a_target_list_is(targets):
     np.testing.assert_array_equal(GradCAM(model, [model.features])(x, targets=targets), want)
 
 
-@pytest.mark.parametrize("targets, error, match", [
+@pytest.mark.parametrize(("targets", "error", "match"), [
     ([2], ValueError, "targets has 1 entries but the batch has 2"),
     ([2, -1], ValueError, r"targets\[1\] must be a class index >= 0"),
     ([2, 1.5], TypeError, r"targets\[1\] must be a callable target"),
@@ -308,7 +308,7 @@ def test_classifier_target_accepts_numpy_int_and_2d_outputs():
 
 
 @pytest.mark.parametrize("cls", [ClassifierOutputTarget, ClassifierOutputSoftmaxTarget])
-@pytest.mark.parametrize("bad, error", [(-1, ValueError), (1.0, TypeError), (True, TypeError),
+@pytest.mark.parametrize(("bad", "error"), [(-1, ValueError), (1.0, TypeError), (True, TypeError),
                                         ("3", TypeError), (None, TypeError)])
 def test_category_validation(cls, bad, error):
     with pytest.raises(error, match="category"):
