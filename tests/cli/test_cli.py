@@ -180,7 +180,9 @@ def test_help_shows_examples(capsys):
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert "examples:" in out and "--target-category" in out and "--aug-smooth" in out
+    assert "examples:" in out
+    assert "--target-category" in out
+    assert "--aug-smooth" in out
 
 
 @needs_pretrained

@@ -34,12 +34,14 @@ from tests.models import seeded_input, tiny_net
 # -- the registry --------------------------------------------------------------------------------------------
 def test_every_registered_class_is_public_and_in_its_kinds_table():
     registered = {cls for table in KINDS.values() for cls in table.values()}
-    assert len(METHODS) == 23 and set(PIXEL_METHODS) == {"guidedbackprop", "guidedgradcam"}
+    assert len(METHODS) == 23
+    assert set(PIXEL_METHODS) == {"guidedbackprop", "guidedgradcam"}
     assert set(FACTORIZATION_METHODS) == {"dff"}
     for cls in registered:
         assert cls.__name__ in pytorch_grad_cam.__all__
         assert getattr(pytorch_grad_cam, cls.__name__) is cls
-        assert KINDS[cls.kind][cls.name] is cls and kind_of(cls.name) == cls.kind
+        assert KINDS[cls.kind][cls.name] is cls
+        assert kind_of(cls.name) == cls.kind
     assert all(issubclass(cls, BaseCAM) for cls in METHODS.values())
 
 
@@ -47,7 +49,8 @@ def test_a_subclass_registers_only_with_a_name_of_its_own_and_never_over_another
     class MyGradCAM(GradCAM):  # a user's variant: no name of its own, not registered
         pass
 
-    assert METHODS["gradcam"] is GradCAM and MyGradCAM not in METHODS.values()
+    assert METHODS["gradcam"] is GradCAM
+    assert MyGradCAM not in METHODS.values()
     with pytest.raises(ValueError, match="the method name 'gradcam' of .* is taken by .*GradCAM"):
         type("Clash", (GradCAM,), {"name": "gradcam"})
     assert METHODS["gradcam"] is GradCAM
@@ -167,7 +170,8 @@ def test_two_threads_share_one_cam_object_and_one_model():
     assert not errors, errors[0]
     assert len(got) == len(want)
     assert not np.array_equal(want[(0, 0.2)], want[(0, 0.9)])  # the alphas do give different maps
-    assert not model.training and not any(m._forward_hooks for m in model.modules())
+    assert not model.training
+    assert not any(m._forward_hooks for m in model.modules())
 
 
 # -- one validation rule -------------------------------------------------------------------------------------

@@ -279,10 +279,12 @@ def _cells():
 
 
 def assert_contract(maps: np.ndarray, x: torch.Tensor) -> None:
-    assert isinstance(maps, np.ndarray) and maps.dtype == np.float32
+    assert isinstance(maps, np.ndarray)
+    assert maps.dtype == np.float32
     assert maps.shape == (x.shape[0], *x.shape[2:])
     assert np.isfinite(maps).all()
-    assert maps.min() >= 0.0 and maps.max() <= 1.0
+    assert maps.min() >= 0.0
+    assert maps.max() <= 1.0
     flat = maps.reshape(maps.shape[0], -1)
     assert (flat.max(1) > 0.99).all(), "a map is all zeros"
     assert (flat.std(1) > 0.02).all(), "a map is nearly flat"
@@ -331,9 +333,11 @@ def test_the_planted_nets_answer_to_their_patches():
             x0 = kind.x.clone()
             x0[:, 0] = 0
             logits0 = kind.model(x0)[0]
-        assert logits[0] > logits[2] + 1 and logits[1] > logits[2] + 1
+        assert logits[0] > logits[2] + 1
+        assert logits[1] > logits[2] + 1
         drop = float(logits[0] - logits0[0])  # removing channel 0 drops class 0, barely moves class 1
-        assert drop > 1 and abs(float(logits0[1] - logits[1])) < 0.2 * drop
+        assert drop > 1
+        assert abs(float(logits0[1] - logits[1])) < 0.2 * drop
 
 
 # ---------------------------------------------------------------------------- the non-map methods
@@ -454,8 +458,11 @@ def test_guided_backprop_on_model_kind(kind_name, kinds, monkeypatch):
     kind = kinds(kind_name)
     gb = _call_in_mixed_training_mode(kind.model, lambda: GuidedBackpropReLUModel(kind.model)(
         kind.x, targets=kind.targets, channels_last=False))
-    assert isinstance(gb, np.ndarray) and gb.dtype == np.float32 and gb.shape == tuple(kind.x.shape)
-    assert np.isfinite(gb).all() and (gb != 0).mean() > 0.5
+    assert isinstance(gb, np.ndarray)
+    assert gb.dtype == np.float32
+    assert gb.shape == tuple(kind.x.shape)
+    assert np.isfinite(gb).all()
+    assert (gb != 0).mean() > 0.5
     want = _reference_gradients(kind.model, kind.x, kind.targets, True, monkeypatch)
     scale = np.abs(want).max()
     assert scale > 0
@@ -488,15 +495,19 @@ def test_guided_gradcam_on_model_kind(kind_name, kinds, monkeypatch):
     assert (cam.reshape(cam.shape[0], -1).std(1) > 0.02).all()
     gb = _reference_gradients(kind.model, kind.x, kind.targets, True, monkeypatch)
     want = gb * cam[:, None]
-    assert ggc.dtype == np.float32 and ggc.shape == tuple(kind.x.shape) and np.isfinite(ggc).all()
+    assert ggc.dtype == np.float32
+    assert ggc.shape == tuple(kind.x.shape)
+    assert np.isfinite(ggc).all()
     np.testing.assert_allclose(ggc, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
-    assert np.abs(want).max() > 0 and np.abs(want - gb).max() > 0.1 * np.abs(gb).max()
+    assert np.abs(want).max() > 0
+    assert np.abs(want - gb).max() > 0.1 * np.abs(gb).max()
     if kind.hot is not None:
         for i in range(2):
             # Own patch vs the other class's patch: guided backprop 1.2-6.2, Guided Grad-CAM 5.3-1500.
             alone = _energy_ratio((gb[i] ** 2).sum(0), kind.hot[i], kind.hot[1 - i])
             guided_cam = _energy_ratio((ggc[i] ** 2).sum(0), kind.hot[i], kind.hot[1 - i])
-            assert guided_cam > 4 and guided_cam > 2 * alone, (alone, guided_cam)
+            assert guided_cam > 4, (alone, guided_cam)
+            assert guided_cam > 2 * alone, (alone, guided_cam)
 
 
 def _layer_activations(kind: Kind) -> torch.Tensor:
@@ -523,10 +534,14 @@ def test_deep_feature_factorization_on_model_kind(kind_name, kinds):
     concepts, explanations = _call_in_mixed_training_mode(kind.model, lambda: dff_(kind.x, n_components=2))
     acts = _layer_activations(kind).double()  # (B, C, *grid)
     batch, channels = acts.shape[:2]
-    assert concepts.dtype == np.float32 and concepts.shape == (channels, 2)
-    assert explanations.dtype == np.float32 and explanations.shape == (batch, 2, *kind.x.shape[2:])
-    assert np.isfinite(concepts).all() and np.isfinite(explanations).all()
-    assert explanations.min() >= 0 and explanations.max() <= 1
+    assert concepts.dtype == np.float32
+    assert concepts.shape == (channels, 2)
+    assert explanations.dtype == np.float32
+    assert explanations.shape == (batch, 2, *kind.x.shape[2:])
+    assert np.isfinite(concepts).all()
+    assert np.isfinite(explanations).all()
+    assert explanations.min() >= 0
+    assert explanations.max() <= 1
     assert (explanations.reshape(batch * 2, -1).std(1) > 0.05).all(), "a flat explanation"
     v = acts.transpose(0, 1).reshape(channels, -1).numpy()  # (C, B*N)
     offset = np.minimum(v.min(1), 0)  # (C,): the shift of channels with negative values
@@ -544,7 +559,8 @@ def test_deep_feature_factorization_on_model_kind(kind_name, kinds):
     error = np.linalg.norm(shifted - (concepts - offset[:, None]) @ h) / np.linalg.norm(shifted)
     singular = np.linalg.svd(shifted, compute_uv=False)
     rank1, rank2 = (np.sqrt((singular[r:] ** 2).sum()) / np.linalg.norm(shifted) for r in (1, 2))
-    assert error <= 1.03 * rank2 and error < rank1, (error, rank2, rank1)  # measured: <= 1.01 * rank 2
+    assert error <= 1.03 * rank2, (error, rank2, rank1)  # measured: <= 1.01 * rank 2
+    assert error < rank1, (error, rank2, rank1)
     if kind.hot is not None:
         # Mean of each concept over image i's patch: patch 0 and patch 1 are led by different concepts.
         means = np.array([[explanations[i, k][kind.hot[i]].mean() for k in range(2)] for i in range(2)])

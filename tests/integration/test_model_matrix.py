@@ -161,7 +161,8 @@ def check_maps(maps: np.ndarray, batch: int, size: tuple[int, int], messages: li
     assert maps.shape == (batch, *size)
     assert maps.dtype == np.float32
     assert np.isfinite(maps).all()
-    assert maps.min() >= 0.0 and maps.max() <= 1.0
+    assert maps.min() >= 0.0
+    assert maps.max() <= 1.0
     constant_warned = any(CONSTANT_WARNING in m for m in messages)
     for i, single in enumerate(maps):
         if single.max() == 0.0:

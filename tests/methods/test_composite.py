@@ -237,7 +237,9 @@ def test_finercam_reference_call_order_and_errors(finer_case):
         FinerCAM(model, [model.relu2], alpha=True)
     with pytest.raises(TypeError, match="base_method must be a plain CAM method"):
         FinerCAM(model, [model.relu2], base_method=SESS)
-    assert FinerCAMPath is FinerCAM and RefineCAMPath is RefineCAM and SESSPath is SESS
+    assert FinerCAMPath is FinerCAM
+    assert RefineCAMPath is RefineCAM
+    assert SESSPath is SESS
 
 
 # ============================================================================================ RefineCAM
@@ -518,7 +520,9 @@ def test_sess_batches_are_bounded_and_patches_are_counted(sess_case):
     # runs once.
     sizes.clear()
     maps = SESS(counted, [model.relu2], num_scales=3, batch_size=4)(x, targets=[1, 3])
-    assert sizes[0] == 2 and max(sizes[1:]) <= 4 and sum(sizes[1:]) == patches
+    assert sizes[0] == 2
+    assert max(sizes[1:]) <= 4
+    assert sum(sizes[1:]) == patches
     expected = sess_by_hand(model, [model.relu2], x, [1, 3], [12, 15, 18], 12, 12)
     np.testing.assert_allclose(maps, expected, atol=2e-5)
 
@@ -594,7 +598,8 @@ def test_argument_checks_type_error_for_the_type_value_error_for_the_range(sess_
     sess = SESS(model, layers, num_scales=np.int64(2), theta=np.float32(0.25),
                 pre_filter_ratio=np.float64(0.5))
     assert (sess.num_scales, sess.theta, sess.pre_filter_ratio) == (2, 0.25, 0.5)
-    assert type(sess.num_scales) is int and type(sess.theta) is float
+    assert type(sess.num_scales) is int
+    assert type(sess.theta) is float
 
 
 def test_sess_constant_map_warns_once_and_is_zeros():
@@ -661,7 +666,8 @@ def test_sess_constant_map_warning_points_at_the_callers_line():
         warnings.simplefilter("always")
         SESS(model, [model.relu3], num_scales=2)(x, [0])
     constant = [w for w in record if "SESS map is constant" in str(w.message)]
-    assert len(constant) == 1 and constant[0].category is RuntimeWarning
+    assert len(constant) == 1
+    assert constant[0].category is RuntimeWarning
     assert constant[0].filename == __file__, "the warning should point at the caller's line"
 
 

@@ -38,7 +38,8 @@ def ours(method, model, layers, x, classes, eigen_smooth=False):
     with warns_if(method == "hirescam" and eigen_smooth, UserWarning,
                   "HiResCAM with eigen_smooth=True is no longer guaranteed to be faithful"):
         maps = cam(x, targets=list(classes), eigen_smooth=eigen_smooth)
-    assert isinstance(maps, np.ndarray) and maps.dtype == np.float32
+    assert isinstance(maps, np.ndarray)
+    assert maps.dtype == np.float32
     assert maps.shape == (x.shape[0], *x.shape[2:])
     return torch.from_numpy(maps)
 
@@ -72,7 +73,8 @@ def test_every_registered_method_has_a_plain_reference():
         path = Path(__file__).with_name(OWN_FORMULA_TESTS[name])
         assert path.is_file(), path
         text = path.read_text()
-        assert "reference" in text and (name in text or METHODS[name].__name__ in text), (name, path)
+        assert "reference" in text, (name, path)
+        assert name in text or METHODS[name].__name__ in text, (name, path)
 
 
 # ------------------------------------------------------------------------- the reference itself

@@ -107,7 +107,8 @@ def test_swin_transform_on_real_swin_t_channels_last_output():
     features = captured["out"]
     assert features.shape == (1, 7, 7, 768)
     maps = swinT_reshape_transform(features)
-    assert maps.shape == (1, 768, 7, 7) and maps.is_contiguous()
+    assert maps.shape == (1, 768, 7, 7)
+    assert maps.is_contiguous()
     assert torch.equal(maps[0, 10, 2, 5], features[0, 2, 5, 10])
     torch.testing.assert_close(maps, features.permute(0, 3, 1, 2), rtol=0, atol=0)
 
