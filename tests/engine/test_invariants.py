@@ -308,7 +308,7 @@ def test_smoothing_paths_leave_model_and_input_unchanged(name):
     assert x.requires_grad
     assert model.recorder.seen
     assert not any(model.recorder.seen)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"category {NUM_CLASSES} is out of range"):
         make_cam(name, model)(x, targets=[0, NUM_CLASSES], aug_smooth=True, eigen_smooth=True)
     assert hooks_snapshot(model) == hooks
     assert tree_snapshot(model) == tree

@@ -51,7 +51,7 @@ def test_a_subclass_registers_only_with_a_name_of_its_own_and_never_over_another
 
     assert METHODS["gradcam"] is GradCAM
     assert MyGradCAM not in METHODS.values()
-    with pytest.raises(ValueError, match="the method name 'gradcam' of .* is taken by .*GradCAM"):
+    with pytest.raises(ValueError, match=r"the method name 'gradcam' of .* is taken by .*GradCAM"):
         type("Clash", (GradCAM,), {"name": "gradcam"})
     assert METHODS["gradcam"] is GradCAM
     with pytest.raises(ValueError, match="unknown method 'nope'"):
@@ -214,7 +214,7 @@ def test_checks_come_before_any_forward_pass(tiny_2d):
     try:
         with pytest.raises(TypeError):
             KPCA_CAM(model, [model.conv3], degree=2.5)(x)
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="comparison_categories must be ranks >= 1"):
             FinerCAM(model, [model.conv3])(x, comparison_categories=[0])
     finally:
         handle.remove()

@@ -573,7 +573,7 @@ def test_deep_feature_factorization_on_the_detector_needs_its_reshape_transform(
     """The detector's backbone returns a dict of FPN levels: without a reshape_transform, or with one that
     does not make them one tensor, DFF says so."""
     kind = kinds("detection")
-    with pytest.raises(TypeError, match="returns OrderedDict, expected a single tensor.*fpn_reshape_trans"):
+    with pytest.raises(TypeError, match=r"returns OrderedDict, expected a single tensor.*fpn_reshape_trans"):
         DeepFeatureFactorization(kind.model, kind.layers)(kind.x, n_components=2)
-    with pytest.raises(TypeError, match="reshape_transform must return a tensor .* got OrderedDict"):
+    with pytest.raises(TypeError, match=r"reshape_transform must return a tensor .* got OrderedDict"):
         DeepFeatureFactorization(kind.model, kind.layers, lambda levels: levels)(kind.x, n_components=2)

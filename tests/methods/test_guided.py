@@ -253,7 +253,7 @@ def test_model_untouched_after_normal_and_raising_calls(make):
     with pytest.raises(RuntimeError, match="target failed"):
         GuidedBackpropReLUModel(model)(x, targets=[boom, boom])
     assert_same(before, snapshot(model))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"category {NUM_CLASSES} is out of range"):
         GuidedGradCAM(model, [first])(x, targets=[1, NUM_CLASSES])  # class 5 of 5: out of range
     assert_same(before, snapshot(model))
     assert torch.equal(x.detach(), x_before)

@@ -220,7 +220,7 @@ def test_a_layer_returning_a_dict_of_levels_through_fpn_reshape_transform():
 
 def test_a_dict_layer_without_a_transform_is_refused_clearly():
     model = _PyramidNet().eval()
-    with pytest.raises(TypeError, match="'backbone' returns dict.*pass a reshape_transform"):
+    with pytest.raises(TypeError, match=r"'backbone' returns dict.*pass a reshape_transform"):
         GradCAM(model, [model.backbone])(torch.randn(1, 3, 8, 8), targets=[1])
     with pytest.raises(TypeError, match="reshape_transform must return a tensor"):
         GradCAM(model, [model.backbone], reshape_transform=lambda levels: levels)(torch.randn(1, 3, 8, 8),

@@ -333,7 +333,7 @@ def test_category_out_of_range_names_category_and_class_count(cls):
 
 
 def test_targets_reject_non_tensors_and_bad_ranks():
-    with pytest.raises(TypeError, match="torch.Tensor"):
+    with pytest.raises(TypeError, match=r"torch\.Tensor"):
         ClassifierOutputTarget(0)([1.0, 2.0])
     with pytest.raises(ValueError, match=r"\(2, 3, 4\)"):
         ClassifierOutputTarget(0)(torch.zeros(2, 3, 4))
