@@ -107,6 +107,12 @@ def make_input(batch: int, size: int, seed: int) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=generator)
 
 
+def _children(module: torch.nn.Module) -> dict:
+    """The dict in which torch keeps ``module``'s children: torch has no public way to put a module's
+    children back in place (the reference swaps the target layer during a call)."""
+    return module._modules  # noqa: SLF001 - see the docstring
+
+
 # -- measuring one call -------------------------------------------------------------------------------
 def peak_allocated_bytes(fn) -> tuple:
     """(peak bytes held by tensors allocated while ``fn`` runs, fn's return value), via torch.profiler."""
@@ -227,16 +233,17 @@ class Runner:
 
         # A stopped call may leave a model modified (the reference swaps the target layer for its
         # AblationLayer during the call): the module tree is put back afterwards.
-        tree = [(module, dict(module._modules)) for module in model.modules()]
+        tree = [(module, dict(_children(module))) for module in model.modules()]
 
         def go():
             try:
                 return run_counted(model, fn, chunk_rows, stop)
             finally:
                 for module, children in tree:
-                    if module._modules != children:
-                        module._modules.clear()
-                        module._modules.update(children)
+                    now = _children(module)
+                    if now != children:
+                        now.clear()
+                        now.update(children)
 
         if req.get("profile"):
             peak, run = peak_allocated_bytes(go)
@@ -435,6 +442,15 @@ class Bench:
 
     def run_rounds(self, items: list[Item]) -> None:
         """Warm every item up once, then interleave the timed calls in shuffled rounds."""
+        self.warm_up(items)
+        self.timed_rounds(items)
+        if not self.args.no_memory:
+            for item in items:
+                if not item.skip_reason:
+                    item.peak = self.execute(item, profile=True)["peak_bytes"]
+
+    def warm_up(self, items: list[Item]) -> None:
+        """One untimed call of each item; an item the reference fails on is skipped."""
         for item in items:
             if item.skip_reason:
                 continue
@@ -448,6 +464,8 @@ class Bench:
             if item.req["kind"] == "cam" and item.req["method"] in PERTURBATION_METHODS:
                 # Full calls when the whole call is cheap enough, else stopped after `chunks` batches.
                 item.req["chunks_only"] = warm["seconds"] > self.args.full_budget
+
+    def timed_rounds(self, items: list[Item]) -> None:
         for round_index in range(max(item.repeats for item in items)):
             todo = [item for item in items if not item.skip_reason and round_index < item.repeats]
             self.rng.shuffle(todo)
@@ -457,10 +475,6 @@ class Bench:
                 item.details.append(result)
             loads = os.getloadavg()[0]
             print(f"    round {round_index + 1}: load {loads:.2f}, {time.strftime('%H:%M:%S')}", flush=True)
-        if not self.args.no_memory:
-            for item in items:
-                if not item.skip_reason:
-                    item.peak = self.execute(item, profile=True)["peak_bytes"]
 
     # -- one configuration
     def config(self, model_name: str, batch: int) -> None:
@@ -473,6 +487,15 @@ class Bench:
         total_chunks = batch * math.ceil(channels / bs)  # ScoreCAM's forward passes of bs images
         print(f"== {model_name} batch {batch} ({size}x{size}, {layer}, C={channels})", flush=True)
 
+        for methods in self.method_groups():
+            items = self.config_items(methods, base, channels)
+            self.run_rounds(list(items.values()))
+            for method in methods:
+                self.collect(model_name, batch, channels, bs, total_chunks, method, items)
+
+    def method_groups(self) -> list[list[str]]:
+        """The methods timed together: ScoreCAM, the slowest, in a group of its own."""
+        args = self.args
         fast = [m for m in args.methods if m not in PERTURBATION_METHODS]
         slow = [m for m in args.methods if m in PERTURBATION_METHODS]
         groups = []
@@ -480,40 +503,47 @@ class Bench:
             groups.append([m for m in args.methods if m != "scorecam"])
         if "scorecam" in slow:
             groups.append(["scorecam"])
-        for methods in groups:
-            items: dict[str, Item] = {}
-            needs_grad = any(m in GRADIENT_METHODS for m in methods)
-            fast_reps = args.repeats
-            slow_reps = min(args.repeats, args.slow_repeats)
-            if needs_grad:
-                items["fwd+grad"] = Item("fwd+grad", "ours", dict(base, kind="forward_grad"), fast_reps)
-                items["fwd+grad strict"] = Item(
-                    "fwd+grad strict", "ours", dict(base, kind="forward_grad_strict"), fast_reps)
-            if any(m in ("eigencam", "ablationcam") for m in methods):
-                reps = fast_reps if "eigencam" in methods else slow_reps
-                items["fwd(B)"] = Item("fwd(B)", "ours", dict(base, kind="forward"), reps)
-            if "scorecam" in methods:
-                items["fwd(bs)"] = Item("fwd(bs)", "ours", dict(base, kind="forward", rows=bs), slow_reps)
-            for method in methods:
-                reps = slow_reps if method in PERTURBATION_METHODS else fast_reps
-                method_bs = bs if method == "scorecam" else args.ablation_batch_size
-                req = dict(base, kind="cam", method=method, bs=method_bs, chunks=args.chunks,
-                           channels=channels)
-                items[method] = Item(method, "ours", req, reps)
-                ref = Item(method + " ref", "reference", dict(req), reps)
-                if self.reference is None:
-                    ref.skip_reason = "no reference"
-                elif method == "scorecam":
-                    # The reference materialises every masked input (and upsampled mask) at once.
-                    need = batch * channels * 4 * size * size * 4
-                    if need > args.reference_max_gb * 2 ** 30:
-                        ref.skip_reason = (f"skipped: the reference materialises B*C masked inputs at once "
-                                           f"(~{need / 2 ** 30:.1f} GB > --reference-max-gb "
-                                           f"{args.reference_max_gb:g})")
-                items[method + " ref"] = ref
-            self.run_rounds(list(items.values()))
-            for method in methods:
-                self.collect(model_name, batch, channels, bs, total_chunks, method, items)
+        return groups
+
+    def config_items(self, methods: list[str], base: dict, channels: int) -> dict[str, Item]:
+        """The baselines that ``methods`` are compared with, each method and its reference twin."""
+        args = self.args
+        bs = args.scorecam_batch_size
+        items: dict[str, Item] = {}
+        needs_grad = any(m in GRADIENT_METHODS for m in methods)
+        fast_reps = args.repeats
+        slow_reps = min(args.repeats, args.slow_repeats)
+        if needs_grad:
+            items["fwd+grad"] = Item("fwd+grad", "ours", dict(base, kind="forward_grad"), fast_reps)
+            items["fwd+grad strict"] = Item(
+                "fwd+grad strict", "ours", dict(base, kind="forward_grad_strict"), fast_reps)
+        if any(m in ("eigencam", "ablationcam") for m in methods):
+            reps = fast_reps if "eigencam" in methods else slow_reps
+            items["fwd(B)"] = Item("fwd(B)", "ours", dict(base, kind="forward"), reps)
+        if "scorecam" in methods:
+            items["fwd(bs)"] = Item("fwd(bs)", "ours", dict(base, kind="forward", rows=bs), slow_reps)
+        for method in methods:
+            reps = slow_reps if method in PERTURBATION_METHODS else fast_reps
+            method_bs = bs if method == "scorecam" else args.ablation_batch_size
+            req = dict(base, kind="cam", method=method, bs=method_bs, chunks=args.chunks,
+                       channels=channels)
+            items[method] = Item(method, "ours", req, reps)
+            items[method + " ref"] = self.reference_item(method, req, reps)
+        return items
+
+    def reference_item(self, method: str, req: dict, reps: int) -> Item:
+        args = self.args
+        ref = Item(method + " ref", "reference", dict(req), reps)
+        if self.reference is None:
+            ref.skip_reason = "no reference"
+        elif method == "scorecam":
+            # The reference materialises every masked input (and upsampled mask) at once.
+            need = req["batch"] * req["channels"] * 4 * req["size"] * req["size"] * 4
+            if need > args.reference_max_gb * 2 ** 30:
+                ref.skip_reason = (f"skipped: the reference materialises B*C masked inputs at once "
+                                   f"(~{need / 2 ** 30:.1f} GB > --reference-max-gb "
+                                   f"{args.reference_max_gb:g})")
+        return ref
 
     def collect(self, model_name, batch, channels, bs, total_chunks, method, items) -> None:
         ours, ref = items[method], items[method + " ref"]
@@ -800,7 +830,7 @@ def parse_args(argv: list[str]):
                         "calls vary 5-10x; 0 keeps torch's default)")
     p.add_argument("--output", default=os.path.join(HERE, "results.md"),
                    help="Markdown file to write (default benchmarks/results.md); '-' for none")
-    p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--_worker", dest="worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.batch_sizes, args.repeats, args.slow_repeats = ["resnet18"], [1], 3, 2
@@ -818,8 +848,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     CLOCK[0] = time.process_time if args.clock == "cpu" else time.perf_counter
-    if args._worker:
-        worker_main(args._worker, args.seed, args.reference_path)
+    if args.worker:
+        worker_main(args.worker, args.seed, args.reference_path)
         return 0
     started, loads = time.time(), os.getloadavg()
     bench = Bench(args)

@@ -114,7 +114,7 @@ CAT_HALF = (slice(None), slice(0, 224))
 
 def test_embeddings_example_finds_the_concepts(tmp_path):
     needs_pretrained()
-    out, files = run_example("embeddings_example.py", tmp_path)
+    _, files = run_example("embeddings_example.py", tmp_path)
     assert set(files) == {"embedding_similar_to_coffee.jpg", "embedding_similar_to_cat.jpg"}
     photo = read_image(PHOTOS / "cat_and_coffee.jpg", (224, 448, 3))
     coffee = redness(read_image(files["embedding_similar_to_coffee.jpg"], photo.shape), photo)

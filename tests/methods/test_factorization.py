@@ -282,7 +282,7 @@ def test_dff_two_textures_two_concepts_on_their_halves():
 def test_dff_concept_outputs_are_the_head_on_the_concepts():
     model = tiny_net(2, seed=0)
     x = seeded_input(2, 3, 12, 16, seed=1)
-    concepts, explanations, outputs = DeepFeatureFactorization(
+    concepts, _, outputs = DeepFeatureFactorization(
         model, model.relu3, computation_on_concepts=model.fc)(x, n_components=3)
     with torch.no_grad():
         want = model.fc(torch.from_numpy(concepts.T.copy())).numpy()
@@ -579,7 +579,7 @@ def test_dff_on_a_photo_finds_the_cat_and_the_cup():
     """Two concepts of the final 1280-channel ReLU6 features: the head calls one 'Egyptian cat' and the
     other 'espresso', and each lies on its half (measured: cat 0.61 and 23x, espresso 1.00 and 19x)."""
     composite, model, x = _composite_and_model()
-    concepts, explanations, logits = DeepFeatureFactorization(
+    _, explanations, logits = DeepFeatureFactorization(
         model, model.features, computation_on_concepts=model.net._fc)(x, n_components=2)
     probs = torch.softmax(torch.from_numpy(logits), -1)
     top1 = probs.argmax(-1).tolist()

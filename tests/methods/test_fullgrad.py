@@ -172,7 +172,7 @@ def test_matches_plain_reference(case, per_channel):
 
 def test_every_term_contributes_and_normalisations_differ():
     model, x = net_2d(), seeded(2, 3, 12, 16, seed=1)
-    input_term, bias_terms, _ = reference_terms(model, x, [1, 3])
+    _, bias_terms, _ = reference_terms(model, x, [1, 3])
     spatial = [(g * b).abs() for g, b in bias_terms if g.ndim == x.ndim]
     assert len(spatial) == 5  # 3 convs + 2 BN
     assert all(t.flatten(1).amax(1).min() > 0 for t in spatial)
