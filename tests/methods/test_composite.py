@@ -387,62 +387,87 @@ def blur_by_hand(cam, size=11, sigma=5.0):
     return cam
 
 
+def _gradcam_patch_map(model, layers):
+    """``patch_map`` of :func:`sess_by_hand` by default: GradCAM of ``layers``."""
+    base = GradCAM(model, layers)
+
+    def patch_map(patch, cls):
+        # A window without evidence for the class has a constant map; SESS itself does not warn per
+        # window, so neither does its reference.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "the CAM of layer .* is constant for image", RuntimeWarning)
+            return base(patch, [cls])[0]
+    return patch_map
+
+
+def _patches_by_hand(x, i, scales, window, step, use_cv2):
+    """Every window of every scaled copy of image ``i``: a list of (patch, scaled size, starts)."""
+    spatial = x.shape[2:]
+    shorter = min(spatial)
+    patches = []
+    for scale in scales:
+        size = [int(scale * n / shorter) for n in spatial]
+        if use_cv2:  # cv2.resize takes (width, height)
+            image = np.moveaxis(x[i].numpy(), 0, -1)
+            scaled = torch.from_numpy(np.moveaxis(cv2.resize(image, (size[1], size[0])), -1, 0))[None]
+        elif len(size) == 2:  # torchvision: bilinear, antialiased when shrinking
+            scaled = torchvision.transforms.functional.resize(x[i:i + 1], size)
+        else:
+            scaled = F.interpolate(x[i:i + 1], size=size, mode=MODES[len(size)], align_corners=False)
+        grids = [window_starts_by_hand(n, window, step) for n in size]
+        for starts in np.stack(np.meshgrid(*grids, indexing="ij"), -1).reshape(-1, len(size)):
+            index = (slice(None), slice(None), *(slice(s, s + window) for s in starts))
+            patches.append((scaled[index], size, starts))
+    return patches
+
+
+def _patch_scores_by_hand(model, patches, cls, softmax):
+    scores = []
+    for patch, _, _ in patches:
+        with torch.no_grad():
+            out = model(patch)[0]
+        score = (torch.softmax(out, -1) if softmax else out)[cls].item()
+        scores.append(max(score, 0.0))
+    return scores
+
+
+def _pooled_by_hand(patches, scores, order, cls, spatial, window, theta, pool, use_cv2, patch_map):
+    """The windows' weighted maps, put back at full size and pooled (max, or mean above ``theta``)."""
+    top = max(scores[k] for k in order)
+    total, count = np.zeros(spatial), np.zeros(spatial)
+    for k in order:
+        patch, size, starts = patches[k]
+        weight = scores[k] / top if top > 0 else 1.0
+        weighted = patch_map(patch, cls) * weight
+        frame = np.zeros(size, np.float32)
+        frame[tuple(slice(s, s + window) for s in starts)] = weighted
+        if use_cv2:
+            back = cv2.resize(frame, (spatial[1], spatial[0]))
+        else:
+            back = F.interpolate(torch.from_numpy(frame)[None, None], size=tuple(spatial),
+                                 mode=MODES[len(size)], align_corners=False)[0, 0].numpy()
+        if pool == "max":
+            total = np.maximum(total, back)
+        else:
+            total += np.where(back > theta, back, 0.0)
+            count += back > theta
+    return total if pool == "max" else np.where(count > 0, total / np.maximum(count, 1), 0.0)
+
+
 def sess_by_hand(model, layers, x, classes, scales, window, step, pre_filter_ratio=0.0, theta=0.0,
                  pool="mean", smooth=True, softmax=True, use_cv2=False, patch_map=None):
     """SESS as a plain loop: every image, scale and window one after the other. ``patch_map(patch, class)``
     gives a patch's map (default: GradCAM of ``layers``)."""
     spatial = x.shape[2:]
-    shorter = min(spatial)
     if patch_map is None:
-        base = GradCAM(model, layers)
-        def patch_map(patch, cls):
-            # A window without evidence for the class has a constant map; SESS itself does not warn per
-            # window, so neither does its reference.
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "the CAM of layer .* is constant for image", RuntimeWarning)
-                return base(patch, [cls])[0]
+        patch_map = _gradcam_patch_map(model, layers)
     maps = []
     for i in range(len(x)):
-        patches = []  # (patch, scaled size, starts)
-        for scale in scales:
-            size = [int(scale * n / shorter) for n in spatial]
-            if use_cv2:  # cv2.resize takes (width, height)
-                image = np.moveaxis(x[i].numpy(), 0, -1)
-                scaled = torch.from_numpy(np.moveaxis(cv2.resize(image, (size[1], size[0])), -1, 0))[None]
-            elif len(size) == 2:  # torchvision: bilinear, antialiased when shrinking
-                scaled = torchvision.transforms.functional.resize(x[i:i + 1], size)
-            else:
-                scaled = F.interpolate(x[i:i + 1], size=size, mode=MODES[len(size)], align_corners=False)
-            grids = [window_starts_by_hand(n, window, step) for n in size]
-            for starts in np.stack(np.meshgrid(*grids, indexing="ij"), -1).reshape(-1, len(size)):
-                index = (slice(None), slice(None), *(slice(s, s + window) for s in starts))
-                patches.append((scaled[index], size, starts))
-        scores = []
-        for patch, _, _ in patches:
-            with torch.no_grad():
-                out = model(patch)[0]
-            score = (torch.softmax(out, -1) if softmax else out)[classes[i]].item()
-            scores.append(max(score, 0.0))
+        patches = _patches_by_hand(x, i, scales, window, step, use_cv2)
+        scores = _patch_scores_by_hand(model, patches, classes[i], softmax)
         order = np.argsort(scores, kind="stable")[int(len(scores) * pre_filter_ratio):]
-        top = max(scores[k] for k in order)
-        total, count = np.zeros(spatial), np.zeros(spatial)
-        for k in order:
-            patch, size, starts = patches[k]
-            weight = scores[k] / top if top > 0 else 1.0
-            weighted = patch_map(patch, classes[i]) * weight
-            frame = np.zeros(size, np.float32)
-            frame[tuple(slice(s, s + window) for s in starts)] = weighted
-            if use_cv2:
-                back = cv2.resize(frame, (spatial[1], spatial[0]))
-            else:
-                back = F.interpolate(torch.from_numpy(frame)[None, None], size=tuple(spatial),
-                                     mode=MODES[len(size)], align_corners=False)[0, 0].numpy()
-            if pool == "max":
-                total = np.maximum(total, back)
-            else:
-                total += np.where(back > theta, back, 0.0)
-                count += back > theta
-        cam = total if pool == "max" else np.where(count > 0, total / np.maximum(count, 1), 0.0)
+        cam = _pooled_by_hand(patches, scores, order, classes[i], spatial, window, theta, pool, use_cv2,
+                              patch_map)
         if smooth:
             cam = cv2.GaussianBlur(cam.astype(np.float32), (11, 11), 5.0) if use_cv2 else blur_by_hand(cam)
         cam = cam - cam.min()
