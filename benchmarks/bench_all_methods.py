@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    names = args.methods.split(",") if args.methods else list(METHODS) + ["guidedbackprop", "dff"]
+    names = args.methods.split(",") if args.methods else [*METHODS, "guidedbackprop", "dff"]
     model, x = build()
     base = baselines(model, x)
     calls = method_calls(model, x, names)

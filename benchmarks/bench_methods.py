@@ -57,7 +57,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional
 
 import torch
 import torchvision
@@ -70,8 +69,8 @@ REPO = os.path.dirname(HERE)
 
 GRADIENT_METHODS = ("gradcam", "gradcam++", "xgradcam")
 PERTURBATION_METHODS = ("scorecam", "ablationcam")
-ALL_METHODS = GRADIENT_METHODS + ("eigencam",) + PERTURBATION_METHODS
-TARGET_RATIO: Dict[str, Optional[float]] = {
+ALL_METHODS = (*GRADIENT_METHODS, "eigencam", *PERTURBATION_METHODS)
+TARGET_RATIO: dict[str, float | None] = {
     "gradcam": 1.2, "gradcam++": 1.2, "xgradcam": 1.2, "eigencam": None, "ablationcam": 3.0, "scorecam": 1.1,
 }
 BASELINE_OF = {m: "fwd+grad" for m in GRADIENT_METHODS}
@@ -108,6 +107,12 @@ def make_input(batch: int, size: int, seed: int) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=generator)
 
 
+def _children(module: torch.nn.Module) -> dict:
+    """The dict in which torch keeps ``module``'s children: torch has no public way to put a module's
+    children back in place (the reference swaps the target layer during a call)."""
+    return module._modules  # noqa: SLF001 - see the docstring
+
+
 # -- measuring one call -------------------------------------------------------------------------------
 def peak_allocated_bytes(fn) -> tuple:
     """(peak bytes held by tensors allocated while ``fn`` runs, fn's return value), via torch.profiler."""
@@ -124,14 +129,14 @@ def peak_allocated_bytes(fn) -> tuple:
     return peak, result
 
 
-def run_counted(model: torch.nn.Module, fn, chunk_rows=(), stop_after_chunks: Optional[int] = None) -> dict:
+def run_counted(model: torch.nn.Module, fn, chunk_rows=(), stop_after_chunks: int | None = None) -> dict:
     """Run ``fn`` with the start time and batch size of every call of ``model`` recorded.
 
     A call after the first one whose batch has ``chunk_rows`` rows is a batch of perturbed inputs (the
     capturing pass, a check pass or the reference's extra pass have other sizes). With
     ``stop_after_chunks=N``, ``_Stop`` is raised at the start of perturbed batch N + 1."""
-    stamps: List[tuple] = []
-    chunk_calls: List[int] = []
+    stamps: list[tuple] = []
+    chunk_calls: list[int] = []
 
     def pre_hook(module, inputs):
         batch = inputs[0].shape[0] if inputs and isinstance(inputs[0], torch.Tensor) else -1
@@ -179,8 +184,8 @@ class Runner:
         self.impl = impl
         self.workdir = workdir
         self.seed = seed
-        self.models: Dict[str, torch.nn.Module] = {}
-        self.inputs: Dict[tuple, torch.Tensor] = {}
+        self.models: dict[str, torch.nn.Module] = {}
+        self.inputs: dict[tuple, torch.Tensor] = {}
         import pytorch_grad_cam  # ours or the reference, whichever sys.path gives
 
         self.package_file = pytorch_grad_cam.__file__
@@ -228,16 +233,17 @@ class Runner:
 
         # A stopped call may leave a model modified (the reference swaps the target layer for its
         # AblationLayer during the call): the module tree is put back afterwards.
-        tree = [(module, dict(module._modules)) for module in model.modules()]
+        tree = [(module, dict(_children(module))) for module in model.modules()]
 
         def go():
             try:
                 return run_counted(model, fn, chunk_rows, stop)
             finally:
                 for module, children in tree:
-                    if module._modules != children:
-                        module._modules.clear()
-                        module._modules.update(children)
+                    now = _children(module)
+                    if now != children:
+                        now.clear()
+                        now.update(children)
 
         if req.get("profile"):
             peak, run = peak_allocated_bytes(go)
@@ -315,7 +321,7 @@ def worker_main(workdir: str, seed: int, reference_path: str) -> None:
         runner = Runner("reference", workdir, seed)
         ok = os.path.abspath(runner.package_file).startswith(os.path.abspath(reference_path))
         hello = {"ok": ok, "file": runner.package_file}
-    except Exception as error:  # noqa: BLE001 - reported to the main process
+    except Exception as error:  # reported to the main process
         runner, hello = None, {"ok": False, "file": f"import failed: {error!r}"}
     out.write(WORKER_TAG + json.dumps(hello) + "\n")
     out.flush()
@@ -325,7 +331,7 @@ def worker_main(workdir: str, seed: int, reference_path: str) -> None:
         req = json.loads(line)
         try:
             reply = runner.handle(req)
-        except Exception as error:  # noqa: BLE001 - reported to the main process
+        except Exception as error:  # reported to the main process
             reply = {"error": repr(error)}
         out.write(WORKER_TAG + json.dumps(reply) + "\n")
         out.flush()
@@ -369,13 +375,13 @@ class Item:
 
     def __init__(self, key: str, executor: str, req: dict, repeats: int) -> None:
         self.key, self.executor, self.req, self.repeats = key, executor, req, repeats
-        self.times: List[float] = []
-        self.details: List[dict] = []
-        self.peak: Optional[int] = None
-        self.skip_reason: Optional[str] = None
+        self.times: list[float] = []
+        self.details: list[dict] = []
+        self.peak: int | None = None
+        self.skip_reason: str | None = None
 
 
-def median(values: List[float]) -> float:
+def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
@@ -384,12 +390,12 @@ class Bench:
         self.args = args
         self.rng = random.Random(args.seed)
         self.workdir = tempfile.mkdtemp(prefix="bench_cam_")
-        self.notes: List[str] = []
-        self.rows: List[dict] = []
-        self.mem_rows: List[dict] = []
-        self.demo_rows: List[dict] = []
-        self.channels: Dict[tuple, int] = {}
-        self.targets: Dict[tuple, List[int]] = {}
+        self.notes: list[str] = []
+        self.rows: list[dict] = []
+        self.mem_rows: list[dict] = []
+        self.demo_rows: list[dict] = []
+        self.channels: dict[tuple, int] = {}
+        self.targets: dict[tuple, list[int]] = {}
         sys.path.insert(0, REPO)  # benchmark this checkout
         self.code_version = _engine_version()
         self.ours = Runner("ours", self.workdir, args.seed)
@@ -434,14 +440,23 @@ class Bench:
             return self.reference.handle(req)
         return self.ours.handle(req)
 
-    def run_rounds(self, items: List[Item]) -> None:
+    def run_rounds(self, items: list[Item]) -> None:
         """Warm every item up once, then interleave the timed calls in shuffled rounds."""
+        self.warm_up(items)
+        self.timed_rounds(items)
+        if not self.args.no_memory:
+            for item in items:
+                if not item.skip_reason:
+                    item.peak = self.execute(item, profile=True)["peak_bytes"]
+
+    def warm_up(self, items: list[Item]) -> None:
+        """One untimed call of each item; an item the reference fails on is skipped."""
         for item in items:
             if item.skip_reason:
                 continue
             try:
                 warm = self.execute(item, chunks_only=True)
-            except Exception as error:  # noqa: BLE001 - the reference may fail where ours works
+            except Exception as error:  # the reference may fail where ours works
                 if item.executor != "reference":
                     raise
                 item.skip_reason = f"the reference failed: {error}"
@@ -449,6 +464,8 @@ class Bench:
             if item.req["kind"] == "cam" and item.req["method"] in PERTURBATION_METHODS:
                 # Full calls when the whole call is cheap enough, else stopped after `chunks` batches.
                 item.req["chunks_only"] = warm["seconds"] > self.args.full_budget
+
+    def timed_rounds(self, items: list[Item]) -> None:
         for round_index in range(max(item.repeats for item in items)):
             todo = [item for item in items if not item.skip_reason and round_index < item.repeats]
             self.rng.shuffle(todo)
@@ -458,10 +475,6 @@ class Bench:
                 item.details.append(result)
             loads = os.getloadavg()[0]
             print(f"    round {round_index + 1}: load {loads:.2f}, {time.strftime('%H:%M:%S')}", flush=True)
-        if not self.args.no_memory:
-            for item in items:
-                if not item.skip_reason:
-                    item.peak = self.execute(item, profile=True)["peak_bytes"]
 
     # -- one configuration
     def config(self, model_name: str, batch: int) -> None:
@@ -474,6 +487,15 @@ class Bench:
         total_chunks = batch * math.ceil(channels / bs)  # ScoreCAM's forward passes of bs images
         print(f"== {model_name} batch {batch} ({size}x{size}, {layer}, C={channels})", flush=True)
 
+        for methods in self.method_groups():
+            items = self.config_items(methods, base, channels)
+            self.run_rounds(list(items.values()))
+            for method in methods:
+                self.collect(model_name, batch, channels, bs, total_chunks, method, items)
+
+    def method_groups(self) -> list[list[str]]:
+        """The methods timed together: ScoreCAM, the slowest, in a group of its own."""
+        args = self.args
         fast = [m for m in args.methods if m not in PERTURBATION_METHODS]
         slow = [m for m in args.methods if m in PERTURBATION_METHODS]
         groups = []
@@ -481,40 +503,47 @@ class Bench:
             groups.append([m for m in args.methods if m != "scorecam"])
         if "scorecam" in slow:
             groups.append(["scorecam"])
-        for methods in groups:
-            items: Dict[str, Item] = {}
-            needs_grad = any(m in GRADIENT_METHODS for m in methods)
-            fast_reps = args.repeats
-            slow_reps = min(args.repeats, args.slow_repeats)
-            if needs_grad:
-                items["fwd+grad"] = Item("fwd+grad", "ours", dict(base, kind="forward_grad"), fast_reps)
-                items["fwd+grad strict"] = Item(
-                    "fwd+grad strict", "ours", dict(base, kind="forward_grad_strict"), fast_reps)
-            if any(m in ("eigencam", "ablationcam") for m in methods):
-                reps = fast_reps if "eigencam" in methods else slow_reps
-                items["fwd(B)"] = Item("fwd(B)", "ours", dict(base, kind="forward"), reps)
-            if "scorecam" in methods:
-                items["fwd(bs)"] = Item("fwd(bs)", "ours", dict(base, kind="forward", rows=bs), slow_reps)
-            for method in methods:
-                reps = slow_reps if method in PERTURBATION_METHODS else fast_reps
-                method_bs = bs if method == "scorecam" else args.ablation_batch_size
-                req = dict(base, kind="cam", method=method, bs=method_bs, chunks=args.chunks,
-                           channels=channels)
-                items[method] = Item(method, "ours", req, reps)
-                ref = Item(method + " ref", "reference", dict(req), reps)
-                if self.reference is None:
-                    ref.skip_reason = "no reference"
-                elif method == "scorecam":
-                    # The reference materialises every masked input (and upsampled mask) at once.
-                    need = batch * channels * 4 * size * size * 4
-                    if need > args.reference_max_gb * 2 ** 30:
-                        ref.skip_reason = (f"skipped: the reference materialises B*C masked inputs at once "
-                                           f"(~{need / 2 ** 30:.1f} GB > --reference-max-gb "
-                                           f"{args.reference_max_gb:g})")
-                items[method + " ref"] = ref
-            self.run_rounds(list(items.values()))
-            for method in methods:
-                self.collect(model_name, batch, channels, bs, total_chunks, method, items)
+        return groups
+
+    def config_items(self, methods: list[str], base: dict, channels: int) -> dict[str, Item]:
+        """The baselines that ``methods`` are compared with, each method and its reference twin."""
+        args = self.args
+        bs = args.scorecam_batch_size
+        items: dict[str, Item] = {}
+        needs_grad = any(m in GRADIENT_METHODS for m in methods)
+        fast_reps = args.repeats
+        slow_reps = min(args.repeats, args.slow_repeats)
+        if needs_grad:
+            items["fwd+grad"] = Item("fwd+grad", "ours", dict(base, kind="forward_grad"), fast_reps)
+            items["fwd+grad strict"] = Item(
+                "fwd+grad strict", "ours", dict(base, kind="forward_grad_strict"), fast_reps)
+        if any(m in ("eigencam", "ablationcam") for m in methods):
+            reps = fast_reps if "eigencam" in methods else slow_reps
+            items["fwd(B)"] = Item("fwd(B)", "ours", dict(base, kind="forward"), reps)
+        if "scorecam" in methods:
+            items["fwd(bs)"] = Item("fwd(bs)", "ours", dict(base, kind="forward", rows=bs), slow_reps)
+        for method in methods:
+            reps = slow_reps if method in PERTURBATION_METHODS else fast_reps
+            method_bs = bs if method == "scorecam" else args.ablation_batch_size
+            req = dict(base, kind="cam", method=method, bs=method_bs, chunks=args.chunks,
+                       channels=channels)
+            items[method] = Item(method, "ours", req, reps)
+            items[method + " ref"] = self.reference_item(method, req, reps)
+        return items
+
+    def reference_item(self, method: str, req: dict, reps: int) -> Item:
+        args = self.args
+        ref = Item(method + " ref", "reference", dict(req), reps)
+        if self.reference is None:
+            ref.skip_reason = "no reference"
+        elif method == "scorecam":
+            # The reference materialises every masked input (and upsampled mask) at once.
+            need = req["batch"] * req["channels"] * 4 * req["size"] * req["size"] * 4
+            if need > args.reference_max_gb * 2 ** 30:
+                ref.skip_reason = (f"skipped: the reference materialises B*C masked inputs at once "
+                                   f"(~{need / 2 ** 30:.1f} GB > --reference-max-gb "
+                                   f"{args.reference_max_gb:g})")
+        return ref
 
     def collect(self, model_name, batch, channels, bs, total_chunks, method, items) -> None:
         ours, ref = items[method], items[method + " ref"]
@@ -560,7 +589,7 @@ class Bench:
                 "ref": ref.peak, "ref_skip": ref.skip_reason, "est": ours.req.get("chunks_only"),
             })
 
-    def perturbation_notes(self, who: str, item: Item, fwd_bs: Optional[Item]) -> List[str]:
+    def perturbation_notes(self, who: str, item: Item, fwd_bs: Item | None) -> list[str]:
         d = [x for x in item.details if "period_s" in x]
         if not item.details:
             return []
@@ -616,20 +645,20 @@ class Bench:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _spread(ours: List[float], base: List[float]) -> str:
+def _spread(ours: list[float], base: list[float]) -> str:
     pairs = [o / b for o, b in zip(ours, base)]
     return f"{min(pairs):.2f}-{max(pairs):.2f}" if pairs else ""
 
 
 # -- output -------------------------------------------------------------------------------------------
-def fmt_ms(value: Optional[float], est: bool = False) -> str:
+def fmt_ms(value: float | None, est: bool = False) -> str:
     if value is None:
         return "-"
     text = f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
     return text + (" (est.)" if est else "")
 
 
-def render(bench: Bench, argv: List[str], started: float, loads: tuple) -> str:
+def render(bench: Bench, argv: list[str], started: float, loads: tuple) -> str:
     args = bench.args
     lines = ["# CAM method benchmark", ""]
     lines.append(f"`python benchmarks/bench_methods.py {' '.join(argv)}` on "
@@ -753,7 +782,7 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def parse_args(argv: List[str]):
+def parse_args(argv: list[str]):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["resnet18", "resnet50"])
@@ -801,7 +830,7 @@ def parse_args(argv: List[str]):
                         "calls vary 5-10x; 0 keeps torch's default)")
     p.add_argument("--output", default=os.path.join(HERE, "results.md"),
                    help="Markdown file to write (default benchmarks/results.md); '-' for none")
-    p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--_worker", dest="worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.batch_sizes, args.repeats, args.slow_repeats = ["resnet18"], [1], 3, 2
@@ -813,14 +842,14 @@ def parse_args(argv: List[str]):
     return args
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     CLOCK[0] = time.process_time if args.clock == "cpu" else time.perf_counter
-    if args._worker:
-        worker_main(args._worker, args.seed, args.reference_path)
+    if args.worker:
+        worker_main(args.worker, args.seed, args.reference_path)
         return 0
     started, loads = time.time(), os.getloadavg()
     bench = Bench(args)

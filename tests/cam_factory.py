@@ -7,14 +7,14 @@ new method is covered by every generic test as soon as it is registered.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Dict
+from typing import Any, Callable
 
 import pytest
 
 from pytorch_grad_cam import METHODS
 
 #: name -> function ``(model, layers) -> extra constructor kwargs`` for the generic tests.
-EXTRA_KWARGS: Dict[str, Callable[[Any, Any], dict]] = {
+EXTRA_KWARGS: dict[str, Callable[[Any, Any], dict]] = {
     # SS-CAM and IS-CAM cost num_samples forward passes per channel: keep the generic tests quick.
     "sscam": lambda model, layers: {"num_samples": 3},
     "iscam": lambda model, layers: {"num_samples": 3},

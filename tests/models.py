@@ -7,8 +7,6 @@ the fixtures built from it live in ``conftest.py``.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F  # noqa: F401
 from torch import nn
@@ -28,7 +26,7 @@ class TinyConvNet(nn.Module):
     """
 
     def __init__(self, dim: int = 2, in_channels: int = 3, num_classes: int = 5,
-                 act2: Optional[nn.Module] = None) -> None:
+                 act2: nn.Module | None = None) -> None:
         super().__init__()
         conv = _CONV[dim]
         self.conv1 = conv(in_channels, 4, 3, padding=1)
@@ -45,7 +43,7 @@ class TinyConvNet(nn.Module):
         return self.fc(x.flatten(2).mean(-1))
 
 
-def tiny_net(dim: int, seed: int = 0, in_channels: int = 3, act2: Optional[nn.Module] = None) -> TinyConvNet:
+def tiny_net(dim: int, seed: int = 0, in_channels: int = 3, act2: nn.Module | None = None) -> TinyConvNet:
     """A :class:`TinyConvNet` with weights drawn from ``torch.manual_seed(seed)``, in eval mode.
 
     The classifier is scaled by 10 so that the logits are of order 1 (ScoreCAM's softmax weights are then

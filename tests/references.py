@@ -19,7 +19,7 @@ Targets are class indices (one per image): the score is ``output[i, k]``.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -33,13 +33,13 @@ ABLATION_OFFSET = 1e7
 
 # ------------------------------------------------------------------------ activations and gradients
 def activations_and_gradients(model: nn.Module, layers: Sequence[nn.Module], x: torch.Tensor,
-                              classes: Sequence[int], with_gradients: bool = True) -> Dict[str, list]:
+                              classes: Sequence[int], with_gradients: bool = True) -> dict[str, list]:
     """One forward pass: each layer's output and d(sum_i output[i, classes[i]])/d(output), as float64.
 
     Returns ``{"activations": [A_layer (B, C, *S)], "gradients": [G_layer or None], "scores": (B,)}``.
     """
     assert not model.training, "the reference expects a model in eval mode"
-    outputs: List[torch.Tensor] = [None] * len(layers)
+    outputs: list[torch.Tensor] = [None] * len(layers)
 
     def make_hook(index):
         def hook(module, inputs, output):
@@ -170,7 +170,7 @@ def ablationcam_weights(model: nn.Module, layer: nn.Module, x: torch.Tensor, cla
 # ------------------------------------------------------------------------------ maps and resizing
 def weighted_sum(weights: np.ndarray, acts: np.ndarray) -> np.ndarray:
     """``sum_k w_k A_k`` per image: (B, C) x (B, C, *S) -> (B, *S)."""
-    out = np.zeros((acts.shape[0],) + acts.shape[2:])
+    out = np.zeros((acts.shape[0], *acts.shape[2:]))
     for i in range(acts.shape[0]):
         for k in range(acts.shape[1]):
             out[i] += weights[i, k] * acts[i, k]
@@ -180,7 +180,7 @@ def weighted_sum(weights: np.ndarray, acts: np.ndarray) -> np.ndarray:
 def first_principal_component(acts: np.ndarray) -> np.ndarray:
     """Per image: X = positions x channels, centred per channel; X @ v1 (first right singular vector),
     sign flipped if it anti-correlates with the centred channel sum. (B, C, *S) -> (B, *S)."""
-    out = np.zeros((acts.shape[0],) + acts.shape[2:])
+    out = np.zeros((acts.shape[0], *acts.shape[2:]))
     for i in range(acts.shape[0]):
         a = acts[i]
         X = a.reshape(a.shape[0], -1).T  # (N, C)
@@ -210,7 +210,7 @@ def _interp_axis(values: np.ndarray, axis: int, size: int, align_corners: bool) 
     moved = np.moveaxis(values, axis, -1)
     flat = moved.reshape(-1, n)
     res = np.stack([np.interp(src, np.arange(n), row) for row in flat])
-    return np.moveaxis(res.reshape(moved.shape[:-1] + (size,)), -1, axis)
+    return np.moveaxis(res.reshape((*moved.shape[:-1], size)), -1, axis)
 
 
 def resize(cam: np.ndarray, size: Sequence[int]) -> np.ndarray:
@@ -267,7 +267,7 @@ def kernel_matrix(X: np.ndarray, kernel: str, gamma: float, degree: int = 3, coe
 def kernel_principal_component(acts: np.ndarray, kernel: str = "sigmoid", gamma=None) -> np.ndarray:
     """Per image: X = positions x channels, centred; K = kernel(X), double-centred H K H (H = I - 1/N);
     the map is sqrt(lambda_1) * alpha_1 of the top eigenpair, sign as for the linear component."""
-    out = np.zeros((acts.shape[0],) + acts.shape[2:])
+    out = np.zeros((acts.shape[0], *acts.shape[2:]))
     for i in range(acts.shape[0]):
         a = acts[i]
         X = a.reshape(a.shape[0], -1).T
@@ -326,7 +326,8 @@ def layer_weights(method: str, model, layer, x, classes, acts, grads) -> np.ndar
 
 
 def reference_cam(method: str, model: nn.Module, layers: Sequence[nn.Module], x: torch.Tensor,
-                  classes: Sequence[int], eigen_smooth: bool = False, details: dict = None) -> np.ndarray:
+                  classes: Sequence[int], eigen_smooth: bool = False,
+                  details: dict | None = None) -> np.ndarray:
     """The fused map ``(B, *spatial)`` (float64) of ``method`` for class ``classes[i]`` of image ``i``.
 
     ``details``, if given, receives the per-layer activations, gradients, weights and resized maps (for
@@ -498,7 +499,7 @@ def decimal_kernel_component(acts, kernel, gamma, degree=3, coef0=1.0, digits=60
     then the top eigenpair in float64: sqrt(lambda_1) alpha_1, sign by the channel sum. (B, *grid)."""
     from decimal import Decimal, localcontext
 
-    out = np.zeros((acts.shape[0],) + tuple(acts.shape[2:]))
+    out = np.zeros((acts.shape[0], *acts.shape[2:]))
     with localcontext() as ctx:
         ctx.prec = digits
         g, c = Decimal(repr(gamma)), Decimal(repr(coef0))

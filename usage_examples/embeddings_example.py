@@ -48,7 +48,8 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     model = load_efficientnet_lite0()
-    model._fc = torch.nn.Identity()  # no classifier: the output is the pooled (B, 1280) embedding
+    # No classifier: the output is the pooled (B, 1280) embedding.
+    model._fc = torch.nn.Identity()  # noqa: SLF001 - the EfficientNet package's name for its head
     model = model.to(args.device)
 
     def embed(rgb: np.ndarray) -> torch.Tensor:

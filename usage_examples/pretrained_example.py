@@ -70,10 +70,11 @@ def main() -> None:
 
     model = load_efficientnet_lite0().to(args.device)
     layer = efficientnet_target_layer(model)
+    blocks = model._blocks  # noqa: SLF001 - the EfficientNet package's name for its MBConv blocks
     methods = {  # name: (CAM, input scale)
         "Grad-CAM": (GradCAM(model, target_layers=[layer]), 1.0),
-        "Grad-CAM++": (GradCAMPlusPlus(model, target_layers=[model._blocks[-1]]), 1.0),
-        "Score-CAM": (ScoreCAM(model, target_layers=[model._blocks[10]], batch_size=16), 0.5),
+        "Grad-CAM++": (GradCAMPlusPlus(model, target_layers=[blocks[-1]]), 1.0),
+        "Score-CAM": (ScoreCAM(model, target_layers=[blocks[10]], batch_size=16), 0.5),
         "Eigen-CAM": (EigenCAM(model, target_layers=[layer]), 1.0),
     }
 

@@ -94,7 +94,7 @@ def test_bad_method_exits_2(capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("option, value, message", [
+@pytest.mark.parametrize(("option", "value", "message"), [
     ("--batch-size", "0", "--batch-size must be an int >= 1, got 0"),
     ("--batch-size", "two", "--batch-size must be an int >= 1, got 'two'"),
     ("--batch-size", "2.5", "--batch-size must be an int >= 1, got '2.5'"),
@@ -180,7 +180,9 @@ def test_help_shows_examples(capsys):
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert "examples:" in out and "--target-category" in out and "--aug-smooth" in out
+    assert "examples:" in out
+    assert "--target-category" in out
+    assert "--aug-smooth" in out
 
 
 @needs_pretrained

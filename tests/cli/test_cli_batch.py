@@ -51,20 +51,27 @@ def test_folder_with_a_broken_file_then_rerun_skips_done_images(photo_folder, tm
     code = main([str(photo_folder), "--output-dir", str(out), "--batch-size", "2"])
     captured = capsys.readouterr()
     assert code == 1  # one input failed...
-    assert "broken.jpg" in captured.err and "cannot read image" in captured.err
+    assert "broken.jpg" in captured.err
+    assert "cannot read image" in captured.err
     # ...but the others were explained, with outputs mirroring the folder structure
     for key, source in (("sub/cat", CAT), ("coffee", COFFEE)):
         overlay = cv2.imread(str(out / f"{key}_gradcam.jpg"))
-        assert overlay is not None and overlay.shape == cv2.imread(str(source)).shape
+        assert overlay is not None
+        assert overlay.shape == cv2.imread(str(source)).shape
         raw = np.load(out / f"{key}_gradcam.npy")
-        assert raw.dtype == np.float32 and raw.shape == overlay.shape[:2]
-        assert raw.min() >= 0 and raw.max() > 0.99  # resizing may shave the peak
+        assert raw.dtype == np.float32
+        assert raw.shape == overlay.shape[:2]
+        assert raw.min() >= 0
+        assert raw.max() > 0.99  # resizing may shave the peak
     records = {Path(r["path"]).name: r for r in records_of(out)}
     assert set(records) == {"cat.jpg", "coffee.jpg", "broken.jpg"}  # notes.txt is not an image: not taken
     assert records["broken.jpg"]["status"] == "error"
     coffee = records["coffee.jpg"]
-    assert coffee["status"] == "ok" and coffee["layer"] == "_bn1" and coffee["methods"] == ["gradcam"]
-    assert coffee["maps"][0]["class"] == 967 and coffee["maps"][0]["class_name"] == "espresso"
+    assert coffee["status"] == "ok"
+    assert coffee["layer"] == "_bn1"
+    assert coffee["methods"] == ["gradcam"]
+    assert coffee["maps"][0]["class"] == 967
+    assert coffee["maps"][0]["class_name"] == "espresso"
     assert 0.5 < coffee["maps"][0]["probability"] <= 1
     assert coffee["outputs"] == ["coffee_gradcam.jpg", "coffee_gradcam.npy"]
     mtime = (out / "coffee_gradcam.npy").stat().st_mtime_ns
@@ -100,7 +107,8 @@ def test_class_names_top_k_and_several_categories(tmp_path, capsys):
     assert main([str(BOTH), "--output-dir", str(tmp_path / "a"), "--target-category", "tabby cat", "espresso",
                  "967"]) == 0
     out = capsys.readouterr().out
-    assert "explained class: 281 (tabby)" in out and "explained class: 967 (espresso)" in out
+    assert "explained class: 281 (tabby)" in out
+    assert "explained class: 967 (espresso)" in out
     record = records_of(tmp_path / "a")[0]
     assert record["classes"] == [281, 967, 967]
     cat_map = np.load(tmp_path / "a" / "cat_and_coffee_gradcam_c281.npy")
@@ -113,12 +121,13 @@ def test_class_names_top_k_and_several_categories(tmp_path, capsys):
     assert main([str(COFFEE), "--output-dir", str(tmp_path / "b"), "--top-k", "3"]) == 0
     record = records_of(tmp_path / "b")[0]
     probabilities = [m["probability"] for m in record["maps"]]
-    assert record["classes"][0] == 967 and len(set(record["classes"])) == 3
+    assert record["classes"][0] == 967
+    assert len(set(record["classes"])) == 3
     assert probabilities == sorted(probabilities, reverse=True)
 
 
 @needs_pretrained
-@pytest.mark.parametrize("value, message", [
+@pytest.mark.parametrize(("value", "message"), [
     ("cat", "is ambiguous"), ("espreso", "did you mean 'espresso'"), ("1000", "out of range")])
 def test_bad_class_names_exit_2(tmp_path, capsys, value, message):
     assert main([str(CAT), "--output-dir", str(tmp_path), "--target-category", value]) == 2
@@ -151,7 +160,7 @@ def test_methods_all_and_bad_method_lists():
 
     args = parser.parse_args([str(CAT), "--methods", "all"])
     _check_args(args, parser)
-    assert args.method_list == list(METHODS) + ["guidedbackprop", "guidedgradcam", "dff"]
+    assert args.method_list == [*METHODS, "guidedbackprop", "guidedgradcam", "dff"]
     args = parser.parse_args([str(CAT), "--methods", "gradcam, eigencam,gradcam"])
     _check_args(args, parser)
     assert args.method_list == ["gradcam", "eigencam"]
@@ -169,10 +178,12 @@ def test_quiet_prints_nothing_and_progress_bar_on_long_runs(tmp_path, capsys):
         shutil.copy(COFFEE, folder / f"c{i}.jpg")
     assert main([str(folder), "--output-dir", str(tmp_path / "o1"), "--quiet"]) == 0
     captured = capsys.readouterr()
-    assert captured.out == "" and captured.err == ""
+    assert captured.out == ""
+    assert captured.err == ""
     assert main([str(folder / "*.jpg"), "--output-dir", str(tmp_path / "o2"), "--batch-size", "3"]) == 0
     err = capsys.readouterr().err
-    assert "0/4" in err and "image/s" in err  # tqdm's bar (its first draw; later ones are rate-limited)
+    assert "0/4" in err  # tqdm's bar (its first draw; later ones are rate-limited)
+    assert "image/s" in err
     assert len(records_of(tmp_path / "o2")) == 4
 
 
@@ -187,16 +198,16 @@ def _tiny_checkpoint(tmp_path, num_classes=3):
 def test_checkpoint_named_and_traced_layers(tmp_path, capsys):
     ckpt = _tiny_checkpoint(tmp_path)
     common = [str(COFFEE), "--model", "resnet18", "--checkpoint", str(ckpt), "--target-category", "2"]
-    assert main(common + ["--output-dir", str(tmp_path / "auto")]) == 0
+    assert main([*common, "--output-dir", str(tmp_path / "auto")]) == 0
     out = capsys.readouterr().out
     assert "target layer (auto): layer4 (output (1, 512, 7, 7))" in out
     assert "explained class: 2 (class 2)" in out
-    assert main(common + ["--output-dir", str(tmp_path / "named"), "--target-layer", "layer4.-1"]) == 0
+    assert main([*common, "--output-dir", str(tmp_path / "named"), "--target-layer", "layer4.-1"]) == 0
     # layer4 and layer4[-1] are the same tensor: the same map
     np.testing.assert_allclose(np.load(tmp_path / "named" / "coffee_gradcam.npy"),
                                np.load(tmp_path / "auto" / "coffee_gradcam.npy"), atol=1e-6)
     assert records_of(tmp_path / "named")[0]["layer"] == "layer4.-1"
-    assert main(common + ["--output-dir", str(tmp_path / "bad"), "--target-layer", "layer9"]) == 2
+    assert main([*common, "--output-dir", str(tmp_path / "bad"), "--target-layer", "layer9"]) == 2
     assert "children are" in capsys.readouterr().err
 
 
@@ -245,17 +256,20 @@ def test_report_renders_in_headless_chromium(photo_folder, tmp_path, capsys):
     assert code == 1  # the broken file
     page = out / "report.html"
     assert f"wrote: {page}" in capsys.readouterr().out
-    common = CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}"]
+    common = [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([CHROMIUM, *common, "--dump-dom", page.as_uri()], capture_output=True, text=True,
                          timeout=120).stdout
     # every embedded grid decoded in the browser (set by the page's script on load)
-    assert 'data-images-expected="2"' in dom and 'data-images-loaded="2"' in dom, dom[:500]
-    assert "espresso" in dom and "failed: not an image OpenCV can decode" in dom
+    assert 'data-images-expected="2"' in dom, dom[:500]
+    assert 'data-images-loaded="2"' in dom, dom[:500]
+    assert "espresso" in dom
+    assert "failed: not an image OpenCV can decode" in dom
     shot = tmp_path / "shot.png"
     subprocess.run([CHROMIUM, *common, "--window-size=1200,900", f"--screenshot={shot}", page.as_uri()],
                    capture_output=True, timeout=120)
     image = cv2.imread(str(shot))
-    assert image is not None and image.shape[:2] == (900, 1200)
+    assert image is not None
+    assert image.shape[:2] == (900, 1200)
     # the heat maps are on screen: strongly red and strongly blue pixels, not a blank or broken page
     b, g, r = (image[..., i].astype(int) for i in range(3))
     assert ((r > 180) & (g < 90) & (b < 90)).mean() > 0.005
@@ -287,7 +301,9 @@ def test_pixel_methods_and_dff_in_a_grid(tmp_path, capsys):
     assert main(args) == 0
     height, width = CAT_AND_COFFEE_SHAPE[:2]
     explanations = np.load(tmp_path / "cat_and_coffee_dff.npy")
-    assert explanations.shape == (3, height, width) and 0 <= explanations.min() and explanations.max() <= 1
+    assert explanations.shape == (3, height, width)
+    assert explanations.min() >= 0
+    assert explanations.max() <= 1
     dominant = explanations.argmax(0)  # (H, W): each pixel's concept
     half = width // 2
     left = np.bincount(dominant[:, :half].ravel(), minlength=3).argmax()
@@ -296,7 +312,8 @@ def test_pixel_methods_and_dff_in_a_grid(tmp_path, capsys):
     for c in (281, 967):
         gb = np.load(tmp_path / f"cat_and_coffee_guidedbackprop_c{c}.npy")
         ggc = np.load(tmp_path / f"cat_and_coffee_guidedgradcam_c{c}.npy")
-        assert gb.shape == ggc.shape == (height, width, 3) and np.abs(gb).sum() > 0
+        assert gb.shape == ggc.shape == (height, width, 3)
+        assert np.abs(gb).sum() > 0
     cup = np.load(tmp_path / "cat_and_coffee_guidedgradcam_c967.npy")
     assert np.abs(cup[:, half:]).sum() > 3 * np.abs(cup[:, :half]).sum()
     record = records_of(tmp_path)[0]
@@ -328,7 +345,8 @@ def test_dff_concepts_named_by_the_softmax_of_the_models_head(tmp_path, monkeypa
     monkeypatch.setattr(DeepFeatureFactorization, "__call__", record_call)
     assert main([str(BOTH), "--methods", "dff", "--n-components", "3", "--output-dir", str(tmp_path)]) == 0
     (head, concepts), = seen["calls"]
-    assert head is not None and concepts.shape == (head.in_features, 3)
+    assert head is not None
+    assert concepts.shape == (head.in_features, 3)
     logits = concepts.T.astype(np.float64) @ head.weight.detach().double().numpy().T \
         + head.bias.detach().double().numpy()  # (K, num_classes)
     probabilities = np.exp(logits - logits.max(1, keepdims=True))
@@ -336,12 +354,14 @@ def test_dff_concepts_named_by_the_softmax_of_the_models_head(tmp_path, monkeypa
     class_name = pretrained.imagenet_class_name  # the default model's class names
     want = [f"{class_name(int(k))} {p:.2f}" for k, p in zip(probabilities.argmax(1), probabilities.max(1))]
     assert seen["labels"] == [want]
-    assert len(set(probabilities.argmax(1))) > 1 and probabilities.max() > 0.2  # the labels say something
+    assert len(set(probabilities.argmax(1))) > 1
+    assert probabilities.max() > 0.2  # the labels say something
 
     seen["labels"].clear(), seen["calls"].clear()
     assert main([str(BOTH), "--methods", "dff", "--n-components", "3", "--target-layer", "_blocks.3",
                  "--output-dir", str(tmp_path / "early")]) == 0
-    assert seen["calls"][0][0] is None and seen["labels"] == [["concept 0", "concept 1", "concept 2"]]
+    assert seen["calls"][0][0] is None
+    assert seen["labels"] == [["concept 0", "concept 1", "concept 2"]]
 
 
 CAT_AND_COFFEE_SHAPE = cv2.imread(str(BOTH)).shape

@@ -86,7 +86,8 @@ def assert_state_equal(before, after):
         if g0 is None:
             assert g1 is None, f"{name}.grad was None and is now set"
         else:
-            assert g1 is not None and torch.equal(g0, g1), f"{name}.grad changed"
+            assert g1 is not None, f"{name}.grad changed"
+            assert torch.equal(g0, g1), f"{name}.grad changed"
     assert before["values"].keys() == after["values"].keys()
     for key, value in before["values"].items():
         assert torch.equal(value, after["values"][key]), f"{key} changed"
@@ -176,7 +177,8 @@ def test_training_flags_restored_and_eval_during_call(name):
     flags = [(n, m.training) for n, m in model.named_modules()]
     assert {f for _, f in flags} == {True, False}
     maps = make_cam(name, model)(make_input())
-    assert model.recorder.seen and not any(model.recorder.seen), "the model must run in eval mode"
+    assert model.recorder.seen, "the model must run in eval mode"
+    assert not any(model.recorder.seen), "the model must run in eval mode"
     assert [(n, m.training) for n, m in model.named_modules()] == flags
     for what, call, error in failing_calls(name, model):
         with pytest.raises(error):
@@ -205,7 +207,8 @@ def test_parameter_grads_untouched(name):
         with pytest.raises(error):
             call()
         assert_state_equal(before, state_snapshot(model))
-    assert params["block.0.weight"].grad is None and params["head.weight"].grad is not None
+    assert params["block.0.weight"].grad is None
+    assert params["head.weight"].grad is not None
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -242,7 +245,8 @@ def test_module_tree_and_forward_attributes_unchanged(name):
         with pytest.raises(error):
             call()
         assert tree_snapshot(model) == before, f"module tree changed after: {what}"
-    assert "forward" not in model.block.__dict__ and "forward" not in model.stem[0].__dict__
+    assert "forward" not in model.block.__dict__
+    assert "forward" not in model.stem[0].__dict__
 
 
 # -- the input tensor ----------------------------------------------------------------------------------
@@ -263,12 +267,14 @@ def test_input_tensor_unchanged(name, requires_grad, device):
     maps = cam(x)
     assert torch.equal(x.detach(), values)
     assert x._version == version, "the input was modified in place"
-    assert x.requires_grad is requires_grad and x.is_leaf
+    assert x.requires_grad is requires_grad
+    assert x.is_leaf
     if requires_grad:
         assert torch.equal(x.grad, torch.full_like(x, 0.25))
     else:
         assert x.grad is None
-    assert maps.shape == (2, 16, 16) and maps.max() > 0.99
+    assert maps.shape == (2, 16, 16)
+    assert maps.max() > 0.99
 
 
 @pytest.mark.filterwarnings("ignore:AblationCAM could not reuse:RuntimeWarning")  # mul_ on a broadcast
@@ -292,14 +298,20 @@ def test_smoothing_paths_leave_model_and_input_unchanged(name):
     hooks, tree, state = hooks_snapshot(model), tree_snapshot(model), state_snapshot(model)
     with cam_factory.warns_if(name == "hirescam", UserWarning, HIRESCAM_EIGEN_WARNING):
         maps = make_cam(name, model)(x, aug_smooth=True, eigen_smooth=True)
-    assert maps.shape == (2, 16, 16) and maps.max() > 0.5  # a mean of maps: not renormalised
-    assert hooks_snapshot(model) == hooks and tree_snapshot(model) == tree
+    assert maps.shape == (2, 16, 16)
+    assert maps.max() > 0.5  # a mean of maps: not renormalised
+    assert hooks_snapshot(model) == hooks
+    assert tree_snapshot(model) == tree
     assert_state_equal(state, state_snapshot(model))
-    assert torch.equal(x.detach(), values) and x.grad is None and x.requires_grad
-    assert model.recorder.seen and not any(model.recorder.seen)
-    with pytest.raises(ValueError):
+    assert torch.equal(x.detach(), values)
+    assert x.grad is None
+    assert x.requires_grad
+    assert model.recorder.seen
+    assert not any(model.recorder.seen)
+    with pytest.raises(ValueError, match=f"category {NUM_CLASSES} is out of range"):
         make_cam(name, model)(x, targets=[0, NUM_CLASSES], aug_smooth=True, eigen_smooth=True)
-    assert hooks_snapshot(model) == hooks and tree_snapshot(model) == tree
+    assert hooks_snapshot(model) == hooks
+    assert tree_snapshot(model) == tree
     assert_state_equal(state, state_snapshot(model))
 
 
@@ -317,12 +329,14 @@ def test_backward_does_not_run_before_the_target_layer(name, input_requires_grad
 
     # The counters work: an ordinary backward pass through the whole model triggers both.
     model(x.detach().requires_grad_(True)).sum().backward()
-    assert CountingIdentity.backward_calls == 1 and len(hook_calls) == 1
+    assert CountingIdentity.backward_calls == 1
+    assert len(hook_calls) == 1
     model.zero_grad(set_to_none=True)
     CountingIdentity.backward_calls, hook_calls[:] = 0, []
 
     maps = make_cam(name, model, [model.block])(x)
-    assert maps.shape == (2, 16, 16) and maps.max() > 0.99
+    assert maps.shape == (2, 16, 16)
+    assert maps.max() > 0.99
     assert CountingIdentity.backward_calls == 0
     assert hook_calls == []
     assert all(p.grad is None for p in model.parameters())
@@ -346,7 +360,8 @@ def test_user_forward_passes_are_not_captured(name):
     assert not out.requires_grad
     assert torch.equal(out, expected)
     out = model(other)  # with grad enabled: an ordinary graph, nothing captured or detached
-    assert out.requires_grad and out.grad_fn is not None
+    assert out.requires_grad
+    assert out.grad_fn is not None
     second = cam(x)
     np.testing.assert_array_equal(first, second)
     # The user's forward after the calls sees the model exactly as before them.
@@ -405,7 +420,7 @@ def test_two_threads_with_their_own_models():
                 cam = make_cam(name, models[job])
                 for _ in range(2):
                     results.setdefault((name, seed), []).append(cam(x, targets=None))
-        except BaseException as error:  # noqa: BLE001 - reported to the main thread
+        except BaseException as error:  # reported to the main thread
             errors.append(error)
 
     threads = [threading.Thread(target=worker, args=(jobs[i::2],)) for i in range(2)]
@@ -437,7 +452,7 @@ def test_same_model_copied_across_threads_keeps_grad_modes_thread_local():
             else:
                 out = make_cam("gradcam", m)(x)
                 seen[key] = (out, torch.is_grad_enabled())
-        except BaseException as error:  # noqa: BLE001
+        except BaseException as error:
             errors.append(error)
 
     threads = [threading.Thread(target=worker, args=(k, k == "no_grad")) for k in ("no_grad", "grad")]
@@ -446,6 +461,7 @@ def test_same_model_copied_across_threads_keeps_grad_modes_thread_local():
     for thread in threads:
         thread.join(timeout=60)
     assert not errors, errors
-    assert seen["no_grad"][1] is False and seen["grad"][1] is True
+    assert seen["no_grad"][1] is False
+    assert seen["grad"][1] is True
     for out, _ in seen.values():
         np.testing.assert_allclose(out, expected, atol=1e-6)

@@ -184,8 +184,11 @@ def test_half_precision_models(name, dtype):
     half = make_tiny().to(dtype)
     for inputs in (x, x.to(dtype)):  # a float32 input is cast to the model's dtype
         maps = make_cam(name, half, [half.block])(inputs, targets=[1, 3])
-        assert maps.dtype == np.float32 and maps.shape == (2, 24, 24)
-        assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
+        assert maps.dtype == np.float32
+        assert maps.shape == (2, 24, 24)
+        assert np.isfinite(maps).all()
+        assert maps.min() >= 0
+        assert maps.max() <= 1
         if METHODS[name].uses_target_layers:
             np.testing.assert_allclose(maps, expected, atol=HALF_ATOL[dtype])
         else:
@@ -224,7 +227,8 @@ def test_target_layer_order_does_not_matter(name):
     c = make_cam(name, model, [model.block, model.block[0]])(x, targets=[1, 3])
     d = make_cam(name, model, [model.block[0], model.block])(x, targets=[1, 3])
     np.testing.assert_allclose(c, d, atol=1e-6)
-    assert c.max() > 0.99 and np.abs(c - a).max() > 1e-3
+    assert c.max() > 0.99
+    assert np.abs(c - a).max() > 1e-3
 
 
 # ============================================================================ a module that runs twice
@@ -301,7 +305,7 @@ def counting_extras():
 
 
 @pytest.mark.parametrize("name", LAYERED)
-@pytest.mark.parametrize("bad, error, match", [
+@pytest.mark.parametrize(("bad", "error", "match"), [
     (lambda m: [nn.Conv2d(8, 8, 1)], ValueError, r"target_layers\[0\].*not a module of the model"),
     (lambda m: [m.tiny.block, nn.ReLU()], ValueError, r"target_layers\[1\].*not a module of the model"),
     (lambda m: [], ValueError, "target_layers is empty"),
@@ -343,7 +347,7 @@ def test_layer_with_tuple_output(name):
 
 
 @pytest.mark.parametrize("name", ALL)
-@pytest.mark.parametrize("bad, error, match", [
+@pytest.mark.parametrize(("bad", "error", "match"), [
     (lambda: make_input().numpy(), TypeError, "input_tensor must be a torch.Tensor"),
     (lambda: [make_input()], TypeError, "input_tensor must be a torch.Tensor"),
     (lambda: torch.ones(2, 3, 16, 16, dtype=torch.int64), TypeError, "input_tensor must be a floating"),
@@ -364,7 +368,7 @@ def test_bad_inputs_raise_before_any_forward_pass(name, bad, error, match):
 
 
 @pytest.mark.parametrize("name", ALL)
-@pytest.mark.parametrize("targets, error, match", [
+@pytest.mark.parametrize(("targets", "error", "match"), [
     ([1, -1], ValueError, r"targets\[1\] must be a class index >= 0.*-1"),
     (-2, ValueError, r"targets must be a class index >= 0.*-2"),
     ([1, "cat"], TypeError, r"targets\[1\] must be a callable target"),
@@ -419,7 +423,7 @@ def test_model_producing_nan_scores(name):
 
 
 @pytest.mark.parametrize("cls", [METHODS["scorecam"], METHODS["ablationcam"], GradCAM])
-@pytest.mark.parametrize("value, error", [(0, ValueError), (-1, ValueError), (2.5, TypeError),
+@pytest.mark.parametrize(("value", "error"), [(0, ValueError), (-1, ValueError), (2.5, TypeError),
                                           (True, TypeError), (None, TypeError), ("8", TypeError),
                                           (np.float32(4), TypeError)])
 def test_bad_batch_size(cls, value, error):
@@ -432,7 +436,8 @@ def test_bad_batch_size(cls, value, error):
         cam.batch_size = value
     assert cam.batch_size == 3
     cam.batch_size = np.int64(5)
-    assert cam.batch_size == 5 and type(cam.batch_size) is int
+    assert cam.batch_size == 5
+    assert type(cam.batch_size) is int
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 64])
@@ -451,7 +456,8 @@ def test_batch_size_does_not_change_the_maps(name, batch_size):
 def _assert_zeros_with_warning(call, shape):
     with pytest.warns(RuntimeWarning, match="is constant for image"):
         maps = call()
-    assert maps.shape == shape and np.isfinite(maps).all()
+    assert maps.shape == shape
+    assert np.isfinite(maps).all()
     np.testing.assert_array_equal(maps, np.zeros(shape, np.float32))
 
 
@@ -480,7 +486,9 @@ def test_ablation_with_a_zero_original_score_stays_finite():
         warnings.simplefilter("error")  # no divide-by-zero, no fallback to the slow path
         maps = AblationCAM(model, [model.block], batch_size=8)(x, targets=[target])
     assert target.first_score == 0.0  # the score really was exactly 0
-    assert np.isfinite(maps).all() and maps.min() == 0.0 and maps.max() > 0.99
+    assert np.isfinite(maps).all()
+    assert maps.min() == 0.0
+    assert maps.max() > 0.99
     # With y == 0 the weights are (0 - y_k) / 1e-7 (the denominator is clamped, not the weights lost).
     np.testing.assert_allclose(maps, _weights_only_map(model, x, original), atol=1e-4)
 
@@ -544,8 +552,11 @@ def test_1d_signals_and_3d_volumes(name, kind):
     model, shape = (Net1d(), (3, 2, 40)) if kind == "1d" else (Net3d(), (2, 1, 8, 10, 12))
     x = make_input(shape)
     maps = make_cam(name, model, [model.features])(x, targets=2)
-    assert maps.shape == (shape[0], *shape[2:]) and maps.dtype == np.float32
-    assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
+    assert maps.shape == (shape[0], *shape[2:])
+    assert maps.dtype == np.float32
+    assert np.isfinite(maps).all()
+    assert maps.min() >= 0
+    assert maps.max() <= 1
     assert np.allclose(maps.reshape(shape[0], -1).max(1), 1.0, atol=1e-5)
     assert np.allclose(maps.reshape(shape[0], -1).min(1), 0.0)
     if name == "gradcam":
@@ -561,10 +572,12 @@ def test_1d_signals_and_3d_volumes(name, kind):
                                   and cam_factory.explains_given_score(n)])
 def test_model_without_parameters(name):
     model = nn.Sequential(nn.AvgPool2d(2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    assert not list(model.parameters()) and not list(model.buffers())
+    assert not list(model.parameters())
+    assert not list(model.buffers())
     x = make_input((2, 3, 16, 16))
     maps = make_cam(name, model, [model[0]])(x, targets=[0, 2])
-    assert maps.shape == (2, 16, 16) and np.isfinite(maps).all()
+    assert maps.shape == (2, 16, 16)
+    assert np.isfinite(maps).all()
     # The score of class k is the mean of relu(pool(x)[k]); its gradient is positive exactly where the
     # pooled channel k is, so every gradient method's map is relu(pool(x)[k]), normalised and resized.
     with torch.no_grad():
@@ -584,5 +597,6 @@ def test_target_objects_from_utils_work_with_every_engine_path():
     model, inner = counting_extras()
     maps = GradCAM(model, [inner.tiny.block])(make_input(), targets=[ClassifierOutputTarget(4),
                                                                       ClassifierOutputTarget(0)])
-    assert maps.shape == (2, 16, 16) and maps.max() > 0.99
+    assert maps.shape == (2, 16, 16)
+    assert maps.max() > 0.99
     assert model.calls == 2

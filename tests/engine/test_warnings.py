@@ -50,7 +50,9 @@ def test_warnings_point_at_the_callers_line(path):
 
 
 def test_argument_checks_follow_one_rule():
-    assert check_int(3, "n", 1) == 3 and check_float(2, "f", minimum=0) == 2.0 and check_seed(None) is None
+    assert check_int(3, "n", 1) == 3
+    assert check_float(2, "f", minimum=0) == 2.0
+    assert check_seed(None) is None
     with pytest.raises(TypeError, match=r"n must be an int >= 1, got bool True"):
         check_int(True, "n", 1)
     with pytest.raises(ValueError, match=r"n must be an int >= 1, got 0"):

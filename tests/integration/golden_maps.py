@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import platform
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Tuple
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from torch import nn
 
 GOLDEN_FILE = Path(__file__).with_name("golden_maps.npz")
 
-Case = Tuple[str, Callable[[], np.ndarray]]
+Case = tuple[str, Callable[[], np.ndarray]]
 
 
 def fingerprint() -> str:
@@ -61,7 +62,7 @@ class _TinySegmenter(nn.Module):
                                   nn.ReLU())
         self.head = nn.Conv2d(8, 3, 1)
 
-    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"out": self.head(self.body(x))}
 
 
@@ -78,8 +79,8 @@ def _input(*shape: int, seed: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-def _extra_kwargs(name: str, cls: type) -> Dict[str, Any]:
-    kwargs: Dict[str, Any] = {}
+def _extra_kwargs(name: str, cls: type) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
     if name in ("sscam", "iscam"):
         kwargs["num_samples"] = 3
     if name == "sess":
@@ -91,40 +92,50 @@ def _extra_kwargs(name: str, cls: type) -> Dict[str, Any]:
     return kwargs
 
 
-def cases() -> Iterator[Case]:
-    """``(key, compute)`` for every case; ``compute()`` returns the maps as numpy."""
-    from pytorch_grad_cam import FACTORIZATION_METHODS, METHODS, PIXEL_METHODS
-    from pytorch_grad_cam.utils import model_targets as mt
+#: kind -> (model builder, input builder, *layers): the tiny seeded conv nets of the method cases.
+_TINY_KINDS = {
+    "2d": (lambda: _tiny(2, 0, 3), lambda: _input(2, 3, 12, 16, seed=1), "conv3", "conv2"),
+    "1d": (lambda: _tiny(1, 2, 2), lambda: _input(2, 2, 40, seed=3), "conv3", "conv2"),
+    "3d": (lambda: _tiny(3, 4, 1), lambda: _input(2, 1, 6, 8, 10, seed=5), "conv3", "conv2"),
+}
+# ResNet-18, random init, 64 px: layer4 (C = 512) for the gradient methods, layer3 for the costly ones.
+_COSTLY = {"sscam", "iscam", "scorecam", "sess", "ablationcam"}
 
-    tiny = {
-        "2d": (lambda: _tiny(2, 0, 3), lambda: _input(2, 3, 12, 16, seed=1), "conv3", "conv2"),
-        "1d": (lambda: _tiny(1, 2, 2), lambda: _input(2, 2, 40, seed=3), "conv3", "conv2"),
-        "3d": (lambda: _tiny(3, 4, 1), lambda: _input(2, 1, 6, 8, 10, seed=5), "conv3", "conv2"),
-    }
 
-    def run(name: str, kind: str, layers: Tuple[str, ...], targets: Any = None, aug: bool = False,
-            eigen: bool = False) -> Callable[[], np.ndarray]:
-        def compute() -> np.ndarray:
-            make_model, make_input, *_ = tiny[kind]
-            model, x = make_model(), make_input()
-            cls = METHODS[name]
-            cam = cls(model, target_layers=[getattr(model, layer) for layer in layers],
-                      **_extra_kwargs(name, cls))
-            return cam(x, targets=targets, aug_smooth=aug, eigen_smooth=eigen)
+def _run_tiny(name: str, kind: str, layers: tuple[str, ...], targets: Any = None, aug: bool = False,
+              eigen: bool = False) -> Callable[[], np.ndarray]:
+    def compute() -> np.ndarray:
+        from pytorch_grad_cam import METHODS
 
-        return compute
+        make_model, make_input, *_ = _TINY_KINDS[kind]
+        model, x = make_model(), make_input()
+        cls = METHODS[name]
+        cam = cls(model, target_layers=[getattr(model, layer) for layer in layers],
+                  **_extra_kwargs(name, cls))
+        return cam(x, targets=targets, aug_smooth=aug, eigen_smooth=eigen)
+
+    return compute
+
+
+def _method_cases() -> Iterator[Case]:
+    """Every CAM method on the tiny 1D/2D/3D nets: top class, two layers, eigen_smooth, aug_smooth."""
+    from pytorch_grad_cam import METHODS
 
     for name in sorted(METHODS):
-        for kind in tiny:
-            yield f"{name}/{kind}/top", run(name, kind, ("conv3",))
+        for kind in _TINY_KINDS:
+            yield f"{name}/{kind}/top", _run_tiny(name, kind, ("conv3",))
             two = ("conv3", "relu3") if name == "cam" else ("conv2", "conv3")  # CAM: layers pooled into fc
-            yield f"{name}/{kind}/two-layers/classes", run(name, kind, two, [1, 3])
-        yield f"{name}/2d/eigen", run(name, "2d", ("conv3",), [2, 0], eigen=True)
+            yield f"{name}/{kind}/two-layers/classes", _run_tiny(name, kind, two, [1, 3])
+        yield f"{name}/2d/eigen", _run_tiny(name, "2d", ("conv3",), [2, 0], eigen=True)
         if name != "sess":  # SESS's aug_smooth is 6 x its 27 patch passes: covered on the ResNet below
-            yield f"{name}/2d/aug", run(name, "2d", ("conv3",), None, aug=True)
+            yield f"{name}/2d/aug", _run_tiny(name, "2d", ("conv3",), None, aug=True)
 
-    # Every target kind, through Grad-CAM (gradients of the target) and Score-CAM (scores of the target).
-    classifier_targets: Dict[str, Callable[[], Any]] = {
+
+def _classifier_target_cases() -> Iterator[Case]:
+    """Every target kind, through Grad-CAM (gradients of the target) and Score-CAM (scores of the target)."""
+    from pytorch_grad_cam.utils import model_targets as mt
+
+    classifier_targets: dict[str, Callable[[], Any]] = {
         "ClassifierOutputTarget": lambda: [mt.ClassifierOutputTarget(1), mt.ClassifierOutputTarget(4)],
         "ClassifierOutputSoftmaxTarget": lambda: [mt.ClassifierOutputSoftmaxTarget(2)] * 2,
         "ClassifierOutputReST": lambda: [mt.ClassifierOutputReST(3)] * 2,
@@ -136,81 +147,105 @@ def cases() -> Iterator[Case]:
     }
     for target_name, make_targets in classifier_targets.items():
         for name in ("gradcam", "scorecam"):
-            yield f"target/{target_name}/{name}", lambda n=name, m=make_targets: run(
+            yield f"target/{target_name}/{name}", lambda n=name, m=make_targets: _run_tiny(
                 n, "2d", ("conv3",), m())()
 
-    def binary() -> np.ndarray:
-        torch.manual_seed(7)
-        model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                              nn.Flatten(), nn.Linear(4, 1)).eval()
-        cam = METHODS["gradcam"](model, target_layers=[model[0]])
-        targets = [mt.BinaryClassifierOutputTarget(1), mt.BinaryClassifierOutputTarget(0)]
-        return cam(_input(2, 3, 10, 12, seed=8), targets=targets)
 
-    yield "target/BinaryClassifierOutputTarget/gradcam", binary
+def _binary() -> np.ndarray:
+    from pytorch_grad_cam import METHODS
+    from pytorch_grad_cam.utils import model_targets as mt
 
-    def segmentation(name: str) -> Callable[[], np.ndarray]:
-        def compute() -> np.ndarray:
-            torch.manual_seed(9)
-            model = _TinySegmenter().eval()
-            mask = np.zeros((12, 14), dtype=np.float32)
-            mask[3:9, 4:11] = 1
-            cls = METHODS[name]
-            cam = cls(model, target_layers=[model.body[2]], **_extra_kwargs(name, cls))
-            targets = [mt.SemanticSegmentationTarget(1, mask), mt.SemanticSegmentationTarget(2, mask)]
-            return cam(_input(2, 3, 12, 14, seed=10), targets=targets)
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(4, 1)).eval()
+    cam = METHODS["gradcam"](model, target_layers=[model[0]])
+    targets = [mt.BinaryClassifierOutputTarget(1), mt.BinaryClassifierOutputTarget(0)]
+    return cam(_input(2, 3, 10, 12, seed=8), targets=targets)
 
-        return compute
 
-    for name in ("gradcam", "hirescam", "scorecam", "ablationcam", "eigencam"):
-        yield f"target/SemanticSegmentationTarget/{name}", segmentation(name)
+def _segmentation(name: str) -> Callable[[], np.ndarray]:
+    def compute() -> np.ndarray:
+        from pytorch_grad_cam import METHODS
+        from pytorch_grad_cam.utils import model_targets as mt
 
-    # ResNet-18, random init, 64 px: layer4 (C = 512) for the gradient methods, layer3 for the costly ones.
-    costly = {"sscam", "iscam", "scorecam", "sess", "ablationcam"}
+        torch.manual_seed(9)
+        model = _TinySegmenter().eval()
+        mask = np.zeros((12, 14), dtype=np.float32)
+        mask[3:9, 4:11] = 1
+        cls = METHODS[name]
+        cam = cls(model, target_layers=[model.body[2]], **_extra_kwargs(name, cls))
+        targets = [mt.SemanticSegmentationTarget(1, mask), mt.SemanticSegmentationTarget(2, mask)]
+        return cam(_input(2, 3, 12, 14, seed=10), targets=targets)
 
-    def resnet(name: str, targets: Any, aug: bool = False, eigen: bool = False) -> Callable[[], np.ndarray]:
-        def compute() -> np.ndarray:
-            torch.manual_seed(0)
-            model = torchvision.models.resnet18(weights=None).eval()
-            x = _input(2, 3, 64, 64, seed=11)
-            cls = METHODS[name]
-            layer = model.layer3[-1] if name in costly else model.layer4[-1]
-            cam = cls(model, target_layers=[layer], **_extra_kwargs(name, cls))
-            return cam(x, targets=targets, aug_smooth=aug, eigen_smooth=eigen)
+    return compute
 
-        return compute
+
+def _resnet(name: str, targets: Any, aug: bool = False, eigen: bool = False) -> Callable[[], np.ndarray]:
+    def compute() -> np.ndarray:
+        from pytorch_grad_cam import METHODS
+
+        torch.manual_seed(0)
+        model = torchvision.models.resnet18(weights=None).eval()
+        x = _input(2, 3, 64, 64, seed=11)
+        cls = METHODS[name]
+        layer = model.layer3[-1] if name in _COSTLY else model.layer4[-1]
+        cam = cls(model, target_layers=[layer], **_extra_kwargs(name, cls))
+        return cam(x, targets=targets, aug_smooth=aug, eigen_smooth=eigen)
+
+    return compute
+
+
+def _resnet_cases() -> Iterator[Case]:
+    from pytorch_grad_cam import METHODS
+    from pytorch_grad_cam.utils import model_targets as mt
 
     for name in sorted(METHODS):
-        yield f"resnet18/{name}/top", resnet(name, None)
-        yield f"resnet18/{name}/classes", resnet(name, [mt.ClassifierOutputTarget(3), 281])
+        yield f"resnet18/{name}/top", _resnet(name, None)
+        yield f"resnet18/{name}/classes", _resnet(name, [mt.ClassifierOutputTarget(3), 281])
     for name in ("gradcam", "gradcam++", "eigencam", "layercam", "sess"):
-        yield f"resnet18/{name}/aug-eigen", resnet(name, [5, 6], aug=True, eigen=True)
+        yield f"resnet18/{name}/aug-eigen", _resnet(name, [5, 6], aug=True, eigen=True)
 
-    def pixel(name: str) -> Callable[[], np.ndarray]:
-        def compute() -> np.ndarray:
-            torch.manual_seed(0)
-            model = torchvision.models.resnet18(weights=None).eval()
-            cls = PIXEL_METHODS[name]
-            method = cls(model) if name == "guidedbackprop" else cls(model, [model.layer4[-1]])
-            return np.asarray(method(_input(2, 3, 64, 64, seed=12), targets=[1, 2]))
 
-        return compute
+def _pixel(name: str) -> Callable[[], np.ndarray]:
+    def compute() -> np.ndarray:
+        from pytorch_grad_cam import PIXEL_METHODS
 
+        torch.manual_seed(0)
+        model = torchvision.models.resnet18(weights=None).eval()
+        cls = PIXEL_METHODS[name]
+        method = cls(model) if name == "guidedbackprop" else cls(model, [model.layer4[-1]])
+        return np.asarray(method(_input(2, 3, 64, 64, seed=12), targets=[1, 2]))
+
+    return compute
+
+
+def _factorization(name: str) -> Callable[[], np.ndarray]:
+    def compute() -> np.ndarray:
+        from pytorch_grad_cam import FACTORIZATION_METHODS
+
+        torch.manual_seed(0)
+        model = torchvision.models.resnet18(weights=None).eval()
+        method = FACTORIZATION_METHODS[name](model, model.layer4, computation_on_concepts=model.fc)
+        concepts, explanations, outputs = method(_input(2, 3, 64, 64, seed=13), n_components=3)
+        return np.concatenate([np.ravel(concepts), np.ravel(explanations), np.ravel(outputs)])
+
+    return compute
+
+
+def cases() -> Iterator[Case]:
+    """``(key, compute)`` for every case; ``compute()`` returns the maps as numpy."""
+    from pytorch_grad_cam import FACTORIZATION_METHODS, PIXEL_METHODS
+
+    yield from _method_cases()
+    yield from _classifier_target_cases()
+    yield "target/BinaryClassifierOutputTarget/gradcam", _binary
+    for name in ("gradcam", "hirescam", "scorecam", "ablationcam", "eigencam"):
+        yield f"target/SemanticSegmentationTarget/{name}", _segmentation(name)
+    yield from _resnet_cases()
     for name in sorted(PIXEL_METHODS):
-        yield f"pixel/{name}", pixel(name)
-
-    def factorization(name: str) -> Callable[[], np.ndarray]:
-        def compute() -> np.ndarray:
-            torch.manual_seed(0)
-            model = torchvision.models.resnet18(weights=None).eval()
-            method = FACTORIZATION_METHODS[name](model, model.layer4, computation_on_concepts=model.fc)
-            concepts, explanations, outputs = method(_input(2, 3, 64, 64, seed=13), n_components=3)
-            return np.concatenate([np.ravel(concepts), np.ravel(explanations), np.ravel(outputs)])
-
-        return compute
-
+        yield f"pixel/{name}", _pixel(name)
     for name in sorted(FACTORIZATION_METHODS):
-        yield f"factorization/{name}", factorization(name)
+        yield f"factorization/{name}", _factorization(name)
 
 
 def outcome(compute: Callable[[], np.ndarray]) -> np.ndarray:
@@ -221,7 +256,7 @@ def outcome(compute: Callable[[], np.ndarray]) -> np.ndarray:
         return np.array(f"{type(error).__name__}: {error}")
 
 
-def compute_all() -> Dict[str, np.ndarray]:
+def compute_all() -> dict[str, np.ndarray]:
     """Every case, one thread (reduction orders then do not depend on the machine's load)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -56,11 +56,14 @@ def top_classes(model, x):
 
 
 def check_maps(maps, batch, size=SIZE):
-    assert isinstance(maps, np.ndarray) and maps.dtype == np.float32
+    assert isinstance(maps, np.ndarray)
+    assert maps.dtype == np.float32
     assert maps.shape == (batch, size, size)
-    assert np.isfinite(maps).all() and maps.min() >= 0
+    assert np.isfinite(maps).all()
+    assert maps.min() >= 0
     for m in maps:
-        assert m.min() == 0 and m.max() == pytest.approx(1, abs=1e-4)
+        assert m.min() == 0
+        assert m.max() == pytest.approx(1, abs=1e-4)
 
 
 # ------------------------------------------------------------------------------ the first generation
@@ -91,9 +94,11 @@ def test_first_generation_equals_second(model, x, cls):
 def test_first_generation_smoothing_call(model, x):
     cam = GradCAM(model=model, target_layer=model.layer4[-1], use_cuda=False)
     grayscale_cam = cam(input_tensor=x, target_category=None, aug_smooth=True, eigen_smooth=True)
-    assert grayscale_cam.shape == (1, SIZE, SIZE) and grayscale_cam.dtype == np.float32
+    assert grayscale_cam.shape == (1, SIZE, SIZE)
+    assert grayscale_cam.dtype == np.float32
     assert np.isfinite(grayscale_cam).all()
-    assert grayscale_cam.min() >= 0 and grayscale_cam.max() <= 1 + 1e-6
+    assert grayscale_cam.min() >= 0
+    assert grayscale_cam.max() <= 1 + 1e-6
     assert grayscale_cam.max() - grayscale_cam.min() > 0.1
     # The same as the second generation's spelling.
     new = GradCAM(model, [model.layer4[-1]])(x, targets=None, aug_smooth=True, eigen_smooth=True)
@@ -102,7 +107,8 @@ def test_first_generation_smoothing_call(model, x):
 
 def test_first_generation_positional_constructor(model, x):
     cam = GradCAM(model, model.layer4[-1], False)  # GradCAM(model, target_layer, use_cuda)
-    assert cam.target_layers == [model.layer4[-1]] and cam.reshape_transform is None
+    assert cam.target_layers == [model.layer4[-1]]
+    assert cam.reshape_transform is None
     reference = GradCAM(model, target_layers=[model.layer4[-1]])(x, targets=[ClassifierOutputTarget(281)])
     np.testing.assert_array_equal(cam(x, 281), reference)
 
@@ -120,7 +126,8 @@ def test_first_generation_reshape_transform():
     new = GradCAM(vit, target_layers=[layer], reshape_transform=reshape_transform)(
         x, [ClassifierOutputTarget(7)])
     assert old.shape == (1, 32, 32)
-    assert old.max() == pytest.approx(1, abs=1e-4) and old.min() == 0
+    assert old.max() == pytest.approx(1, abs=1e-4)
+    assert old.min() == 0
     np.testing.assert_array_equal(old, new)
 
 
@@ -166,7 +173,8 @@ def test_second_generation_verbatim(model, x, rgb_img):
     np.testing.assert_array_equal(positional, grayscale_cam)
 
     visualization = show_cam_on_image(rgb_img, grayscale_cam[0], use_rgb=True)
-    assert visualization.shape == (SIZE, SIZE, 3) and visualization.dtype == np.uint8
+    assert visualization.shape == (SIZE, SIZE, 3)
+    assert visualization.dtype == np.uint8
     # The JET colormap: red where the map is 1, blue where it is 0 (RGB order with use_rgb=True).
     hot = np.unravel_index(grayscale_cam[0].argmax(), grayscale_cam[0].shape)
     cold = np.unravel_index(grayscale_cam[0].argmin(), grayscale_cam[0].shape)
@@ -226,7 +234,7 @@ def test_use_cuda_without_cuda_is_a_clear_value_error(model):
         GradCAM(model, target_layers=[model.layer4[-1]], device="cuda")
 
 
-@pytest.mark.parametrize("module, name", [
+@pytest.mark.parametrize(("module", "name"), [
     ("pytorch_grad_cam.grad_cam", "GradCAM"),
     ("pytorch_grad_cam.grad_cam_plusplus", "GradCAMPlusPlus"),
     ("pytorch_grad_cam.xgrad_cam", "XGradCAM"),
@@ -264,8 +272,10 @@ def test_reference_utils_import_paths():
     assert utils.ClassifierOutputTarget is ClassifierOutputTarget
     assert utils.ClassifierOutputSoftmaxTarget is ClassifierOutputSoftmaxTarget
     assert utils.RawScoresOutputTarget is RawScoresOutputTarget
-    assert utils.show_cam_on_image is show_cam_on_image and utils.preprocess_image is preprocess_image
-    assert utils.deprocess_image is deprocess_image and utils.scale_cam_image is scale_cam_image
+    assert utils.show_cam_on_image is show_cam_on_image
+    assert utils.preprocess_image is preprocess_image
+    assert utils.deprocess_image is deprocess_image
+    assert utils.scale_cam_image is scale_cam_image
     assert utils.vit_reshape_transform is vit_reshape_transform
     assert utils.swinT_reshape_transform is swinT_reshape_transform
 
@@ -285,7 +295,8 @@ def test_aug_smooth_is_the_mean_of_the_six_deaugmented_maps(model, x2):
             by_hand.append(maps[:, :, ::-1] if flip else maps)
     expected = np.mean(by_hand, axis=0)
     smoothed = cam(input_tensor=x2, target_category=[3, 281], aug_smooth=True)
-    assert smoothed.shape == (2, SIZE, SIZE) and smoothed.dtype == np.float32
+    assert smoothed.shape == (2, SIZE, SIZE)
+    assert smoothed.dtype == np.float32
     # The engine runs the 12 augmented images as one batch; float32 noise between batch sizes only.
     np.testing.assert_allclose(smoothed, expected, rtol=0, atol=2e-4)
     # ... and it is not just the unsmoothed map (flipping really changes the map of a random net).

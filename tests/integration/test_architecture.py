@@ -28,19 +28,20 @@ from pytorch_grad_cam import (
 )
 from pytorch_grad_cam.registry import FACTORIZATION_METHODS, KINDS, METHODS, PIXEL_METHODS, kind_of
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
 from tests.models import seeded_input, tiny_net
 
 
-# -- the registry ---------------------------------------------------------------------------------------------
+# -- the registry --------------------------------------------------------------------------------------------
 def test_every_registered_class_is_public_and_in_its_kinds_table():
     registered = {cls for table in KINDS.values() for cls in table.values()}
-    assert len(METHODS) == 23 and set(PIXEL_METHODS) == {"guidedbackprop", "guidedgradcam"}
+    assert len(METHODS) == 23
+    assert set(PIXEL_METHODS) == {"guidedbackprop", "guidedgradcam"}
     assert set(FACTORIZATION_METHODS) == {"dff"}
     for cls in registered:
         assert cls.__name__ in pytorch_grad_cam.__all__
         assert getattr(pytorch_grad_cam, cls.__name__) is cls
-        assert KINDS[cls.kind][cls.name] is cls and kind_of(cls.name) == cls.kind
+        assert KINDS[cls.kind][cls.name] is cls
+        assert kind_of(cls.name) == cls.kind
     assert all(issubclass(cls, BaseCAM) for cls in METHODS.values())
 
 
@@ -48,8 +49,9 @@ def test_a_subclass_registers_only_with_a_name_of_its_own_and_never_over_another
     class MyGradCAM(GradCAM):  # a user's variant: no name of its own, not registered
         pass
 
-    assert METHODS["gradcam"] is GradCAM and MyGradCAM not in METHODS.values()
-    with pytest.raises(ValueError, match="the method name 'gradcam' of .* is taken by .*GradCAM"):
+    assert METHODS["gradcam"] is GradCAM
+    assert MyGradCAM not in METHODS.values()
+    with pytest.raises(ValueError, match=r"the method name 'gradcam' of .* is taken by .*GradCAM"):
         type("Clash", (GradCAM,), {"name": "gradcam"})
     assert METHODS["gradcam"] is GradCAM
     with pytest.raises(ValueError, match="unknown method 'nope'"):
@@ -65,8 +67,9 @@ def test_importing_the_package_does_not_import_opencv():
     assert result.returncode == 0, result.stderr
 
 
-# -- composites hold a plain base method ----------------------------------------------------------------------
-@pytest.mark.parametrize("cls, base", [(FinerCAM, GradCAM), (RefineCAM, GradCAMPlusPlus), (SESS, GradCAM)])
+# -- composites hold a plain base method ---------------------------------------------------------------------
+@pytest.mark.parametrize(("cls", "base"),
+                         [(FinerCAM, GradCAM), (RefineCAM, GradCAMPlusPlus), (SESS, GradCAM)])
 def test_a_composite_holds_an_instance_of_exactly_its_base_class(tiny_2d, cls, base):
     model, _ = tiny_2d
     cam = cls(model, [model.conv2, model.conv3])
@@ -74,7 +77,7 @@ def test_a_composite_holds_an_instance_of_exactly_its_base_class(tiny_2d, cls, b
     assert set(vars(cam.base_cam)) == set(vars(base(model, [model.conv2, model.conv3])))  # nothing injected
 
 
-# -- no per-call state: recursion and threads -----------------------------------------------------------------
+# -- no per-call state: recursion and threads ----------------------------------------------------------------
 class _Recursion:
     """On its ``after``-th call (a target's call: see the classes below), runs the very same CAM object on
     another input and keeps the maps."""
@@ -122,7 +125,7 @@ class _RecursingLogit(_Recursion):
 
 # ``after``: the target's call that recurses; past the first, inside the method's own loop (SS-CAM's masked
 # batches, SESS's patches), where per-call state on the object would be overwritten under the outer call.
-@pytest.mark.parametrize("make, after", [
+@pytest.mark.parametrize(("make", "after"), [
     (lambda m: GradCAM(m, [m.conv3]), 1),
     (lambda m: CAM(m, [m.relu3]), 1),
     (lambda m: SSCAM(m, [m.conv3], num_samples=2, seed=3, batch_size=4), 3),
@@ -150,7 +153,8 @@ def test_two_threads_share_one_cam_object_and_one_model():
     inputs = [seeded_input(2, 3, 12, 16, seed=s) for s in range(6)]
     cam = FinerCAM(model, [model.conv3])
     # Each thread its own alpha: a call's options that lived on the object would leak across threads.
-    want = {(i, alpha): cam(x, targets=[1, 3], alpha=alpha) for i, x in enumerate(inputs) for alpha in (0.2, 0.9)}
+    want = {(i, alpha): cam(x, targets=[1, 3], alpha=alpha)
+            for i, x in enumerate(inputs) for alpha in (0.2, 0.9)}
     got, errors = {}, []
 
     def work(alpha):
@@ -170,11 +174,12 @@ def test_two_threads_share_one_cam_object_and_one_model():
     assert not errors, errors[0]
     assert len(got) == len(want)
     assert not np.array_equal(want[(0, 0.2)], want[(0, 0.9)])  # the alphas do give different maps
-    assert not model.training and not any(m._forward_hooks for m in model.modules())
+    assert not model.training
+    assert not any(m._forward_hooks for m in model.modules())
 
 
-# -- one validation rule --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("make, error, match", [
+# -- one validation rule -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("make", "error", "match"), [
     (lambda m: FEM(m, [m.conv3], k=float("nan")), ValueError, "k must be a finite float, got nan"),
     (lambda m: FEM(m, [m.conv3], k="2"), TypeError, "k must be a finite float, got str '2'"),
     (lambda m: RandomCAM(m, [m.conv3], seed=1.5), TypeError, "seed must be None or an int, got float 1.5"),
@@ -183,7 +188,8 @@ def test_two_threads_share_one_cam_object_and_one_model():
     (lambda m: KPCA_CAM(m, [m.conv3], kernel=3), TypeError, "kernel must be one of .*, got int 3"),
     (lambda m: KPCA_CAM(m, [m.conv3], kernel="tanh"), ValueError, "kernel must be one of .*, got 'tanh'"),
     (lambda m: KPCA_CAM(m, [m.conv3], coef0=float("inf")), ValueError, "coef0 must be a finite float"),
-    (lambda m: FinerCAM(m, [m.conv3], alpha=float("nan")), ValueError, "alpha must be a finite float, got nan"),
+    (lambda m: FinerCAM(m, [m.conv3], alpha=float("nan")), ValueError,
+     "alpha must be a finite float, got nan"),
     (lambda m: SESS(m, [m.conv3], smooth="yes"), TypeError, "smooth must be a bool, got str 'yes'"),
 ], ids=["fem-k-nan", "fem-k-str", "random-seed", "kpca-gamma-str", "kpca-gamma-0", "kpca-kernel-int",
         "kpca-kernel-name", "kpca-coef0", "finer-alpha", "sess-smooth"])
@@ -212,7 +218,7 @@ def test_checks_come_before_any_forward_pass(tiny_2d):
     try:
         with pytest.raises(TypeError):
             KPCA_CAM(model, [model.conv3], degree=2.5)(x)
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="comparison_categories must be ranks >= 1"):
             FinerCAM(model, [model.conv3])(x, comparison_categories=[0])
     finally:
         handle.remove()

@@ -34,7 +34,7 @@ import functools
 import inspect
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -70,7 +70,7 @@ HEAVY = {"segmentation", "detection"}
 CHEAP_SAMPLES = 2
 
 #: (method, kind) -> (exception type, regex): the method cannot apply to the kind, and says why.
-CLEAR_ERRORS: Dict[Tuple[str, str], Tuple[type, str]] = {
+CLEAR_ERRORS: dict[tuple[str, str], tuple[type, str]] = {
     # CAM's weights are the final linear layer's rows: a segmentation net has no linear layer, a detector's
     # last one (the box regressor, 1024 inputs) is not fed by the pooled backbone.
     ("cam", "segmentation"): (ValueError, "CAM needs the model's final linear layer .* no nn.Linear"),
@@ -81,7 +81,7 @@ CLEAR_ERRORS: Dict[Tuple[str, str], Tuple[type, str]] = {
     ("fullgrad", "detection"): (ValueError, "FullGrad does not support reshape_transform"),
 }
 #: (method, kind) -> (exception raised, reason): a bug outside this file's owner's modules (strict xfail).
-KNOWN_BUGS: Dict[Tuple[str, str], Tuple[Any, str]] = {}
+KNOWN_BUGS: dict[tuple[str, str], tuple[Any, str]] = {}
 #: (method, kind) -> a warning the call must give: CAM on a layer that is not average-pooled into the
 #: head (the ViT head reads the class token; Swin's norm1 of the last block is not the pooled output).
 EXPECTED_WARNINGS = {("cam", "vit"): "CAM: the input of the linear layer 'heads.head' is not the spatial",
@@ -118,7 +118,7 @@ class PlantedNet(nn.Module):
                 layer.weight.copy_(0.05 * torch.randn(layer.weight.shape, generator=gen))
                 layer.bias.zero_()
                 for k in (0, 1):
-                    layer.weight[(k, k) + centre[1:]] += 1.0
+                    layer.weight[(k, k, *centre[1:])] += 1.0
             self.fc.weight.copy_(0.1 * torch.randn(3, 6, generator=gen))
             for c in (0, 1):
                 # Logits of order 10: ScoreCAM's softmax over the channels' scores then tells them apart.
@@ -129,7 +129,7 @@ class PlantedNet(nn.Module):
         return self.fc(self.features(x).flatten(2).mean(-1))
 
 
-def _planted_input(dim: int, size: int = 12) -> Tuple[torch.Tensor, np.ndarray]:
+def _planted_input(dim: int, size: int = 12) -> tuple[torch.Tensor, np.ndarray]:
     """Two copies of one input: channel 0 bright in the first corner, channel 1 in the opposite corner,
     plus faint seeded noise. Returns (x (2, 3, *S), hot (2, *S) bool: image i's target patch)."""
     gen = torch.Generator().manual_seed(1)
@@ -137,25 +137,25 @@ def _planted_input(dim: int, size: int = 12) -> Tuple[torch.Tensor, np.ndarray]:
     x = 0.05 * torch.randn(1, 3, *shape, generator=gen)
     low = (slice(1, 5),) * dim
     high = (slice(size - 5, size - 1),) * dim
-    x[(0, 0) + low] += 1.0
-    x[(0, 1) + high] += 1.0
-    hot = np.zeros((2,) + shape, bool)
-    hot[(0,) + low] = True  # image 0 explains class 0: the channel-0 patch
-    hot[(1,) + high] = True  # image 1 explains class 1: the channel-1 patch
+    x[(0, 0, *low)] += 1.0
+    x[(0, 1, *high)] += 1.0
+    hot = np.zeros((2, *shape), bool)
+    hot[(0, *low)] = True  # image 0 explains class 0: the channel-0 patch
+    hot[(1, *high)] = True  # image 1 explains class 1: the channel-1 patch
     return x.repeat(2, *([1] * (dim + 1))), hot
 
 
 @dataclass
 class Kind:
     model: nn.Module
-    layers: List[nn.Module]
+    layers: list[nn.Module]
     x: torch.Tensor
-    targets: List[Any]
-    reshape_transform: Optional[Callable] = None
-    hot: Optional[np.ndarray] = None  # (B, *spatial) where a class-specific map must be hot
+    targets: list[Any]
+    reshape_transform: Callable | None = None
+    hot: np.ndarray | None = None  # (B, *spatial) where a class-specific map must be hot
     #: reshape_transform for the perturbation methods (fewer channels, to bound their cost)
-    perturbation_transform: Optional[Callable] = None
-    extra: Dict[str, Any] = field(default_factory=dict)
+    perturbation_transform: Callable | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _planted(dim: int) -> Kind:
@@ -203,7 +203,7 @@ def _segmentation() -> Kind:
         prediction = model(x)["out"][0].argmax(0)  # (64, 64)
     category = int(prediction.flatten().mode().values)
     mask = (prediction == category).numpy()
-    assert 0 < mask.sum()
+    assert mask.sum() > 0
     # The head's last ReLU (256 channels on a 4x4 grid); the ScoreCAM family explains its first 32.
     return Kind(model, [model.classifier[3]], x, [SemanticSegmentationTarget(category, mask)],
                 perturbation_transform=_first_channels, extra={"sess": {"use_softmax_scores": False}})
@@ -243,7 +243,7 @@ _BUILDERS = {"cnn2d": lambda: _planted(2), "cnn3d": lambda: _planted(3), "cnn1d"
 @pytest.fixture(scope="module")
 def kinds():
     """Each kind built once, on first use."""
-    cache: Dict[str, Kind] = {}
+    cache: dict[str, Kind] = {}
 
     def get(name: str) -> Kind:
         if name not in cache:
@@ -259,7 +259,7 @@ def _build(method: str, kind_name: str, kind: Kind):
     if cls.perturbation and not cls.records_prefix and kind.perturbation_transform is not None:
         # The ScoreCAM family runs the whole model per channel (AblationCAM only the layers after the target).
         transform = kind.perturbation_transform
-    kwargs: Dict[str, Any] = dict(kind.extra.get(method, {}))
+    kwargs: dict[str, Any] = dict(kind.extra.get(method, {}))
     if transform is not None:
         kwargs["reshape_transform"] = transform
     parameters = inspect.signature(cls.__init__).parameters
@@ -279,10 +279,12 @@ def _cells():
 
 
 def assert_contract(maps: np.ndarray, x: torch.Tensor) -> None:
-    assert isinstance(maps, np.ndarray) and maps.dtype == np.float32
-    assert maps.shape == (x.shape[0],) + tuple(x.shape[2:])
+    assert isinstance(maps, np.ndarray)
+    assert maps.dtype == np.float32
+    assert maps.shape == (x.shape[0], *x.shape[2:])
     assert np.isfinite(maps).all()
-    assert maps.min() >= 0.0 and maps.max() <= 1.0
+    assert maps.min() >= 0.0
+    assert maps.max() <= 1.0
     flat = maps.reshape(maps.shape[0], -1)
     assert (flat.max(1) > 0.99).all(), "a map is all zeros"
     assert (flat.std(1) > 0.02).all(), "a map is nearly flat"
@@ -300,7 +302,7 @@ def assert_hot_on_planted_patch(maps: np.ndarray, hot: np.ndarray) -> None:
         assert inside > other + 0.05, f"image {i}: {inside:.3f} on its patch vs {other:.3f} on the other"
 
 
-@pytest.mark.parametrize("method, kind_name", list(_cells()))
+@pytest.mark.parametrize(("method", "kind_name"), list(_cells()))
 def test_method_on_model_kind(method, kind_name, kinds):
     kind = kinds(kind_name)
     expected_error = CLEAR_ERRORS.get((method, kind_name))
@@ -331,9 +333,11 @@ def test_the_planted_nets_answer_to_their_patches():
             x0 = kind.x.clone()
             x0[:, 0] = 0
             logits0 = kind.model(x0)[0]
-        assert logits[0] > logits[2] + 1 and logits[1] > logits[2] + 1
+        assert logits[0] > logits[2] + 1
+        assert logits[1] > logits[2] + 1
         drop = float(logits[0] - logits0[0])  # removing channel 0 drops class 0, barely moves class 1
-        assert drop > 1 and abs(float(logits0[1] - logits[1])) < 0.2 * drop
+        assert drop > 1
+        assert abs(float(logits0[1] - logits[1])) < 0.2 * drop
 
 
 # ---------------------------------------------------------------------------- the non-map methods
@@ -361,7 +365,7 @@ class _RefGuidedReLU(torch.autograd.Function):
 
 
 class _RefGuidedModule(nn.Module):
-    def __init__(self, upper: Optional[float]) -> None:
+    def __init__(self, upper: float | None) -> None:
         super().__init__()
         self.upper = upper
 
@@ -411,7 +415,7 @@ def _has_relus(model: nn.Module) -> bool:
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
-def _state(model: nn.Module) -> Dict[str, Any]:
+def _state(model: nn.Module) -> dict[str, Any]:
     return {"hooks": [[list(getattr(m, attr)) for attr in _HOOK_DICTS] for m in model.modules()],
             "training": [m.training for m in model.modules()],
             "requires_grad": [p.requires_grad for p in model.parameters()],
@@ -419,7 +423,7 @@ def _state(model: nn.Module) -> Dict[str, Any]:
             "values": {k: v.clone() for k, v in model.state_dict().items()}}
 
 
-def _assert_state(before: Dict[str, Any], after: Dict[str, Any]) -> None:
+def _assert_state(before: dict[str, Any], after: dict[str, Any]) -> None:
     for key in ("hooks", "training", "requires_grad"):
         assert before[key] == after[key], key
     assert all(g0 is g1 for g0, g1 in zip(before["grad"], after["grad"]))
@@ -454,8 +458,11 @@ def test_guided_backprop_on_model_kind(kind_name, kinds, monkeypatch):
     kind = kinds(kind_name)
     gb = _call_in_mixed_training_mode(kind.model, lambda: GuidedBackpropReLUModel(kind.model)(
         kind.x, targets=kind.targets, channels_last=False))
-    assert isinstance(gb, np.ndarray) and gb.dtype == np.float32 and gb.shape == tuple(kind.x.shape)
-    assert np.isfinite(gb).all() and (gb != 0).mean() > 0.5
+    assert isinstance(gb, np.ndarray)
+    assert gb.dtype == np.float32
+    assert gb.shape == tuple(kind.x.shape)
+    assert np.isfinite(gb).all()
+    assert (gb != 0).mean() > 0.5
     want = _reference_gradients(kind.model, kind.x, kind.targets, True, monkeypatch)
     scale = np.abs(want).max()
     assert scale > 0
@@ -488,15 +495,19 @@ def test_guided_gradcam_on_model_kind(kind_name, kinds, monkeypatch):
     assert (cam.reshape(cam.shape[0], -1).std(1) > 0.02).all()
     gb = _reference_gradients(kind.model, kind.x, kind.targets, True, monkeypatch)
     want = gb * cam[:, None]
-    assert ggc.dtype == np.float32 and ggc.shape == tuple(kind.x.shape) and np.isfinite(ggc).all()
+    assert ggc.dtype == np.float32
+    assert ggc.shape == tuple(kind.x.shape)
+    assert np.isfinite(ggc).all()
     np.testing.assert_allclose(ggc, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
-    assert np.abs(want).max() > 0 and np.abs(want - gb).max() > 0.1 * np.abs(gb).max()
+    assert np.abs(want).max() > 0
+    assert np.abs(want - gb).max() > 0.1 * np.abs(gb).max()
     if kind.hot is not None:
         for i in range(2):
             # Own patch vs the other class's patch: guided backprop 1.2-6.2, Guided Grad-CAM 5.3-1500.
             alone = _energy_ratio((gb[i] ** 2).sum(0), kind.hot[i], kind.hot[1 - i])
             guided_cam = _energy_ratio((ggc[i] ** 2).sum(0), kind.hot[i], kind.hot[1 - i])
-            assert guided_cam > 4 and guided_cam > 2 * alone, (alone, guided_cam)
+            assert guided_cam > 4, (alone, guided_cam)
+            assert guided_cam > 2 * alone, (alone, guided_cam)
 
 
 def _layer_activations(kind: Kind) -> torch.Tensor:
@@ -523,10 +534,14 @@ def test_deep_feature_factorization_on_model_kind(kind_name, kinds):
     concepts, explanations = _call_in_mixed_training_mode(kind.model, lambda: dff_(kind.x, n_components=2))
     acts = _layer_activations(kind).double()  # (B, C, *grid)
     batch, channels = acts.shape[:2]
-    assert concepts.dtype == np.float32 and concepts.shape == (channels, 2)
-    assert explanations.dtype == np.float32 and explanations.shape == (batch, 2) + tuple(kind.x.shape[2:])
-    assert np.isfinite(concepts).all() and np.isfinite(explanations).all()
-    assert explanations.min() >= 0 and explanations.max() <= 1
+    assert concepts.dtype == np.float32
+    assert concepts.shape == (channels, 2)
+    assert explanations.dtype == np.float32
+    assert explanations.shape == (batch, 2, *kind.x.shape[2:])
+    assert np.isfinite(concepts).all()
+    assert np.isfinite(explanations).all()
+    assert explanations.min() >= 0
+    assert explanations.max() <= 1
     assert (explanations.reshape(batch * 2, -1).std(1) > 0.05).all(), "a flat explanation"
     v = acts.transpose(0, 1).reshape(channels, -1).numpy()  # (C, B*N)
     offset = np.minimum(v.min(1), 0)  # (C,): the shift of channels with negative values
@@ -544,7 +559,8 @@ def test_deep_feature_factorization_on_model_kind(kind_name, kinds):
     error = np.linalg.norm(shifted - (concepts - offset[:, None]) @ h) / np.linalg.norm(shifted)
     singular = np.linalg.svd(shifted, compute_uv=False)
     rank1, rank2 = (np.sqrt((singular[r:] ** 2).sum()) / np.linalg.norm(shifted) for r in (1, 2))
-    assert error <= 1.03 * rank2 and error < rank1, (error, rank2, rank1)  # measured: <= 1.01 * rank 2
+    assert error <= 1.03 * rank2, (error, rank2, rank1)  # measured: <= 1.01 * rank 2
+    assert error < rank1, (error, rank2, rank1)
     if kind.hot is not None:
         # Mean of each concept over image i's patch: patch 0 and patch 1 are led by different concepts.
         means = np.array([[explanations[i, k][kind.hot[i]].mean() for k in range(2)] for i in range(2)])
@@ -557,7 +573,7 @@ def test_deep_feature_factorization_on_the_detector_needs_its_reshape_transform(
     """The detector's backbone returns a dict of FPN levels: without a reshape_transform, or with one that
     does not make them one tensor, DFF says so."""
     kind = kinds("detection")
-    with pytest.raises(TypeError, match="returns OrderedDict, expected a single tensor.*fpn_reshape_trans"):
+    with pytest.raises(TypeError, match=r"returns OrderedDict, expected a single tensor.*fpn_reshape_trans"):
         DeepFeatureFactorization(kind.model, kind.layers)(kind.x, n_components=2)
-    with pytest.raises(TypeError, match="reshape_transform must return a tensor .* got OrderedDict"):
+    with pytest.raises(TypeError, match=r"reshape_transform must return a tensor .* got OrderedDict"):
         DeepFeatureFactorization(kind.model, kind.layers, lambda levels: levels)(kind.x, n_components=2)

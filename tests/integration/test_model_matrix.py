@@ -26,7 +26,7 @@ with the five other methods.
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 import pytest
@@ -75,10 +75,10 @@ class Case:
     reshape_transform: Optional[Callable] = None
     size: int = 64
     #: Smaller inputs for some methods, a side or (height, width); only where the cost needs it.
-    method_size: Dict[str, Union[int, Tuple[int, int]]] = field(default_factory=dict)
+    method_size: dict[str, Union[int, tuple[int, int]]] = field(default_factory=dict)
 
 
-MODELS: Dict[str, Case] = {
+MODELS: dict[str, Case] = {
     "resnet18": Case(lambda s: torchvision.models.resnet18(weights=None), lambda m: m.layer4[-1],
                      method_size={"scorecam": 33}),
     "resnet50": Case(lambda s: torchvision.models.resnet50(weights=None), lambda m: m.layer4[-1],
@@ -106,15 +106,15 @@ class Built:
     def __init__(self, name: str) -> None:
         self.name = name
         self.case = MODELS[name]
-        self.models: Dict[int, nn.Module] = {}
-        self.results: Dict[Tuple[str, object], Tuple[np.ndarray, list]] = {}
+        self.models: dict[int, nn.Module] = {}
+        self.results: dict[tuple[str, object], tuple[np.ndarray, list]] = {}
 
-    def size(self, method: str) -> Tuple[int, int]:
+    def size(self, method: str) -> tuple[int, int]:
         """(height, width) of the inputs for ``method``."""
         size = self.case.method_size.get(method, self.case.size)
         return (size, size) if isinstance(size, int) else size
 
-    def model(self, size: Tuple[int, int]) -> nn.Module:
+    def model(self, size: tuple[int, int]) -> nn.Module:
         # vit_b_16's positional embedding depends on the (square) image size; the others are built once.
         key = size[0] if self.name == "vit_b_16" else 0
         if key not in self.models:
@@ -122,11 +122,11 @@ class Built:
             self.models[key] = self.case.build(size[0]).eval()
         return self.models[key]
 
-    def inputs(self, size: Tuple[int, int]) -> torch.Tensor:
+    def inputs(self, size: tuple[int, int]) -> torch.Tensor:
         generator = torch.Generator().manual_seed(1)
         return torch.randn(2, 3, *size, generator=generator)
 
-    def maps(self, method: str, which) -> Tuple[np.ndarray, list]:
+    def maps(self, method: str, which) -> tuple[np.ndarray, list]:
         key = (method, which)
         if key not in self.results:
             size = self.size(method)
@@ -156,12 +156,13 @@ def _skip_expensive(built: Built, method: str) -> None:
                     "set PYTORCH_GRAD_CAM_FULL_MATRIX=1 to run it")
 
 
-def check_maps(maps: np.ndarray, batch: int, size: Tuple[int, int], messages: list) -> None:
+def check_maps(maps: np.ndarray, batch: int, size: tuple[int, int], messages: list) -> None:
     assert isinstance(maps, np.ndarray)
     assert maps.shape == (batch, *size)
     assert maps.dtype == np.float32
     assert np.isfinite(maps).all()
-    assert maps.min() >= 0.0 and maps.max() <= 1.0
+    assert maps.min() >= 0.0
+    assert maps.max() <= 1.0
     constant_warned = any(CONSTANT_WARNING in m for m in messages)
     for i, single in enumerate(maps):
         if single.max() == 0.0:

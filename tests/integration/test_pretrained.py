@@ -124,7 +124,8 @@ def test_the_model_sees_a_cat_and_an_espresso(model, composite):
         logits = model(x)
         np.testing.assert_allclose(logits.numpy(), model.net(x).numpy(), rtol=0, atol=1e-5)
     top5 = logits[0].topk(5).indices.tolist()
-    assert CUP in top5 and CAT in top5, top5
+    assert CUP in top5, top5
+    assert CAT in top5, top5
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++", "xgradcam", "scorecam", "ablationcam"])
@@ -133,7 +134,8 @@ def test_class_maps_lie_on_their_object(model, composite, method):
     cam = METHODS[method](model, target_layers=[_layer(model, method)])
     cam.batch_size = 128
     maps = cam(x, [ClassifierOutputTarget(CAT), ClassifierOutputTarget(CUP)])
-    assert maps.shape == (2, *x.shape[2:]) and maps.dtype == np.float32
+    assert maps.shape == (2, *x.shape[2:])
+    assert maps.dtype == np.float32
     cat_map, cup_map = maps
     half = x.shape[-1] // 2
 
@@ -164,7 +166,8 @@ def test_eigencam_highlights_the_cup(model, composite):
     cam_map = METHODS["eigencam"](model, target_layers=[model.features])(x)[0]
     peak = np.unravel_index(cam_map.argmax(), cam_map.shape)
     rows, cols = CUP_BOX
-    assert rows.start <= peak[0] < rows.stop and cols.start <= peak[1] < cols.stop, peak
+    assert rows.start <= peak[0] < rows.stop, peak
+    assert cols.start <= peak[1] < cols.stop, peak
     inside = np.zeros(cam_map.shape, bool)
     inside[CUP_BOX] = True
     assert cam_map[inside].mean() > 5 * cam_map[~inside].mean()

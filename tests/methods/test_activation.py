@@ -129,7 +129,8 @@ def test_cam_fc_layer_by_name_or_module_and_errors():
         cam(x, targets=[ClassifierOutputSoftmaxTarget(0), 1])
     with pytest.raises(TypeError, match=r"CAM needs class indices"):
         cam(x, targets=lambda out: out[0])
-    assert CAM.uses_gradients is False and METHODS["cam"] is CAM
+    assert CAM.uses_gradients is False
+    assert METHODS["cam"] is CAM
 
 
 def test_cam_targets_none_is_top_class(tiny_2d):

@@ -134,7 +134,7 @@ def finer_case():
     return tiny_net(2, seed=0), seeded_input(2, 3, 12, 16, seed=3)
 
 
-@pytest.mark.parametrize("options, hand", [
+@pytest.mark.parametrize(("options", "hand"), [
     ({}, {}),
     ({"alpha": 0.4}, {"alpha": 0.4}),
     ({"comparison_categories": [2, 4]}, {"ranks": (2, 4)}),
@@ -237,7 +237,9 @@ def test_finercam_reference_call_order_and_errors(finer_case):
         FinerCAM(model, [model.relu2], alpha=True)
     with pytest.raises(TypeError, match="base_method must be a plain CAM method"):
         FinerCAM(model, [model.relu2], base_method=SESS)
-    assert FinerCAMPath is FinerCAM and RefineCAMPath is RefineCAM and SESSPath is SESS
+    assert FinerCAMPath is FinerCAM
+    assert RefineCAMPath is RefineCAM
+    assert SESSPath is SESS
 
 
 # ============================================================================================ RefineCAM
@@ -256,7 +258,7 @@ def refine_by_hand(model, x, layers, classes, method="gradcam++"):
     return normalize(product).numpy()
 
 
-@pytest.mark.parametrize("dim, shape, layers", [
+@pytest.mark.parametrize(("dim", "shape", "layers"), [
     (2, (2, 3, 12, 16), ["relu1", "relu2", "relu3"]),
     (2, (2, 3, 12, 16), ["conv2", "relu3"]),
     (1, (2, 2, 40), ["relu1", "relu3"]),
@@ -385,62 +387,87 @@ def blur_by_hand(cam, size=11, sigma=5.0):
     return cam
 
 
+def _gradcam_patch_map(model, layers):
+    """``patch_map`` of :func:`sess_by_hand` by default: GradCAM of ``layers``."""
+    base = GradCAM(model, layers)
+
+    def patch_map(patch, cls):
+        # A window without evidence for the class has a constant map; SESS itself does not warn per
+        # window, so neither does its reference.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "the CAM of layer .* is constant for image", RuntimeWarning)
+            return base(patch, [cls])[0]
+    return patch_map
+
+
+def _patches_by_hand(x, i, scales, window, step, use_cv2):
+    """Every window of every scaled copy of image ``i``: a list of (patch, scaled size, starts)."""
+    spatial = x.shape[2:]
+    shorter = min(spatial)
+    patches = []
+    for scale in scales:
+        size = [int(scale * n / shorter) for n in spatial]
+        if use_cv2:  # cv2.resize takes (width, height)
+            image = np.moveaxis(x[i].numpy(), 0, -1)
+            scaled = torch.from_numpy(np.moveaxis(cv2.resize(image, (size[1], size[0])), -1, 0))[None]
+        elif len(size) == 2:  # torchvision: bilinear, antialiased when shrinking
+            scaled = torchvision.transforms.functional.resize(x[i:i + 1], size)
+        else:
+            scaled = F.interpolate(x[i:i + 1], size=size, mode=MODES[len(size)], align_corners=False)
+        grids = [window_starts_by_hand(n, window, step) for n in size]
+        for starts in np.stack(np.meshgrid(*grids, indexing="ij"), -1).reshape(-1, len(size)):
+            index = (slice(None), slice(None), *(slice(s, s + window) for s in starts))
+            patches.append((scaled[index], size, starts))
+    return patches
+
+
+def _patch_scores_by_hand(model, patches, cls, softmax):
+    scores = []
+    for patch, _, _ in patches:
+        with torch.no_grad():
+            out = model(patch)[0]
+        score = (torch.softmax(out, -1) if softmax else out)[cls].item()
+        scores.append(max(score, 0.0))
+    return scores
+
+
+def _pooled_by_hand(patches, scores, order, cls, spatial, window, theta, pool, use_cv2, patch_map):
+    """The windows' weighted maps, put back at full size and pooled (max, or mean above ``theta``)."""
+    top = max(scores[k] for k in order)
+    total, count = np.zeros(spatial), np.zeros(spatial)
+    for k in order:
+        patch, size, starts = patches[k]
+        weight = scores[k] / top if top > 0 else 1.0
+        weighted = patch_map(patch, cls) * weight
+        frame = np.zeros(size, np.float32)
+        frame[tuple(slice(s, s + window) for s in starts)] = weighted
+        if use_cv2:
+            back = cv2.resize(frame, (spatial[1], spatial[0]))
+        else:
+            back = F.interpolate(torch.from_numpy(frame)[None, None], size=tuple(spatial),
+                                 mode=MODES[len(size)], align_corners=False)[0, 0].numpy()
+        if pool == "max":
+            total = np.maximum(total, back)
+        else:
+            total += np.where(back > theta, back, 0.0)
+            count += back > theta
+    return total if pool == "max" else np.where(count > 0, total / np.maximum(count, 1), 0.0)
+
+
 def sess_by_hand(model, layers, x, classes, scales, window, step, pre_filter_ratio=0.0, theta=0.0,
                  pool="mean", smooth=True, softmax=True, use_cv2=False, patch_map=None):
     """SESS as a plain loop: every image, scale and window one after the other. ``patch_map(patch, class)``
     gives a patch's map (default: GradCAM of ``layers``)."""
     spatial = x.shape[2:]
-    shorter = min(spatial)
     if patch_map is None:
-        base = GradCAM(model, layers)
-        def patch_map(patch, cls):
-            # A window without evidence for the class has a constant map; SESS itself does not warn per
-            # window, so neither does its reference.
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "the CAM of layer .* is constant for image", RuntimeWarning)
-                return base(patch, [cls])[0]
+        patch_map = _gradcam_patch_map(model, layers)
     maps = []
     for i in range(len(x)):
-        patches = []  # (patch, scaled size, starts)
-        for scale in scales:
-            size = [int(scale * n / shorter) for n in spatial]
-            if use_cv2:  # cv2.resize takes (width, height)
-                image = np.moveaxis(x[i].numpy(), 0, -1)
-                scaled = torch.from_numpy(np.moveaxis(cv2.resize(image, (size[1], size[0])), -1, 0))[None]
-            elif len(size) == 2:  # torchvision: bilinear, antialiased when shrinking
-                scaled = torchvision.transforms.functional.resize(x[i:i + 1], size)
-            else:
-                scaled = F.interpolate(x[i:i + 1], size=size, mode=MODES[len(size)], align_corners=False)
-            grids = [window_starts_by_hand(n, window, step) for n in size]
-            for starts in np.stack(np.meshgrid(*grids, indexing="ij"), -1).reshape(-1, len(size)):
-                index = (slice(None), slice(None), *(slice(s, s + window) for s in starts))
-                patches.append((scaled[index], size, starts))
-        scores = []
-        for patch, _, _ in patches:
-            with torch.no_grad():
-                out = model(patch)[0]
-            score = (torch.softmax(out, -1) if softmax else out)[classes[i]].item()
-            scores.append(max(score, 0.0))
+        patches = _patches_by_hand(x, i, scales, window, step, use_cv2)
+        scores = _patch_scores_by_hand(model, patches, classes[i], softmax)
         order = np.argsort(scores, kind="stable")[int(len(scores) * pre_filter_ratio):]
-        top = max(scores[k] for k in order)
-        total, count = np.zeros(spatial), np.zeros(spatial)
-        for k in order:
-            patch, size, starts = patches[k]
-            weight = scores[k] / top if top > 0 else 1.0
-            weighted = patch_map(patch, classes[i]) * weight
-            frame = np.zeros(size, np.float32)
-            frame[tuple(slice(s, s + window) for s in starts)] = weighted
-            if use_cv2:
-                back = cv2.resize(frame, (spatial[1], spatial[0]))
-            else:
-                back = F.interpolate(torch.from_numpy(frame)[None, None], size=tuple(spatial),
-                                     mode=MODES[len(size)], align_corners=False)[0, 0].numpy()
-            if pool == "max":
-                total = np.maximum(total, back)
-            else:
-                total += np.where(back > theta, back, 0.0)
-                count += back > theta
-        cam = total if pool == "max" else np.where(count > 0, total / np.maximum(count, 1), 0.0)
+        cam = _pooled_by_hand(patches, scores, order, classes[i], spatial, window, theta, pool, use_cv2,
+                              patch_map)
         if smooth:
             cam = cv2.GaussianBlur(cam.astype(np.float32), (11, 11), 5.0) if use_cv2 else blur_by_hand(cam)
         cam = cam - cam.min()
@@ -454,7 +481,7 @@ def sess_case():
     return tiny_net(2, seed=0), seeded_input(2, 3, 12, 16, seed=1)
 
 
-@pytest.mark.parametrize("kwargs, hand", [
+@pytest.mark.parametrize(("kwargs", "hand"), [
     ({"num_scales": 3}, {"scales": [12, 15, 18], "window": 12, "step": 12}),
     ({"scales": [10, 13, 17], "window_size": 10, "step_size": 5, "pre_filter_ratio": 0.5, "theta": 0.1},
      {"scales": [10, 13, 17], "window": 10, "step": 5, "pre_filter_ratio": 0.5, "theta": 0.1}),
@@ -483,7 +510,7 @@ def test_sess_conventions_match_cv2():
     np.testing.assert_allclose(SESS(model, [model.relu2], num_scales=3)(x, [4]), expected, atol=2e-5)
 
 
-@pytest.mark.parametrize("dim, shape", [(1, (2, 2, 40)), (3, (1, 1, 6, 8, 10))], ids=["1d", "3d"])
+@pytest.mark.parametrize(("dim", "shape"), [(1, (2, 2, 40)), (3, (1, 1, 6, 8, 10))], ids=["1d", "3d"])
 def test_sess_1d_and_3d(dim, shape):
     model = tiny_net(dim, seed=4, in_channels=shape[1])
     x = seeded_input(*shape, seed=5)
@@ -518,7 +545,9 @@ def test_sess_batches_are_bounded_and_patches_are_counted(sess_case):
     # runs once.
     sizes.clear()
     maps = SESS(counted, [model.relu2], num_scales=3, batch_size=4)(x, targets=[1, 3])
-    assert sizes[0] == 2 and max(sizes[1:]) <= 4 and sum(sizes[1:]) == patches
+    assert sizes[0] == 2
+    assert max(sizes[1:]) <= 4
+    assert sum(sizes[1:]) == patches
     expected = sess_by_hand(model, [model.relu2], x, [1, 3], [12, 15, 18], 12, 12)
     np.testing.assert_allclose(maps, expected, atol=2e-5)
 
@@ -594,7 +623,8 @@ def test_argument_checks_type_error_for_the_type_value_error_for_the_range(sess_
     sess = SESS(model, layers, num_scales=np.int64(2), theta=np.float32(0.25),
                 pre_filter_ratio=np.float64(0.5))
     assert (sess.num_scales, sess.theta, sess.pre_filter_ratio) == (2, 0.25, 0.5)
-    assert type(sess.num_scales) is int and type(sess.theta) is float
+    assert type(sess.num_scales) is int
+    assert type(sess.theta) is float
 
 
 def test_sess_constant_map_warns_once_and_is_zeros():
@@ -661,7 +691,8 @@ def test_sess_constant_map_warning_points_at_the_callers_line():
         warnings.simplefilter("always")
         SESS(model, [model.relu3], num_scales=2)(x, [0])
     constant = [w for w in record if "SESS map is constant" in str(w.message)]
-    assert len(constant) == 1 and constant[0].category is RuntimeWarning
+    assert len(constant) == 1
+    assert constant[0].category is RuntimeWarning
     assert constant[0].filename == __file__, "the warning should point at the caller's line"
 
 

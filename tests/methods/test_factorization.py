@@ -97,7 +97,8 @@ def resize_ref(maps, size):
 
 def assert_nontrivial(explanations):
     flat = explanations.reshape(-1, int(np.prod(explanations.shape[2:])))
-    assert (flat.max(1) > 0.05).any() and (flat.std(1) > 0.01).all(), "degenerate test case"
+    assert (flat.max(1) > 0.05).any(), "degenerate test case"
+    assert (flat.std(1) > 0.01).all(), "degenerate test case"
 
 
 def nonneg_matrix(m, n, seed, rank=None):
@@ -113,7 +114,8 @@ def test_nmf_equals_the_numpy_reference(max_iter):
     v = nonneg_matrix(9, 14, seed=0)
     want_w, want_h, _ = ref_nmf(v, 4, max_iter)
     w, h, n_iter = nmf(torch.from_numpy(v), 4, max_iter=max_iter, tol=0)
-    assert n_iter == max_iter and w.dtype == torch.float64
+    assert n_iter == max_iter
+    assert w.dtype == torch.float64
     np.testing.assert_allclose(w.numpy(), want_w, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(h.numpy(), want_h, rtol=1e-9, atol=1e-12)
     assert np.linalg.norm(v - want_w @ want_h) > 0.05 * np.linalg.norm(v)  # a real rank-4 approximation
@@ -123,7 +125,9 @@ def test_nmf_stopping_rule_equals_the_reference():
     v = nonneg_matrix(8, 12, seed=1)
     want_w, want_h, want_n = ref_nmf(v, 3, max_iter=500, tol=1e-3)
     w, h, n_iter = nmf(torch.from_numpy(v), 3, max_iter=500, tol=1e-3)
-    assert n_iter == want_n and 10 <= n_iter < 500 and n_iter % 10 == 0
+    assert n_iter == want_n
+    assert 10 <= n_iter < 500
+    assert n_iter % 10 == 0
     np.testing.assert_allclose(w.numpy(), want_w, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(h.numpy(), want_h, rtol=1e-9, atol=1e-12)
 
@@ -134,7 +138,8 @@ def test_nmf_error_never_increases(init):
     errors = []
     for max_iter in range(0, 41):
         w, h, _ = nmf(v, 3, max_iter=max_iter, tol=0, init=init, seed=5)
-        assert (w >= 0).all() and (h >= 0).all()
+        assert (w >= 0).all()
+        assert (h >= 0).all()
         errors.append(float(torch.linalg.norm(v - w @ h)))
     errors = np.array(errors)
     assert np.all(np.diff(errors) <= 1e-12 * errors[0])
@@ -157,7 +162,8 @@ def test_nmf_random_init_is_seeded():
     a = nmf(v, 2, max_iter=5, init="random", seed=3)
     b = nmf(v, 2, max_iter=5, init="random", seed=3)
     c = nmf(v, 2, max_iter=5, init="random", seed=4)
-    assert torch.equal(a.w, b.w) and torch.equal(a.h, b.h)
+    assert torch.equal(a.w, b.w)
+    assert torch.equal(a.h, b.h)
     assert not torch.allclose(a.w, c.w)
 
 
@@ -202,12 +208,13 @@ def test_nmf_agrees_with_sklearn_on_the_spanned_concepts():
     theirs = decomposition.NMF(3, init="nndsvda", max_iter=2000, tol=1e-10).fit_transform(v)
     unit = lambda m: m / np.linalg.norm(m, axis=0)  # noqa: E731
     cos = unit(ours.numpy()).T @ unit(theirs)  # (3, 3): a permutation matrix if they agree
-    assert np.all(cos.max(1) > 0.999) and sorted(cos.argmax(1)) == [0, 1, 2]
+    assert np.all(cos.max(1) > 0.999)
+    assert sorted(cos.argmax(1)) == [0, 1, 2]
     assert np.all((unit(patterns).T @ unit(ours.numpy())).max(1) > 0.999)
 
 
 # -- DFF end to end ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("dim, layer", [(1, "relu2"), (2, "relu2"), (2, "conv2"), (3, "relu3")])
+@pytest.mark.parametrize(("dim", "layer"), [(1, "relu2"), (2, "relu2"), (2, "conv2"), (3, "relu3")])
 def test_dff_equals_the_reference(dim, layer):
     shapes = {1: (2, 2, 40), 2: (2, 3, 12, 16), 3: (2, 1, 6, 8, 10)}
     model = tiny_net(dim, seed=dim, in_channels=shapes[dim][1]).double()
@@ -217,18 +224,20 @@ def test_dff_equals_the_reference(dim, layer):
     want_concepts, want_maps = ref_dff(acts, k, max_iter=60)
     assert_nontrivial(want_maps)
     if layer == "conv2":
-        assert acts.min() < 0 and (want_concepts < 0).any()  # the shift is exercised
+        assert acts.min() < 0
+        assert (want_concepts < 0).any()  # the shift is exercised
 
     concepts, explanations = DeepFeatureFactorization(model, getattr(model, layer), max_iter=60, tol=0)(x, k)
     assert concepts.dtype == explanations.dtype == np.float32
     assert concepts.shape == (acts.shape[1], k)
-    assert explanations.shape == (x.shape[0], k) + tuple(x.shape[2:])
+    assert explanations.shape == (x.shape[0], k, *x.shape[2:])
     np.testing.assert_allclose(concepts, want_concepts, rtol=1e-5, atol=1e-6)
     # on the layer's grid (the module-level dff), then resized to the input
     grid_concepts, grid_maps = dff(acts, k, max_iter=60, tol=0)
     np.testing.assert_allclose(grid_concepts, want_concepts, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(grid_maps, want_maps, atol=1e-6)
-    assert grid_maps.max() == pytest.approx(1.0) and grid_maps.min() >= 0
+    assert grid_maps.max() == pytest.approx(1.0)
+    assert grid_maps.min() >= 0
     if dim == 2:
         np.testing.assert_allclose(explanations, resize_ref(want_maps, x.shape[2:]), atol=1e-5)
     else:  # (tri)linear, half-pixel centres
@@ -259,10 +268,13 @@ def test_dff_two_textures_two_concepts_on_their_halves():
     flat = int(np.argmax(left[0].mean((-1, -2))))  # the concept on image 0's flat left half
     striped = 1 - flat
     # Each concept follows its texture: image 0 has the flat colour on the left, image 1 on the right.
-    assert (left[0].argmax(0) == flat).all() and (right[0].argmax(0) == striped).all()
-    assert (left[1].argmax(0) == striped).all() and (right[1].argmax(0) == flat).all()
+    assert (left[0].argmax(0) == flat).all()
+    assert (right[0].argmax(0) == striped).all()
+    assert (left[1].argmax(0) == striped).all()
+    assert (right[1].argmax(0) == flat).all()
     mean = lambda m: float(m.mean())  # noqa: E731
-    assert mean(left[0, flat]) > 4 * mean(right[0, flat]) and mean(right[1, flat]) > 4 * mean(left[1, flat])
+    assert mean(left[0, flat]) > 4 * mean(right[0, flat])
+    assert mean(right[1, flat]) > 4 * mean(left[1, flat])
     assert mean(right[0, striped]) > 4 * mean(left[0, striped])
     assert mean(left[1, striped]) > 4 * mean(right[1, striped])
 
@@ -270,11 +282,12 @@ def test_dff_two_textures_two_concepts_on_their_halves():
 def test_dff_concept_outputs_are_the_head_on_the_concepts():
     model = tiny_net(2, seed=0)
     x = seeded_input(2, 3, 12, 16, seed=1)
-    concepts, explanations, outputs = DeepFeatureFactorization(
+    concepts, _, outputs = DeepFeatureFactorization(
         model, model.relu3, computation_on_concepts=model.fc)(x, n_components=3)
     with torch.no_grad():
         want = model.fc(torch.from_numpy(concepts.T.copy())).numpy()
-    assert outputs.shape == (3, 5) and outputs.dtype == np.float32
+    assert outputs.shape == (3, 5)
+    assert outputs.dtype == np.float32
     np.testing.assert_allclose(outputs, want, rtol=1e-5, atol=1e-5)
     assert np.ptp(want, axis=1).min() > 0.1  # not a degenerate head
     # Any callable works: here the softmax of the head by hand.
@@ -313,7 +326,9 @@ def test_dff_vit_like_reshape_transform_with_negative_tokens():
     assert_nontrivial(want_maps)
     concepts, explanations, outputs = DeepFeatureFactorization(
         model, model.norm, reshape_transform=transform, computation_on_concepts=model.head)(x, 3)
-    assert explanations.shape == (2, 3, 16, 24) and concepts.shape == (8, 3) and outputs.shape == (3, 4)
+    assert explanations.shape == (2, 3, 16, 24)
+    assert concepts.shape == (8, 3)
+    assert outputs.shape == (3, 4)
     np.testing.assert_allclose(concepts, want_concepts, rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(explanations, resize_ref(want_maps, (16, 24)), atol=1e-3)
     assert (concepts < 0).any()  # the shift is added back: concepts live in the token space
@@ -368,7 +383,8 @@ def test_dff_leaves_the_model_as_found_also_after_errors():
     head = nn.Sequential(nn.Dropout(0.9), nn.Linear(6, 3)).train()
     _, _, out1 = DeepFeatureFactorization(model, model.relu2, computation_on_concepts=head)(x, 2)
     _, _, out2 = DeepFeatureFactorization(model, model.relu2, computation_on_concepts=head)(x, 2)
-    assert head.training and head[0].training
+    assert head.training
+    assert head[0].training
     np.testing.assert_array_equal(out1, out2)  # dropout off: deterministic
     assert_same(before, snapshot(model))
 
@@ -384,7 +400,8 @@ def test_dff_in_train_mode_batchnorm_model_uses_eval_statistics():
     running = model[1].running_mean.clone()
     got, _ = DeepFeatureFactorization(model, model[2])(x, 2)
     np.testing.assert_array_equal(got, want)
-    assert model.training and torch.equal(model[1].running_mean, running)
+    assert model.training
+    assert torch.equal(model[1].running_mean, running)
 
 
 def test_dff_rejects_bad_arguments():
@@ -466,7 +483,8 @@ def test_show_factorization_colours_each_pixel_by_its_dominant_concept():
     colors = [(1.0, 0.0, 0.0), (0.0, 0.5, 0.25), (0.2, 0.2, 1.0, 0.3)]  # RGBA: alpha ignored
     maps_before = maps.copy()
     out = show_factorization_on_image(img, maps, colors=colors, image_weight=0.4)
-    assert out.shape == (6, 8, 3) and out.dtype == np.uint8
+    assert out.shape == (6, 8, 3)
+    assert out.dtype == np.uint8
     np.testing.assert_array_equal(maps, maps_before)
     # plain reference, pixel by pixel: the winner's colour at full brightness times its value
     want = np.zeros((6, 8, 3))
@@ -482,7 +500,8 @@ def test_show_factorization_colours_each_pixel_by_its_dominant_concept():
     maps[1, :, 2:] = 0.5
     out = show_factorization_on_image(np.zeros((4, 4, 3)), maps, colors=[(0, 0, 1), (0, 1, 0)],
                                       image_weight=0.0)
-    assert (out[:, :2] == [0, 0, 255]).all() and (out[:, 2:] == [0, 127, 0]).all()
+    assert (out[:, :2] == [0, 0, 255]).all()
+    assert (out[:, 2:] == [0, 127, 0]).all()
 
 
 def test_show_factorization_resizes_default_colours_and_legend():
@@ -493,7 +512,8 @@ def test_show_factorization_resizes_default_colours_and_legend():
     assert out.shape == (32, 40, 3)
     labels = ["cat:0.9\ntabby:0.1", "dog", "b", "c"]
     with_legend = show_factorization_on_image(img, maps, concept_labels=labels)
-    assert with_legend.shape == (32, 80, 3) and with_legend.dtype == np.uint8
+    assert with_legend.shape == (32, 80, 3)
+    assert with_legend.dtype == np.uint8
     np.testing.assert_array_equal(with_legend[:, :40], out)
     # the legend shows a box of each default colour (distinct hues)
     panel = with_legend[:, 40:].reshape(-1, 3)
@@ -527,7 +547,9 @@ def test_dff_and_show_factorization_together_on_resnet18(resnet18_seeded):
     x = seeded_input(1, 3, 64, 64, seed=4)
     concepts, explanations, logits = DeepFeatureFactorization(
         resnet18_seeded, resnet18_seeded.layer4, computation_on_concepts=resnet18_seeded.fc)(x, 4)
-    assert concepts.shape == (512, 4) and explanations.shape == (1, 4, 64, 64) and logits.shape == (4, 1000)
+    assert concepts.shape == (512, 4)
+    assert explanations.shape == (1, 4, 64, 64)
+    assert logits.shape == (4, 1000)
     rgb = np.float32(np.clip(x[0].permute(1, 2, 0).numpy() * 0.2 + 0.5, 0, 1))
     vis = show_factorization_on_image(rgb, explanations[0], image_weight=0.3, concept_labels=list("abcd"))
     assert vis.shape == (64, 128, 3)
@@ -557,13 +579,14 @@ def test_dff_on_a_photo_finds_the_cat_and_the_cup():
     """Two concepts of the final 1280-channel ReLU6 features: the head calls one 'Egyptian cat' and the
     other 'espresso', and each lies on its half (measured: cat 0.61 and 23x, espresso 1.00 and 19x)."""
     composite, model, x = _composite_and_model()
-    concepts, explanations, logits = DeepFeatureFactorization(
+    _, explanations, logits = DeepFeatureFactorization(
         model, model.features, computation_on_concepts=model.net._fc)(x, n_components=2)
     probs = torch.softmax(torch.from_numpy(logits), -1)
     top1 = probs.argmax(-1).tolist()
     assert sorted(top1) == [285, 967], top1  # 'Egyptian cat', 'espresso'
     cat, cup = top1.index(285), top1.index(967)
-    assert probs[cat, 285] > 0.4 and probs[cup, 967] > 0.9
+    assert probs[cat, 285] > 0.4
+    assert probs[cup, 967] > 0.9
     cat_map, cup_map = explanations[0, cat], explanations[0, cup]  # (224, 448)
     assert cat_map[:, :224].mean() > 8 * cat_map[:, 224:].mean()
     assert cup_map[:, 224:].mean() > 8 * cup_map[:, :224].mean()
@@ -619,7 +642,8 @@ def test_dff_agrees_with_the_reference_library_on_the_photo(tmp_path):
     unit = lambda m: m / np.linalg.norm(m, axis=0)  # noqa: E731
     cos = unit(concepts).T @ unit(want_concepts)  # (2, 2)
     order = cos.argmax(1)
-    assert sorted(order.tolist()) == [0, 1] and cos.max(1).min() > 0.999, cos
+    assert sorted(order.tolist()) == [0, 1], cos
+    assert cos.max(1).min() > 0.999, cos
     for k in range(2):
         corr = np.corrcoef(explanations[0, k].ravel(), want_maps[order[k]].ravel())[0, 1]
         assert corr > 0.999, (k, corr)
@@ -642,7 +666,8 @@ def test_run_dff_on_image_draws_the_image_its_concepts_and_a_legend():
     x = two_texture_images()[0]  # (3, 32, 32)
     rgb = np.uint8(np.clip(x.permute(1, 2, 0).numpy() * 40 + 128, 0, 255))
     out = run_dff_on_image(model, model.relu3, model.fc, rgb, x, n_components=2)
-    assert out.shape == (32, 96, 3) and out.dtype == np.uint8
+    assert out.shape == (32, 96, 3)
+    assert out.dtype == np.uint8
     np.testing.assert_array_equal(out[:, :32], rgb)
     _, explanations = DeepFeatureFactorization(model, model.relu3)(x[None], 2)
     want = show_factorization_on_image(np.float32(rgb) / 255, explanations[0], image_weight=0.3)

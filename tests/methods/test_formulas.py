@@ -38,8 +38,9 @@ def ours(method, model, layers, x, classes, eigen_smooth=False):
     with warns_if(method == "hirescam" and eigen_smooth, UserWarning,
                   "HiResCAM with eigen_smooth=True is no longer guaranteed to be faithful"):
         maps = cam(x, targets=list(classes), eigen_smooth=eigen_smooth)
-    assert isinstance(maps, np.ndarray) and maps.dtype == np.float32
-    assert maps.shape == (x.shape[0],) + tuple(x.shape[2:])
+    assert isinstance(maps, np.ndarray)
+    assert maps.dtype == np.float32
+    assert maps.shape == (x.shape[0], *x.shape[2:])
     return torch.from_numpy(maps)
 
 
@@ -72,7 +73,8 @@ def test_every_registered_method_has_a_plain_reference():
         path = Path(__file__).with_name(OWN_FORMULA_TESTS[name])
         assert path.is_file(), path
         text = path.read_text()
-        assert "reference" in text and (name in text or METHODS[name].__name__ in text), (name, path)
+        assert "reference" in text, (name, path)
+        assert name in text or METHODS[name].__name__ in text, (name, path)
 
 
 # ------------------------------------------------------------------------- the reference itself
@@ -115,7 +117,7 @@ def test_reference_gradcam_on_an_analytic_model():
 
 # ------------------------------------------------------------------------------ tiny 2D conv net
 @pytest.mark.parametrize("layer", ["relu2", "conv2"])
-@pytest.mark.parametrize("method,eigen_smooth", METHOD_SMOOTH)
+@pytest.mark.parametrize(("method", "eigen_smooth"), METHOD_SMOOTH)
 def test_tiny_2d(tiny_2d, method, eigen_smooth, layer):
     model, x = tiny_2d
     assert_matches_reference(method, model, [getattr(model, layer)], x, [1, 3], eigen_smooth)
@@ -176,7 +178,7 @@ def test_ablationcam_negative_activations_use_min_minus_1e7(tiny_2d_sigmoid, mon
 
 
 # --------------------------------------------------------------------------------- 1D and 3D nets
-@pytest.mark.parametrize("method,eigen_smooth", [(m, False) for m in ALL_METHODS]
+@pytest.mark.parametrize(("method", "eigen_smooth"), [(m, False) for m in ALL_METHODS]
                          + [(m, True) for m in GRADIENT_METHODS])
 @pytest.mark.parametrize("net", ["tiny_1d", "tiny_3d"])
 def test_tiny_1d_and_3d(request, net, method, eigen_smooth):
@@ -207,7 +209,7 @@ LAYER4_CASES = [(m, s) for m, s in METHOD_SMOOTH
                 if m not in ("ablationcam", "fem") and not (m == "scorecam" and s)]
 
 
-@pytest.mark.parametrize("method,eigen_smooth", LAYER4_CASES)
+@pytest.mark.parametrize(("method", "eigen_smooth"), LAYER4_CASES)
 def test_resnet18_layer4(resnet18_seeded, method, eigen_smooth):
     model = resnet18_seeded
     x, classes = (resnet_input(1, 33), [7]) if method == "scorecam" else (resnet_input(2, 64), [3, 7])

@@ -145,7 +145,8 @@ def reference_fullgrad(model, x, classes, per_channel=True):
 
 def assert_nontrivial(maps):
     flat = maps.reshape(maps.shape[0], -1)
-    assert (flat.max(1) > 0.99).all() and (flat.std(1) > 0.05).all(), "degenerate test case"
+    assert (flat.max(1) > 0.99).all(), "degenerate test case"
+    assert (flat.std(1) > 0.05).all(), "degenerate test case"
 
 
 CASES = {
@@ -164,15 +165,17 @@ def test_matches_plain_reference(case, per_channel):
     want = reference_fullgrad(model, x, classes, per_channel)
     assert_nontrivial(want)
     got = FullGrad(model, per_channel=per_channel)(x, targets=classes)
-    assert got.dtype == np.float32 and got.shape == (2, *shape[2:])
+    assert got.dtype == np.float32
+    assert got.shape == (2, *shape[2:])
     np.testing.assert_allclose(got, want, atol=2e-5)
 
 
 def test_every_term_contributes_and_normalisations_differ():
     model, x = net_2d(), seeded(2, 3, 12, 16, seed=1)
-    input_term, bias_terms, _ = reference_terms(model, x, [1, 3])
+    _, bias_terms, _ = reference_terms(model, x, [1, 3])
     spatial = [(g * b).abs() for g, b in bias_terms if g.ndim == x.ndim]
-    assert len(spatial) == 5 and all(t.flatten(1).amax(1).min() > 0 for t in spatial)  # 3 convs + 2 BN
+    assert len(spatial) == 5  # 3 convs + 2 BN
+    assert all(t.flatten(1).amax(1).min() > 0 for t in spatial)
     a = FullGrad(model)(x, targets=[1, 3])
     b = FullGrad(model, per_channel=False)(x, targets=[1, 3])
     assert np.abs(a - b).max() > 0.05
@@ -222,7 +225,9 @@ def test_completeness_identity(make):
     if make is net_2d:
         assert names == ["0", "1", "4", "5", "7", "11"]  # convs, BatchNorms and the classifier
     else:
-        assert names.count("conv") == 2 and names.count("bn") == 2 and names.count("inp") == 2
+        assert names.count("conv") == 2
+        assert names.count("bn") == 2
+        assert names.count("inp") == 2
 
 
 def test_decompose_matches_plain_reference_terms():
@@ -245,7 +250,8 @@ def test_target_layers_are_optional_and_ignored():
     np.testing.assert_array_equal(first_api(input_tensor=x, target_category=[1, 3]), want)
     with pytest.raises(ValueError, match="not a module of the model"):
         FullGrad(model, [nn.Conv2d(3, 3, 1)])
-    assert FullGradFromReferencePath is FullGrad and METHODS["fullgrad"] is FullGrad
+    assert FullGradFromReferencePath is FullGrad
+    assert METHODS["fullgrad"] is FullGrad
 
 
 def test_bad_arguments():

@@ -64,7 +64,7 @@ from tests.references import (
 # ==================================================================================== Smooth Grad-CAM++
 
 
-@pytest.mark.parametrize("layer,num_samples,std", [("relu2", 4, 0.3), ("conv2", 3, 0.15)])
+@pytest.mark.parametrize(("layer", "num_samples", "std"), [("relu2", 4, 0.3), ("conv2", 3, 0.15)])
 def test_smooth_gradcampp_reference_2d(tiny_2d, layer, num_samples, std):
     model, x = tiny_2d
     want = reference_smooth_gradcampp(model, layer, x, [1, 3], num_samples, std, seed=11)
@@ -138,7 +138,8 @@ def test_smooth_gradcampp_seed_global_rng_and_one_noisy_batch(tiny_2d):
     finally:
         handle.remove()
     assert SmoothGradCAMPlusPlus.deterministic is False
-    assert SmoothGradCAMpp is SmoothGradCAMPlusPlus and METHODS["smoothgradcam++"] is SmoothGradCAMPlusPlus
+    assert SmoothGradCAMpp is SmoothGradCAMPlusPlus
+    assert METHODS["smoothgradcam++"] is SmoothGradCAMPlusPlus
 
 
 def test_smooth_gradcampp_argument_checks(tiny_2d):
@@ -156,7 +157,8 @@ def test_smooth_gradcampp_argument_checks(tiny_2d):
         with pytest.raises(error, match=pattern):
             SmoothGradCAMPlusPlus(model, layers, **kwargs)
     cam = SmoothGradCAMPlusPlus(model, layers, num_samples=np.int64(2), std=np.float32(0.1), seed=np.int64(3))
-    assert (cam.num_samples, cam.seed) == (2, 3) and abs(cam.std - 0.1) < 1e-6
+    assert (cam.num_samples, cam.seed) == (2, 3)
+    assert abs(cam.std - 0.1) < 1e-6
 
 
 # ========================================================================================== ShapleyCAM
@@ -187,7 +189,7 @@ def test_reference_hvp_agrees_with_finite_differences(tiny_2d_sigmoid):
     assert hvp.abs().max() > 1e-3  # the sigmoid head is not linear: the correction is real
 
 
-@pytest.mark.parametrize("net,layer,tail,classes,score", [
+@pytest.mark.parametrize(("net", "layer", "tail", "classes", "score"), [
     ("tiny_2d_sigmoid", "conv2", tail_after_conv2, [1, 3], "logit"),
     ("tiny_2d_sigmoid", "conv2", tail_after_conv2, [1, 3], "rest"),
     ("tiny_2d", "relu2", tail_after_relu2, [1, 3], "rest"),
@@ -262,7 +264,8 @@ def test_shapleycam_keeps_no_graph(tiny_2d_sigmoid):
         cam(x, targets=[ClassifierOutputReST(1), ClassifierOutputReST(3)])
     finally:
         handle.remove()
-    assert refs and all(r() is None for r in refs)
+    assert refs
+    assert all(r() is None for r in refs)
     assert set(vars(cam)) == attrs
     assert all(p.grad is None for p in model.parameters())
 
@@ -296,7 +299,8 @@ def test_shapleycam_matches_reference_library(tiny_2d_sigmoid, tmp_path):
 
 
 def test_registry_names():
-    assert METHODS["cam"] is CAM and METHODS["shapleycam"] is ShapleyCAM
+    assert METHODS["cam"] is CAM
+    assert METHODS["shapleycam"] is ShapleyCAM
     assert METHODS["smoothgradcam++"] is SmoothGradCAMPlusPlus
 
 

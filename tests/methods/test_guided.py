@@ -120,7 +120,8 @@ def test_module_relus_match_plain_reference(dim):
     want = module_reference(model, x, classes)  # (B, C, *spatial)
     assert_guided_is_not_plain(want, model, x, classes)
     got = GuidedBackpropReLUModel(model)(x, targets=classes, channels_last=False)
-    assert got.dtype == np.float32 and got.shape == tuple(x.shape)
+    assert got.dtype == np.float32
+    assert got.shape == tuple(x.shape)
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6 * np.abs(got).max())
     # The default, channels-last layout: (B, *spatial, C).
     channels_last = GuidedBackpropReLUModel(model)(x, targets=classes)
@@ -252,10 +253,11 @@ def test_model_untouched_after_normal_and_raising_calls(make):
     with pytest.raises(RuntimeError, match="target failed"):
         GuidedBackpropReLUModel(model)(x, targets=[boom, boom])
     assert_same(before, snapshot(model))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"category {NUM_CLASSES} is out of range"):
         GuidedGradCAM(model, [first])(x, targets=[1, NUM_CLASSES])  # class 5 of 5: out of range
     assert_same(before, snapshot(model))
-    assert torch.equal(x.detach(), x_before) and torch.equal(x.grad, torch.full_like(x, 0.5))
+    assert torch.equal(x.detach(), x_before)
+    assert torch.equal(x.grad, torch.full_like(x, 0.5))
     # The guided rule is gone: ReLUs (module and functional) back-propagate negative gradients again.
     model.eval()
     h = seeded(2, 3, 8, 8, seed=2).requires_grad_(True)
@@ -332,7 +334,7 @@ def test_guided_gradcam_is_guided_backprop_times_the_map():
 
 
 def test_registry_and_import_paths():
-    assert PIXEL_METHODS == {"guidedbackprop": GuidedBackpropReLUModel, "guidedgradcam": GuidedGradCAM}
+    assert {"guidedbackprop": GuidedBackpropReLUModel, "guidedgradcam": GuidedGradCAM} == PIXEL_METHODS
     assert FromReferencePath is GuidedBackpropReLUModel
 
 

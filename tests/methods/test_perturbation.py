@@ -186,7 +186,8 @@ def assert_nontrivial(weights: np.ndarray, maps: np.ndarray) -> None:
     """Weights that are not all alike and maps that are not flat: a check that could fail."""
     assert (weights.max(1) - weights.min(1)).min() > 1e-3, weights
     for m in maps:
-        assert m.max() - m.min() > 0.5 and 0.01 < (m > 0.5).mean() < 0.95, m
+        assert m.max() - m.min() > 0.5, m
+        assert 0.01 < (m > 0.5).mean() < 0.95, m
 
 
 # ============================================================================ SS-CAM
@@ -203,7 +204,8 @@ def test_sscam_default_std_and_samples_match_reference():
     """The paper's defaults (35 samples, std 2) on one image."""
     model, x, classes = small_net(seed=3), small_input(1, seed=4), [2]
     ref_w, ref_maps = reference_sscam(model, x, classes, num_samples=35, std=2.0, seed=0)
-    assert (ref_w.max() - ref_w.min()) > 1e-3 and ref_maps.max() - ref_maps.min() > 0.5
+    assert (ref_w.max() - ref_w.min()) > 1e-3
+    assert ref_maps.max() - ref_maps.min() > 0.5
     cam = SSCAM(model, [model.act], seed=0, batch_size=64)
     assert (cam.num_samples, cam.std) == (35, 2.0)
     np.testing.assert_allclose(cam(x, targets=classes), ref_maps, atol=2e-4)
@@ -239,7 +241,7 @@ def test_sscam_seed():
     np.testing.assert_allclose(run(5)[1:], single, atol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
     ({"num_samples": 0}, ValueError, "num_samples must be an int >= 1, got 0"),
     ({"num_samples": 2.0}, TypeError, "num_samples must be an int >= 1, got float"),
     ({"std": -1.0}, ValueError, "std must be a finite float >= 0, got -1.0"),
@@ -266,7 +268,8 @@ def test_iscam_default_matches_reference():
     model, x, classes = small_net(seed=3), small_input(1, seed=4), [2]
     _, ref_maps = reference_iscam(model, x, classes, num_samples=10)
     cam = ISCAM(model, [model.act])
-    assert cam.num_samples == 10 and ISCAM.deterministic
+    assert cam.num_samples == 10
+    assert ISCAM.deterministic
     np.testing.assert_allclose(cam(x, targets=classes), ref_maps, atol=2e-4)
     # One sample: c_1 = 1 / N * 1 = 1, the plain Score-CAM mask.
     np.testing.assert_allclose(ISCAM(model, [model.act], num_samples=1)(x, targets=classes),
@@ -280,7 +283,7 @@ def test_iscam_bad_num_samples():
 
 
 # ============================================================================ the shared stream
-@pytest.mark.parametrize("cls, kwargs, per_channel", [
+@pytest.mark.parametrize(("cls", "kwargs", "per_channel"), [
     (ScoreCAM, {}, 1), (SSCAM, {"num_samples": 3, "seed": 0}, 3), (ISCAM, {"num_samples": 4}, 4)])
 @pytest.mark.parametrize("batch_size", [1, 4, 7, 100])
 def test_one_streamed_loop(cls, kwargs, per_channel, batch_size):
@@ -520,7 +523,8 @@ def test_scorecam_family_on_a_detector():
     for cls, kwargs in ((SSCAM, {"num_samples": 2, "std": 0.2, "seed": 0}), (ISCAM, {"num_samples": 2})):
         maps = cls(model, [model.backbone], reshape_transform=fpn_reshape_transform, batch_size=8,
                    **kwargs)(x, targets=[target])
-        assert maps.shape == (1, 64, 64) and maps.max() - maps.min() > 0.5
+        assert maps.shape == (1, 64, 64)
+        assert maps.max() - maps.min() > 0.5
 
 
 @pytest.mark.slow  # model scale: a torchvision detector, 7-40 s on 2 CPU cores
@@ -537,9 +541,12 @@ def test_ablationcam_torchvision_fasterrcnn_mobilenet():
     target = FasterRCNNBoxScoreTarget(detections["labels"][:1], detections["boxes"][:1])
     cam = AblationCAM(model, [model.backbone], reshape_transform=fpn_reshape_transform, batch_size=768)
     maps = cam(x, targets=[target])
-    assert maps.shape == (1, 128, 128) and maps.min() >= 0 and maps.max() > 0.99
+    assert maps.shape == (1, 128, 128)
+    assert maps.min() >= 0
+    assert maps.max() > 0.99
     assert 0.01 < (maps > 0.5).mean() < 0.95
-    assert not model.training and "forward" not in model.backbone.__dict__
+    assert not model.training
+    assert "forward" not in model.backbone.__dict__
 
 
 def test_ablationcam_structure_the_transform_does_not_concatenate():
@@ -667,7 +674,8 @@ def test_ablationcam_segmentation_dict_output_matches_full_forward_per_channel(l
     # stem, its recorded output is replayed for the check pass and every ablated batch.
     assert model.stem.calls == 1
     np.testing.assert_allclose(got, expected, atol=1e-4)
-    assert "forward" not in model.stem.__dict__ and "forward" not in model.act.__dict__
+    assert "forward" not in model.stem.__dict__
+    assert "forward" not in model.act.__dict__
 
 
 @pytest.mark.filterwarnings("ignore:the CAM of layer:RuntimeWarning")

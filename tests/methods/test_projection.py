@@ -82,5 +82,5 @@ def test_kpca_cam_degree_checks(tiny_2d):
     model = tiny_2d[0]
     with pytest.raises(ValueError, match="degree must be an int >= 1, got 0"):
         KPCA_CAM(model, [model.relu2], kernel="poly", degree=0)
-    with pytest.raises(TypeError, match="degree must be an int >= 1, got float 2.5"):
+    with pytest.raises(TypeError, match=r"degree must be an int >= 1, got float 2\.5"):
         KPCA_CAM(model, [model.relu2], kernel="poly", degree=2.5)

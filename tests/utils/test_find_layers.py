@@ -36,20 +36,23 @@ def test_get_layer_by_dotted_name_with_negative_indices():
 def test_find_layers_by_type_and_predicate():
     model = torchvision.models.resnet18()
     convs = find_layer_types_recursive(model, [nn.Conv2d])
-    assert len(convs) == 20 and convs[0] is model.conv1
+    assert len(convs) == 20
+    assert convs[0] is model.conv1
     assert find_layer_predicate_recursive(model, lambda m: m is model.fc) == [model.fc]
 
 
 def test_guess_reshape_transform_layouts():
     tokens = torch.arange(2 * 17 * 3, dtype=torch.float32).reshape(2, 17, 3)  # class token + 4x4
     transform, ok = guess_reshape_transform(tokens)
-    assert ok and transform == TokenGridReshape(1, 4, 4)
+    assert ok
+    assert transform == TokenGridReshape(1, 4, 4)
     torch.testing.assert_close(transform(tokens), vit_reshape_transform(tokens, 4, 4))
     registers = torch.randn(1, 1 + 4 + 49, 8)  # class token + 4 registers + 7x7
     assert guess_reshape_transform(registers)[0] == TokenGridReshape(5, 7, 7)
     swin = torch.randn(1, 7, 7, 96)
     transform, ok = guess_reshape_transform(swin)
-    assert ok and transform is channels_last_reshape
+    assert ok
+    assert transform is channels_last_reshape
     torch.testing.assert_close(transform(swin), swin.permute(0, 3, 1, 2))
     assert guess_reshape_transform(torch.randn(1, 512, 7, 7)) == (None, True)
     assert guess_reshape_transform(torch.randn(1, 3, 5)) == (None, False)  # no square grid
@@ -64,7 +67,8 @@ def test_twelve_register_tokens_read_the_same_by_guess_and_vit_transform():
 
     tokens = torch.randn(2, 1 + 12 + 49, 5, generator=torch.Generator().manual_seed(0))
     transform, ok = guess_reshape_transform(tokens)
-    assert ok and transform == TokenGridReshape(13, 7, 7)
+    assert ok
+    assert transform == TokenGridReshape(13, 7, 7)
     assert transform.describe() == "tokens -> 7x7 grid, dropping 13 leading token(s)"
     want = torch.stack([torch.stack([tokens[:, 13 + 7 * r + c, :] for c in range(7)], -1)
                         for r in range(7)], -2)  # (B, D, 7, 7)
@@ -80,7 +84,8 @@ def test_channels_last_reshape_is_swins_channels_last_branch():
 
     maps = torch.randn(2, 3, 4, 6)  # (B, H, W, C)
     want = torch.stack([maps[..., c] for c in range(6)], 1)  # (B, C, H, W)
-    assert torch.equal(channels_last_reshape(maps), want) and torch.equal(swinT_reshape_transform(maps), want)
+    assert torch.equal(channels_last_reshape(maps), want)
+    assert torch.equal(swinT_reshape_transform(maps), want)
     volume = torch.randn(1, 2, 3, 4, 5)  # (B, D, H, W, C): any number of spatial dims
     assert torch.equal(channels_last_reshape(volume), torch.stack([volume[..., c] for c in range(5)], 1))
 
@@ -89,14 +94,16 @@ def _state(model):
     return [m.training for m in model.modules()], [p.requires_grad for p in model.parameters()]
 
 
-@pytest.mark.parametrize("arch, expected", [("resnet18", "layer4"), ("vgg11", "features"),
+@pytest.mark.parametrize(("arch", "expected"), [("resnet18", "layer4"), ("vgg11", "features"),
                                             ("mobilenet_v3_small", "features")])
 def test_find_target_layer_on_cnns(arch, expected):
     torch.manual_seed(0)
     model = torchvision.models.get_model(arch).train()
     before = _state(model)
     found = find_target_layer(model, torch.randn(1, 3, 64, 64))
-    assert found.name == expected and found.reshape_transform is None and len(found.output_shape) == 4
+    assert found.name == expected
+    assert found.reshape_transform is None
+    assert len(found.output_shape) == 4
     assert _state(model) == before  # training flags and requires_grad as they were
     assert all(p.grad is None for p in model.parameters())
     assert not any(m._forward_hooks for m in model.modules())
@@ -114,7 +121,8 @@ def test_find_target_layer_on_vit_picks_the_last_attention_input():
     assert found.reshape_transform == TokenGridReshape(1, 4, 4)
     maps = GradCAM(vit, [found.layer], reshape_transform=found.reshape_transform)(
         torch.randn(2, 3, 32, 32), targets=[0, 1])
-    assert maps.shape == (2, 32, 32) and (maps.reshape(2, -1).std(1) > 0.05).all()
+    assert maps.shape == (2, 32, 32)
+    assert (maps.reshape(2, -1).std(1) > 0.05).all()
 
 
 def test_find_target_layer_on_swin():
@@ -123,10 +131,12 @@ def test_find_target_layer_on_swin():
                            window_size=[2, 2]).eval()
     found = find_target_layer(swin, torch.randn(1, 3, 32, 32))
     # torchvision's Swin permutes its channels-last features back to (B, C, H, W) after the last norm
-    assert found.name == "permute" and found.output_shape == (1, 32, 4, 4)
+    assert found.name == "permute"
+    assert found.output_shape == (1, 32, 4, 4)
     head = nn.Sequential(swin.features, swin.norm, nn.Flatten(1), nn.LazyLinear(3))  # (B, H, W, C) norm
     channels_last = find_target_layer(head, torch.randn(1, 3, 32, 32))
-    assert channels_last.name == "1" and channels_last.reshape_transform is channels_last_reshape
+    assert channels_last.name == "1"
+    assert channels_last.reshape_transform is channels_last_reshape
 
 
 def test_find_target_layer_moves_the_input_to_the_models_dtype():
@@ -140,9 +150,14 @@ def test_find_target_layer_moves_the_input_to_the_models_dtype():
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     x_before, before = x.clone(), _state(model)
     found = find_target_layer(model, x)
-    assert found.name == "3" and found.layer is model[3] and found.output_shape == (2, 6, 8, 8)
-    assert torch.equal(x, x_before) and x.dtype == torch.float32 and not x.requires_grad
-    assert _state(model) == before and all(p.grad is None for p in model.parameters())
+    assert found.name == "3"
+    assert found.layer is model[3]
+    assert found.output_shape == (2, 6, 8, 8)
+    assert torch.equal(x, x_before)
+    assert x.dtype == torch.float32
+    assert not x.requires_grad
+    assert _state(model) == before
+    assert all(p.grad is None for p in model.parameters())
     assert not any(m._forward_hooks for m in model.modules())
     assert not any(p.dtype != torch.bfloat16 for p in model.parameters())
 
@@ -163,16 +178,19 @@ def test_layer_output_layout_reads_cnn_vit_and_channels_last_outputs():
     resnet = torchvision.models.resnet18().train()
     before = _state(resnet)
     layout = layer_output_layout(resnet, resnet.layer4[-1], torch.randn(2, 3, 64, 64))
-    assert layout.output_shape == (2, 512, 2, 2) and layout.map_shape == (2, 512, 2, 2)
+    assert layout.output_shape == (2, 512, 2, 2)
+    assert layout.map_shape == (2, 512, 2, 2)
     assert layout.reshape_transform is None
-    assert _state(resnet) == before and not any(m._forward_hooks for m in resnet.modules())
+    assert _state(resnet) == before
+    assert not any(m._forward_hooks for m in resnet.modules())
 
     vit = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
                             mlp_dim=64).eval()
     layer = vit.encoder.layers[-1].ln_1
     x = torch.randn(1, 3, 32, 32)
     layout = layer_output_layout(vit, layer, x)
-    assert layout.output_shape == (1, 17, 32) and layout.map_shape == (1, 32, 4, 4)
+    assert layout.output_shape == (1, 17, 32)
+    assert layout.map_shape == (1, 32, 4, 4)
     assert layout.reshape_transform == TokenGridReshape(1, 4, 4)
     tokens = []
     handle = layer.register_forward_hook(lambda module, inputs, output: tokens.append(output))
@@ -185,7 +203,8 @@ def test_layer_output_layout_reads_cnn_vit_and_channels_last_outputs():
     swin = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[2, 2],
                            window_size=[2, 2]).eval()
     layout = layer_output_layout(swin, swin.norm, torch.randn(1, 3, 32, 32))
-    assert layout.output_shape == (1, 4, 4, 32) and layout.map_shape == (1, 32, 4, 4)
+    assert layout.output_shape == (1, 4, 4, 32)
+    assert layout.map_shape == (1, 32, 4, 4)
     assert layout.reshape_transform is channels_last_reshape
 
 

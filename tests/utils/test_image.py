@@ -30,7 +30,8 @@ def test_show_cam_on_image_matches_a_plain_computation():
     blend = 0.5 * np.stack([_JET_LOW_BGR, _JET_HIGH_BGR])[None] + 0.5 * img
     expected = np.uint8(255 * (blend / blend.max()))
     out = show_cam_on_image(img, mask)
-    assert out.dtype == np.uint8 and out.shape == (1, 2, 3)
+    assert out.dtype == np.uint8
+    assert out.shape == (1, 2, 3)
     np.testing.assert_array_equal(out, expected)
     # By hand: pixel (0, 0) blue = 0.5*128/255 + 0.5*0.2; the brightest value is pixel (0, 1) red,
     # 0.5*128/255 + 0.5*0.5, so blue = uint8(255 * 0.35098 / 0.50098) = 178.
@@ -127,7 +128,8 @@ def test_preprocess_image_matches_the_formula():
     img = rng.random((4, 5, 3)).astype(np.float32)
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     x = preprocess_image(img, mean=mean, std=std)
-    assert x.shape == (1, 3, 4, 5) and x.dtype == torch.float32
+    assert x.shape == (1, 3, 4, 5)
+    assert x.dtype == torch.float32
     for c in range(3):
         np.testing.assert_allclose(x[0, c].numpy(), (img[:, :, c] - mean[c]) / std[c], rtol=1e-6, atol=1e-6)
     # Pixel (1, 2), channel 0, by hand.
@@ -162,7 +164,8 @@ def test_deprocess_image_matches_the_formula():
     unit = (grads - grads.mean()) / (grads.std() + 1e-5) * 0.1 + 0.5
     expected = np.uint8(np.clip(unit, 0, 1) * 255)
     out = deprocess_image(grads)
-    assert out.dtype == np.uint8 and out.shape == grads.shape
+    assert out.dtype == np.uint8
+    assert out.shape == grads.shape
     # Allow one grey level for float32-vs-float64 rounding at a truncation boundary.
     assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
     # A constant image becomes mid-grey: 0.5 * 255 = 127.5 -> 127.
@@ -175,7 +178,8 @@ def test_deprocess_image_matches_the_formula():
 def test_scale_cam_image_normalises_each_map():
     cam = np.array([[[0.0, 2.0], [4.0, 8.0]], [[-1.0, -1.0], [1.0, 3.0]]])
     out = scale_cam_image(cam)
-    assert out.dtype == np.float32 and out.shape == (2, 2, 2)
+    assert out.dtype == np.float32
+    assert out.shape == (2, 2, 2)
     np.testing.assert_allclose(out[0], [[0.0, 0.25], [0.5, 1.0]], rtol=1e-6)
     np.testing.assert_allclose(out[1], [[0.0, 0.0], [0.5, 1.0]], rtol=1e-6)
     # A constant map has nothing to show: all zeros, not NaN.

@@ -107,7 +107,8 @@ def test_swin_transform_on_real_swin_t_channels_last_output():
     features = captured["out"]
     assert features.shape == (1, 7, 7, 768)
     maps = swinT_reshape_transform(features)
-    assert maps.shape == (1, 768, 7, 7) and maps.is_contiguous()
+    assert maps.shape == (1, 768, 7, 7)
+    assert maps.is_contiguous()
     assert torch.equal(maps[0, 10, 2, 5], features[0, 2, 5, 10])
     torch.testing.assert_close(maps, features.permute(0, 3, 1, 2), rtol=0, atol=0)
 
@@ -156,7 +157,7 @@ def test_fpn_reshape_transform_resizes_and_concatenates_the_levels():
                                fpn_reshape_transform(levels, size="1"))
 
 
-@pytest.mark.parametrize("features, kwargs, error, match", [
+@pytest.mark.parametrize(("features", "kwargs", "error", "match"), [
     (torch.zeros(1, 2, 3, 3), {}, TypeError, "dict or a list"),
     ({}, {}, ValueError, "no pyramid levels"),
     ({"0": torch.zeros(1, 2, 3)}, {}, ValueError, r"level '0' must be a \(B, C, H, W\)"),
@@ -219,7 +220,7 @@ def test_a_layer_returning_a_dict_of_levels_through_fpn_reshape_transform():
 
 def test_a_dict_layer_without_a_transform_is_refused_clearly():
     model = _PyramidNet().eval()
-    with pytest.raises(TypeError, match="'backbone' returns dict.*pass a reshape_transform"):
+    with pytest.raises(TypeError, match=r"'backbone' returns dict.*pass a reshape_transform"):
         GradCAM(model, [model.backbone])(torch.randn(1, 3, 8, 8), targets=[1])
     with pytest.raises(TypeError, match="reshape_transform must return a tensor"):
         GradCAM(model, [model.backbone], reshape_transform=lambda levels: levels)(torch.randn(1, 3, 8, 8),

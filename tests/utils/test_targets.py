@@ -22,7 +22,8 @@ def test_rest_is_the_logit_plus_the_log_probability():
     values = logits.detach().numpy()
     log_p = values[2] - math.log(np.exp(values).sum())
     score = ClassifierOutputReST(2)(logits)
-    assert score.shape == () and score.item() == pytest.approx(values[2] + log_p, rel=1e-12)
+    assert score.shape == ()
+    assert score.item() == pytest.approx(values[2] + log_p, rel=1e-12)
     score.backward()  # connected to the output: d/dy_c = 1 + (1 - p_c), d/dy_j = -p_j
     p = np.exp(values) / np.exp(values).sum()
     want = -p
@@ -43,10 +44,11 @@ def test_finer_weighted_target_formula_and_limits():
     # alpha = 0: the main logit itself, whatever the comparison classes (up to the 1e-9 in the denominator)
     assert FinerWeightedTarget(main, [0, 3], 0.0)(y).item() == pytest.approx(2.0, rel=1e-7)
     batch = FinerWeightedTarget(main, others, alpha)(torch.stack([y, y]))
-    assert batch.shape == (2,) and batch[1].item() == pytest.approx(want, rel=1e-9)
+    assert batch.shape == (2,)
+    assert batch[1].item() == pytest.approx(want, rel=1e-9)
 
 
-@pytest.mark.parametrize("args, error, match", [
+@pytest.mark.parametrize(("args", "error", "match"), [
     ((1, [], 1.0), ValueError, "comparison_categories is empty"),
     ((1, 3, 1.0), TypeError, "comparison_categories must be a sequence"),
     ((1, [2, -1], 1.0), ValueError, "non-negative"),
@@ -84,7 +86,8 @@ def test_semantic_segmentation_target_is_the_masked_sum_of_the_class_map():
     values = out.detach().numpy()
     want = sum(values[2, h, w] * mask[h, w] for h in range(4) for w in range(5))
     score = SemanticSegmentationTarget(2, mask)(out)
-    assert score.shape == () and score.dtype == torch.float64
+    assert score.shape == ()
+    assert score.dtype == torch.float64
     assert score.item() == pytest.approx(want, rel=1e-12)
     score.backward()  # d score / d out[c] = mask for c == 2, else 0
     want_grad = np.zeros((3, 4, 5))
@@ -99,7 +102,7 @@ def test_semantic_segmentation_target_is_the_masked_sum_of_the_class_map():
     assert target(out.detach()[None]).item() == pytest.approx(want_bool)
 
 
-@pytest.mark.parametrize("call, error, match", [
+@pytest.mark.parametrize(("call", "error", "match"), [
     (lambda: SemanticSegmentationTarget(1, np.ones((4, 6)))(torch.zeros(3, 4, 5)), ValueError,
      r"mask has shape \(4, 6\) but the model output has shape \(3, 4, 5\)"),
     (lambda: SemanticSegmentationTarget(3, np.ones((4, 5)))(torch.zeros(3, 4, 5)), ValueError,
@@ -145,10 +148,12 @@ def test_box_score_target_sums_iou_plus_score_of_the_best_same_label_detection()
     iou_b = _iou(wanted[1], boxes[2])
     want = (iou_a + 0.6) + (iou_b + 0.7)
     score = FasterRCNNBoxScoreTarget([2, 1, 7], wanted)(det)
-    assert score.shape == () and score.item() == pytest.approx(want, rel=1e-12)
+    assert score.shape == ()
+    assert score.item() == pytest.approx(want, rel=1e-12)
     score.backward()  # gradients reach the matched detections' scores only
     np.testing.assert_array_equal(det["scores"].grad.numpy(), [0.0, 0.0, 1.0, 1.0])
-    assert det["boxes"].grad[[2, 3]].abs().sum() > 0 and det["boxes"].grad[[0, 1]].abs().sum() == 0
+    assert det["boxes"].grad[[2, 3]].abs().sum() > 0
+    assert det["boxes"].grad[[0, 1]].abs().sum() == 0
     # the threshold: box 0 with label 1 matches detection 0 exactly (IoU 1), not with threshold 0.99 on
     # a shifted box
     assert FasterRCNNBoxScoreTarget([1], wanted[:1])(_detections()).item() == pytest.approx(1.0 + 0.9)
@@ -161,13 +166,16 @@ def test_box_score_target_sums_iou_plus_score_of_the_best_same_label_detection()
 def test_box_score_target_without_a_match_is_a_connected_zero():
     det = _detections()
     score = FasterRCNNBoxScoreTarget([5], [[0.0, 0.0, 10.0, 10.0]])(det)
-    assert score.item() == 0.0 and score.requires_grad
+    assert score.item() == 0.0
+    assert score.requires_grad
     score.backward()
     assert det["scores"].grad.abs().sum() == 0
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
              "scores": torch.zeros(0, requires_grad=True)}
     score = FasterRCNNBoxScoreTarget([1], [[0.0, 0.0, 10.0, 10.0]])(empty)
-    assert score.item() == 0.0 and score.requires_grad and score.shape == ()
+    assert score.item() == 0.0
+    assert score.requires_grad
+    assert score.shape == ()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -188,7 +196,7 @@ def test_targets_move_their_tensors_to_the_output_dtype():
     assert SimilarityToConceptTarget(torch.ones(4, dtype=torch.float64))(torch.ones(4)).dtype == torch.float32
 
 
-@pytest.mark.parametrize("args, error, match", [
+@pytest.mark.parametrize(("args", "error", "match"), [
     (([1, 2], np.zeros((3, 4))), ValueError, "labels has 2 entries but bounding_boxes has 3"),
     (([1], np.zeros((1, 5))), ValueError, r"shape \(N, 4\)"),
     ((1, np.zeros((1, 4))), TypeError, "labels must be a sequence"),
@@ -214,7 +222,8 @@ def test_concept_targets_are_cosine_similarity_and_its_complement():
     v = y.detach().numpy()
     cos = float(v @ f / (np.linalg.norm(v) * np.linalg.norm(f)))
     similarity = SimilarityToConceptTarget(f)(y)
-    assert similarity.shape == () and similarity.item() == pytest.approx(cos, rel=1e-12)
+    assert similarity.shape == ()
+    assert similarity.item() == pytest.approx(cos, rel=1e-12)
     difference = DifferenceFromConceptTarget(torch.from_numpy(f)[None])(y)
     assert difference.item() == pytest.approx(1 - cos, rel=1e-12)
     similarity.backward()  # d cos / d y = f / (|y||f|) - cos * y / |y|^2
@@ -226,7 +235,7 @@ def test_concept_targets_are_cosine_similarity_and_its_complement():
     np.testing.assert_allclose(DifferenceFromConceptTarget(f)(rows).numpy(), [0.0, 2.0], atol=1e-12)
 
 
-@pytest.mark.parametrize("call, error, match", [
+@pytest.mark.parametrize(("call", "error", "match"), [
     (lambda: SimilarityToConceptTarget(np.zeros(4)), ValueError, "zero vector"),
     (lambda: SimilarityToConceptTarget(np.ones((2, 4))), ValueError, r"shape \(D,\)"),
     (lambda: DifferenceFromConceptTarget("cat"), TypeError, "features must be a numpy array"),
@@ -264,7 +273,7 @@ def test_class_indices_are_accepted_wherever_a_target_list_is(targets):
     np.testing.assert_array_equal(GradCAM(model, [model.features])(x, targets=targets), want)
 
 
-@pytest.mark.parametrize("targets, error, match", [
+@pytest.mark.parametrize(("targets", "error", "match"), [
     ([2], ValueError, "targets has 1 entries but the batch has 2"),
     ([2, -1], ValueError, r"targets\[1\] must be a class index >= 0"),
     ([2, 1.5], TypeError, r"targets\[1\] must be a callable target"),
@@ -300,15 +309,17 @@ def test_classifier_target_picks_the_class_score_and_its_gradient_is_one_hot():
 
 def test_classifier_target_accepts_numpy_int_and_2d_outputs():
     target = ClassifierOutputTarget(np.int64(1))
-    assert target.category == 1 and type(target.category) is int
+    assert target.category == 1
+    assert type(target.category) is int
     one_row = torch.tensor([[4.0, 5.0, 6.0]])
-    assert target(one_row).ndim == 0 and target(one_row).item() == 5.0
+    assert target(one_row).ndim == 0
+    assert target(one_row).item() == 5.0
     batch = torch.tensor([[4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
     assert torch.equal(target(batch), torch.tensor([5.0, 8.0]))
 
 
 @pytest.mark.parametrize("cls", [ClassifierOutputTarget, ClassifierOutputSoftmaxTarget])
-@pytest.mark.parametrize("bad, error", [(-1, ValueError), (1.0, TypeError), (True, TypeError),
+@pytest.mark.parametrize(("bad", "error"), [(-1, ValueError), (1.0, TypeError), (True, TypeError),
                                         ("3", TypeError), (None, TypeError)])
 def test_category_validation(cls, bad, error):
     with pytest.raises(error, match="category"):
@@ -322,7 +333,7 @@ def test_category_out_of_range_names_category_and_class_count(cls):
 
 
 def test_targets_reject_non_tensors_and_bad_ranks():
-    with pytest.raises(TypeError, match="torch.Tensor"):
+    with pytest.raises(TypeError, match=r"torch\.Tensor"):
         ClassifierOutputTarget(0)([1.0, 2.0])
     with pytest.raises(ValueError, match=r"\(2, 3, 4\)"):
         ClassifierOutputTarget(0)(torch.zeros(2, 3, 4))
@@ -355,8 +366,10 @@ def test_softmax_output_target_top_class_or_given_category():
 def test_binary_target_sign_gradient_and_validation():
     logit = torch.tensor([1.5], requires_grad=True)
     positive, negative = BinaryClassifierOutputTarget(1)(logit), BinaryClassifierOutputTarget(0)(logit)
-    assert positive.ndim == 0 and positive.item() == 1.5
-    assert negative.ndim == 0 and negative.item() == -1.5
+    assert positive.ndim == 0
+    assert positive.item() == 1.5
+    assert negative.ndim == 0
+    assert negative.item() == -1.5
     (grad,) = torch.autograd.grad(negative, logit)
     assert grad.item() == -1.0
     batch = torch.tensor([[2.0], [-3.0]])
@@ -372,7 +385,8 @@ def test_binary_target_sign_gradient_and_validation():
 def test_raw_scores_target_sums_and_is_the_raw_output_of_a_regressor():
     scores = torch.tensor([1.0, -2.5, 4.0], requires_grad=True)
     total = RawScoresOutputTarget()(scores)
-    assert total.ndim == 0 and total.item() == 2.5
+    assert total.ndim == 0
+    assert total.item() == 2.5
     (grad,) = torch.autograd.grad(total, scores)
     assert torch.equal(grad, torch.ones(3))
     assert RawScoresOutputTarget()(torch.tensor([3.25])).item() == 3.25
