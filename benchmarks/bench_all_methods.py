@@ -18,6 +18,7 @@ shuffled order), so the machine's load affects all items alike. Usage::
     python benchmarks/bench_all_methods.py                 # prints a markdown table
     python benchmarks/bench_all_methods.py --repeats 3 --methods gradcam,fullgrad
 """
+
 from __future__ import annotations
 
 import argparse
@@ -104,8 +105,10 @@ def main(argv=None) -> int:
             fn()
             times[key].append(time.perf_counter() - start)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"resnet18, 224x224, batch 1, CPU, {args.threads} thread(s), median of {args.repeats} rounds; "
-          f"fwd = {med['fwd'] * 1e3:.1f} ms, fwd+grad = {med['fwd+grad'] * 1e3:.1f} ms")
+    print(
+        f"resnet18, 224x224, batch 1, CPU, {args.threads} thread(s), median of {args.repeats} rounds; "
+        f"fwd = {med['fwd'] * 1e3:.1f} ms, fwd+grad = {med['fwd+grad'] * 1e3:.1f} ms"
+    )
     print("| method | layer | relative cost |")
     print("|---|---|---|")
     for name, (baseline, _) in calls.items():

@@ -42,6 +42,7 @@ Usage (see benchmarks/README.md)::
     python benchmarks/bench_methods.py --quick         # resnet18, batch 1, fewer repeats
     python benchmarks/bench_methods.py --models resnet50 --batch-sizes 8 --methods scorecam --chunks 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,11 +72,16 @@ GRADIENT_METHODS = ("gradcam", "gradcam++", "xgradcam")
 PERTURBATION_METHODS = ("scorecam", "ablationcam")
 ALL_METHODS = (*GRADIENT_METHODS, "eigencam", *PERTURBATION_METHODS)
 TARGET_RATIO: dict[str, float | None] = {
-    "gradcam": 1.2, "gradcam++": 1.2, "xgradcam": 1.2, "eigencam": None, "ablationcam": 3.0, "scorecam": 1.1,
+    "gradcam": 1.2,
+    "gradcam++": 1.2,
+    "xgradcam": 1.2,
+    "eigencam": None,
+    "ablationcam": 3.0,
+    "scorecam": 1.1,
 }
 BASELINE_OF = {m: "fwd+grad" for m in GRADIENT_METHODS}
 BASELINE_OF.update({"eigencam": "fwd(B)", "ablationcam": "fwd(B)", "scorecam": "fwd(bs) x chunks"})
-MIB = 2.0 ** 20
+MIB = 2.0**20
 # The clock of every timing: the process's CPU time by default (see --clock), or wall time.
 CLOCK = [time.process_time]
 WORKER_TAG = "@@BENCH "
@@ -162,10 +168,13 @@ def run_counted(model: torch.nn.Module, fn, chunk_rows=(), stop_after_chunks: in
 def summarize_perturbation(run: dict, chunks: int, total_chunks: int) -> dict:
     """Seconds of the call (measured, or extrapolated when stopped) and what was measured."""
     stamps = [t for t, _ in run["stamps"]]
-    first = run["chunk_calls"][:chunks + 1]  # indices of the calls starting perturbed batches 1..N+1
-    out = {"calls": len(stamps), "chunk_calls": len(run["chunk_calls"]),
-           "preamble_calls": first[0] if first else None,
-           "batches_seen": [b for _, b in run["stamps"][:(first[-1] + 1) if first else None]]}
+    first = run["chunk_calls"][: chunks + 1]  # indices of the calls starting perturbed batches 1..N+1
+    out = {
+        "calls": len(stamps),
+        "chunk_calls": len(run["chunk_calls"]),
+        "preamble_calls": first[0] if first else None,
+        "batches_seen": [b for _, b in run["stamps"][: (first[-1] + 1) if first else None]],
+    }
     if len(first) > chunks:  # enough batches to extrapolate from the first `chunks` of them
         preamble_s = stamps[first[0]] - run["start"]
         period = (stamps[first[chunks]] - stamps[first[0]]) / chunks
@@ -192,8 +201,14 @@ class Runner:
         from pytorch_grad_cam import AblationCAM, EigenCAM, GradCAM, GradCAMPlusPlus, ScoreCAM, XGradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        self.classes = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "xgradcam": XGradCAM,
-                        "eigencam": EigenCAM, "scorecam": ScoreCAM, "ablationcam": AblationCAM}
+        self.classes = {
+            "gradcam": GradCAM,
+            "gradcam++": GradCAMPlusPlus,
+            "xgradcam": XGradCAM,
+            "eigencam": EigenCAM,
+            "scorecam": ScoreCAM,
+            "ablationcam": AblationCAM,
+        }
         self.target_cls = ClassifierOutputTarget
 
     def model(self, name: str) -> torch.nn.Module:
@@ -225,8 +240,10 @@ class Runner:
             # engine appends the unperturbed input to its first batch).
             rows = min(bs, req["channels"])
             if req["batch"] in (rows, rows + 1):
-                raise ValueError(f"batch {req['batch']} cannot be told from a perturbed batch of {rows} "
-                                 "rows: choose another --batch-sizes or perturbation batch size")
+                raise ValueError(
+                    f"batch {req['batch']} cannot be told from a perturbed batch of {rows} "
+                    "rows: choose another --batch-sizes or perturbation batch size"
+                )
             chunk_rows = (rows, rows + 1)
         total_chunks = req["batch"] * math.ceil(req["channels"] / bs) if perturbation else None
         stop = req["chunks"] if perturbation and req.get("chunks_only") else None
@@ -251,8 +268,9 @@ class Runner:
             peak, run = None, go()
         result = {"peak_bytes": peak}
         if perturbation:
-            result.update(summarize_perturbation(run, req["chunks"], total_chunks), bs=bs,
-                          total_chunks=total_chunks)
+            result.update(
+                summarize_perturbation(run, req["chunks"], total_chunks), bs=bs, total_chunks=total_chunks
+            )
         else:
             result.update(seconds=run["end"] - run["start"], estimated=False, calls=len(run["stamps"]))
         return result
@@ -287,6 +305,7 @@ def _baseline_call(kind: str, req: dict, model, layer, x):
         def forward():
             with torch.no_grad():
                 model(data)
+
         return forward
 
     targets = torch.tensor(req["targets"])[:, None]
@@ -310,6 +329,7 @@ def _baseline_call(kind: str, req: dict, model, layer, x):
             torch.autograd.grad(score, kept["a"])
         finally:
             handle.remove()
+
     return forward_grad
 
 
@@ -342,16 +362,33 @@ class ReferenceWorker:
         env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS=str(threads))
         self.log = open(os.path.join(workdir, "reference_worker.log"), "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--_worker", workdir, "--seed", str(seed),
-             "--reference-path", path, "--threads", str(threads), "--clock", clock],
-            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-            cwd=workdir)
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--_worker",
+                workdir,
+                "--seed",
+                str(seed),
+                "--reference-path",
+                path,
+                "--threads",
+                str(threads),
+                "--clock",
+                clock,
+            ],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            cwd=workdir,
+        )
         self.hello = self._read()
 
     def _read(self) -> dict:
         for line in self.proc.stdout:
             if line.startswith(WORKER_TAG):
-                return json.loads(line[len(WORKER_TAG):])
+                return json.loads(line[len(WORKER_TAG) :])
         raise RuntimeError(f"the reference worker exited (log: {self.log.name})")
 
     def handle(self, req: dict) -> dict:
@@ -405,8 +442,9 @@ class Bench:
         self.reference = None
         if args.reference_path and not args.no_reference:
             if os.path.isdir(args.reference_path):
-                worker = ReferenceWorker(args.reference_path, self.workdir, args.seed,
-                                         torch.get_num_threads(), args.clock)
+                worker = ReferenceWorker(
+                    args.reference_path, self.workdir, args.seed, torch.get_num_threads(), args.clock
+                )
                 if worker.hello["ok"]:
                     self.reference = worker
                     self.notes.append(f"Reference: {worker.hello['file']} (worker subprocess).")
@@ -427,7 +465,8 @@ class Bench:
             x = torch.load(path)
             shapes = {}
             handle = resolve_layer(model, layer).register_forward_hook(
-                lambda m, i, o: shapes.__setitem__("c", o.shape[1]))
+                lambda m, i, o: shapes.__setitem__("c", o.shape[1])
+            )
             with torch.no_grad():
                 out = model(x)
             handle.remove()
@@ -516,7 +555,8 @@ class Bench:
         if needs_grad:
             items["fwd+grad"] = Item("fwd+grad", "ours", dict(base, kind="forward_grad"), fast_reps)
             items["fwd+grad strict"] = Item(
-                "fwd+grad strict", "ours", dict(base, kind="forward_grad_strict"), fast_reps)
+                "fwd+grad strict", "ours", dict(base, kind="forward_grad_strict"), fast_reps
+            )
         if any(m in ("eigencam", "ablationcam") for m in methods):
             reps = fast_reps if "eigencam" in methods else slow_reps
             items["fwd(B)"] = Item("fwd(B)", "ours", dict(base, kind="forward"), reps)
@@ -525,8 +565,7 @@ class Bench:
         for method in methods:
             reps = slow_reps if method in PERTURBATION_METHODS else fast_reps
             method_bs = bs if method == "scorecam" else args.ablation_batch_size
-            req = dict(base, kind="cam", method=method, bs=method_bs, chunks=args.chunks,
-                       channels=channels)
+            req = dict(base, kind="cam", method=method, bs=method_bs, chunks=args.chunks, channels=channels)
             items[method] = Item(method, "ours", req, reps)
             items[method + " ref"] = self.reference_item(method, req, reps)
         return items
@@ -539,10 +578,12 @@ class Bench:
         elif method == "scorecam":
             # The reference materialises every masked input (and upsampled mask) at once.
             need = req["batch"] * req["channels"] * 4 * req["size"] * req["size"] * 4
-            if need > args.reference_max_gb * 2 ** 30:
-                ref.skip_reason = (f"skipped: the reference materialises B*C masked inputs at once "
-                                   f"(~{need / 2 ** 30:.1f} GB > --reference-max-gb "
-                                   f"{args.reference_max_gb:g})")
+            if need > args.reference_max_gb * 2**30:
+                ref.skip_reason = (
+                    f"skipped: the reference materialises B*C masked inputs at once "
+                    f"(~{need / 2**30:.1f} GB > --reference-max-gb "
+                    f"{args.reference_max_gb:g})"
+                )
         return ref
 
     def collect(self, model_name, batch, channels, bs, total_chunks, method, items) -> None:
@@ -553,14 +594,18 @@ class Bench:
             base_times = base.times
             strict = items["fwd+grad strict"]
             strict_ms = median(strict.times) * 1e3
-            notes.append(f"vs the strict baseline (no graph before the layer, {strict_ms:.1f} ms): "
-                         f"{median(ours.times) / median(strict.times):.2f}x")
+            notes.append(
+                f"vs the strict baseline (no graph before the layer, {strict_ms:.1f} ms): "
+                f"{median(ours.times) / median(strict.times):.2f}x"
+            )
         elif method == "scorecam":
             base = items["fwd(bs)"]
             base_times = [t * total_chunks for t in base.times]
-            notes.append(f"baseline = {total_chunks} x a no_grad forward of {bs} images "
-                         f"({median(base.times) * 1e3:.1f} ms each; {total_chunks} = B*ceil(C/bs) = "
-                         f"{batch}*ceil({channels}/{bs}))")
+            notes.append(
+                f"baseline = {total_chunks} x a no_grad forward of {bs} images "
+                f"({median(base.times) * 1e3:.1f} ms each; {total_chunks} = B*ceil(C/bs) = "
+                f"{batch}*ceil({channels}/{bs}))"
+            )
         else:
             base = items["fwd(B)"]
             base_times = base.times
@@ -572,22 +617,41 @@ class Bench:
         ref_s = median(ref.times) if ref.times else None
         target = TARGET_RATIO[method]
         ratio = ours_s / base_s
-        self.rows.append({
-            "method": method, "model": model_name, "batch": batch, "ours_ms": ours_s * 1e3,
-            "ours_est": any(d.get("estimated") for d in ours.details), "baseline_ms": base_s * 1e3,
-            "baseline": BASELINE_OF[method], "ratio": ratio, "target": target,
-            "ok": None if target is None else ratio <= target,
-            "ref_ms": None if ref_s is None else ref_s * 1e3,
-            "ref_est": any(d.get("estimated") for d in ref.details), "ref_skip": ref.skip_reason,
-            "speedup": None if ref_s is None else ref_s / ours_s,
-            "repeats": len(ours.times), "spread": _spread(ours.times, base_times), "notes": notes,
-        })
+        self.rows.append(
+            {
+                "method": method,
+                "model": model_name,
+                "batch": batch,
+                "ours_ms": ours_s * 1e3,
+                "ours_est": any(d.get("estimated") for d in ours.details),
+                "baseline_ms": base_s * 1e3,
+                "baseline": BASELINE_OF[method],
+                "ratio": ratio,
+                "target": target,
+                "ok": None if target is None else ratio <= target,
+                "ref_ms": None if ref_s is None else ref_s * 1e3,
+                "ref_est": any(d.get("estimated") for d in ref.details),
+                "ref_skip": ref.skip_reason,
+                "speedup": None if ref_s is None else ref_s / ours_s,
+                "repeats": len(ours.times),
+                "spread": _spread(ours.times, base_times),
+                "notes": notes,
+            }
+        )
         if ours.peak is not None:
-            self.mem_rows.append({
-                "method": method, "model": model_name, "batch": batch, "ours": ours.peak,
-                "baseline": base.peak, "baseline_name": "fwd(bs)" if method == "scorecam" else base.key,
-                "ref": ref.peak, "ref_skip": ref.skip_reason, "est": ours.req.get("chunks_only"),
-            })
+            self.mem_rows.append(
+                {
+                    "method": method,
+                    "model": model_name,
+                    "batch": batch,
+                    "ours": ours.peak,
+                    "baseline": base.peak,
+                    "baseline_name": "fwd(bs)" if method == "scorecam" else base.key,
+                    "ref": ref.peak,
+                    "ref_skip": ref.skip_reason,
+                    "est": ours.req.get("chunks_only"),
+                }
+            )
 
     def perturbation_notes(self, who: str, item: Item, fwd_bs: Item | None) -> list[str]:
         d = [x for x in item.details if "period_s" in x]
@@ -596,23 +660,33 @@ class Bench:
         first = item.details[0]
         chunks, total, bs = item.req["chunks"], first["total_chunks"], first["bs"]
         batches = "batch 1" if chunks == 1 else f"batches 1-{chunks}"
-        head = (f"{who} (batch_size {bs}): {first['preamble_calls']} model call(s) before the first "
-                f"perturbed batch")
+        head = (
+            f"{who} (batch_size {bs}): {first['preamble_calls']} model call(s) before the first "
+            f"perturbed batch"
+        )
         if item.req.get("chunks_only"):
-            text = (f"{head}; estimated = time until the first perturbed batch "
-                    f"({median([x['preamble_s'] for x in d]) * 1e3:.0f} ms) + {total} batches x "
-                    f"{median([x['period_s'] for x in d]) * 1e3:.1f} ms per batch, the period measured over "
-                    f"{batches} of the call (calls stopped there)")
+            text = (
+                f"{head}; estimated = time until the first perturbed batch "
+                f"({median([x['preamble_s'] for x in d]) * 1e3:.0f} ms) + {total} batches x "
+                f"{median([x['period_s'] for x in d]) * 1e3:.1f} ms per batch, the period measured over "
+                f"{batches} of the call (calls stopped there)"
+            )
         else:
-            text = (f"{head}; full calls ({first['chunk_calls']} perturbed batches, expected "
-                    f"B*ceil(C/bs) = {total}; {first['calls']} model calls in all)")
+            text = (
+                f"{head}; full calls ({first['chunk_calls']} perturbed batches, expected "
+                f"B*ceil(C/bs) = {total}; {first['calls']} model calls in all)"
+            )
             if d:
                 est = median([x["estimate_s"] for x in d])
-                text += (f"; the extrapolation from {batches} would give {est * 1e3:.0f} ms "
-                         f"vs {median(item.times) * 1e3:.0f} ms measured")
+                text += (
+                    f"; the extrapolation from {batches} would give {est * 1e3:.0f} ms "
+                    f"vs {median(item.times) * 1e3:.0f} ms measured"
+                )
         if fwd_bs is not None and d:
-            text += (f"; per batch {median([x['period_s'] for x in d]) / median(fwd_bs.times):.3f}x a plain "
-                     f"forward of {bs} images")
+            text += (
+                f"; per batch {median([x['period_s'] for x in d]) / median(fwd_bs.times):.3f}x a plain "
+                f"forward of {bs} images"
+            )
         return [text]
 
     # -- ScoreCAM peak memory vs the number of channels
@@ -621,22 +695,41 @@ class Bench:
         model_name, size = args.demo_model, args.demo_size
         print(f"== ScoreCAM peak memory vs C ({model_name}, {size}x{size}, batch 1)", flush=True)
         cases = [(layer, args.scorecam_batch_size) for layer in args.demo_layers]
-        cases += [(args.demo_layers[-1], bs) for bs in args.demo_batch_sizes
-                  if bs != args.scorecam_batch_size]
+        cases += [
+            (args.demo_layers[-1], bs) for bs in args.demo_batch_sizes if bs != args.scorecam_batch_size
+        ]
         for layer, bs in cases:
             self.prepare(model_name, layer, 1, size)
             channels = self.channels[(model_name, layer, size)]
-            req = {"model": model_name, "layer": layer, "batch": 1, "size": size,
-                   "targets": self.targets[(model_name, layer, 1, size)], "kind": "cam",
-                   "method": "scorecam", "bs": bs, "chunks": 1, "channels": channels, "profile": True}
+            req = {
+                "model": model_name,
+                "layer": layer,
+                "batch": 1,
+                "size": size,
+                "targets": self.targets[(model_name, layer, 1, size)],
+                "kind": "cam",
+                "method": "scorecam",
+                "bs": bs,
+                "chunks": 1,
+                "channels": channels,
+                "profile": True,
+            }
             ours = self.ours.handle(req)
             fwd = self.ours.handle(dict(req, kind="forward", rows=bs))
             ref = None
             if self.reference is not None and bs == args.scorecam_batch_size:
                 ref = self.reference.handle(req)
-            self.demo_rows.append({"layer": layer, "C": channels, "bs": bs, "ours": ours["peak_bytes"],
-                                   "ours_calls": ours["calls"], "fwd": fwd["peak_bytes"],
-                                   "ref": None if ref is None else ref["peak_bytes"]})
+            self.demo_rows.append(
+                {
+                    "layer": layer,
+                    "C": channels,
+                    "bs": bs,
+                    "ours": ours["peak_bytes"],
+                    "ours_calls": ours["calls"],
+                    "fwd": fwd["peak_bytes"],
+                    "ref": None if ref is None else ref["peak_bytes"],
+                }
+            )
             print(f"    {layer} C={channels} bs={bs}: ours {ours['peak_bytes'] / MIB:.1f} MiB", flush=True)
 
     def close(self) -> None:
@@ -661,8 +754,10 @@ def fmt_ms(value: float | None, est: bool = False) -> str:
 def render(bench: Bench, argv: list[str], started: float, loads: tuple) -> str:
     args = bench.args
     lines = ["# CAM method benchmark", ""]
-    lines.append(f"`python benchmarks/bench_methods.py {' '.join(argv)}` on "
-                 f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, {time.time() - started:.0f} s wall.")
+    lines.append(
+        f"`python benchmarks/bench_methods.py {' '.join(argv)}` on "
+        f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, {time.time() - started:.0f} s wall."
+    )
     lines.append("")
     cpu = _cpu_name()
     code = f"- Code: {bench.code_version}, loaded at the start"
@@ -670,63 +765,91 @@ def render(bench: Bench, argv: list[str], started: float, loads: tuple) -> str:
     if now != bench.code_version:
         code += f" (pytorch_grad_cam/ changed on disk during the run; now {now}: not measured here)"
     lines.append(code + ".")
-    lines.append(f"- Machine: {cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} with "
-                 f"{torch.get_num_threads()} threads, torchvision {torchvision.__version__}, Python "
-                 f"{platform.python_version()}. Shared with other jobs: load average {loads[0]:.2f} at the "
-                 f"start, {os.getloadavg()[0]:.2f} at the end.")
-    lines.append(f"- Models: torchvision {', '.join(args.models)} (`weights=None`, seed {args.seed}, eval), "
-                 f"target layer `{args.layer}`, random {args.size}x{args.size} inputs, each image's top "
-                 f"class as target. ScoreCAM runs with `batch_size={args.scorecam_batch_size}` (ours and "
-                 f"the reference); AblationCAM with "
-                 + (f"`batch_size={args.ablation_batch_size}`" if args.ablation_batch_size else
-                    "each library's default `batch_size` (see the notes)") + ".")
-    lines.append(f"- Times (ms): median of {args.repeats} calls ({min(args.repeats, args.slow_repeats)} for "
-                 "ScoreCAM/AblationCAM, and for the forward pass they are compared with), after one warm-up, "
-                 "in interleaved shuffled rounds; ratio = median(ours) / median(baseline) of the same "
-                 "rounds. Constructing the CAM object is not timed.")
-    clock = ("CPU time of the process (`time.process_time`: the work done, not the time spent waiting "
-             "for a core on this shared machine)" if args.clock == "cpu"
-             else "wall time (`time.perf_counter`)")
+    lines.append(
+        f"- Machine: {cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} with "
+        f"{torch.get_num_threads()} threads, torchvision {torchvision.__version__}, Python "
+        f"{platform.python_version()}. Shared with other jobs: load average {loads[0]:.2f} at the "
+        f"start, {os.getloadavg()[0]:.2f} at the end."
+    )
+    lines.append(
+        f"- Models: torchvision {', '.join(args.models)} (`weights=None`, seed {args.seed}, eval), "
+        f"target layer `{args.layer}`, random {args.size}x{args.size} inputs, each image's top "
+        f"class as target. ScoreCAM runs with `batch_size={args.scorecam_batch_size}` (ours and "
+        f"the reference); AblationCAM with "
+        + (
+            f"`batch_size={args.ablation_batch_size}`"
+            if args.ablation_batch_size
+            else "each library's default `batch_size` (see the notes)"
+        )
+        + "."
+    )
+    lines.append(
+        f"- Times (ms): median of {args.repeats} calls ({min(args.repeats, args.slow_repeats)} for "
+        "ScoreCAM/AblationCAM, and for the forward pass they are compared with), after one warm-up, "
+        "in interleaved shuffled rounds; ratio = median(ours) / median(baseline) of the same "
+        "rounds. Constructing the CAM object is not timed."
+    )
+    clock = (
+        "CPU time of the process (`time.process_time`: the work done, not the time spent waiting "
+        "for a core on this shared machine)"
+        if args.clock == "cpu"
+        else "wall time (`time.perf_counter`)"
+    )
     lines.append(f"- Clock: {clock}, with {torch.get_num_threads()} torch thread(s) in both processes.")
-    lines.append("- Baselines: `fwd+grad` = a forward pass (autograd on, as a plain model call) with a "
-                 "forward hook keeping the target layer's output, then `torch.autograd.grad(score_sum, "
-                 "activation)`; `fwd(B)` = one `no_grad` forward of the batch; `fwd(bs) x chunks` = "
-                 "`B*ceil(C/bs)` `no_grad` forward passes of `bs` images (C = channels of the target layer).")
-    lines.append("- `(est.)`: the call was stopped after a few batches of perturbed inputs and its time "
-                 "extrapolated (see the notes below the table for exactly what was measured).")
+    lines.append(
+        "- Baselines: `fwd+grad` = a forward pass (autograd on, as a plain model call) with a "
+        "forward hook keeping the target layer's output, then `torch.autograd.grad(score_sum, "
+        "activation)`; `fwd(B)` = one `no_grad` forward of the batch; `fwd(bs) x chunks` = "
+        "`B*ceil(C/bs)` `no_grad` forward passes of `bs` images (C = channels of the target layer)."
+    )
+    lines.append(
+        "- `(est.)`: the call was stopped after a few batches of perturbed inputs and its time "
+        "extrapolated (see the notes below the table for exactly what was measured)."
+    )
     lines.append(f"- {' '.join(bench.notes)}")
     lines.append("")
     lines.append("## Time")
     lines.append("")
-    lines.append("| method | model | batch | ours ms | baseline ms | ratio | target | ok? | reference ms | "
-                 "speed-up |")
+    lines.append(
+        "| method | model | batch | ours ms | baseline ms | ratio | target | ok? | reference ms | speed-up |"
+    )
     lines.append("|---|---|---|---:|---:|---:|---:|---|---:|---:|")
     for r in bench.rows:
         target = "-" if r["target"] is None else f"<= {r['target']:g}"
         ok = "-" if r["ok"] is None else ("yes" if r["ok"] else "**NO**")
-        ref = fmt_ms(r["ref_ms"], r["ref_est"]) if not r["ref_skip"] else (
-            "-" if r["ref_skip"] == "no reference" else "skipped")
+        ref = (
+            fmt_ms(r["ref_ms"], r["ref_est"])
+            if not r["ref_skip"]
+            else ("-" if r["ref_skip"] == "no reference" else "skipped")
+        )
         speed = "-" if r["speedup"] is None else f"{r['speedup']:.1f}x"
         ours = fmt_ms(r["ours_ms"], r["ours_est"])
-        lines.append(f"| {r['method']} | {r['model']} | {r['batch']} | {ours} | "
-                     f"{fmt_ms(r['baseline_ms'])} ({r['baseline']}) | {r['ratio']:.2f} | {target} | {ok} | "
-                     f"{ref} | {speed} |")
+        lines.append(
+            f"| {r['method']} | {r['model']} | {r['batch']} | {ours} | "
+            f"{fmt_ms(r['baseline_ms'])} ({r['baseline']}) | {r['ratio']:.2f} | {target} | {ok} | "
+            f"{ref} | {speed} |"
+        )
     lines.append("")
     lines.append("Notes per row (ratio range = min-max of the per-round ratios):")
     lines.append("")
     for r in bench.rows:
-        extra = "; ".join(r["notes"] + ([r["ref_skip"]] if r["ref_skip"] and r["ref_skip"] != "no reference"
-                                        else []))
-        lines.append(f"- {r['method']} {r['model']} b{r['batch']}: {r['repeats']} repeats, per-round ratio "
-                     f"{r['spread']}" + (f"; {extra}" if extra else "") + ".")
+        extra = "; ".join(
+            r["notes"] + ([r["ref_skip"]] if r["ref_skip"] and r["ref_skip"] != "no reference" else [])
+        )
+        lines.append(
+            f"- {r['method']} {r['model']} b{r['batch']}: {r['repeats']} repeats, per-round ratio "
+            f"{r['spread']}" + (f"; {extra}" if extra else "") + "."
+        )
     if bench.mem_rows:
         lines.append("")
         lines.append("## Peak memory")
         lines.append("")
-        lines.append("Peak bytes held by tensors allocated during one call (torch.profiler `profile_memory`"
-                     ": allocation and free events summed in time order; model weights and the input, which "
-                     "exist before the call, are not counted). Calls marked (est.) were stopped after the "
-                     "first batches of perturbed inputs, which are all alike, so their peak is the call's.")
+        lines.append(
+            "Peak bytes held by tensors allocated during one call (torch.profiler `profile_memory`"
+            ": allocation and free events summed in time order; model weights and the input, which "
+            "exist before the call, are not counted). Calls marked (est.) were stopped after the "
+            "first batches of perturbed inputs, which are all alike, so their peak is the call's."
+        )
         lines.append("")
         lines.append("| method | model | batch | ours MiB | baseline MiB | ratio | reference MiB |")
         lines.append("|---|---|---|---:|---:|---:|---:|")
@@ -735,32 +858,42 @@ def render(bench: Bench, argv: list[str], started: float, loads: tuple) -> str:
             if r["ref_skip"] and r["ref_skip"] != "no reference":
                 ref = "skipped"
             est = " (est.)" if r["est"] else ""
-            lines.append(f"| {r['method']} | {r['model']} | {r['batch']} | {r['ours'] / MIB:.1f}{est} | "
-                         f"{r['baseline'] / MIB:.1f} ({r['baseline_name']}) | "
-                         f"{r['ours'] / r['baseline']:.2f} | {ref} |")
+            lines.append(
+                f"| {r['method']} | {r['model']} | {r['batch']} | {r['ours'] / MIB:.1f}{est} | "
+                f"{r['baseline'] / MIB:.1f} ({r['baseline_name']}) | "
+                f"{r['ours'] / r['baseline']:.2f} | {ref} |"
+            )
     if bench.demo_rows:
         lines.append("")
-        lines.append(f"## ScoreCAM peak memory vs the number of channels C ({args.demo_model}, "
-                     f"{args.demo_size}x{args.demo_size}, one image, full calls)")
+        lines.append(
+            f"## ScoreCAM peak memory vs the number of channels C ({args.demo_model}, "
+            f"{args.demo_size}x{args.demo_size}, one image, full calls)"
+        )
         lines.append("")
-        lines.append("Same measurement as above. `fwd(bs)` is a `no_grad` forward of `bs` images: the least "
-                     "a batch of `bs` masked inputs costs.")
+        lines.append(
+            "Same measurement as above. `fwd(bs)` is a `no_grad` forward of `bs` images: the least "
+            "a batch of `bs` masked inputs costs."
+        )
         lines.append("")
         lines.append("| target layer | C | bs | ours MiB | fwd(bs) MiB | ours / fwd(bs) | reference MiB |")
         lines.append("|---|---:|---:|---:|---:|---:|---:|")
         for r in bench.demo_rows:
             ref = "-" if r["ref"] is None else f"{r['ref'] / MIB:.1f}"
-            lines.append(f"| `{r['layer']}` | {r['C']} | {r['bs']} | {r['ours'] / MIB:.1f} | "
-                         f"{r['fwd'] / MIB:.1f} | {r['ours'] / r['fwd']:.2f} | {ref} |")
+            lines.append(
+                f"| `{r['layer']}` | {r['C']} | {r['bs']} | {r['ours'] / MIB:.1f} | "
+                f"{r['fwd'] / MIB:.1f} | {r['ours'] / r['fwd']:.2f} | {ref} |"
+            )
     lines.append("")
     return "\n".join(lines)
 
 
 def _engine_version() -> str:
     """The checkout's commit, and whether the package's files differ from it."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", REPO, *args], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", REPO, *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
 
     try:
         # The last commit that touched the package, and whether its files differ from it now.
@@ -783,53 +916,102 @@ def _cpu_name() -> str:
 
 
 def parse_args(argv: list[str]):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--models", nargs="+", default=["resnet18", "resnet50"])
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
     p.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS)
     p.add_argument("--size", type=int, default=224, help="input height and width (default 224)")
     p.add_argument("--layer", default="layer4[-1]", help="target layer (default layer4[-1])")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per item (default 5)")
-    p.add_argument("--slow-repeats", type=int, default=3,
-                   help="timed calls for ScoreCAM/AblationCAM and their baselines (default 3)")
-    p.add_argument("--scorecam-batch-size", type=int, default=32,
-                   help="cam.batch_size of ScoreCAM, ours and the reference (default 32)")
-    p.add_argument("--ablation-batch-size", type=int, default=None,
-                   help="cam.batch_size of AblationCAM (default: each library's own default)")
-    p.add_argument("--chunks", type=int, default=2,
-                   help="batches of perturbed inputs a stopped call measures (default 2)")
-    p.add_argument("--full-budget", type=float, default=15.0,
-                   help="run perturbation calls in full when the warm-up estimates them at most this many "
-                        "seconds, else stop them after --chunks batches (default 15)")
-    p.add_argument("--reference-path", default=os.environ.get("CAM_REFERENCE_PATH", DEFAULT_REFERENCE_PATH),
-                   help="directory holding the reference pytorch_grad_cam (default: .refcam at the root "
-                        "of the clone)")
+    p.add_argument(
+        "--slow-repeats",
+        type=int,
+        default=3,
+        help="timed calls for ScoreCAM/AblationCAM and their baselines (default 3)",
+    )
+    p.add_argument(
+        "--scorecam-batch-size",
+        type=int,
+        default=32,
+        help="cam.batch_size of ScoreCAM, ours and the reference (default 32)",
+    )
+    p.add_argument(
+        "--ablation-batch-size",
+        type=int,
+        default=None,
+        help="cam.batch_size of AblationCAM (default: each library's own default)",
+    )
+    p.add_argument(
+        "--chunks",
+        type=int,
+        default=2,
+        help="batches of perturbed inputs a stopped call measures (default 2)",
+    )
+    p.add_argument(
+        "--full-budget",
+        type=float,
+        default=15.0,
+        help="run perturbation calls in full when the warm-up estimates them at most this many "
+        "seconds, else stop them after --chunks batches (default 15)",
+    )
+    p.add_argument(
+        "--reference-path",
+        default=os.environ.get("CAM_REFERENCE_PATH", DEFAULT_REFERENCE_PATH),
+        help="directory holding the reference pytorch_grad_cam (default: .refcam at the root of the clone)",
+    )
     p.add_argument("--no-reference", action="store_true")
-    p.add_argument("--reference-max-gb", type=float, default=2.0,
-                   help="skip the reference ScoreCAM when its all-at-once masks would exceed this many GB "
-                        "(default 2)")
+    p.add_argument(
+        "--reference-max-gb",
+        type=float,
+        default=2.0,
+        help="skip the reference ScoreCAM when its all-at-once masks would exceed this many GB (default 2)",
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the profiled peak-memory calls")
     p.add_argument("--no-memory-demo", action="store_true", help="skip the ScoreCAM memory-vs-C table")
     p.add_argument("--demo-model", default="resnet50")
     p.add_argument("--demo-size", type=int, default=64)
-    p.add_argument("--demo-layers", nargs="+", default=["layer1[-1]", "layer4[-1]"],
-                   help="target layers of the memory-vs-C table (default: C=256 and C=2048 on resnet50)")
-    p.add_argument("--demo-batch-sizes", nargs="+", type=int, default=[8],
-                   help="other batch_size values tried on the last demo layer (ours only; default 8)")
-    p.add_argument("--quick", action="store_true",
-                   help="resnet18, batch 1, 3 repeats (2 for perturbation methods), 2 chunks, small demo")
+    p.add_argument(
+        "--demo-layers",
+        nargs="+",
+        default=["layer1[-1]", "layer4[-1]"],
+        help="target layers of the memory-vs-C table (default: C=256 and C=2048 on resnet50)",
+    )
+    p.add_argument(
+        "--demo-batch-sizes",
+        nargs="+",
+        type=int,
+        default=[8],
+        help="other batch_size values tried on the last demo layer (ours only; default 8)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="resnet18, batch 1, 3 repeats (2 for perturbation methods), 2 chunks, small demo",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
-                   help="cpu (default): the process's CPU time (time.process_time), which on a shared "
-                        "machine counts the work done, not the waiting for a core; with --threads 1 it is "
-                        "the single thread's time. wall: time.perf_counter")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads, here and in the reference worker (default 1: on a shared, "
-                        "oversubscribed machine several OpenMP threads wait on each other and single "
-                        "calls vary 5-10x; 0 keeps torch's default)")
-    p.add_argument("--output", default=os.path.join(HERE, "results.md"),
-                   help="Markdown file to write (default benchmarks/results.md); '-' for none")
+    p.add_argument(
+        "--clock",
+        choices=["cpu", "wall"],
+        default="cpu",
+        help="cpu (default): the process's CPU time (time.process_time), which on a shared "
+        "machine counts the work done, not the waiting for a core; with --threads 1 it is "
+        "the single thread's time. wall: time.perf_counter",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads, here and in the reference worker (default 1: on a shared, "
+        "oversubscribed machine several OpenMP threads wait on each other and single "
+        "calls vary 5-10x; 0 keeps torch's default)",
+    )
+    p.add_argument(
+        "--output",
+        default=os.path.join(HERE, "results.md"),
+        help="Markdown file to write (default benchmarks/results.md); '-' for none",
+    )
     p.add_argument("--_worker", dest="worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:

@@ -4,6 +4,7 @@ The generic suites (test_invariants, test_robustness, ...) are parametrised over
 whose constructor needs more than ``(model, target_layers)`` declares those extra arguments here, so a
 new method is covered by every generic test as soon as it is registered.
 """
+
 from __future__ import annotations
 
 import contextlib

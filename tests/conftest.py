@@ -1,5 +1,6 @@
 """Shared fixtures (only fixtures: the models are in tests/models.py): tiny seeded conv nets (1D/2D/3D),
 a seeded resnet18, seeded inputs."""
+
 import pytest
 import torch
 import torchvision

@@ -5,6 +5,7 @@ Nothing here imports ``pytorch_grad_cam``: the models are plain torch, so that t
 top-level module ``models`` (``sys.path.append(<tests dir>)``). Tests import it as ``tests.models``;
 the fixtures built from it live in ``conftest.py``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,9 @@ class TinyConvNet(nn.Module):
     the same as zero).
     """
 
-    def __init__(self, dim: int = 2, in_channels: int = 3, num_classes: int = 5,
-                 act2: nn.Module | None = None) -> None:
+    def __init__(
+        self, dim: int = 2, in_channels: int = 3, num_classes: int = 5, act2: nn.Module | None = None
+    ) -> None:
         super().__init__()
         conv = _CONV[dim]
         self.conv1 = conv(in_channels, 4, 3, padding=1)
@@ -338,8 +340,9 @@ class Net1d(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv1d(2, 6, 5, padding=2), nn.ReLU(),
-                                      nn.Conv1d(6, 8, 3, padding=1, stride=2), nn.ReLU())
+        self.features = nn.Sequential(
+            nn.Conv1d(2, 6, 5, padding=2), nn.ReLU(), nn.Conv1d(6, 8, 3, padding=1, stride=2), nn.ReLU()
+        )
         self.head = nn.Linear(8, NUM_CLASSES)
 
     def forward(self, x):
@@ -351,8 +354,9 @@ class Net3d(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(),
-                                      nn.Conv3d(4, 6, 3, padding=1, stride=2), nn.ReLU())
+        self.features = nn.Sequential(
+            nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 6, 3, padding=1, stride=2), nn.ReLU()
+        )
         self.head = nn.Linear(6, NUM_CLASSES)
 
     def forward(self, x):

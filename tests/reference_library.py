@@ -5,6 +5,7 @@ Its import name is ours too (``pytorch_grad_cam``), so it only ever runs in a su
 (``<repo root>/.refcam``, next to ``tests/``), which is where ``.ci/run`` installs it
 (``pip install --no-deps --target .refcam grad-cam==1.5.7``); set the variable to use another directory.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,9 @@ def reference_has(relative: str = "__init__.py") -> bool:
     return (REFERENCE_PATH / "pytorch_grad_cam" / relative).exists()
 
 
-_skip_without_reference = pytest.mark.skipif(not reference_has(),
-                                             reason="no grad-cam 1.5.7 under GRAD_CAM_REFERENCE_PATH")
+_skip_without_reference = pytest.mark.skipif(
+    not reference_has(), reason="no grad-cam 1.5.7 under GRAD_CAM_REFERENCE_PATH"
+)
 
 
 def needs_reference(test):
@@ -41,8 +43,14 @@ def run_reference(driver: str, *args, cwd) -> subprocess.CompletedProcess:
     cannot be imported here (one of its own dependencies missing); any other failure of the driver
     fails the test, with its stderr."""
     env = {**os.environ, "PYTHONPATH": str(REFERENCE_PATH)}
-    result = subprocess.run([sys.executable, "-c", driver, *map(str, args)], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", driver, *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if result.returncode != 0 and "ModuleNotFoundError" in result.stderr:
         pytest.skip(f"the reference does not import here: {result.stderr.strip().splitlines()[-1]}")
     assert result.returncode == 0, result.stderr[-3000:]

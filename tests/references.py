@@ -17,6 +17,7 @@ Conventions (the library's documented numerics):
 
 Targets are class indices (one per image): the score is ``output[i, k]``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -32,8 +33,13 @@ ABLATION_OFFSET = 1e7
 
 
 # ------------------------------------------------------------------------ activations and gradients
-def activations_and_gradients(model: nn.Module, layers: Sequence[nn.Module], x: torch.Tensor,
-                              classes: Sequence[int], with_gradients: bool = True) -> dict[str, list]:
+def activations_and_gradients(
+    model: nn.Module,
+    layers: Sequence[nn.Module],
+    x: torch.Tensor,
+    classes: Sequence[int],
+    with_gradients: bool = True,
+) -> dict[str, list]:
     """One forward pass: each layer's output and d(sum_i output[i, classes[i]])/d(output), as float64.
 
     Returns ``{"activations": [A_layer (B, C, *S)], "gradients": [G_layer or None], "scores": (B,)}``.
@@ -48,6 +54,7 @@ def activations_and_gradients(model: nn.Module, layers: Sequence[nn.Module], x: 
             outputs[index] = output
             # Later in-place operations (ReLU(inplace=True), out += identity) then modify the copy.
             return output.clone()
+
         return hook
 
     handles = [layer.register_forward_hook(make_hook(i)) for i, layer in enumerate(layers)]
@@ -62,8 +69,11 @@ def activations_and_gradients(model: nn.Module, layers: Sequence[nn.Module], x: 
         for handle in handles:
             handle.remove()
     as_np = lambda t: None if t is None else t.detach().double().cpu().numpy()  # noqa: E731
-    return {"activations": [as_np(a) for a in outputs], "gradients": [as_np(g) for g in gradients],
-            "scores": as_np(scores)}
+    return {
+        "activations": [as_np(a) for a in outputs],
+        "gradients": [as_np(g) for g in gradients],
+        "scores": as_np(scores),
+    }
 
 
 # ------------------------------------------------------------------------------ per-method weights
@@ -86,7 +96,7 @@ def gradcampp_weights(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
         for k in range(channels):
             g = grads[i, k]
             sum_a = acts[i, k].sum()
-            alpha = g ** 2 / (2 * g ** 2 + sum_a * g ** 3 + 1e-6)
+            alpha = g**2 / (2 * g**2 + sum_a * g**3 + 1e-6)
             alpha = np.where(g != 0, alpha, 0.0)
             w[i, k] = (np.maximum(g, 0) * alpha).sum()
     return w
@@ -102,8 +112,9 @@ def xgradcam_weights(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
     return w
 
 
-def scorecam_weights(model: nn.Module, x: torch.Tensor, acts: np.ndarray, classes: Sequence[int],
-                     chunk: int = 128) -> np.ndarray:
+def scorecam_weights(
+    model: nn.Module, x: torch.Tensor, acts: np.ndarray, classes: Sequence[int], chunk: int = 128
+) -> np.ndarray:
     """Score-CAM: mask_k = minmax(upsample_aligned(A_k)) (eps 1e-8), s_k = y(x * mask_k), w = softmax(s)."""
     batch, channels = acts.shape[:2]
     spatial = tuple(x.shape[2:])
@@ -117,7 +128,7 @@ def scorecam_weights(model: nn.Module, x: torch.Tensor, acts: np.ndarray, classe
         scores = []
         with torch.no_grad():
             for start in range(0, channels, chunk):
-                masked = x[i:i + 1] * masks[start:start + chunk, None]  # (n, C_in, *S)
+                masked = x[i : i + 1] * masks[start : start + chunk, None]  # (n, C_in, *S)
                 scores.append(model(masked)[:, int(classes[i])].double().numpy())
         s = np.concatenate(scores)
         e = np.exp(s - s.max())
@@ -130,8 +141,9 @@ def ablation_value(lowest: float) -> float:
     return 0.0 if lowest >= 0 else lowest - ABLATION_OFFSET
 
 
-def ablationcam_weights(model: nn.Module, layer: nn.Module, x: torch.Tensor, classes: Sequence[int],
-                        chunk: int = 128) -> np.ndarray:
+def ablationcam_weights(
+    model: nn.Module, layer: nn.Module, x: torch.Tensor, classes: Sequence[int], chunk: int = 128
+) -> np.ndarray:
     """Ablation-CAM, the naive way: for every channel k a FULL forward pass of the model with the layer's
     output channel k set to 0 (or to min - 1e7 when the image's activation has negative values);
     ``w_k = (y - y_k) / y``. (Several ablated copies share one batched forward pass.)"""
@@ -152,13 +164,13 @@ def ablationcam_weights(model: nn.Module, layer: nn.Module, x: torch.Tensor, cla
         y_ablated = []
         for start in range(0, channels, chunk):
             ks = list(range(start, min(start + chunk, channels)))
-            replacement = acts[i:i + 1].repeat(len(ks), *([1] * (acts.ndim - 1)))
+            replacement = acts[i : i + 1].repeat(len(ks), *([1] * (acts.ndim - 1)))
             for row, k in enumerate(ks):
                 replacement[row, k] = value
             handle = layer.register_forward_hook(lambda m, inp, out, r=replacement: r)
             try:
                 with torch.no_grad():
-                    out = model(x[i:i + 1].repeat(len(ks), *([1] * (x.ndim - 1))))
+                    out = model(x[i : i + 1].repeat(len(ks), *([1] * (x.ndim - 1))))
             finally:
                 handle.remove()
             y_ablated.extend(float(v) for v in out[:, int(classes[i])])
@@ -298,8 +310,16 @@ COMPONENT = {
     "segeigencam": lambda acts, grads: first_principal_component(np.abs(grads) * acts),
     "kpcacam": lambda acts, grads: kernel_principal_component(acts),
 }
-USES_GRADIENTS = {"gradcam", "gradcam++", "xgradcam", "hirescam", "gradcamelementwise", "layercam",
-                  "eigengradcam", "segeigencam"}
+USES_GRADIENTS = {
+    "gradcam",
+    "gradcam++",
+    "xgradcam",
+    "hirescam",
+    "gradcamelementwise",
+    "layercam",
+    "eigengradcam",
+    "segeigencam",
+}
 RANDOM_SEED = 0  # the tests construct RandomCAM with this seed (it gives no all-negative map on them)
 
 
@@ -307,8 +327,12 @@ RANDOM_SEED = 0  # the tests construct RandomCAM with this seed (it gives no all
 GRADIENT_WEIGHTS = {"gradcam": gradcam_weights, "gradcam++": gradcampp_weights, "xgradcam": xgradcam_weights}
 #: The methods this file has a reference for (the others are checked against references in their own
 #: test files: see OWN_FORMULA_TESTS in methods/test_formulas.py).
-COVERED = set(GRADIENT_WEIGHTS) | set(ELEMENTWISE) | set(COMPONENT) | {"scorecam", "ablationcam", "fem",
-                                                                         "randomcam"}
+COVERED = (
+    set(GRADIENT_WEIGHTS)
+    | set(ELEMENTWISE)
+    | set(COMPONENT)
+    | {"scorecam", "ablationcam", "fem", "randomcam"}
+)
 
 
 def layer_weights(method: str, model, layer, x, classes, acts, grads) -> np.ndarray:
@@ -325,9 +349,15 @@ def layer_weights(method: str, model, layer, x, classes, acts, grads) -> np.ndar
     raise KeyError(method)
 
 
-def reference_cam(method: str, model: nn.Module, layers: Sequence[nn.Module], x: torch.Tensor,
-                  classes: Sequence[int], eigen_smooth: bool = False,
-                  details: dict | None = None) -> np.ndarray:
+def reference_cam(
+    method: str,
+    model: nn.Module,
+    layers: Sequence[nn.Module],
+    x: torch.Tensor,
+    classes: Sequence[int],
+    eigen_smooth: bool = False,
+    details: dict | None = None,
+) -> np.ndarray:
     """The fused map ``(B, *spatial)`` (float64) of ``method`` for class ``classes[i]`` of image ``i``.
 
     ``details``, if given, receives the per-layer activations, gradients, weights and resized maps (for
@@ -453,7 +483,7 @@ def reference_smooth_gradcampp(model, layer_name, x, classes, num_samples, std, 
     for s in range(num_samples):
         noisy = x64 + sigma.reshape(-1, *[1] * (x.ndim - 1)) * eps[s].double()
         _, g, _ = acts_and_grads(m64, layer, noisy, logit(classes))
-        d1, d2, d3 = d1 + g / num_samples, d2 + g ** 2 / num_samples, d3 + g ** 3 / num_samples
+        d1, d2, d3 = d1 + g / num_samples, d2 + g**2 / num_samples, d3 + g**3 / num_samples
     acts, _, _ = acts_and_grads(m64, layer, x64, logit(classes))
     acts = acts.detach()
     sum_a = acts.flatten(2).sum(-1).reshape(*acts.shape[:2], *[1] * (acts.ndim - 2))
@@ -513,8 +543,9 @@ def decimal_kernel_component(acts, kernel, gamma, degree=3, coef0=1.0, digits=60
             K = [[_decimal_entry(X[i], X[j], kernel, g, c, degree) for j in range(n)] for i in range(n)]
             row = [sum(K[i]) / n for i in range(n)]
             total = sum(row) / n
-            centred = np.array([[float(K[i][j] - row[i] - row[j] + total) for j in range(n)]
-                                for i in range(n)])
+            centred = np.array(
+                [[float(K[i][j] - row[i] - row[j] + total) for j in range(n)] for i in range(n)]
+            )
             values, vectors = np.linalg.eigh(centred)
             projection = vectors[:, -1] * np.sqrt(max(values[-1], 0.0))
             channel_sum = acts[b].double().sum(0).reshape(-1).numpy()

@@ -22,6 +22,7 @@ maps come out the same too. With ``--weights DEFAULT`` (torchvision downloads th
 COCO weights, about 75 MB, once: ``fasterrcnn_mobilenet_v3_large_fpn(weights="DEFAULT")``) keep the
 default threshold, or a higher one, and the boxes are real detections.
 """
+
 import argparse
 from pathlib import Path
 
@@ -50,11 +51,13 @@ def draw(overlay: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output-dir", default="cam_output")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--weights", default=None,
-                        help="detector weights, e.g. DEFAULT (downloads); default: random")
+    parser.add_argument(
+        "--weights", default=None, help="detector weights, e.g. DEFAULT (downloads); default: random"
+    )
     args = parser.parse_args()
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -67,12 +70,19 @@ def main() -> None:
 
     # A small image and few proposals keep Ablation-CAM's 768 runs of the heads cheap.
     model = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn(
-        weights=args.weights, weights_backbone=None, min_size=HEIGHT, max_size=WIDTH,
-        rpn_post_nms_top_n_test=5, box_detections_per_img=BOXES)
+        weights=args.weights,
+        weights_backbone=None,
+        min_size=HEIGHT,
+        max_size=WIDTH,
+        rpn_post_nms_top_n_test=5,
+        box_detections_per_img=BOXES,
+    )
     if args.weights is None:
         model.roi_heads.score_thresh = 0.0  # random weights: every score is about 1/91
-        print("the detector has random weights (offline), so its boxes are arbitrary; "
-              "pass --weights DEFAULT for COCO weights")
+        print(
+            "the detector has random weights (offline), so its boxes are arbitrary; "
+            "pass --weights DEFAULT for COCO weights"
+        )
     model = model.eval().to(args.device)
     with torch.no_grad():
         detections = model(x)[0]  # {'boxes': (N, 4), 'labels': (N,), 'scores': (N,)}
@@ -86,7 +96,7 @@ def main() -> None:
     maps = {"eigencam": grayscale}
     with AblationCAM(model, target_layers, reshape_transform=fpn_reshape_transform, batch_size=64) as cam:
         for i in range(len(boxes)):
-            target = FasterRCNNBoxScoreTarget(labels[i:i + 1], boxes[i:i + 1])  # this box alone
+            target = FasterRCNNBoxScoreTarget(labels[i : i + 1], boxes[i : i + 1])  # this box alone
             maps[f"ablationcam_box{i}"] = cam(input_tensor=x, targets=[target])[0]
 
     for name, grayscale in maps.items():

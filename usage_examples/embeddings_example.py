@@ -10,6 +10,7 @@ an image's embedding with the concept, and Grad-CAM shows which parts of example
 make its embedding look like that concept: the cup for "coffee", the cat for "cat".
 (``DifferenceFromConceptTarget`` explains the opposite: what makes the image differ from it.)
 """
+
 import argparse
 from pathlib import Path
 
@@ -40,7 +41,8 @@ def load_rgb(path: Path, height: int) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output-dir", default="cam_output")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -59,8 +61,10 @@ def main() -> None:
 
     scene = load_rgb(PHOTOS / "cat_and_coffee.jpg", 224)  # (224, 448, 3)
     x = preprocess_image(scene, mean=EFFICIENTNET_LITE0_MEAN, std=EFFICIENTNET_LITE0_STD).to(args.device)
-    concepts = {"coffee": embed(load_rgb(PHOTOS / "coffee.jpg", 224)),
-                "cat": embed(load_rgb(PHOTOS / "cat.jpg", 224))}
+    concepts = {
+        "coffee": embed(load_rgb(PHOTOS / "coffee.jpg", 224)),
+        "cat": embed(load_rgb(PHOTOS / "cat.jpg", 224)),
+    }
 
     with GradCAM(model=model, target_layers=[efficientnet_target_layer(model)]) as cam:
         for name, concept in concepts.items():

@@ -20,6 +20,7 @@ Score-CAM and Eigen-CAM. Each method gets the layer where it works best on this 
 The grid is written to ``pretrained_grid.jpg``: each row is a 24-pixel label strip above cells
 224 pixels high (the photo's aspect kept), padded with white on the right.
 """
+
 import argparse
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def labelled(cell: np.ndarray, text: str) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output-dir", default="cam_output")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -95,8 +97,9 @@ def main() -> None:
         print(f"{photo}: explained {imagenet_class_name(klass)!r} ({klass})")
 
     width = max(row.shape[1] for row in rows)
-    grid = np.vstack([np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0)), constant_values=255)
-                      for row in rows])
+    grid = np.vstack(
+        [np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0)), constant_values=255) for row in rows]
+    )
     path = out_dir / "pretrained_grid.jpg"
     cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
     print(f"wrote: {path}")

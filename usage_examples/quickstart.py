@@ -5,6 +5,7 @@
 
 Writes one overlay per API generation and prints where.
 """
+
 import argparse
 from pathlib import Path
 
@@ -28,7 +29,8 @@ CAT, ESPRESSO = 285, 967
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output-dir", default="cam_output")
     args = parser.parse_args()
     out_dir = Path(args.output_dir)

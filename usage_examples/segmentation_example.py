@@ -17,6 +17,7 @@ left half of examples/cat_and_coffee.jpg, where the cat is. With ``--weights DEF
 downloads the VOC weights, about 135 MB, once: ``fcn_resnet50(weights="DEFAULT")``) the region is the
 model's own prediction, ``out.argmax(0) == 8``.
 """
+
 import argparse
 from pathlib import Path
 
@@ -36,11 +37,13 @@ VOC_CAT = 8
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output-dir", default="cam_output")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--weights", default=None,
-                        help="fcn_resnet50 weights, e.g. DEFAULT (downloads); default: random")
+    parser.add_argument(
+        "--weights", default=None, help="fcn_resnet50 weights, e.g. DEFAULT (downloads); default: random"
+    )
     args = parser.parse_args()
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

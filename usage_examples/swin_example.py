@@ -13,6 +13,7 @@ Weights: offline, so swin_t has RANDOM weights here and the map shows nothing me
 map pass ``--weights DEFAULT`` (torchvision downloads the ImageNet weights, about 110 MB, once),
 i.e. ``torchvision.models.swin_t(weights="DEFAULT")``.
 """
+
 import argparse
 import importlib.util
 from pathlib import Path
@@ -32,13 +33,20 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output-dir", default="cam_output")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--weights", default=None,
-                        help="torchvision weights for swin_t, e.g. DEFAULT (downloads); default: random")
-    parser.add_argument("--timm", action="store_true",
-                        help="use timm's swin_tiny_patch4_window7_224 (random weights) if timm is installed")
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="torchvision weights for swin_t, e.g. DEFAULT (downloads); default: random",
+    )
+    parser.add_argument(
+        "--timm",
+        action="store_true",
+        help="use timm's swin_tiny_patch4_window7_224 (random weights) if timm is installed",
+    )
     args = parser.parse_args()
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -50,6 +58,7 @@ def main() -> None:
 
     if args.timm and importlib.util.find_spec("timm") is not None:
         import timm
+
         model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False)
         target_layer = model.layers[-1].blocks[-1].norm1  # (B, 7, 7, C) or, in older timm, (B, 49, C)
         name = "swin_timm.jpg"

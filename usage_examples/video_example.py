@@ -11,6 +11,7 @@ slides to the left of the frame.
 The video is ``cam_video.mp4`` (codec 'mp4v'); where OpenCV has no MP4 encoder it falls back to
 ``cam_video.avi`` (Motion JPEG). With Pillow installed it also writes ``cam_video.gif``.
 """
+
 import argparse
 import importlib.util
 from pathlib import Path
@@ -50,7 +51,8 @@ def write_video(frames: list, out_dir: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output-dir", default="cam_output")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--frames", type=int, default=8)
@@ -60,9 +62,10 @@ def main() -> None:
 
     photo = np.float32(cv2.cvtColor(cv2.imread(str(EXAMPLE)), cv2.COLOR_BGR2RGB)) / 255  # (224, 448, 3)
     offsets = np.linspace(0, SIDE // 2, args.frames).round().astype(int)  # the window's left edge, per frame
-    clip = [photo[:, x:x + SIDE] for x in offsets]  # frames, (224, 224, 3) each
-    batch = torch.cat([preprocess_image(rgb, mean=EFFICIENTNET_LITE0_MEAN, std=EFFICIENTNET_LITE0_STD)
-                       for rgb in clip])  # (frames, 3, 224, 224)
+    clip = [photo[:, x : x + SIDE] for x in offsets]  # frames, (224, 224, 3) each
+    batch = torch.cat(
+        [preprocess_image(rgb, mean=EFFICIENTNET_LITE0_MEAN, std=EFFICIENTNET_LITE0_STD) for rgb in clip]
+    )  # (frames, 3, 224, 224)
 
     model = load_efficientnet_lite0().to(args.device)
     with GradCAM(model=model, target_layers=[efficientnet_target_layer(model)]) as cam:
@@ -77,6 +80,7 @@ def main() -> None:
     print(f"wrote: {path}")
     if importlib.util.find_spec("PIL") is not None:  # Pillow is optional
         from PIL import Image
+
         gif = out_dir / "cam_video.gif"
         images = [Image.fromarray(frame) for frame in frames]
         images[0].save(gif, save_all=True, append_images=images[1:], duration=1000 // FPS, loop=0)

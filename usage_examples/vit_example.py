@@ -21,6 +21,7 @@ The second map uses a tiny ViT written below with timm's attribute names (``patc
 downloads them). timm models with register tokens need
 ``partial(vit_reshape_transform, num_prefix_tokens=model.num_prefix_tokens)``.
 """
+
 import argparse
 import importlib.util
 from pathlib import Path
@@ -56,8 +57,15 @@ class TimmStyleBlock(nn.Module):
 class TimmStyleViT(nn.Module):
     """A tiny ViT with the attribute names of timm's VisionTransformer (random weights)."""
 
-    def __init__(self, img_size: int = 224, patch: int = 16, dim: int = 64, depth: int = 2,
-                 heads: int = 4, num_classes: int = 10) -> None:
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch: int = 16,
+        dim: int = 64,
+        depth: int = 2,
+        heads: int = 4,
+        num_classes: int = 10,
+    ) -> None:
         super().__init__()
         self.patch_embed = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
         self.cls_token = nn.Parameter(0.02 * torch.randn(1, 1, dim))
@@ -80,11 +88,15 @@ def save_overlay(rgb: np.ndarray, grayscale: np.ndarray, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output-dir", default="cam_output")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--weights", default=None,
-                        help="torchvision weights for vit_b_16, e.g. DEFAULT (downloads); default: random")
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="torchvision weights for vit_b_16, e.g. DEFAULT (downloads); default: random",
+    )
     args = parser.parse_args()
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -100,20 +112,23 @@ def main() -> None:
         # torchvision zero-initialises the head: all class scores would be 0 and all gradients zero.
         nn.init.normal_(model.heads.head.weight, std=0.02)
         print("vit_b_16 has random weights (offline); pass --weights DEFAULT for ImageNet weights")
-    with GradCAM(model=model, target_layers=[model.encoder.layers[-1].ln_1],
-                 reshape_transform=vit_reshape_transform) as cam:
+    with GradCAM(
+        model=model, target_layers=[model.encoder.layers[-1].ln_1], reshape_transform=vit_reshape_transform
+    ) as cam:
         grayscale = cam(input_tensor=x, targets=None)[0]  # the top class; (224, 224) in [0, 1]
     save_overlay(rgb, grayscale, out_dir / "vit_torchvision.jpg")
 
     # 2. A timm-style ViT: same transform, target layer blocks[-1].norm1.
     if importlib.util.find_spec("timm") is not None:
         import timm
+
         model = timm.create_model("vit_tiny_patch16_224", pretrained=False)
     else:
         model = TimmStyleViT()
     model = model.eval().to(args.device)
-    with GradCAM(model=model, target_layers=[model.blocks[-1].norm1],
-                 reshape_transform=vit_reshape_transform) as cam:
+    with GradCAM(
+        model=model, target_layers=[model.blocks[-1].norm1], reshape_transform=vit_reshape_transform
+    ) as cam:
         grayscale = cam(input_tensor=x, targets=None)[0]
     save_overlay(rgb, grayscale, out_dir / "vit_timm_style.jpg")
 

@@ -12,6 +12,7 @@ Writes three orthogonal slices through the planted cube (axial z, coronal y, sag
 over the volume in grey, each scaled up to 192 x 192 pixels, and prints the map's peak voxel and
 the share of the map's mass that lies in the planted octant (1/8 if it were spread evenly).
 """
+
 import argparse
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def volumes(batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch
     labels = torch.arange(batch) % 2  # (batch,): 1 = has a cube
     for i in range(0, batch, 2):
         z, y, w = torch.randint(0, SIDE - CUBE + 1, (3,), generator=generator).tolist()
-        x[i + 1, 0, z:z + CUBE, y:y + CUBE, w:w + CUBE] += 1.0
+        x[i + 1, 0, z : z + CUBE, y : y + CUBE, w : w + CUBE] += 1.0
     return x, labels
 
 
@@ -43,10 +44,16 @@ def make_model() -> nn.Module:
     # from looking like edges (with zero padding the map lights up the borders).
     conv = dict(kernel_size=3, padding=1, padding_mode="replicate")
     return nn.Sequential(
-        nn.Conv3d(1, 8, **conv), nn.ReLU(),
-        nn.Conv3d(8, 16, stride=2, **conv), nn.ReLU(),
-        nn.Conv3d(16, 16, **conv), nn.ReLU(),  # model[4], the target layer: (B, 16, 12, 12, 12)
-        nn.AdaptiveMaxPool3d(1), nn.Flatten(), nn.Linear(16, 2))
+        nn.Conv3d(1, 8, **conv),
+        nn.ReLU(),
+        nn.Conv3d(8, 16, stride=2, **conv),
+        nn.ReLU(),
+        nn.Conv3d(16, 16, **conv),
+        nn.ReLU(),  # model[4], the target layer: (B, 16, 12, 12, 12)
+        nn.AdaptiveMaxPool3d(1),
+        nn.Flatten(),
+        nn.Linear(16, 2),
+    )
 
 
 def train(model: nn.Module, steps: int, device: str) -> float:
@@ -65,11 +72,18 @@ def train(model: nn.Module, steps: int, device: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output-dir", default="cam_output")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--octant", type=int, nargs=3, default=[1, 0, 1], metavar=("Z", "Y", "X"),
-                        help="the octant of the test cube: 0 = lower half, 1 = upper half, per axis")
+    parser.add_argument(
+        "--octant",
+        type=int,
+        nargs=3,
+        default=[1, 0, 1],
+        metavar=("Z", "Y", "X"),
+        help="the octant of the test cube: 0 = lower half, 1 = upper half, per axis",
+    )
     parser.add_argument("--steps", type=int, default=40, help="training steps (batches of 16 volumes)")
     args = parser.parse_args()
     out_dir = Path(args.output_dir)
@@ -93,8 +107,10 @@ def main() -> None:
     peak = np.unravel_index(grayscale.argmax(), grayscale.shape)
     octant = tuple(slice(half * SIDE // 2, (half + 1) * SIDE // 2) for half in args.octant)
     share = grayscale[octant].sum() / grayscale.sum()
-    print(f"cube at voxels {[(s.start, s.stop - 1) for s in box]} (octant {tuple(args.octant)}); "
-          f"map peak at voxel {tuple(int(p) for p in peak)}; share of the map in the octant {share:.2f}")
+    print(
+        f"cube at voxels {[(s.start, s.stop - 1) for s in box]} (octant {tuple(args.octant)}); "
+        f"map peak at voxel {tuple(int(p) for p in peak)}; share of the map in the octant {share:.2f}"
+    )
 
     vol = volume[0, 0].numpy()
     vol = (vol - vol.min()) / (vol.max() - vol.min())  # [0, 1] for display

@@ -53,8 +53,18 @@ def test_gradcam_on_cat_explains_a_cat_class(tmp_path, capsys):
 
 @needs_pretrained
 def test_target_category_on_coffee(tmp_path, capsys):
-    code = main(["--image-path", str(COFFEE), "--target-category", "967", "--method", "gradcam++",
-                 "--output-dir", str(tmp_path)])
+    code = main(
+        [
+            "--image-path",
+            str(COFFEE),
+            "--target-category",
+            "967",
+            "--method",
+            "gradcam++",
+            "--output-dir",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert _explained_class(out) == 967
@@ -64,8 +74,18 @@ def test_target_category_on_coffee(tmp_path, capsys):
 
 @needs_pretrained
 def test_old_underscore_spellings_are_accepted(tmp_path, capsys):
-    code = main(["--image-path", str(CAT), "--method", "eigencam", "--aug_smooth", "--eigen_smooth",
-                 "--output-dir", str(tmp_path)])
+    code = main(
+        [
+            "--image-path",
+            str(CAT),
+            "--method",
+            "eigencam",
+            "--aug_smooth",
+            "--eigen_smooth",
+            "--output-dir",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     assert _explained_class(capsys.readouterr().out) in CAT_CLASSES
     _check_overlay(tmp_path / "cat_eigencam.jpg", CAT)
@@ -94,19 +114,23 @@ def test_bad_method_exits_2(capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("option", "value", "message"), [
-    ("--batch-size", "0", "--batch-size must be an int >= 1, got 0"),
-    ("--batch-size", "two", "--batch-size must be an int >= 1, got 'two'"),
-    ("--batch-size", "2.5", "--batch-size must be an int >= 1, got '2.5'"),
-    ("--top-k", "0", "--top-k must be an int >= 1, got 0"),
-    ("--top-k", "-3", "--top-k must be an int >= 1, got -3"),
-    ("--n-components", "0", "--n-components must be an int >= 1, got 0"),
-    ("--methods", "gradcam,nope", "--methods must be 'all' or a comma-separated list of method names ("),
-    ("--methods", " , ", "--methods must be 'all' or a comma-separated list of method names ("),
-    ("--device", "toaster", "--device must be a torch device such as cpu, cuda or cuda:1, got 'toaster'"),
-])
-def test_bad_option_values_exit_2_naming_option_expectation_and_value(tmp_path, capsys, option, value,
-                                                                       message):
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--batch-size", "0", "--batch-size must be an int >= 1, got 0"),
+        ("--batch-size", "two", "--batch-size must be an int >= 1, got 'two'"),
+        ("--batch-size", "2.5", "--batch-size must be an int >= 1, got '2.5'"),
+        ("--top-k", "0", "--top-k must be an int >= 1, got 0"),
+        ("--top-k", "-3", "--top-k must be an int >= 1, got -3"),
+        ("--n-components", "0", "--n-components must be an int >= 1, got 0"),
+        ("--methods", "gradcam,nope", "--methods must be 'all' or a comma-separated list of method names ("),
+        ("--methods", " , ", "--methods must be 'all' or a comma-separated list of method names ("),
+        ("--device", "toaster", "--device must be a torch device such as cpu, cuda or cuda:1, got 'toaster'"),
+    ],
+)
+def test_bad_option_values_exit_2_naming_option_expectation_and_value(
+    tmp_path, capsys, option, value, message
+):
     """One rule for every checked option: argparse's exit 2, the option, what it must be, what it got."""
     with pytest.raises(SystemExit) as exc:
         main(["--image-path", str(CAT), option, value, "--output-dir", str(tmp_path)])
@@ -137,8 +161,9 @@ def test_unreadable_image_exits_1(tmp_path, capsys):
     assert main(["--image-path", str(not_an_image), "--output-dir", str(tmp_path / "out")]) == 1
     assert "cannot read image" in capsys.readouterr().err
     records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
-    assert records == [{"path": str(not_an_image), "status": "error",
-                        "error": "not an image OpenCV can decode"}]
+    assert records == [
+        {"path": str(not_an_image), "status": "error", "error": "not an image OpenCV can decode"}
+    ]
 
 
 def test_missing_image_exits_1(tmp_path, capsys):
@@ -191,7 +216,11 @@ def test_cam_py_script_runs(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     result = subprocess.run(
         [sys.executable, str(REPO / "cam.py"), "--image-path", str(CAT), "--output-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=str(tmp_path),
     )
     assert result.returncode == 0, result.stderr
     assert _explained_class(result.stdout) in CAT_CLASSES
@@ -199,6 +228,7 @@ def test_cam_py_script_runs(tmp_path):
 
 
 # -- pytorch_grad_cam.pretrained -------------------------------------------------------------------
+
 
 def test_imagenet_class_names():
     assert len(pretrained.IMAGENET_CLASSES) == 1000

@@ -1,5 +1,6 @@
 """The command line on many inputs: folders, broken files, classes by name, top-k, grids, results.jsonl,
 skipping done images, checkpoints, named and traced target layers, the HTML report in headless Chromium."""
+
 import json
 import shutil
 import subprocess
@@ -104,8 +105,20 @@ def test_npy_is_the_library_map_at_the_image_resolution(tmp_path, capsys):
 
 @needs_pretrained
 def test_class_names_top_k_and_several_categories(tmp_path, capsys):
-    assert main([str(BOTH), "--output-dir", str(tmp_path / "a"), "--target-category", "tabby cat", "espresso",
-                 "967"]) == 0
+    assert (
+        main(
+            [
+                str(BOTH),
+                "--output-dir",
+                str(tmp_path / "a"),
+                "--target-category",
+                "tabby cat",
+                "espresso",
+                "967",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "explained class: 281 (tabby)" in out
     assert "explained class: 967 (espresso)" in out
@@ -127,8 +140,10 @@ def test_class_names_top_k_and_several_categories(tmp_path, capsys):
 
 
 @needs_pretrained
-@pytest.mark.parametrize(("value", "message"), [
-    ("cat", "is ambiguous"), ("espreso", "did you mean 'espresso'"), ("1000", "out of range")])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("cat", "is ambiguous"), ("espreso", "did you mean 'espresso'"), ("1000", "out of range")],
+)
 def test_bad_class_names_exit_2(tmp_path, capsys, value, message):
     assert main([str(CAT), "--output-dir", str(tmp_path), "--target-category", value]) == 2
     assert message in capsys.readouterr().err
@@ -143,7 +158,7 @@ def test_methods_grid_labels_each_method(tmp_path, capsys):
     assert grid.shape[0] == tile_h
     tile_w = round(CAT_SHAPE[1] * 224 / CAT_SHAPE[0])
     assert grid.shape[1] == 4 * tile_w + 3 * 4  # the image and three methods, 4 px gutters
-    tiles = [grid[26:, i * (tile_w + 4): i * (tile_w + 4) + tile_w].astype(float) for i in range(4)]
+    tiles = [grid[26:, i * (tile_w + 4) : i * (tile_w + 4) + tile_w].astype(float) for i in range(4)]
     for tile, overlay in zip(tiles[1:], overlays):  # each column is that method's overlay
         small = cv2.resize(overlay, (tile_w, 224), interpolation=cv2.INTER_AREA).astype(float)
         assert np.abs(tile - small).mean() < 6
@@ -204,8 +219,11 @@ def test_checkpoint_named_and_traced_layers(tmp_path, capsys):
     assert "explained class: 2 (class 2)" in out
     assert main([*common, "--output-dir", str(tmp_path / "named"), "--target-layer", "layer4.-1"]) == 0
     # layer4 and layer4[-1] are the same tensor: the same map
-    np.testing.assert_allclose(np.load(tmp_path / "named" / "coffee_gradcam.npy"),
-                               np.load(tmp_path / "auto" / "coffee_gradcam.npy"), atol=1e-6)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "named" / "coffee_gradcam.npy"),
+        np.load(tmp_path / "auto" / "coffee_gradcam.npy"),
+        atol=1e-6,
+    )
     assert records_of(tmp_path / "named")[0]["layer"] == "layer4.-1"
     assert main([*common, "--output-dir", str(tmp_path / "bad"), "--target-layer", "layer9"]) == 2
     assert "children are" in capsys.readouterr().err
@@ -244,8 +262,16 @@ def test_timm_models_by_name(tmp_path, monkeypatch, capsys):
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @needs_pretrained
@@ -257,16 +283,20 @@ def test_report_renders_in_headless_chromium(photo_folder, tmp_path, capsys):
     page = out / "report.html"
     assert f"wrote: {page}" in capsys.readouterr().out
     common = [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([CHROMIUM, *common, "--dump-dom", page.as_uri()], capture_output=True, text=True,
-                         timeout=120).stdout
+    dom = subprocess.run(
+        [CHROMIUM, *common, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
     # every embedded grid decoded in the browser (set by the page's script on load)
     assert 'data-images-expected="2"' in dom, dom[:500]
     assert 'data-images-loaded="2"' in dom, dom[:500]
     assert "espresso" in dom
     assert "failed: not an image OpenCV can decode" in dom
     shot = tmp_path / "shot.png"
-    subprocess.run([CHROMIUM, *common, "--window-size=1200,900", f"--screenshot={shot}", page.as_uri()],
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        [CHROMIUM, *common, "--window-size=1200,900", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
     image = cv2.imread(str(shot))
     assert image is not None
     assert image.shape[:2] == (900, 1200)
@@ -296,8 +326,18 @@ def test_guided_backprop_images(tmp_path, capsys):
 @needs_pretrained
 def test_pixel_methods_and_dff_in_a_grid(tmp_path, capsys):
     """--method choices include guided backprop, Guided Grad-CAM and DFF (one picture per image)."""
-    args = [str(BOTH), "--methods", "guidedbackprop,guidedgradcam,dff", "--n-components", "3",
-            "--target-category", "281", "967", "--output-dir", str(tmp_path)]
+    args = [
+        str(BOTH),
+        "--methods",
+        "guidedbackprop,guidedgradcam,dff",
+        "--n-components",
+        "3",
+        "--target-category",
+        "281",
+        "967",
+        "--output-dir",
+        str(tmp_path),
+    ]
     assert main(args) == 0
     height, width = CAT_AND_COFFEE_SHAPE[:2]
     explanations = np.load(tmp_path / "cat_and_coffee_dff.npy")
@@ -344,11 +384,13 @@ def test_dff_concepts_named_by_the_softmax_of_the_models_head(tmp_path, monkeypa
     monkeypatch.setattr(image_utils, "show_factorization_on_image", record_labels)
     monkeypatch.setattr(DeepFeatureFactorization, "__call__", record_call)
     assert main([str(BOTH), "--methods", "dff", "--n-components", "3", "--output-dir", str(tmp_path)]) == 0
-    (head, concepts), = seen["calls"]
+    ((head, concepts),) = seen["calls"]
     assert head is not None
     assert concepts.shape == (head.in_features, 3)
-    logits = concepts.T.astype(np.float64) @ head.weight.detach().double().numpy().T \
-        + head.bias.detach().double().numpy()  # (K, num_classes)
+    logits = (
+        concepts.T.astype(np.float64) @ head.weight.detach().double().numpy().T
+        + head.bias.detach().double().numpy()
+    )  # (K, num_classes)
     probabilities = np.exp(logits - logits.max(1, keepdims=True))
     probabilities /= probabilities.sum(1, keepdims=True)
     class_name = pretrained.imagenet_class_name  # the default model's class names
@@ -358,8 +400,22 @@ def test_dff_concepts_named_by_the_softmax_of_the_models_head(tmp_path, monkeypa
     assert probabilities.max() > 0.2  # the labels say something
 
     seen["labels"].clear(), seen["calls"].clear()
-    assert main([str(BOTH), "--methods", "dff", "--n-components", "3", "--target-layer", "_blocks.3",
-                 "--output-dir", str(tmp_path / "early")]) == 0
+    assert (
+        main(
+            [
+                str(BOTH),
+                "--methods",
+                "dff",
+                "--n-components",
+                "3",
+                "--target-layer",
+                "_blocks.3",
+                "--output-dir",
+                str(tmp_path / "early"),
+            ]
+        )
+        == 0
+    )
     assert seen["calls"][0][0] is None
     assert seen["labels"] == [["concept 0", "concept 1", "concept 2"]]
 

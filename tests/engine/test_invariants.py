@@ -6,6 +6,7 @@ unchanged. The backward pass never runs through the layers before the target lay
 state: the user's own forward passes are not captured, several CAM objects and several threads do not
 interfere.
 """
+
 import copy
 import threading
 
@@ -36,18 +37,33 @@ def make_input(batch=2, size=16, seed=1):
 
 
 def make_cam(name, model, layers=None, **kwargs):
-    return cam_factory.make_cam(name, model, [model.block] if layers is None else layers,
-                                perturbation_batch=4, **kwargs)
+    return cam_factory.make_cam(
+        name, model, [model.block] if layers is None else layers, perturbation_batch=4, **kwargs
+    )
 
 
 # -- snapshots ---------------------------------------------------------------------------------------
-_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-               "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
-               "_forward_pre_hooks_with_kwargs", "_state_dict_hooks", "_load_state_dict_pre_hooks")
-_GLOBAL_HOOK_DICTS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-                      "_global_backward_pre_hooks", "_global_forward_hooks_always_called",
-                      "_global_module_registration_hooks", "_global_parameter_registration_hooks",
-                      "_global_buffer_registration_hooks")
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks_with_kwargs",
+    "_state_dict_hooks",
+    "_load_state_dict_pre_hooks",
+)
+_GLOBAL_HOOK_DICTS = (
+    "_global_forward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+    "_global_forward_hooks_always_called",
+    "_global_module_registration_hooks",
+    "_global_parameter_registration_hooks",
+    "_global_buffer_registration_hooks",
+)
 
 
 def hooks_snapshot(model):
@@ -62,10 +78,16 @@ def hooks_snapshot(model):
 
 def tree_snapshot(model):
     return [
-        (name, id(module), type(module), module.__dict__.get("forward"), sorted(module.__dict__),
-         sorted((k, id(v)) for k, v in module._modules.items()),
-         sorted((k, id(v)) for k, v in module._parameters.items()),
-         sorted((k, id(v)) for k, v in module._buffers.items()))
+        (
+            name,
+            id(module),
+            type(module),
+            module.__dict__.get("forward"),
+            sorted(module.__dict__),
+            sorted((k, id(v)) for k, v in module._modules.items()),
+            sorted((k, id(v)) for k, v in module._parameters.items()),
+            sorted((k, id(v)) for k, v in module._buffers.items()),
+        )
         for name, module in model.named_modules()
     ]
 
@@ -124,14 +146,22 @@ def failing_calls(name, model):
     if name in LAYERED:
         calls += [
             ("layer never runs", lambda: make_cam(name, model, [model.unused])(x), ValueError),
-            ("layer runs, one never",
-             lambda: make_cam(name, model, [model.block, model.unused])(x), ValueError),
+            (
+                "layer runs, one never",
+                lambda: make_cam(name, model, [model.block, model.unused])(x),
+                ValueError,
+            ),
         ]
     if name in PERTURBATION:
         # Raises after the first forward pass, while perturbed inputs/activations are being scored
         # (AblationCAM has swapped the prefix modules' forward at that point).
-        calls.append(("target raises mid-perturbation",
-                      lambda: make_cam(name, model)(x[:1], targets=[RaiseOnCall(3)]), Boom))
+        calls.append(
+            (
+                "target raises mid-perturbation",
+                lambda: make_cam(name, model)(x[:1], targets=[RaiseOnCall(3)]),
+                Boom,
+            )
+        )
     return calls
 
 

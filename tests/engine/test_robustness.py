@@ -1,5 +1,6 @@
 """Robustness: in-place ops, grad modes, half precision, layer order, shared modules, clear early errors,
 degenerate maps, 1D/3D inputs and parameter-free models."""
+
 import copy
 import functools
 import types
@@ -97,9 +98,14 @@ def test_inplace_ops_after_the_target_layer(name, where):
     # CAM: none of these layers is the one pooled into the head (warned); on bn2, image 1's CAM is all
     # negative (warned too).
     for model, which in ((inplace, "ours"), (plain, "expected")):
-        with cam_factory.warns_if(cam_factory.needs_linear_head(name), UserWarning, LINEAR_HEAD_WARNING), \
-                cam_factory.warns_if(cam_factory.needs_linear_head(name) and where.startswith("bn2"),
-                                     RuntimeWarning, r"'block1\.bn2' is constant for image\(s\) \[1\]"):
+        with (
+            cam_factory.warns_if(cam_factory.needs_linear_head(name), UserWarning, LINEAR_HEAD_WARNING),
+            cam_factory.warns_if(
+                cam_factory.needs_linear_head(name) and where.startswith("bn2"),
+                RuntimeWarning,
+                r"'block1\.bn2' is constant for image\(s\) \[1\]",
+            ),
+        ):
             maps = make_cam(name, model, LAYERS[where](model))(x)
         if which == "ours":
             ours = maps
@@ -176,8 +182,10 @@ def test_half_precision_models(name, dtype):
     if not _cpu_supports(dtype):
         pytest.skip(f"this torch has no CPU convolution for {dtype}")
     if not cam_factory.low_precision_stable(name):
-        pytest.skip("a thresholded fusion (SESS: the mean of the patch maps above theta at each position): "
-                    "half precision moves values across the threshold; see methods/test_composite.py")
+        pytest.skip(
+            "a thresholded fusion (SESS: the mean of the patch maps above theta at each position): "
+            "half precision moves values across the threshold; see methods/test_composite.py"
+        )
     model = make_tiny()
     x = make_input((2, 3, 24, 24))
     expected = make_cam(name, model, [model.block])(x, targets=[1, 3])
@@ -252,8 +260,13 @@ def test_shared_module_before_and_after_the_target_layer(name):
     separate = SharedAroundTarget(shared=False)
     state = shared.state_dict()
     for copy_to in ("b", "c"):
-        state.update({key.replace("a.", f"{copy_to}.", 1): value
-                      for key, value in shared.state_dict().items() if key.startswith("a.")})
+        state.update(
+            {
+                key.replace("a.", f"{copy_to}.", 1): value
+                for key, value in shared.state_dict().items()
+                if key.startswith("a.")
+            }
+        )
     separate.load_state_dict(state)
     x = make_input((2, 3, 12, 12))
     with torch.no_grad():
@@ -284,16 +297,19 @@ def test_unusual_but_valid_models_and_inputs(name):
     got = make_cam(name, double, [double.block])(x, targets=[1, 3])
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, expected, atol=1e-5)
-    np.testing.assert_allclose(make_cam(name, model, [model.block])(x.double(), targets=[1, 3]), expected,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        make_cam(name, model, [model.block])(x.double(), targets=[1, 3]), expected, atol=1e-6
+    )
     channels_last = make_tiny().to(memory_format=torch.channels_last)
-    got = make_cam(name, channels_last, [channels_last.block])(x.to(memory_format=torch.channels_last),
-                                                                targets=[1, 3])
+    got = make_cam(name, channels_last, [channels_last.block])(
+        x.to(memory_format=torch.channels_last), targets=[1, 3]
+    )
     np.testing.assert_allclose(got, expected, atol=1e-5)
     transposed = x.transpose(2, 3).contiguous().transpose(2, 3)  # the same values, not contiguous
     assert not transposed.is_contiguous()
-    np.testing.assert_allclose(make_cam(name, model, [model.block])(transposed, targets=[1, 3]), expected,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        make_cam(name, model, [model.block])(transposed, targets=[1, 3]), expected, atol=1e-6
+    )
 
 
 # ============================================================================ clear errors, raised early
@@ -305,13 +321,17 @@ def counting_extras():
 
 
 @pytest.mark.parametrize("name", LAYERED)
-@pytest.mark.parametrize(("bad", "error", "match"), [
-    (lambda m: [nn.Conv2d(8, 8, 1)], ValueError, r"target_layers\[0\].*not a module of the model"),
-    (lambda m: [m.tiny.block, nn.ReLU()], ValueError, r"target_layers\[1\].*not a module of the model"),
-    (lambda m: [], ValueError, "target_layers is empty"),
-    (lambda m: ["block"], TypeError, r"target_layers\[0\] must be an nn.Module"),
-    (lambda m: [m.tiny.block, m.tiny.block], ValueError, "target_layers lists the same module"),
-], ids=["foreign", "foreign-second", "empty", "string", "duplicate"])
+@pytest.mark.parametrize(
+    ("bad", "error", "match"),
+    [
+        (lambda m: [nn.Conv2d(8, 8, 1)], ValueError, r"target_layers\[0\].*not a module of the model"),
+        (lambda m: [m.tiny.block, nn.ReLU()], ValueError, r"target_layers\[1\].*not a module of the model"),
+        (lambda m: [], ValueError, "target_layers is empty"),
+        (lambda m: ["block"], TypeError, r"target_layers\[0\] must be an nn.Module"),
+        (lambda m: [m.tiny.block, m.tiny.block], ValueError, "target_layers lists the same module"),
+    ],
+    ids=["foreign", "foreign-second", "empty", "string", "duplicate"],
+)
 def test_bad_target_layers_at_construction(name, bad, error, match):
     model, inner = counting_extras()
     with pytest.raises(error, match=match):
@@ -347,18 +367,31 @@ def test_layer_with_tuple_output(name):
 
 
 @pytest.mark.parametrize("name", ALL)
-@pytest.mark.parametrize(("bad", "error", "match"), [
-    (lambda: make_input().numpy(), TypeError, "input_tensor must be a torch.Tensor"),
-    (lambda: [make_input()], TypeError, "input_tensor must be a torch.Tensor"),
-    (lambda: torch.ones(2, 3, 16, 16, dtype=torch.int64), TypeError, "input_tensor must be a floating"),
-    (lambda: torch.ones(2, 3, 16, 16, dtype=torch.uint8), TypeError, "input_tensor must be a floating"),
-    (lambda: make_input()[:, :, 0, 0], ValueError, r"input_tensor must have shape.*\(2, 3\)"),
-    (lambda: make_input()[:0], ValueError, r"input_tensor is an empty batch"),
-    (lambda: make_input().index_put((torch.tensor(1), torch.tensor(0), torch.tensor(3), torch.tensor(4)),
-                                    torch.tensor(float("nan"))), ValueError, "input_tensor contains NaN"),
-    (lambda: make_input().index_put((torch.tensor(0),), torch.tensor(float("-inf"))),
-     ValueError, "input_tensor contains NaN or Inf"),
-], ids=["numpy", "list", "int64", "uint8", "rank2", "empty", "nan", "inf"])
+@pytest.mark.parametrize(
+    ("bad", "error", "match"),
+    [
+        (lambda: make_input().numpy(), TypeError, "input_tensor must be a torch.Tensor"),
+        (lambda: [make_input()], TypeError, "input_tensor must be a torch.Tensor"),
+        (lambda: torch.ones(2, 3, 16, 16, dtype=torch.int64), TypeError, "input_tensor must be a floating"),
+        (lambda: torch.ones(2, 3, 16, 16, dtype=torch.uint8), TypeError, "input_tensor must be a floating"),
+        (lambda: make_input()[:, :, 0, 0], ValueError, r"input_tensor must have shape.*\(2, 3\)"),
+        (lambda: make_input()[:0], ValueError, r"input_tensor is an empty batch"),
+        (
+            lambda: make_input().index_put(
+                (torch.tensor(1), torch.tensor(0), torch.tensor(3), torch.tensor(4)),
+                torch.tensor(float("nan")),
+            ),
+            ValueError,
+            "input_tensor contains NaN",
+        ),
+        (
+            lambda: make_input().index_put((torch.tensor(0),), torch.tensor(float("-inf"))),
+            ValueError,
+            "input_tensor contains NaN or Inf",
+        ),
+    ],
+    ids=["numpy", "list", "int64", "uint8", "rank2", "empty", "nan", "inf"],
+)
 def test_bad_inputs_raise_before_any_forward_pass(name, bad, error, match):
     model, inner = counting_extras()
     cam = make_cam(name, model, [inner.tiny.block])
@@ -368,18 +401,31 @@ def test_bad_inputs_raise_before_any_forward_pass(name, bad, error, match):
 
 
 @pytest.mark.parametrize("name", ALL)
-@pytest.mark.parametrize(("targets", "error", "match"), [
-    ([1, -1], ValueError, r"targets\[1\] must be a class index >= 0.*-1"),
-    (-2, ValueError, r"targets must be a class index >= 0.*-2"),
-    ([1, "cat"], TypeError, r"targets\[1\] must be a callable target"),
-    ([1.5, 0], TypeError, r"targets\[0\] must be a callable target"),
-    (2.5, TypeError, "targets must be None, a class index, a callable or a list"),
-    (True, TypeError, r"targets must be a callable target.*bool"),
-    ([True, 1], TypeError, r"targets\[0\] must be a callable target.*bool"),
-    ([1, 2, 3], ValueError, r"targets has 3 entries but the batch has 2 images"),
-    ([1], ValueError, r"targets has 1 entries but the batch has 2 images"),
-], ids=["negative-in-list", "negative", "string", "float", "float-scalar", "bool", "bool-in-list", "too-many",
-        "too-few"])
+@pytest.mark.parametrize(
+    ("targets", "error", "match"),
+    [
+        ([1, -1], ValueError, r"targets\[1\] must be a class index >= 0.*-1"),
+        (-2, ValueError, r"targets must be a class index >= 0.*-2"),
+        ([1, "cat"], TypeError, r"targets\[1\] must be a callable target"),
+        ([1.5, 0], TypeError, r"targets\[0\] must be a callable target"),
+        (2.5, TypeError, "targets must be None, a class index, a callable or a list"),
+        (True, TypeError, r"targets must be a callable target.*bool"),
+        ([True, 1], TypeError, r"targets\[0\] must be a callable target.*bool"),
+        ([1, 2, 3], ValueError, r"targets has 3 entries but the batch has 2 images"),
+        ([1], ValueError, r"targets has 1 entries but the batch has 2 images"),
+    ],
+    ids=[
+        "negative-in-list",
+        "negative",
+        "string",
+        "float",
+        "float-scalar",
+        "bool",
+        "bool-in-list",
+        "too-many",
+        "too-few",
+    ],
+)
 def test_bad_targets_raise_before_any_forward_pass(name, targets, error, match):
     model, inner = counting_extras()
     cam = make_cam(name, model, [inner.tiny.block])
@@ -417,15 +463,27 @@ def test_model_producing_nan_scores(name):
     assert model.calls == 4  # no perturbed passes after the first forward pass
     # The NaN/Inf factors of the head reach the gradients (0 * nan in the backward pass): the projections
     # of EigenGrad-CAM and Seg-Eigen-CAM are then constant for both images (warned).
-    with cam_factory.warns_if(name in ("eigengradcam", "segeigencam"), RuntimeWarning,
-                              r"'inner\.tiny\.block' is constant for image\(s\) \[0, 1\]"):
+    with cam_factory.warns_if(
+        name in ("eigengradcam", "segeigencam"),
+        RuntimeWarning,
+        r"'inner\.tiny\.block' is constant for image\(s\) \[0, 1\]",
+    ):
         assert cam(make_input(), targets=[0, 2]).shape == (2, 16, 16)
 
 
 @pytest.mark.parametrize("cls", [METHODS["scorecam"], METHODS["ablationcam"], GradCAM])
-@pytest.mark.parametrize(("value", "error"), [(0, ValueError), (-1, ValueError), (2.5, TypeError),
-                                          (True, TypeError), (None, TypeError), ("8", TypeError),
-                                          (np.float32(4), TypeError)])
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (0, ValueError),
+        (-1, ValueError),
+        (2.5, TypeError),
+        (True, TypeError),
+        (None, TypeError),
+        ("8", TypeError),
+        (np.float32(4), TypeError),
+    ],
+)
 def test_bad_batch_size(cls, value, error):
     model = make_tiny()
     if value is not None:  # None at construction means the default
@@ -446,8 +504,9 @@ def test_batch_size_does_not_change_the_maps(name, batch_size):
     model = make_tiny()
     x = make_input()
     expected = make_cam(name, model, [model.block], batch_size=8)(x, targets=[1, 3])
-    np.testing.assert_allclose(make_cam(name, model, [model.block], batch_size=batch_size)(x, targets=[1, 3]),
-                               expected, atol=1e-5)
+    np.testing.assert_allclose(
+        make_cam(name, model, [model.block], batch_size=batch_size)(x, targets=[1, 3]), expected, atol=1e-5
+    )
 
 
 # ============================================================================ degenerate maps
@@ -465,15 +524,17 @@ def _assert_zeros_with_warning(call, shape):
 def test_constant_layer_output_gives_zeros_with_a_warning(name):
     torch.manual_seed(0)
     model = ConstantLayer()
-    _assert_zeros_with_warning(lambda: make_cam(name, model, [model.flat])(make_input(), targets=[1, 2]),
-                               (2, 16, 16))
+    _assert_zeros_with_warning(
+        lambda: make_cam(name, model, [model.flat])(make_input(), targets=[1, 2]), (2, 16, 16)
+    )
 
 
 @pytest.mark.parametrize("name", ["gradcam", "gradcam++", "xgradcam"])
 def test_all_negative_weights_give_zeros_with_a_warning(name):
     model = NegativeHead()
-    _assert_zeros_with_warning(lambda: make_cam(name, model, [model.features])(make_input(), targets=[0, 3]),
-                               (2, 16, 16))
+    _assert_zeros_with_warning(
+        lambda: make_cam(name, model, [model.features])(make_input(), targets=[0, 3]), (2, 16, 16)
+    )
 
 
 def test_ablation_with_a_zero_original_score_stays_finite():
@@ -534,14 +595,17 @@ def _gradcam_by_hand(model, x, category):
         weights = grads.flatten(2).mean(-1)
         cam = (weights.reshape(*weights.shape, *[1] * (acts.ndim - 2)) * acts).sum(1).relu()
         flat = cam.flatten(1)
-        flat = (flat - flat.amin(1, keepdim=True)) / (flat.amax(1, keepdim=True) - flat.amin(1, keepdim=True)
-                                                      + 1e-7)
+        flat = (flat - flat.amin(1, keepdim=True)) / (
+            flat.amax(1, keepdim=True) - flat.amin(1, keepdim=True) + 1e-7
+        )
         mode = {1: "linear", 3: "trilinear"}[acts.ndim - 2]
-        cam = F.interpolate(flat.view_as(cam)[:, None], size=x.shape[2:], mode=mode,
-                            align_corners=False)[:, 0]
+        cam = F.interpolate(flat.view_as(cam)[:, None], size=x.shape[2:], mode=mode, align_corners=False)[
+            :, 0
+        ]
         flat = cam.flatten(1)
-        flat = (flat - flat.amin(1, keepdim=True)) / (flat.amax(1, keepdim=True) - flat.amin(1, keepdim=True)
-                                                      + 1e-7)
+        flat = (flat - flat.amin(1, keepdim=True)) / (
+            flat.amax(1, keepdim=True) - flat.amin(1, keepdim=True) + 1e-7
+        )
     return flat.view_as(cam).numpy()
 
 
@@ -567,9 +631,14 @@ def test_1d_signals_and_3d_volumes(name, kind):
 # The hand derivation below holds for maps that are weighted sums of the activations; EigenGrad-CAM
 # and Seg-Eigen-CAM project on a principal component instead (covered in methods/test_formulas.py);
 # FullGrad has no target layer (its map of this model is checked in methods/test_fullgrad.py).
-@pytest.mark.parametrize("name", [n for n in GRADIENT
-                                  if n in LAYERED and n not in ("eigengradcam", "segeigencam")
-                                  and cam_factory.explains_given_score(n)])
+@pytest.mark.parametrize(
+    "name",
+    [
+        n
+        for n in GRADIENT
+        if n in LAYERED and n not in ("eigengradcam", "segeigencam") and cam_factory.explains_given_score(n)
+    ],
+)
 def test_model_without_parameters(name):
     model = nn.Sequential(nn.AvgPool2d(2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     assert not list(model.parameters())
@@ -583,20 +652,25 @@ def test_model_without_parameters(name):
     with torch.no_grad():
         pooled = F.avg_pool2d(x, 2)[[0, 1], [0, 2]].relu()  # (2, 8, 8)
         flat = pooled.flatten(1)
-        ref = ((flat - flat.amin(1, keepdim=True)) / (flat.amax(1, keepdim=True) - flat.amin(1, keepdim=True)
-                                                      + 1e-7)).view_as(pooled)
+        ref = (
+            (flat - flat.amin(1, keepdim=True))
+            / (flat.amax(1, keepdim=True) - flat.amin(1, keepdim=True) + 1e-7)
+        ).view_as(pooled)
         ref = F.interpolate(ref[:, None], size=(16, 16), mode="bilinear", align_corners=False)[:, 0]
         flat = ref.flatten(1)
-        ref = ((flat - flat.amin(1, keepdim=True)) / (flat.amax(1, keepdim=True) - flat.amin(1, keepdim=True)
-                                                      + 1e-7)).view_as(ref)
+        ref = (
+            (flat - flat.amin(1, keepdim=True))
+            / (flat.amax(1, keepdim=True) - flat.amin(1, keepdim=True) + 1e-7)
+        ).view_as(ref)
     np.testing.assert_allclose(maps, ref.numpy(), atol=1e-5)
 
 
 def test_target_objects_from_utils_work_with_every_engine_path():
     # Sanity for the error tests above: the same model and targets work when nothing is wrong.
     model, inner = counting_extras()
-    maps = GradCAM(model, [inner.tiny.block])(make_input(), targets=[ClassifierOutputTarget(4),
-                                                                      ClassifierOutputTarget(0)])
+    maps = GradCAM(model, [inner.tiny.block])(
+        make_input(), targets=[ClassifierOutputTarget(4), ClassifierOutputTarget(0)]
+    )
     assert maps.shape == (2, 16, 16)
     assert maps.max() > 0.99
     assert model.calls == 2

@@ -1,5 +1,6 @@
 """Every warning names the user's line, whatever the path through the library (plain call, forward(),
 aug_smooth, a composite method wrapping another)."""
+
 import warnings
 
 import pytest
@@ -12,8 +13,14 @@ from pytorch_grad_cam._engine.checks import check_float, check_int, check_seed
 
 def tiny():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
     return model
 
 

@@ -58,8 +58,9 @@ class _TinySegmenter(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1),
-                                  nn.ReLU())
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU()
+        )
         self.head = nn.Conv2d(8, 3, 1)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -102,16 +103,18 @@ _TINY_KINDS = {
 _COSTLY = {"sscam", "iscam", "scorecam", "sess", "ablationcam"}
 
 
-def _run_tiny(name: str, kind: str, layers: tuple[str, ...], targets: Any = None, aug: bool = False,
-              eigen: bool = False) -> Callable[[], np.ndarray]:
+def _run_tiny(
+    name: str, kind: str, layers: tuple[str, ...], targets: Any = None, aug: bool = False, eigen: bool = False
+) -> Callable[[], np.ndarray]:
     def compute() -> np.ndarray:
         from pytorch_grad_cam import METHODS
 
         make_model, make_input, *_ = _TINY_KINDS[kind]
         model, x = make_model(), make_input()
         cls = METHODS[name]
-        cam = cls(model, target_layers=[getattr(model, layer) for layer in layers],
-                  **_extra_kwargs(name, cls))
+        cam = cls(
+            model, target_layers=[getattr(model, layer) for layer in layers], **_extra_kwargs(name, cls)
+        )
         return cam(x, targets=targets, aug_smooth=aug, eigen_smooth=eigen)
 
     return compute
@@ -147,8 +150,10 @@ def _classifier_target_cases() -> Iterator[Case]:
     }
     for target_name, make_targets in classifier_targets.items():
         for name in ("gradcam", "scorecam"):
-            yield f"target/{target_name}/{name}", lambda n=name, m=make_targets: _run_tiny(
-                n, "2d", ("conv3",), m())()
+            yield (
+                f"target/{target_name}/{name}",
+                lambda n=name, m=make_targets: _run_tiny(n, "2d", ("conv3",), m())(),
+            )
 
 
 def _binary() -> np.ndarray:
@@ -156,8 +161,9 @@ def _binary() -> np.ndarray:
     from pytorch_grad_cam.utils import model_targets as mt
 
     torch.manual_seed(7)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                          nn.Flatten(), nn.Linear(4, 1)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1)
+    ).eval()
     cam = METHODS["gradcam"](model, target_layers=[model[0]])
     targets = [mt.BinaryClassifierOutputTarget(1), mt.BinaryClassifierOutputTarget(0)]
     return cam(_input(2, 3, 10, 12, seed=8), targets=targets)
@@ -276,8 +282,10 @@ def main() -> int:
     for key, error in errors.items():
         print(f"{key}: {error[:150]}")
     np.savez_compressed(GOLDEN_FILE, __fingerprint__=np.array(fingerprint()), **maps)
-    print(f"wrote {len(maps)} cases to {GOLDEN_FILE} ({GOLDEN_FILE.stat().st_size / 1e6:.1f} MB), "
-          f"{fingerprint()}")
+    print(
+        f"wrote {len(maps)} cases to {GOLDEN_FILE} ({GOLDEN_FILE.stat().st_size / 1e6:.1f} MB), "
+        f"{fingerprint()}"
+    )
     return 0
 
 

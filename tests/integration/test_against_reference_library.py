@@ -11,6 +11,7 @@ Cases: a seeded resnet18 at 96x96 (batch 2, a class per image): the gradient met
 channels: one forward pass per channel and image) plus a tiny conv net. EigenCAM is compared up to the
 sign of the principal component, which the reference leaves to the SVD backend.
 """
+
 import json
 import os
 import subprocess
@@ -30,27 +31,45 @@ from tests.reference_library import REFERENCE_PATH, TESTS_DIR
 pytestmark = pytest.mark.reference
 
 if not (REFERENCE_PATH / "pytorch_grad_cam" / "__init__.py").is_file():
-    pytest.skip(f"no reference pytorch_grad_cam under {REFERENCE_PATH} (set GRAD_CAM_REFERENCE_PATH)",
-                allow_module_level=True)
-_probe = subprocess.run([sys.executable, "-c", "import pytorch_grad_cam"], capture_output=True, text=True,
-                        env={**os.environ, "PYTHONPATH": str(REFERENCE_PATH)})
+    pytest.skip(
+        f"no reference pytorch_grad_cam under {REFERENCE_PATH} (set GRAD_CAM_REFERENCE_PATH)",
+        allow_module_level=True,
+    )
+_probe = subprocess.run(
+    [sys.executable, "-c", "import pytorch_grad_cam"],
+    capture_output=True,
+    text=True,
+    env={**os.environ, "PYTHONPATH": str(REFERENCE_PATH)},
+)
 if _probe.returncode != 0:  # e.g. its own dependencies (matplotlib, scikit-learn) are not installed
     _why = (_probe.stderr.strip().splitlines() or ["?"])[-1]
     pytest.skip(f"the reference under {REFERENCE_PATH} does not import here: {_why}", allow_module_level=True)
 
-REF_CLASSES = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM",
-               "eigencam": "EigenCAM", "scorecam": "ScoreCAM", "ablationcam": "AblationCAM",
-               "hirescam": "HiResCAM", "gradcamelementwise": "GradCAMElementWise", "layercam": "LayerCAM",
-               "fem": "FEM"}
+REF_CLASSES = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "xgradcam": "XGradCAM",
+    "eigencam": "EigenCAM",
+    "scorecam": "ScoreCAM",
+    "ablationcam": "AblationCAM",
+    "hirescam": "HiResCAM",
+    "gradcamelementwise": "GradCAMElementWise",
+    "layercam": "LayerCAM",
+    "fem": "FEM",
+}
 # Not compared here: RandomCAM (random by design), and three methods whose map is a principal component
 # with a sign the reference leaves to its SVD / eigensolver (EigenGrad-CAM, Seg-Eigen-CAM, KPCA-CAM);
 # methods/test_formulas.py checks those against plain references, KPCA-CAM for all five kernels.
 NOT_COMPARED = {"randomcam", "eigengradcam", "segeigencam", "kpcacam"}
 # Compared with grad-cam 1.5.7 in their own family's test file (same black-box subprocess approach), or
 # not in the reference at all (SmoothGrad-CAM++, SS-CAM, IS-CAM are torchcam's; CAM is in neither).
-COMPARED_ELSEWHERE = {"fullgrad": "methods/test_fullgrad.py", "shapleycam": "methods/test_gradient.py",
-                      "finercam": "methods/test_composite.py", "refinecam": "methods/test_composite.py",
-                      "sess": "methods/test_composite.py"}
+COMPARED_ELSEWHERE = {
+    "fullgrad": "methods/test_fullgrad.py",
+    "shapleycam": "methods/test_gradient.py",
+    "finercam": "methods/test_composite.py",
+    "refinecam": "methods/test_composite.py",
+    "sess": "methods/test_composite.py",
+}
 NOT_IN_REFERENCE = {"cam", "smoothgradcam++", "sscam", "iscam"}
 
 # name -> (model, target layers (dotted names), method, input, classes)
@@ -73,7 +92,7 @@ CASES["tiny-relu1+relu2-ablationcam"] = ("tiny", ["relu1", "relu2"], "ablationca
 BUG_CASE = "tiny-relu2+relu1-ablationcam"
 CASES[BUG_CASE] = ("tiny", ["relu2", "relu1"], "ablationcam", "xtiny", [1, 3])
 
-DRIVER = r'''
+DRIVER = r"""
 import copy, json, sys
 import numpy as np, torch, torchvision
 import pytorch_grad_cam
@@ -121,7 +140,7 @@ for case, (model_name, layer_names, method, x_name, classes) in cases.items():
         out[case + ":activations"] = captured["a"].numpy()
 np.savez(f"{work}/reference.npz", **out)
 json.dump(report, open(f"{work}/report.json", "w"))
-'''
+"""
 
 
 def _models():
@@ -141,15 +160,22 @@ def reference(tmp_path_factory):
         torch.save(model.state_dict(), work / f"{name}.pt")
     for name, x in _inputs().items():
         torch.save(x, work / f"{name}.pt")
-    cases = {k: (m, layers, REF_CLASSES[method], x, classes) for k, (m, layers, method, x, classes)
-             in CASES.items()}
+    cases = {
+        k: (m, layers, REF_CLASSES[method], x, classes)
+        for k, (m, layers, method, x, classes) in CASES.items()
+    }
     (work / "cases.json").write_text(json.dumps(cases))
     (work / "driver.py").write_text(DRIVER)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(REFERENCE_PATH)
-    result = subprocess.run([sys.executable, str(work / "driver.py"), str(work), str(TESTS_DIR),
-                             str(REFERENCE_PATH)], cwd=work, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(work / "driver.py"), str(work), str(TESTS_DIR), str(REFERENCE_PATH)],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     maps = dict(np.load(work / "reference.npz"))
     report = json.loads((work / "report.json").read_text())
@@ -174,8 +200,9 @@ def test_the_reference_is_the_reference_library(reference):
     _, report = reference
     assert Path(report["file"]).resolve().is_relative_to(REFERENCE_PATH.resolve())
     compared = set(method for _, _, method, _, _ in CASES.values())
-    assert compared == set(METHODS) - NOT_COMPARED - set(COMPARED_ELSEWHERE) - NOT_IN_REFERENCE, \
+    assert compared == set(METHODS) - NOT_COMPARED - set(COMPARED_ELSEWHERE) - NOT_IN_REFERENCE, (
         "a method is not compared"
+    )
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c != BUG_CASE and CASES[c][2] != "eigencam"])
@@ -203,13 +230,16 @@ def test_eigencam_matches_reference_library_up_to_sign(reference, models_and_inp
         channel_sum = acts[i].sum(0) - acts[i].sum(0).mean()
         sign = -1.0 if (p[i].astype(np.float64) * channel_sum).sum() < 0 else 1.0
         # The reference's pipeline rebuilt from its projection (checked on the reference itself first).
-        rebuilt = [R.normalize(R.resize(R.normalize(np.maximum(s * p[i].astype(np.float64), 0)), size))
-                   for s in (1.0, -1.0)]
+        rebuilt = [
+            R.normalize(R.resize(R.normalize(np.maximum(s * p[i].astype(np.float64), 0)), size))
+            for s in (1.0, -1.0)
+        ]
         np.testing.assert_allclose(want[i], rebuilt[0], atol=1e-4)
         expected = want[i] if sign > 0 else rebuilt[1]
         flipped += sign < 0
-        torch.testing.assert_close(got[i], torch.from_numpy(expected.astype(np.float32)),
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            got[i], torch.from_numpy(expected.astype(np.float32)), atol=1e-4, rtol=1e-4
+        )
     print(f"{case}: {flipped} of {len(p)} images had the opposite sign in the reference")
 
 
@@ -225,5 +255,6 @@ def test_reference_ablationcam_bug_target_layers_out_of_forward_order(reference,
     reversed_order = ours(models_and_inputs, BUG_CASE)
     forward_order = ours(models_and_inputs, BUG_CASE, layer_names=["relu1", "relu2"])
     torch.testing.assert_close(reversed_order, forward_order, atol=1e-6, rtol=0)
-    torch.testing.assert_close(reversed_order, torch.from_numpy(maps["tiny-relu1+relu2-ablationcam"]),
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        reversed_order, torch.from_numpy(maps["tiny-relu1+relu2-ablationcam"]), atol=1e-4, rtol=1e-4
+    )

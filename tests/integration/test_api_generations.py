@@ -5,6 +5,7 @@ First generation: ``Cls(model=..., target_layer=..., use_cuda=False)`` and
 ``ClassifierOutputTarget``, the context manager and the positional call. Each old spelling must give the
 same maps as its new equivalent; mixing both names of one argument is a TypeError.
 """
+
 import importlib
 
 import numpy as np
@@ -124,7 +125,8 @@ def test_first_generation_reshape_transform():
     cam = GradCAM(model=vit, target_layer=layer, reshape_transform=reshape_transform)
     old = cam(input_tensor=x, target_category=7)
     new = GradCAM(vit, target_layers=[layer], reshape_transform=reshape_transform)(
-        x, [ClassifierOutputTarget(7)])
+        x, [ClassifierOutputTarget(7)]
+    )
     assert old.shape == (1, 32, 32)
     assert old.max() == pytest.approx(1, abs=1e-4)
     assert old.min() == 0
@@ -234,29 +236,32 @@ def test_use_cuda_without_cuda_is_a_clear_value_error(model):
         GradCAM(model, target_layers=[model.layer4[-1]], device="cuda")
 
 
-@pytest.mark.parametrize(("module", "name"), [
-    ("pytorch_grad_cam.grad_cam", "GradCAM"),
-    ("pytorch_grad_cam.grad_cam_plusplus", "GradCAMPlusPlus"),
-    ("pytorch_grad_cam.xgrad_cam", "XGradCAM"),
-    ("pytorch_grad_cam.eigen_cam", "EigenCAM"),
-    ("pytorch_grad_cam.score_cam", "ScoreCAM"),
-    ("pytorch_grad_cam.ablation_cam", "AblationCAM"),
-    ("pytorch_grad_cam.hirescam", "HiResCAM"),
-    ("pytorch_grad_cam.layer_cam", "LayerCAM"),
-    ("pytorch_grad_cam.eigen_grad_cam", "EigenGradCAM"),
-    ("pytorch_grad_cam.grad_cam_elementwise", "GradCAMElementWise"),
-    ("pytorch_grad_cam.kpca_cam", "KPCA_CAM"),
-    ("pytorch_grad_cam.fem", "FEM"),
-    ("pytorch_grad_cam.random_cam", "RandomCAM"),
-    ("pytorch_grad_cam.seg_eigen_cam", "SegEigenCAM"),
-    ("pytorch_grad_cam.shapley_cam", "ShapleyCAM"),
-    ("pytorch_grad_cam.fullgrad_cam", "FullGrad"),
-    ("pytorch_grad_cam.guided_backprop", "GuidedBackpropReLUModel"),
-    ("pytorch_grad_cam.finer_cam", "FinerCAM"),
-    ("pytorch_grad_cam.refine_cam", "RefineCAM"),
-    ("pytorch_grad_cam.sess", "SESS"),
-    ("pytorch_grad_cam.feature_factorization.deep_feature_factorization", "DeepFeatureFactorization"),
-])
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("pytorch_grad_cam.grad_cam", "GradCAM"),
+        ("pytorch_grad_cam.grad_cam_plusplus", "GradCAMPlusPlus"),
+        ("pytorch_grad_cam.xgrad_cam", "XGradCAM"),
+        ("pytorch_grad_cam.eigen_cam", "EigenCAM"),
+        ("pytorch_grad_cam.score_cam", "ScoreCAM"),
+        ("pytorch_grad_cam.ablation_cam", "AblationCAM"),
+        ("pytorch_grad_cam.hirescam", "HiResCAM"),
+        ("pytorch_grad_cam.layer_cam", "LayerCAM"),
+        ("pytorch_grad_cam.eigen_grad_cam", "EigenGradCAM"),
+        ("pytorch_grad_cam.grad_cam_elementwise", "GradCAMElementWise"),
+        ("pytorch_grad_cam.kpca_cam", "KPCA_CAM"),
+        ("pytorch_grad_cam.fem", "FEM"),
+        ("pytorch_grad_cam.random_cam", "RandomCAM"),
+        ("pytorch_grad_cam.seg_eigen_cam", "SegEigenCAM"),
+        ("pytorch_grad_cam.shapley_cam", "ShapleyCAM"),
+        ("pytorch_grad_cam.fullgrad_cam", "FullGrad"),
+        ("pytorch_grad_cam.guided_backprop", "GuidedBackpropReLUModel"),
+        ("pytorch_grad_cam.finer_cam", "FinerCAM"),
+        ("pytorch_grad_cam.refine_cam", "RefineCAM"),
+        ("pytorch_grad_cam.sess", "SESS"),
+        ("pytorch_grad_cam.feature_factorization.deep_feature_factorization", "DeepFeatureFactorization"),
+    ],
+)
 def test_reference_import_paths(module, name):
     import pytorch_grad_cam
 

@@ -59,17 +59,20 @@ def test_a_subclass_registers_only_with_a_name_of_its_own_and_never_over_another
 
 
 def test_importing_the_package_does_not_import_opencv():
-    code = ("import sys, pytorch_grad_cam, pytorch_grad_cam.utils, pytorch_grad_cam.grad_cam\n"
-            "assert 'cv2' not in sys.modules, 'cv2 imported'\n"
-            "from pytorch_grad_cam.utils import show_cam_on_image\n"
-            "assert 'cv2' in sys.modules\n")
+    code = (
+        "import sys, pytorch_grad_cam, pytorch_grad_cam.utils, pytorch_grad_cam.grad_cam\n"
+        "assert 'cv2' not in sys.modules, 'cv2 imported'\n"
+        "from pytorch_grad_cam.utils import show_cam_on_image\n"
+        "assert 'cv2' in sys.modules\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
 
 
 # -- composites hold a plain base method ---------------------------------------------------------------------
-@pytest.mark.parametrize(("cls", "base"),
-                         [(FinerCAM, GradCAM), (RefineCAM, GradCAMPlusPlus), (SESS, GradCAM)])
+@pytest.mark.parametrize(
+    ("cls", "base"), [(FinerCAM, GradCAM), (RefineCAM, GradCAMPlusPlus), (SESS, GradCAM)]
+)
 def test_a_composite_holds_an_instance_of_exactly_its_base_class(tiny_2d, cls, base):
     model, _ = tiny_2d
     cam = cls(model, [model.conv2, model.conv3])
@@ -125,20 +128,25 @@ class _RecursingLogit(_Recursion):
 
 # ``after``: the target's call that recurses; past the first, inside the method's own loop (SS-CAM's masked
 # batches, SESS's patches), where per-call state on the object would be overwritten under the outer call.
-@pytest.mark.parametrize(("make", "after"), [
-    (lambda m: GradCAM(m, [m.conv3]), 1),
-    (lambda m: CAM(m, [m.relu3]), 1),
-    (lambda m: SSCAM(m, [m.conv3], num_samples=2, seed=3, batch_size=4), 3),
-    (lambda m: FinerCAM(m, [m.conv3], alpha=0.7), 1),
-    (lambda m: SESS(m, [m.conv3], num_scales=2), 2),
-], ids=["gradcam", "cam", "sscam", "finercam", "sess"])
+@pytest.mark.parametrize(
+    ("make", "after"),
+    [
+        (lambda m: GradCAM(m, [m.conv3]), 1),
+        (lambda m: CAM(m, [m.relu3]), 1),
+        (lambda m: SSCAM(m, [m.conv3], num_samples=2, seed=3, batch_size=4), 3),
+        (lambda m: FinerCAM(m, [m.conv3], alpha=0.7), 1),
+        (lambda m: SESS(m, [m.conv3], num_scales=2), 2),
+    ],
+    ids=["gradcam", "cam", "sscam", "finercam", "sess"],
+)
 def test_a_cam_object_can_be_called_from_inside_its_own_call(tiny_2d, make, after):
     model, x = tiny_2d
     other = seeded_input(1, 3, 12, 16, seed=9)
     cam = make(model)
     # FinerCAM makes class targets into its comparison targets (which would not recurse): a plain callable.
-    plain, recursing = (_Logit, _RecursingLogit) if isinstance(cam, FinerCAM) else (ClassifierOutputTarget,
-                                                                                     _Recursing)
+    plain, recursing = (
+        (_Logit, _RecursingLogit) if isinstance(cam, FinerCAM) else (ClassifierOutputTarget, _Recursing)
+    )
     want_outer = cam(x, targets=[plain(1), ClassifierOutputTarget(1)])
     want_inner = cam(other, targets=[1])
     target = recursing(cam, other, 1, after)
@@ -153,8 +161,9 @@ def test_two_threads_share_one_cam_object_and_one_model():
     inputs = [seeded_input(2, 3, 12, 16, seed=s) for s in range(6)]
     cam = FinerCAM(model, [model.conv3])
     # Each thread its own alpha: a call's options that lived on the object would leak across threads.
-    want = {(i, alpha): cam(x, targets=[1, 3], alpha=alpha)
-            for i, x in enumerate(inputs) for alpha in (0.2, 0.9)}
+    want = {
+        (i, alpha): cam(x, targets=[1, 3], alpha=alpha) for i, x in enumerate(inputs) for alpha in (0.2, 0.9)
+    }
     got, errors = {}, []
 
     def work(alpha):
@@ -179,20 +188,49 @@ def test_two_threads_share_one_cam_object_and_one_model():
 
 
 # -- one validation rule -------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("make", "error", "match"), [
-    (lambda m: FEM(m, [m.conv3], k=float("nan")), ValueError, "k must be a finite float, got nan"),
-    (lambda m: FEM(m, [m.conv3], k="2"), TypeError, "k must be a finite float, got str '2'"),
-    (lambda m: RandomCAM(m, [m.conv3], seed=1.5), TypeError, "seed must be None or an int, got float 1.5"),
-    (lambda m: KPCA_CAM(m, [m.conv3], gamma="x"), TypeError, "gamma must be a finite float > 0, got str 'x'"),
-    (lambda m: KPCA_CAM(m, [m.conv3], gamma=0.0), ValueError, "gamma must be a finite float > 0, got 0.0"),
-    (lambda m: KPCA_CAM(m, [m.conv3], kernel=3), TypeError, "kernel must be one of .*, got int 3"),
-    (lambda m: KPCA_CAM(m, [m.conv3], kernel="tanh"), ValueError, "kernel must be one of .*, got 'tanh'"),
-    (lambda m: KPCA_CAM(m, [m.conv3], coef0=float("inf")), ValueError, "coef0 must be a finite float"),
-    (lambda m: FinerCAM(m, [m.conv3], alpha=float("nan")), ValueError,
-     "alpha must be a finite float, got nan"),
-    (lambda m: SESS(m, [m.conv3], smooth="yes"), TypeError, "smooth must be a bool, got str 'yes'"),
-], ids=["fem-k-nan", "fem-k-str", "random-seed", "kpca-gamma-str", "kpca-gamma-0", "kpca-kernel-int",
-        "kpca-kernel-name", "kpca-coef0", "finer-alpha", "sess-smooth"])
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda m: FEM(m, [m.conv3], k=float("nan")), ValueError, "k must be a finite float, got nan"),
+        (lambda m: FEM(m, [m.conv3], k="2"), TypeError, "k must be a finite float, got str '2'"),
+        (
+            lambda m: RandomCAM(m, [m.conv3], seed=1.5),
+            TypeError,
+            "seed must be None or an int, got float 1.5",
+        ),
+        (
+            lambda m: KPCA_CAM(m, [m.conv3], gamma="x"),
+            TypeError,
+            "gamma must be a finite float > 0, got str 'x'",
+        ),
+        (
+            lambda m: KPCA_CAM(m, [m.conv3], gamma=0.0),
+            ValueError,
+            "gamma must be a finite float > 0, got 0.0",
+        ),
+        (lambda m: KPCA_CAM(m, [m.conv3], kernel=3), TypeError, "kernel must be one of .*, got int 3"),
+        (lambda m: KPCA_CAM(m, [m.conv3], kernel="tanh"), ValueError, "kernel must be one of .*, got 'tanh'"),
+        (lambda m: KPCA_CAM(m, [m.conv3], coef0=float("inf")), ValueError, "coef0 must be a finite float"),
+        (
+            lambda m: FinerCAM(m, [m.conv3], alpha=float("nan")),
+            ValueError,
+            "alpha must be a finite float, got nan",
+        ),
+        (lambda m: SESS(m, [m.conv3], smooth="yes"), TypeError, "smooth must be a bool, got str 'yes'"),
+    ],
+    ids=[
+        "fem-k-nan",
+        "fem-k-str",
+        "random-seed",
+        "kpca-gamma-str",
+        "kpca-gamma-0",
+        "kpca-kernel-int",
+        "kpca-kernel-name",
+        "kpca-coef0",
+        "finer-alpha",
+        "sess-smooth",
+    ],
+)
 def test_wrong_type_is_a_type_error_wrong_range_a_value_error(tiny_2d, make, error, match):
     model, _ = tiny_2d
     with pytest.raises(error, match=match):

@@ -27,6 +27,7 @@ after the target) per channel. The ScoreCAM family gets the segmentation layer's
 (``_fpn_few_channels``: one masked batch) instead of all 768; SS-/IS-CAM and SmoothGrad-CAM++ get fewer
 samples on the two torchvision dense models (``CHEAP_SAMPLES``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -84,8 +85,10 @@ CLEAR_ERRORS: dict[tuple[str, str], tuple[type, str]] = {
 KNOWN_BUGS: dict[tuple[str, str], tuple[Any, str]] = {}
 #: (method, kind) -> a warning the call must give: CAM on a layer that is not average-pooled into the
 #: head (the ViT head reads the class token; Swin's norm1 of the last block is not the pooled output).
-EXPECTED_WARNINGS = {("cam", "vit"): "CAM: the input of the linear layer 'heads.head' is not the spatial",
-                     ("cam", "swin"): "CAM: the input of the linear layer 'head' is not the spatial"}
+EXPECTED_WARNINGS = {
+    ("cam", "vit"): "CAM: the input of the linear layer 'heads.head' is not the spatial",
+    ("cam", "swin"): "CAM: the input of the linear layer 'head' is not the spatial",
+}
 #: Class-specific methods whose map need not be hot on the planted patch, and why.
 HOT_CHECK_EXEMPT = {
     # |x * grad_x| min-max normalised per input channel (the reference library's post-processing): the
@@ -109,8 +112,9 @@ class PlantedNet(nn.Module):
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
         conv = _CONV[dim]
-        self.features = nn.Sequential(conv(3, 6, 3, padding=1), nn.ReLU(),
-                                      conv(6, 6, 3, padding=1), nn.ReLU())
+        self.features = nn.Sequential(
+            conv(3, 6, 3, padding=1), nn.ReLU(), conv(6, 6, 3, padding=1), nn.ReLU()
+        )
         self.fc = nn.Linear(6, 3)
         centre = (0,) + (1,) * dim
         with torch.no_grad():
@@ -161,7 +165,7 @@ class Kind:
 def _planted(dim: int) -> Kind:
     size = {1: 24, 2: 12, 3: 12}[dim]
     # The patch is 4**dim of the size**dim pooled positions: the same logit (about 4.4) in every dim.
-    model = PlantedNet(dim, gain=40.0 * (16 / 144) * size ** dim / 4 ** dim).eval()
+    model = PlantedNet(dim, gain=40.0 * (16 / 144) * size**dim / 4**dim).eval()
     x, hot = _planted_input(dim, size=size)
     # SS-CAM's noisy masks (std 2) need more than the generic tests' 3 samples to find the patch.
     return Kind(model, [model.features], x, [0, 1], hot=hot, extra={"sscam": {"num_samples": 16, "seed": 0}})
@@ -169,8 +173,9 @@ def _planted(dim: int) -> Kind:
 
 def _vit() -> Kind:
     torch.manual_seed(0)
-    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
-                              mlp_dim=64, num_classes=5).eval()
+    model = VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=5
+    ).eval()
     with torch.no_grad():  # torchvision initialises the head to zeros: every gradient would be zero
         model.heads.head.weight.normal_(0.0, 1.0)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
@@ -179,8 +184,9 @@ def _vit() -> Kind:
 
 def _swin() -> Kind:
     torch.manual_seed(0)
-    model = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[1, 2],
-                            window_size=[2, 2], num_classes=5).eval()
+    model = SwinTransformer(
+        patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=[2, 2], num_classes=5
+    ).eval()
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     return Kind(model, [model.features[-1][-1].norm1], x, [1, 3], reshape_transform=swin_reshape_transform)
 
@@ -188,7 +194,8 @@ def _swin() -> Kind:
 def _segmentation() -> Kind:
     torch.manual_seed(0)
     model = torchvision.models.segmentation.deeplabv3_mobilenet_v3_large(
-        weights=None, weights_backbone=None, num_classes=3)
+        weights=None, weights_backbone=None, num_classes=3
+    )
     # Fit the BatchNorm statistics once (cumulative average), as a trained model has them: with the
     # unfitted ones the head's activations are ~1e-10 against a score of ~88, and no single channel moves
     # the float32 score (AblationCAM then has nothing to measure, and says so).
@@ -205,8 +212,14 @@ def _segmentation() -> Kind:
     mask = (prediction == category).numpy()
     assert mask.sum() > 0
     # The head's last ReLU (256 channels on a 4x4 grid); the ScoreCAM family explains its first 32.
-    return Kind(model, [model.classifier[3]], x, [SemanticSegmentationTarget(category, mask)],
-                perturbation_transform=_first_channels, extra={"sess": {"use_softmax_scores": False}})
+    return Kind(
+        model,
+        [model.classifier[3]],
+        x,
+        [SemanticSegmentationTarget(category, mask)],
+        perturbation_transform=_first_channels,
+        extra={"sess": {"use_softmax_scores": False}},
+    )
 
 
 def _first_channels(activations):
@@ -223,8 +236,15 @@ def _fpn_few_channels(levels):
 def _detection() -> Kind:
     torch.manual_seed(0)
     model = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn(
-        weights=None, weights_backbone=None, min_size=128, max_size=128, box_score_thresh=0.0,
-        rpn_pre_nms_top_n_test=30, rpn_post_nms_top_n_test=10, box_detections_per_img=5).eval()
+        weights=None,
+        weights_backbone=None,
+        min_size=128,
+        max_size=128,
+        box_score_thresh=0.0,
+        rpn_pre_nms_top_n_test=30,
+        rpn_post_nms_top_n_test=10,
+        box_detections_per_img=5,
+    ).eval()
     x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         detections = model(x)[0]
@@ -232,12 +252,26 @@ def _detection() -> Kind:
     target = FasterRCNNBoxScoreTarget(detections["labels"][:2], detections["boxes"][:2])
     # The coarsest level is 2x2 at this size: resize the levels to the finest grid instead.
     transform = functools.partial(fpn_reshape_transform, size="0")
-    return Kind(model, [model.backbone], x, [target], reshape_transform=transform,
-                perturbation_transform=_fpn_few_channels, extra={"sess": {"use_softmax_scores": False}})
+    return Kind(
+        model,
+        [model.backbone],
+        x,
+        [target],
+        reshape_transform=transform,
+        perturbation_transform=_fpn_few_channels,
+        extra={"sess": {"use_softmax_scores": False}},
+    )
 
 
-_BUILDERS = {"cnn2d": lambda: _planted(2), "cnn3d": lambda: _planted(3), "cnn1d": lambda: _planted(1),
-             "vit": _vit, "swin": _swin, "segmentation": _segmentation, "detection": _detection}
+_BUILDERS = {
+    "cnn2d": lambda: _planted(2),
+    "cnn3d": lambda: _planted(3),
+    "cnn1d": lambda: _planted(1),
+    "vit": _vit,
+    "swin": _swin,
+    "segmentation": _segmentation,
+    "detection": _detection,
+}
 
 
 @pytest.fixture(scope="module")
@@ -249,6 +283,7 @@ def kinds():
         if name not in cache:
             cache[name] = _BUILDERS[name]()
         return cache[name]
+
     return get
 
 
@@ -397,8 +432,7 @@ def _reference_gradients(model: nn.Module, x: torch.Tensor, targets, guided: boo
     x = x.detach().clone().requires_grad_(True)
     with monkeypatch.context() as patch:
         if guided:
-            patch.setattr(torch.nn.functional, "relu",
-                          lambda t, inplace=False: _RefGuidedReLU.apply(t, None))
+            patch.setattr(torch.nn.functional, "relu", lambda t, inplace=False: _RefGuidedReLU.apply(t, None))
         output = model(x)
         scores = []
         for i, target in enumerate(targets):
@@ -416,11 +450,13 @@ _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_back
 
 
 def _state(model: nn.Module) -> dict[str, Any]:
-    return {"hooks": [[list(getattr(m, attr)) for attr in _HOOK_DICTS] for m in model.modules()],
-            "training": [m.training for m in model.modules()],
-            "requires_grad": [p.requires_grad for p in model.parameters()],
-            "grad": [p.grad for p in model.parameters()],
-            "values": {k: v.clone() for k, v in model.state_dict().items()}}
+    return {
+        "hooks": [[list(getattr(m, attr)) for attr in _HOOK_DICTS] for m in model.modules()],
+        "training": [m.training for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "grad": [p.grad for p in model.parameters()],
+        "values": {k: v.clone() for k, v in model.state_dict().items()},
+    }
 
 
 def _assert_state(before: dict[str, Any], after: dict[str, Any]) -> None:
@@ -456,8 +492,10 @@ def test_guided_backprop_on_model_kind(kind_name, kinds, monkeypatch):
     swapped, F.relu patched), in the input's layout; on the planted nets it is hot on the class's patch,
     in the class's input channel."""
     kind = kinds(kind_name)
-    gb = _call_in_mixed_training_mode(kind.model, lambda: GuidedBackpropReLUModel(kind.model)(
-        kind.x, targets=kind.targets, channels_last=False))
+    gb = _call_in_mixed_training_mode(
+        kind.model,
+        lambda: GuidedBackpropReLUModel(kind.model)(kind.x, targets=kind.targets, channels_last=False),
+    )
     assert isinstance(gb, np.ndarray)
     assert gb.dtype == np.float32
     assert gb.shape == tuple(kind.x.shape)
@@ -477,7 +515,7 @@ def test_guided_backprop_on_model_kind(kind_name, kinds, monkeypatch):
     moved = np.moveaxis(gb, 1, -1)
     np.testing.assert_allclose(last, moved[0] if gb.shape[0] == 1 else moved, rtol=1e-5, atol=1e-6 * scale)
     if kind.hot is not None:
-        energy = (gb ** 2).sum(1)  # (B, *spatial)
+        energy = (gb**2).sum(1)  # (B, *spatial)
         for i, c in enumerate(kind.targets):
             # Measured: 1.9-3.1 times the energy elsewhere; 83-99% of it in the class's input channel.
             assert _energy_ratio(energy[i], kind.hot[i], ~kind.hot[i]) > 1.5
@@ -489,8 +527,12 @@ def test_guided_gradcam_on_model_kind(kind_name, kinds, monkeypatch):
     """Guided Grad-CAM = guided backprop (the written-out rule) x the kind's Grad-CAM map; on the planted
     nets the product is far more class-discriminative than guided backprop alone."""
     kind = kinds(kind_name)
-    ggc = _call_in_mixed_training_mode(kind.model, lambda: GuidedGradCAM(
-        kind.model, kind.layers, kind.reshape_transform)(kind.x, targets=kind.targets, channels_last=False))
+    ggc = _call_in_mixed_training_mode(
+        kind.model,
+        lambda: GuidedGradCAM(kind.model, kind.layers, kind.reshape_transform)(
+            kind.x, targets=kind.targets, channels_last=False
+        ),
+    )
     cam = GradCAM(kind.model, kind.layers, kind.reshape_transform)(kind.x, targets=kind.targets)
     assert (cam.reshape(cam.shape[0], -1).std(1) > 0.02).all()
     gb = _reference_gradients(kind.model, kind.x, kind.targets, True, monkeypatch)

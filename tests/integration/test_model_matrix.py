@@ -23,6 +23,7 @@ is set (about 5 minutes more). ScoreCAM's own code is the same for every model a
 here on resnet18, vgg11 and mnasnet1_0; the transformer layouts (reshape_transform) are run by default
 with the five other methods.
 """
+
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -43,8 +44,12 @@ pytestmark = pytest.mark.slow
 ALL_METHODS = ["gradcam", "gradcam++", "xgradcam", "eigencam", "scorecam", "ablationcam"]
 FULL_MATRIX = os.environ.get("PYTORCH_GRAD_CAM_FULL_MATRIX", "") not in ("", "0")
 #: (model, method) cells run only with PYTORCH_GRAD_CAM_FULL_MATRIX=1 (see the module docstring).
-EXPENSIVE = {("resnet50", "scorecam"), ("densenet121", "scorecam"), ("vit_b_16", "scorecam"),
-             ("swin_t", "scorecam")}
+EXPENSIVE = {
+    ("resnet50", "scorecam"),
+    ("densenet121", "scorecam"),
+    ("vit_b_16", "scorecam"),
+    ("swin_t", "scorecam"),
+}
 #: Batch vs single images, atol. torch's own float32 forward pass differs slightly between a batch of 1
 #: and of 2 (other conv algorithms: 3e-6 on densenet121's features, 4e-5 on resnet50's logits of about
 #: 50), and the min-max normalisation divides by the raw CAM's range, which is small for random weights:
@@ -79,20 +84,43 @@ class Case:
 
 
 MODELS: dict[str, Case] = {
-    "resnet18": Case(lambda s: torchvision.models.resnet18(weights=None), lambda m: m.layer4[-1],
-                     method_size={"scorecam": 33}),
-    "resnet50": Case(lambda s: torchvision.models.resnet50(weights=None), lambda m: m.layer4[-1],
-                     method_size={"scorecam": 33}),
-    "vgg11": Case(lambda s: torchvision.models.vgg11(weights=None), lambda m: m.features[-1],
-                  method_size={"scorecam": (32, 64)}),
-    "densenet121": Case(lambda s: torchvision.models.densenet121(weights=None), lambda m: m.features[-1],
-                        method_size={"scorecam": 61}),
-    "mnasnet1_0": Case(lambda s: torchvision.models.mnasnet1_0(weights=None), lambda m: m.layers[-1],
-                       method_size={"scorecam": (16, 33)}),
-    "vit_b_16": Case(_vit, lambda m: m.encoder.layers[-1].ln_1, vit_reshape_transform,
-                     method_size={"scorecam": 32, "ablationcam": 32}),
-    "swin_t": Case(lambda s: torchvision.models.swin_t(weights=None), lambda m: m.features[-1][-1].norm1,
-                   swinT_reshape_transform, method_size={"scorecam": 48}),
+    "resnet18": Case(
+        lambda s: torchvision.models.resnet18(weights=None),
+        lambda m: m.layer4[-1],
+        method_size={"scorecam": 33},
+    ),
+    "resnet50": Case(
+        lambda s: torchvision.models.resnet50(weights=None),
+        lambda m: m.layer4[-1],
+        method_size={"scorecam": 33},
+    ),
+    "vgg11": Case(
+        lambda s: torchvision.models.vgg11(weights=None),
+        lambda m: m.features[-1],
+        method_size={"scorecam": (32, 64)},
+    ),
+    "densenet121": Case(
+        lambda s: torchvision.models.densenet121(weights=None),
+        lambda m: m.features[-1],
+        method_size={"scorecam": 61},
+    ),
+    "mnasnet1_0": Case(
+        lambda s: torchvision.models.mnasnet1_0(weights=None),
+        lambda m: m.layers[-1],
+        method_size={"scorecam": (16, 33)},
+    ),
+    "vit_b_16": Case(
+        _vit,
+        lambda m: m.encoder.layers[-1].ln_1,
+        vit_reshape_transform,
+        method_size={"scorecam": 32, "ablationcam": 32},
+    ),
+    "swin_t": Case(
+        lambda s: torchvision.models.swin_t(weights=None),
+        lambda m: m.features[-1][-1].norm1,
+        swinT_reshape_transform,
+        method_size={"scorecam": 48},
+    ),
 }
 
 
@@ -132,9 +160,10 @@ class Built:
             size = self.size(method)
             model = self.model(size)
             x = self.inputs(size)
-            x = x if which == "both" else x[which:which + 1]
-            cam = METHODS[method](model, target_layers=[self.case.layer(model)],
-                                  reshape_transform=self.case.reshape_transform)
+            x = x if which == "both" else x[which : which + 1]
+            cam = METHODS[method](
+                model, target_layers=[self.case.layer(model)], reshape_transform=self.case.reshape_transform
+            )
             cam.batch_size = 1024  # one or two forward passes per image for the perturbation methods
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -152,8 +181,10 @@ def built(request):
 
 def _skip_expensive(built: Built, method: str) -> None:
     if (built.name, method) in EXPENSIVE and not FULL_MATRIX:
-        pytest.skip(f"{method} on {built.name}: one forward pass per channel, 20-40 s on 2 cores; "
-                    "set PYTORCH_GRAD_CAM_FULL_MATRIX=1 to run it")
+        pytest.skip(
+            f"{method} on {built.name}: one forward pass per channel, 20-40 s on 2 cores; "
+            "set PYTORCH_GRAD_CAM_FULL_MATRIX=1 to run it"
+        )
 
 
 def check_maps(maps: np.ndarray, batch: int, size: tuple[int, int], messages: list) -> None:
@@ -195,8 +226,9 @@ def test_batch_equals_single_images(built, method):
     atol = BATCH_ATOL.get(method, DEFAULT_BATCH_ATOL)
     for i in range(2):
         single, _ = built.maps(method, i)
-        np.testing.assert_allclose(both[i], single[0], rtol=0, atol=atol,
-                                   err_msg=f"{built.name}/{method}: image {i} of the batch")
+        np.testing.assert_allclose(
+            both[i], single[0], rtol=0, atol=atol, err_msg=f"{built.name}/{method}: image {i} of the batch"
+        )
 
 
 def test_ablation_reuses_the_layers_before_the_target(built):

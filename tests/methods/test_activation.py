@@ -124,8 +124,11 @@ def test_cam_fc_layer_by_name_or_module_and_errors():
     with pytest.raises(ValueError, match=r"no nn.Linear module; pass fc_layer="):
         CAM(no_linear, [no_linear[0]])
     cam = CAM(model, layers, fc_layer="classifier")
-    with pytest.raises(TypeError, match=r"targets\[0\] is ClassifierOutputSoftmaxTarget.*CAM needs class "
-                                        r"indices"):
+    with pytest.raises(
+        TypeError,
+        match=r"targets\[0\] is ClassifierOutputSoftmaxTarget.*CAM needs class "
+        r"indices",
+    ):
         cam(x, targets=[ClassifierOutputSoftmaxTarget(0), 1])
     with pytest.raises(TypeError, match=r"CAM needs class indices"):
         cam(x, targets=lambda out: out[0])
@@ -148,14 +151,17 @@ def test_cam_warns_when_the_head_does_not_read_the_pooled_layer(tiny_2d):
     from pytorch_grad_cam.utils import vit_reshape_transform
 
     torch.manual_seed(0)
-    vit = VisionTransformer(image_size=16, patch_size=4, num_layers=1, num_heads=1, hidden_dim=8,
-                            mlp_dim=16, num_classes=3).eval()
+    vit = VisionTransformer(
+        image_size=16, patch_size=4, num_layers=1, num_heads=1, hidden_dim=8, mlp_dim=16, num_classes=3
+    ).eval()
     with torch.no_grad():  # torchvision's zero-initialised head would give a zero (constant) map
         vit.heads.head.weight.normal_(0.0, 1.0)
     x = seeded_input(2, 3, 16, 16, seed=2)
     # The head reads the class token, not the mean of the patch tokens: warned, at the caller's line.
-    expected = (r"input of the linear layer 'heads.head' is not the spatial average of target layer "
-                r"'encoder.layers.encoder_layer_0.ln_1'")
+    expected = (
+        r"input of the linear layer 'heads.head' is not the spatial average of target layer "
+        r"'encoder.layers.encoder_layer_0.ln_1'"
+    )
     with pytest.warns(UserWarning, match=expected) as rec:
         CAM(vit, [vit.encoder.layers[0].ln_1], reshape_transform=vit_reshape_transform)(x, targets=[0, 1])
     assert [r.filename for r in rec if "linear layer" in str(r.message)] == [__file__]

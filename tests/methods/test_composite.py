@@ -10,6 +10,7 @@
 * Optional black-box comparison of the three with grad-cam 1.5.7 (a subprocess with
   PYTHONPATH=GRAD_CAM_REFERENCE_PATH).
 """
+
 import functools
 import warnings
 
@@ -54,7 +55,7 @@ def split(model, x, layer):
         if name == layer:
             acts = h.detach().requires_grad_(True)
             h = acts
-            for rest in STAGES[i + 1:]:
+            for rest in STAGES[i + 1 :]:
                 h = getattr(model, rest)(h)
             return acts, model.fc(h.flatten(2).mean(-1))
     raise KeyError(layer)
@@ -65,7 +66,7 @@ def layer_map_by_hand(acts, grads, method):
     if method == "gradcam":
         weights = grads.flatten(2).mean(-1)
     else:  # Grad-CAM++, eq. 19 with exp(S)
-        g2, g3 = grads ** 2, grads ** 3
+        g2, g3 = grads**2, grads**3
         sum_a = acts.flatten(2).sum(-1).reshape(*acts.shape[:2], *[1] * (acts.ndim - 2))
         alpha = g2 / (2 * g2 + sum_a * g3 + 1e-6)
         alpha = torch.where(grads != 0, alpha, torch.zeros_like(alpha))
@@ -76,8 +77,9 @@ def layer_map_by_hand(acts, grads, method):
 
 def full_map(layer_map, size):
     """normalise, resize to ``size`` (half-pixel linear), normalise: one layer's map as a method gives it."""
-    resized = F.interpolate(normalize(layer_map)[:, None], size=tuple(size), mode=MODES[len(size)],
-                            align_corners=False)[:, 0]
+    resized = F.interpolate(
+        normalize(layer_map)[:, None], size=tuple(size), mode=MODES[len(size)], align_corners=False
+    )[:, 0]
     return normalize(resized)
 
 
@@ -134,14 +136,18 @@ def finer_case():
     return tiny_net(2, seed=0), seeded_input(2, 3, 12, 16, seed=3)
 
 
-@pytest.mark.parametrize(("options", "hand"), [
-    ({}, {}),
-    ({"alpha": 0.4}, {"alpha": 0.4}),
-    ({"comparison_categories": [2, 4]}, {"ranks": (2, 4)}),
-    ({"target_idx": 2}, {"mains": [2, 2]}),
-    ({"comparison_classes": [[0, 4], [3]], "alpha": 0.7}, {"classes": [[0, 4], [3]], "alpha": 0.7}),
-    ({"comparison_classes": [1]}, {"classes": [[1], [1]]}),
-], ids=["default", "alpha", "ranks", "target_idx", "per-image-classes", "shared-classes"])
+@pytest.mark.parametrize(
+    ("options", "hand"),
+    [
+        ({}, {}),
+        ({"alpha": 0.4}, {"alpha": 0.4}),
+        ({"comparison_categories": [2, 4]}, {"ranks": (2, 4)}),
+        ({"target_idx": 2}, {"mains": [2, 2]}),
+        ({"comparison_classes": [[0, 4], [3]], "alpha": 0.7}, {"classes": [[0, 4], [3]], "alpha": 0.7}),
+        ({"comparison_classes": [1]}, {"classes": [[1], [1]]}),
+    ],
+    ids=["default", "alpha", "ranks", "target_idx", "per-image-classes", "shared-classes"],
+)
 def test_finercam_is_gradcam_of_the_finer_score(finer_case, options, hand):
     model, x = finer_case
     expected = finer_by_hand(model, x, "conv2", **hand)  # negative activations too
@@ -159,8 +165,10 @@ def test_finercam_class_targets_become_the_main_class(finer_case):
     # A FinerWeightedTarget or any other callable is used as given.
     with torch.no_grad():
         y = model(x)
-    picked = [FinerWeightedTarget(4, [int(c) for c in np.argsort((y[0] - y[0, 4]).abs().numpy())[1:4]], 0.5),
-              FinerWeightedTarget(1, [int(c) for c in np.argsort((y[1] - y[1, 1]).abs().numpy())[1:4]], 0.5)]
+    picked = [
+        FinerWeightedTarget(4, [int(c) for c in np.argsort((y[0] - y[0, 4]).abs().numpy())[1:4]], 0.5),
+        FinerWeightedTarget(1, [int(c) for c in np.argsort((y[1] - y[1, 1]).abs().numpy())[1:4]], 0.5),
+    ]
     np.testing.assert_allclose(cam(x, targets=picked), expected, atol=1e-5)
     # Class 2's score has no positive evidence at relu3 for either image: both maps are zeros (warned).
     constant = r"the CAM of layer 'relu3' is constant for image\(s\) \[0, 1\]"
@@ -169,8 +177,9 @@ def test_finercam_class_targets_become_the_main_class(finer_case):
     with pytest.warns(RuntimeWarning, match=constant):
         np.testing.assert_allclose(cam(x, targets=[lambda out: out[2]] * 2), plain, atol=1e-6)
     # alpha = 0 is the plain logit: FinerCAM == the base method (with any comparison classes).
-    np.testing.assert_allclose(cam(x, targets=[4, 1], alpha=0.0), GradCAM(model, [model.relu3])(x, [4, 1]),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        cam(x, targets=[4, 1], alpha=0.0), GradCAM(model, [model.relu3])(x, [4, 1]), atol=1e-5
+    )
     assert np.abs(cam(x, targets=[4, 1]) - GradCAM(model, [model.relu3])(x, [4, 1])).max() > 0.1
 
 
@@ -187,8 +196,11 @@ def test_finercam_one_forward_pass_and_any_base_method(finer_case):
         order = np.argsort((y[i] - y[i, main]).abs().numpy(), kind="stable")
         targets.append(FinerWeightedTarget(main, [int(c) for c in order[1:4] if c != main], 1.0))
     for base in (ScoreCAM, "gradcam++"):
-        expected = (ScoreCAM(model, [model.relu2], batch_size=4) if base is ScoreCAM
-                    else GradCAMPlusPlus(model, [model.relu2]))(x, targets)
+        expected = (
+            ScoreCAM(model, [model.relu2], batch_size=4)
+            if base is ScoreCAM
+            else GradCAMPlusPlus(model, [model.relu2])
+        )(x, targets)
         assert_nontrivial(expected, peak=0.9)
         got = FinerCAM(model, [model.relu2], base_method=base, batch_size=4)(x)
         np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -212,8 +224,9 @@ def test_finercam_reference_call_order_and_errors(finer_case):
     model, x = finer_case
     cam = FinerCAM(model, [model.relu2])
     # The reference's positional order: (input, targets, eigen_smooth, alpha, comparison_categories).
-    np.testing.assert_allclose(cam(x, None, True, 0.5, [1, 2]),
-                               cam(x, eigen_smooth=True, alpha=0.5, comparison_categories=[1, 2]))
+    np.testing.assert_allclose(
+        cam(x, None, True, 0.5, [1, 2]), cam(x, eigen_smooth=True, alpha=0.5, comparison_categories=[1, 2])
+    )
     np.testing.assert_allclose(cam.forward(x, None, False, 0.5), cam(x, alpha=0.5))
     counted = CountCalls(model)
     cam = FinerCAM(counted, [model.relu2])
@@ -258,12 +271,16 @@ def refine_by_hand(model, x, layers, classes, method="gradcam++"):
     return normalize(product).numpy()
 
 
-@pytest.mark.parametrize(("dim", "shape", "layers"), [
-    (2, (2, 3, 12, 16), ["relu1", "relu2", "relu3"]),
-    (2, (2, 3, 12, 16), ["conv2", "relu3"]),
-    (1, (2, 2, 40), ["relu1", "relu3"]),
-    (3, (2, 1, 6, 8, 10), ["relu1", "relu2"]),
-], ids=["2d-three", "2d-two", "1d", "3d"])
+@pytest.mark.parametrize(
+    ("dim", "shape", "layers"),
+    [
+        (2, (2, 3, 12, 16), ["relu1", "relu2", "relu3"]),
+        (2, (2, 3, 12, 16), ["conv2", "relu3"]),
+        (1, (2, 2, 40), ["relu1", "relu3"]),
+        (3, (2, 1, 6, 8, 10), ["relu1", "relu2"]),
+    ],
+    ids=["2d-three", "2d-two", "1d", "3d"],
+)
 def test_refinecam_is_the_product_of_the_normalised_layer_maps(dim, shape, layers):
     model = tiny_net(dim, seed=dim, in_channels=shape[1])
     x = seeded_input(*shape, seed=7)
@@ -279,7 +296,9 @@ def test_refinecam_is_the_product_of_the_normalised_layer_maps(dim, shape, layer
     np.testing.assert_allclose(got, normalize(torch.from_numpy(np.prod(per_layer, 0))).numpy(), atol=1e-5)
     np.testing.assert_allclose(
         RefineCAM(model, [getattr(model, n) for n in layers], base_method=GradCAM)(x, classes),
-        refine_by_hand(model, x, layers, classes, method="gradcam"), atol=1e-5)
+        refine_by_hand(model, x, layers, classes, method="gradcam"),
+        atol=1e-5,
+    )
 
 
 class TinyPyramid(nn.Module):
@@ -334,12 +353,14 @@ def test_refinecam_on_a_layer_returning_a_dict_of_levels():
     logits_from_stem = copy.head(copy.pyramid(stem))
     (grad_stem,) = torch.autograd.grad(logits_from_stem[torch.arange(2), classes].sum(), stem)
     logits = copy.head(levels)
-    grad_levels = dict(zip(levels, torch.autograd.grad(logits[torch.arange(2), classes].sum(),
-                                                       list(levels.values()))))
+    grad_levels = dict(
+        zip(levels, torch.autograd.grad(logits[torch.arange(2), classes].sum(), list(levels.values())))
+    )
     with torch.no_grad():
         stem_map = full_map(layer_map_by_hand(stem, grad_stem, "gradcam++"), (8, 8))
-        pyramid_map = full_map(layer_map_by_hand(pyramid_to_tensor(levels), pyramid_to_tensor(grad_levels),
-                                                 "gradcam++"), (8, 8))
+        pyramid_map = full_map(
+            layer_map_by_hand(pyramid_to_tensor(levels), pyramid_to_tensor(grad_levels), "gradcam++"), (8, 8)
+        )
     assert_nontrivial(stem_map.numpy(), peak=0.9)
     assert_nontrivial(pyramid_map.numpy(), peak=0.9)
     expected = normalize(stem_map * pyramid_map).numpy()
@@ -378,11 +399,12 @@ def blur_by_hand(cam, size=11, sigma=5.0):
     """Separable Gaussian, mirrored borders without repeating the edge (numpy 'reflect')."""
     radius = size // 2
     offsets = np.arange(-radius, radius + 1)
-    kernel = np.exp(-offsets ** 2 / (2 * sigma ** 2))
+    kernel = np.exp(-(offsets**2) / (2 * sigma**2))
     kernel /= kernel.sum()
     for axis in range(cam.ndim):
-        padded = np.pad(cam, [(radius, radius) if a == axis else (0, 0) for a in range(cam.ndim)],
-                        mode="reflect")
+        padded = np.pad(
+            cam, [(radius, radius) if a == axis else (0, 0) for a in range(cam.ndim)], mode="reflect"
+        )
         cam = np.apply_along_axis(lambda v: np.convolve(v, kernel, mode="valid"), axis, padded)
     return cam
 
@@ -397,6 +419,7 @@ def _gradcam_patch_map(model, layers):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "the CAM of layer .* is constant for image", RuntimeWarning)
             return base(patch, [cls])[0]
+
     return patch_map
 
 
@@ -411,9 +434,9 @@ def _patches_by_hand(x, i, scales, window, step, use_cv2):
             image = np.moveaxis(x[i].numpy(), 0, -1)
             scaled = torch.from_numpy(np.moveaxis(cv2.resize(image, (size[1], size[0])), -1, 0))[None]
         elif len(size) == 2:  # torchvision: bilinear, antialiased when shrinking
-            scaled = torchvision.transforms.functional.resize(x[i:i + 1], size)
+            scaled = torchvision.transforms.functional.resize(x[i : i + 1], size)
         else:
-            scaled = F.interpolate(x[i:i + 1], size=size, mode=MODES[len(size)], align_corners=False)
+            scaled = F.interpolate(x[i : i + 1], size=size, mode=MODES[len(size)], align_corners=False)
         grids = [window_starts_by_hand(n, window, step) for n in size]
         for starts in np.stack(np.meshgrid(*grids, indexing="ij"), -1).reshape(-1, len(size)):
             index = (slice(None), slice(None), *(slice(s, s + window) for s in starts))
@@ -444,8 +467,12 @@ def _pooled_by_hand(patches, scores, order, cls, spatial, window, theta, pool, u
         if use_cv2:
             back = cv2.resize(frame, (spatial[1], spatial[0]))
         else:
-            back = F.interpolate(torch.from_numpy(frame)[None, None], size=tuple(spatial),
-                                 mode=MODES[len(size)], align_corners=False)[0, 0].numpy()
+            back = F.interpolate(
+                torch.from_numpy(frame)[None, None],
+                size=tuple(spatial),
+                mode=MODES[len(size)],
+                align_corners=False,
+            )[0, 0].numpy()
         if pool == "max":
             total = np.maximum(total, back)
         else:
@@ -454,8 +481,22 @@ def _pooled_by_hand(patches, scores, order, cls, spatial, window, theta, pool, u
     return total if pool == "max" else np.where(count > 0, total / np.maximum(count, 1), 0.0)
 
 
-def sess_by_hand(model, layers, x, classes, scales, window, step, pre_filter_ratio=0.0, theta=0.0,
-                 pool="mean", smooth=True, softmax=True, use_cv2=False, patch_map=None):
+def sess_by_hand(
+    model,
+    layers,
+    x,
+    classes,
+    scales,
+    window,
+    step,
+    pre_filter_ratio=0.0,
+    theta=0.0,
+    pool="mean",
+    smooth=True,
+    softmax=True,
+    use_cv2=False,
+    patch_map=None,
+):
     """SESS as a plain loop: every image, scale and window one after the other. ``patch_map(patch, class)``
     gives a patch's map (default: GradCAM of ``layers``)."""
     spatial = x.shape[2:]
@@ -465,9 +506,10 @@ def sess_by_hand(model, layers, x, classes, scales, window, step, pre_filter_rat
     for i in range(len(x)):
         patches = _patches_by_hand(x, i, scales, window, step, use_cv2)
         scores = _patch_scores_by_hand(model, patches, classes[i], softmax)
-        order = np.argsort(scores, kind="stable")[int(len(scores) * pre_filter_ratio):]
-        cam = _pooled_by_hand(patches, scores, order, classes[i], spatial, window, theta, pool, use_cv2,
-                              patch_map)
+        order = np.argsort(scores, kind="stable")[int(len(scores) * pre_filter_ratio) :]
+        cam = _pooled_by_hand(
+            patches, scores, order, classes[i], spatial, window, theta, pool, use_cv2, patch_map
+        )
         if smooth:
             cam = cv2.GaussianBlur(cam.astype(np.float32), (11, 11), 5.0) if use_cv2 else blur_by_hand(cam)
         cam = cam - cam.min()
@@ -481,15 +523,31 @@ def sess_case():
     return tiny_net(2, seed=0), seeded_input(2, 3, 12, 16, seed=1)
 
 
-@pytest.mark.parametrize(("kwargs", "hand"), [
-    ({"num_scales": 3}, {"scales": [12, 15, 18], "window": 12, "step": 12}),
-    ({"scales": [10, 13, 17], "window_size": 10, "step_size": 5, "pre_filter_ratio": 0.5, "theta": 0.1},
-     {"scales": [10, 13, 17], "window": 10, "step": 5, "pre_filter_ratio": 0.5, "theta": 0.1}),
-    ({"num_scales": 2, "window_size": 8, "step_size": 3, "pool": "max", "smooth": False},
-     {"scales": [8, 10], "window": 8, "step": 3, "pool": "max", "smooth": False}),
-    ({"num_scales": 3, "scale_step_ratio": 0.5, "use_softmax_scores": False},
-     {"scales": [12, 18, 24], "window": 12, "step": 12, "softmax": False}),
-], ids=["defaults", "overlap-prefilter-theta", "max-no-smooth", "raw-scores"])
+@pytest.mark.parametrize(
+    ("kwargs", "hand"),
+    [
+        ({"num_scales": 3}, {"scales": [12, 15, 18], "window": 12, "step": 12}),
+        (
+            {
+                "scales": [10, 13, 17],
+                "window_size": 10,
+                "step_size": 5,
+                "pre_filter_ratio": 0.5,
+                "theta": 0.1,
+            },
+            {"scales": [10, 13, 17], "window": 10, "step": 5, "pre_filter_ratio": 0.5, "theta": 0.1},
+        ),
+        (
+            {"num_scales": 2, "window_size": 8, "step_size": 3, "pool": "max", "smooth": False},
+            {"scales": [8, 10], "window": 8, "step": 3, "pool": "max", "smooth": False},
+        ),
+        (
+            {"num_scales": 3, "scale_step_ratio": 0.5, "use_softmax_scores": False},
+            {"scales": [12, 18, 24], "window": 12, "step": 12, "softmax": False},
+        ),
+    ],
+    ids=["defaults", "overlap-prefilter-theta", "max-no-smooth", "raw-scores"],
+)
 def test_sess_is_the_plain_loop(sess_case, kwargs, hand):
     model, x = sess_case
     classes = [1, 3]
@@ -514,15 +572,20 @@ def test_sess_conventions_match_cv2():
 def test_sess_1d_and_3d(dim, shape):
     model = tiny_net(dim, seed=4, in_channels=shape[1])
     x = seeded_input(*shape, seed=5)
-    classes = [0, 2][:shape[0]]
+    classes = [0, 2][: shape[0]]
     window = min(shape[2:]) if dim == 3 else 16
     increment = round(window * 2 / 7)
     scales = [window + increment * k for k in range(3)]
     step = window // 2 if dim == 1 else window
     expected = sess_by_hand(model, [model.relu2], x, classes, scales, window, step)
     assert_nontrivial(expected)
-    got = SESS(model, [model.relu2], num_scales=3, window_size=window if dim == 1 else None,
-               step_size=window // 2 if dim == 1 else None)(x, classes)
+    got = SESS(
+        model,
+        [model.relu2],
+        num_scales=3,
+        window_size=window if dim == 1 else None,
+        step_size=window // 2 if dim == 1 else None,
+    )(x, classes)
     np.testing.assert_allclose(got, expected, atol=2e-5)
 
 
@@ -592,12 +655,20 @@ def test_argument_checks_type_error_for_the_type_value_error_for_the_range(sess_
     for cls, kwargs, error, match in [
         (SESS, {"theta": float("nan")}, ValueError, r"theta must be a finite float, got nan"),
         (SESS, {"theta": "0.1"}, TypeError, r"theta must be a finite float, got str '0.1'"),
-        (SESS, {"pre_filter_ratio": -0.1}, ValueError,
-         r"pre_filter_ratio must be a float in \[0, 1\), got -0.1"),
+        (
+            SESS,
+            {"pre_filter_ratio": -0.1},
+            ValueError,
+            r"pre_filter_ratio must be a float in \[0, 1\), got -0.1",
+        ),
         (SESS, {"pre_filter_ratio": "0.5"}, TypeError, r"pre_filter_ratio must be a finite float, got str"),
         (SESS, {"pre_filter_ratio": True}, TypeError, r"pre_filter_ratio must be a finite float, got bool"),
-        (SESS, {"scale_step_ratio": 0.0}, ValueError,
-         r"scale_step_ratio must be a finite float > 0, got 0.0"),
+        (
+            SESS,
+            {"scale_step_ratio": 0.0},
+            ValueError,
+            r"scale_step_ratio must be a finite float > 0, got 0.0",
+        ),
         (SESS, {"smooth_sigma": "5"}, TypeError, r"smooth_sigma must be a finite float > 0, got str"),
         (SESS, {"smooth_kernel_size": 0}, ValueError, r"smooth_kernel_size must be an int >= 1, got 0"),
         (SESS, {"step_size": True}, TypeError, r"step_size must be an int >= 1, got bool"),
@@ -620,8 +691,9 @@ def test_argument_checks_type_error_for_the_type_value_error_for_the_range(sess_
             cam(x, **kwargs)
     assert counted.calls == 0
     # numpy numbers are accepted as ints and floats
-    sess = SESS(model, layers, num_scales=np.int64(2), theta=np.float32(0.25),
-                pre_filter_ratio=np.float64(0.5))
+    sess = SESS(
+        model, layers, num_scales=np.int64(2), theta=np.float32(0.25), pre_filter_ratio=np.float64(0.5)
+    )
     assert (sess.num_scales, sess.theta, sess.pre_filter_ratio) == (2, 0.25, 0.5)
     assert type(sess.num_scales) is int
     assert type(sess.theta) is float
@@ -636,7 +708,8 @@ def test_sess_constant_map_warns_once_and_is_zeros():
         maps = SESS(model, [model.relu3], num_scales=2)(x, [0])
     assert [str(w.message) for w in record if "constant" in str(w.message)] == [
         "the SESS map is constant for image(s) [0] (no patch has positive evidence for the target); its map "
-        "is all zeros"]
+        "is all zeros"
+    ]
     np.testing.assert_array_equal(maps, np.zeros((1, 12, 16), np.float32))
 
 
@@ -654,13 +727,33 @@ def test_sess_with_cam_as_base_method(sess_case):
     # CAM's head check used a list made only in CAM._compute; SESS runs the base method's _forward itself.
     model, x = sess_case
     classes = [1, 3]
-    expected = sess_by_hand(model, [model.relu3], x, classes, [12, 15, 18], 12, 12,
-                            patch_map=functools.partial(cam_patch_map_by_hand, model))
+    expected = sess_by_hand(
+        model,
+        [model.relu3],
+        x,
+        classes,
+        [12, 15, 18],
+        12,
+        12,
+        patch_map=functools.partial(cam_patch_map_by_hand, model),
+    )
     assert_nontrivial(expected)
     for kwargs in ({}, {"pre_filter_ratio": 0.5}):  # one pass, and scoring pass + kept patches
-        hand = expected if not kwargs else sess_by_hand(
-            model, [model.relu3], x, classes, [12, 15, 18], 12, 12, pre_filter_ratio=0.5,
-            patch_map=functools.partial(cam_patch_map_by_hand, model))
+        hand = (
+            expected
+            if not kwargs
+            else sess_by_hand(
+                model,
+                [model.relu3],
+                x,
+                classes,
+                [12, 15, 18],
+                12,
+                12,
+                pre_filter_ratio=0.5,
+                patch_map=functools.partial(cam_patch_map_by_hand, model),
+            )
+        )
         got = SESS(model, [model.relu3], base_method="cam", num_scales=3, batch_size=3, **kwargs)(x, classes)
         np.testing.assert_allclose(got, hand, atol=2e-5)
 
@@ -674,11 +767,29 @@ def test_sess_with_smooth_gradcampp_weights_patches_by_their_clean_score(sess_ca
     model, x = sess_case
     classes = [1, 3]
     base = SmoothGradCAMPlusPlus(model, [model.relu2], num_samples=3, std=0.5, seed=7)
-    expected = sess_by_hand(model, [model.relu2], x, classes, [12, 15, 18], 12, 12, smooth=False,
-                            patch_map=lambda patch, cls: base(patch, [cls])[0])
+    expected = sess_by_hand(
+        model,
+        [model.relu2],
+        x,
+        classes,
+        [12, 15, 18],
+        12,
+        12,
+        smooth=False,
+        patch_map=lambda patch, cls: base(patch, [cls])[0],
+    )
     assert_nontrivial(expected)
-    got = SESS(model, [model.relu2], base_method=SmoothGradCAMPlusPlus, num_scales=3, smooth=False,
-               batch_size=1, num_samples=3, std=0.5, seed=7)(x, classes)
+    got = SESS(
+        model,
+        [model.relu2],
+        base_method=SmoothGradCAMPlusPlus,
+        num_scales=3,
+        smooth=False,
+        batch_size=1,
+        num_samples=3,
+        std=0.5,
+        seed=7,
+    )(x, classes)
     np.testing.assert_allclose(got, expected, atol=2e-5)
 
 
@@ -698,7 +809,7 @@ def test_sess_constant_map_warning_points_at_the_callers_line():
 
 # ============================================================================================ grad-cam 1.5.7
 
-DRIVER = r'''
+DRIVER = r"""
 import json, sys
 import numpy as np, torch, torchvision
 import pytorch_grad_cam
@@ -734,14 +845,18 @@ out["sess-options"] = SESS(tiny, [tiny.relu2], scales=[10, 13, 17], window_size=
 out["sess-max"] = SESS(tiny, [tiny.relu2], num_scales=2, window_size=8, step_size=3, pool="max",
                        smooth=False)(x_tiny, None)
 np.savez(f"{work}/reference.npz", **out)
-'''
+"""
 
 
 def _reference_inputs():
     torch.manual_seed(0)
     resnet = torchvision.models.resnet18(weights=None).eval()
-    return (tiny_net(2, seed=0), resnet, seeded_input(2, 3, 12, 16, seed=3),
-            seeded_input(2, 3, 64, 64, seed=11))
+    return (
+        tiny_net(2, seed=0),
+        resnet,
+        seeded_input(2, 3, 12, 16, seed=3),
+        seeded_input(2, 3, 64, 64, seed=11),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -765,16 +880,25 @@ def test_matches_reference_library(reference_maps):
         warnings.simplefilter("ignore", RuntimeWarning)
         ours = {
             "finer-default": FinerCAM(tiny, [tiny.relu2])(x_tiny),
-            "finer-alpha-idx": FinerCAM(tiny, [tiny.conv2])(x_tiny, alpha=0.6, target_idx=4,
-                                                           comparison_categories=[1, 3]),
+            "finer-alpha-idx": FinerCAM(tiny, [tiny.conv2])(
+                x_tiny, alpha=0.6, target_idx=4, comparison_categories=[1, 3]
+            ),
             "finer-resnet": FinerCAM(resnet, [resnet.layer4[-1]])(x_res),
             "refine-tiny": RefineCAM(tiny, [tiny.relu1, tiny.relu2, tiny.relu3])(x_tiny, [1, 3]),
             "refine-resnet": RefineCAM(resnet, [resnet.layer3[-1], resnet.layer4[-1]])(x_res, [3, 7]),
             "sess-default": SESS(tiny, [tiny.relu2], num_scales=3)(x_tiny, [1, 3]),
-            "sess-options": SESS(tiny, [tiny.relu2], scales=[10, 13, 17], window_size=10, step_size=5,
-                                 pre_filter_ratio=0.5, theta=0.1)(x_tiny, [1, 3]),
-            "sess-max": SESS(tiny, [tiny.relu2], num_scales=2, window_size=8, step_size=3, pool="max",
-                             smooth=False)(x_tiny),
+            "sess-options": SESS(
+                tiny,
+                [tiny.relu2],
+                scales=[10, 13, 17],
+                window_size=10,
+                step_size=5,
+                pre_filter_ratio=0.5,
+                theta=0.1,
+            )(x_tiny, [1, 3]),
+            "sess-max": SESS(
+                tiny, [tiny.relu2], num_scales=2, window_size=8, step_size=3, pool="max", smooth=False
+            )(x_tiny),
         }
     assert sorted(ours) == sorted(reference_maps)
     for case, theirs in reference_maps.items():

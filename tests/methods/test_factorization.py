@@ -7,6 +7,7 @@ reference applied to activations captured by a plain hook (1D/2D/3D nets, a ViT-
 tokens), on two images with two textures in swapped halves (each concept lies on its texture in both),
 for its head outputs, and for leaving the model exactly as found.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -91,8 +92,14 @@ def resize_ref(maps, size):
     """(B, K, h, w) -> (B, K, *size) with cv2.resize (bilinear, half-pixel centres)."""
     import cv2
 
-    return np.stack([np.stack([cv2.resize(np.float64(m), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-                               for m in image]) for image in maps])
+    return np.stack(
+        [
+            np.stack(
+                [cv2.resize(np.float64(m), (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for m in image]
+            )
+            for image in maps
+        ]
+    )
 
 
 def assert_nontrivial(explanations):
@@ -241,8 +248,9 @@ def test_dff_equals_the_reference(dim, layer):
     if dim == 2:
         np.testing.assert_allclose(explanations, resize_ref(want_maps, x.shape[2:]), atol=1e-5)
     else:  # (tri)linear, half-pixel centres
-        want = F.interpolate(torch.from_numpy(want_maps), size=x.shape[2:],
-                             mode={1: "linear", 3: "trilinear"}[dim])
+        want = F.interpolate(
+            torch.from_numpy(want_maps), size=x.shape[2:], mode={1: "linear", 3: "trilinear"}[dim]
+        )
         np.testing.assert_allclose(explanations, want.numpy(), atol=1e-5)
 
 
@@ -282,8 +290,9 @@ def test_dff_two_textures_two_concepts_on_their_halves():
 def test_dff_concept_outputs_are_the_head_on_the_concepts():
     model = tiny_net(2, seed=0)
     x = seeded_input(2, 3, 12, 16, seed=1)
-    concepts, _, outputs = DeepFeatureFactorization(
-        model, model.relu3, computation_on_concepts=model.fc)(x, n_components=3)
+    concepts, _, outputs = DeepFeatureFactorization(model, model.relu3, computation_on_concepts=model.fc)(
+        x, n_components=3
+    )
     with torch.no_grad():
         want = model.fc(torch.from_numpy(concepts.T.copy())).numpy()
     assert outputs.shape == (3, 5)
@@ -292,7 +301,8 @@ def test_dff_concept_outputs_are_the_head_on_the_concepts():
     assert np.ptp(want, axis=1).min() > 0.1  # not a degenerate head
     # Any callable works: here the softmax of the head by hand.
     *_, probs = DeepFeatureFactorization(
-        model, model.relu3, computation_on_concepts=lambda c: torch.softmax(model.fc(c), -1))(x, 3)
+        model, model.relu3, computation_on_concepts=lambda c: torch.softmax(model.fc(c), -1)
+    )(x, 3)
     np.testing.assert_allclose(probs, torch.softmax(torch.from_numpy(want), -1).numpy(), atol=1e-5)
 
 
@@ -325,7 +335,8 @@ def test_dff_vit_like_reshape_transform_with_negative_tokens():
     want_concepts, want_maps = ref_dff(acts, 3, max_iter=200, tol=1e-4)
     assert_nontrivial(want_maps)
     concepts, explanations, outputs = DeepFeatureFactorization(
-        model, model.norm, reshape_transform=transform, computation_on_concepts=model.head)(x, 3)
+        model, model.norm, reshape_transform=transform, computation_on_concepts=model.head
+    )(x, 3)
     assert explanations.shape == (2, 3, 16, 24)
     assert concepts.shape == (8, 3)
     assert outputs.shape == (3, 4)
@@ -445,8 +456,11 @@ def test_dff_layer_errors_are_the_engines():
 
     model = Skips()
     x = seeded_input(1, 3, 12, 16, seed=1)
-    cases = [(model.unused, None, ValueError), (model.net.fc, None, ValueError),
-             (model.net.relu2, lambda a: a.tolist(), TypeError)]
+    cases = [
+        (model.unused, None, ValueError),
+        (model.net.fc, None, ValueError),
+        (model.net.relu2, lambda a: a.tolist(), TypeError),
+    ]
     for layer, transform, error in cases:
         with pytest.raises(error) as engine:
             GradCAM(model, [layer], reshape_transform=transform)(x, targets=[0])
@@ -498,8 +512,9 @@ def test_show_factorization_colours_each_pixel_by_its_dominant_concept():
     maps = np.zeros((2, 4, 4))
     maps[0, :, :2] = 1.0
     maps[1, :, 2:] = 0.5
-    out = show_factorization_on_image(np.zeros((4, 4, 3)), maps, colors=[(0, 0, 1), (0, 1, 0)],
-                                      image_weight=0.0)
+    out = show_factorization_on_image(
+        np.zeros((4, 4, 3)), maps, colors=[(0, 0, 1), (0, 1, 0)], image_weight=0.0
+    )
     assert (out[:, :2] == [0, 0, 255]).all()
     assert (out[:, 2:] == [0, 127, 0]).all()
 
@@ -546,7 +561,8 @@ def test_show_factorization_rejects_bad_arguments():
 def test_dff_and_show_factorization_together_on_resnet18(resnet18_seeded):
     x = seeded_input(1, 3, 64, 64, seed=4)
     concepts, explanations, logits = DeepFeatureFactorization(
-        resnet18_seeded, resnet18_seeded.layer4, computation_on_concepts=resnet18_seeded.fc)(x, 4)
+        resnet18_seeded, resnet18_seeded.layer4, computation_on_concepts=resnet18_seeded.fc
+    )(x, 4)
     assert concepts.shape == (512, 4)
     assert explanations.shape == (1, 4, 64, 64)
     assert logits.shape == (4, 1000)
@@ -569,8 +585,10 @@ def _composite_and_model():
         _centre_square,
     )
 
-    composite = np.float32(np.concatenate([_centre_square(data.chelsea()), _centre_square(data.coffee())],
-                                          axis=1)) / 255  # (224, 448, 3): cat left, cup right
+    composite = (
+        np.float32(np.concatenate([_centre_square(data.chelsea()), _centre_square(data.coffee())], axis=1))
+        / 255
+    )  # (224, 448, 3): cat left, cup right
     model = Features(load_efficientnet_lite0()).eval()
     return composite, model, preprocess_image(composite)  # the model's mean = std = 0.5
 
@@ -580,7 +598,8 @@ def test_dff_on_a_photo_finds_the_cat_and_the_cup():
     other 'espresso', and each lies on its half (measured: cat 0.61 and 23x, espresso 1.00 and 19x)."""
     composite, model, x = _composite_and_model()
     _, explanations, logits = DeepFeatureFactorization(
-        model, model.features, computation_on_concepts=model.net._fc)(x, n_components=2)
+        model, model.features, computation_on_concepts=model.net._fc
+    )(x, n_components=2)
     probs = torch.softmax(torch.from_numpy(logits), -1)
     top1 = probs.argmax(-1).tolist()
     assert sorted(top1) == [285, 967], top1  # 'Egyptian cat', 'espresso'
@@ -590,12 +609,16 @@ def test_dff_on_a_photo_finds_the_cat_and_the_cup():
     cat_map, cup_map = explanations[0, cat], explanations[0, cup]  # (224, 448)
     assert cat_map[:, :224].mean() > 8 * cat_map[:, 224:].mean()
     assert cup_map[:, 224:].mean() > 8 * cup_map[:, :224].mean()
-    vis = show_factorization_on_image(composite, explanations[0], image_weight=0.3,
-                                      concept_labels=["cat" if k == cat else "espresso" for k in range(2)])
+    vis = show_factorization_on_image(
+        composite,
+        explanations[0],
+        image_weight=0.3,
+        concept_labels=["cat" if k == cat else "espresso" for k in range(2)],
+    )
     assert vis.shape == (224, 896, 3)
 
 
-REF_DRIVER = r'''
+REF_DRIVER = r"""
 import sys, contextlib, io
 import numpy as np, torch
 from torch import nn
@@ -622,7 +645,7 @@ x = torch.load(sys.argv[1] + "/x.pt")
 concepts, explanations = DeepFeatureFactorization(model, model.features)(x, 2)
 np.save(sys.argv[1] + "/concepts.npy", concepts)
 np.save(sys.argv[1] + "/explanations.npy", np.array(explanations))
-'''
+"""
 
 
 @pytest.mark.reference
@@ -654,8 +677,10 @@ def test_create_labels_legend_lists_each_concepts_top_classes():
 
     scores = np.array([[0.1, 0.7, 0.2], [0.5, 0.05, 0.45]])
     labels = {0: "tabby, tabby cat", 1: "golden retriever", 2: "a, b, c, d"}
-    assert create_labels_legend(scores, labels, top_k=2) == ["golden retriever:0.70\na, b, c:0.20",
-                                                             "tabby, tabby cat:0.50\na, b, c:0.45"]
+    assert create_labels_legend(scores, labels, top_k=2) == [
+        "golden retriever:0.70\na, b, c:0.20",
+        "tabby, tabby cat:0.50\na, b, c:0.45",
+    ]
     assert create_labels_legend(scores, ["x", "y", "z"], top_k=1) == ["y:0.70", "x:0.50"]
 
 

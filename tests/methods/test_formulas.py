@@ -4,6 +4,7 @@ Cases: tiny seeded 1D/2D/3D conv nets (batch 2, a different class per image), a 
 values, exactly-zero gradients, eigen smoothing, two target layers at different resolutions, and a
 random-init torchvision resnet18 (in-place ReLU, residual adds, BatchNorm).
 """
+
 import warnings
 
 import numpy as np
@@ -19,10 +20,15 @@ from tests.cam_factory import warns_if
 # Methods whose plain reference lives in their own family's test file (same standard: an independent
 # float64 implementation of the paper's formula, non-degenerate cases).
 OWN_FORMULA_TESTS = {
-    "cam": "test_activation.py", "smoothgradcam++": "test_gradient.py",
-    "shapleycam": "test_gradient.py", "fullgrad": "test_fullgrad.py",
-    "sscam": "test_perturbation.py", "iscam": "test_perturbation.py",
-    "finercam": "test_composite.py", "refinecam": "test_composite.py", "sess": "test_composite.py",
+    "cam": "test_activation.py",
+    "smoothgradcam++": "test_gradient.py",
+    "shapleycam": "test_gradient.py",
+    "fullgrad": "test_fullgrad.py",
+    "sscam": "test_perturbation.py",
+    "iscam": "test_perturbation.py",
+    "finercam": "test_composite.py",
+    "refinecam": "test_composite.py",
+    "sess": "test_composite.py",
 }
 ALL_METHODS = sorted(name for name in METHODS if name in R.COVERED)
 GRADIENT_METHODS = sorted(name for name in ALL_METHODS if METHODS[name].uses_gradients)
@@ -35,8 +41,11 @@ def ours(method, model, layers, x, classes, eigen_smooth=False):
     seed = {"seed": R.RANDOM_SEED} if method == "randomcam" else {}
     cam = METHODS[method](model, target_layers=layers, batch_size=128, **seed)
     # HiResCAM with eigen smoothing warns that it gives up faithfulness (test_hirescam_warns_... below).
-    with warns_if(method == "hirescam" and eigen_smooth, UserWarning,
-                  "HiResCAM with eigen_smooth=True is no longer guaranteed to be faithful"):
+    with warns_if(
+        method == "hirescam" and eigen_smooth,
+        UserWarning,
+        "HiResCAM with eigen_smooth=True is no longer guaranteed to be faithful",
+    ):
         maps = cam(x, targets=list(classes), eigen_smooth=eigen_smooth)
     assert isinstance(maps, np.ndarray)
     assert maps.dtype == np.float32
@@ -82,8 +91,11 @@ def test_reference_resizes_follow_the_documented_conventions():
     """cv2.resize / the separable half-pixel interpolation == F.interpolate(align_corners=False), and
     the aligned one == align_corners=True, in 1D, 2D and 3D (checks the reference, not the engine)."""
     gen = torch.Generator().manual_seed(0)
-    for shape, size, mode in (((5,), (13,), "linear"), ((3, 4), (11, 7), "bilinear"),
-                              ((2, 3, 4), (5, 7, 6), "trilinear")):
+    for shape, size, mode in (
+        ((5,), (13,), "linear"),
+        ((3, 4), (11, 7), "bilinear"),
+        ((2, 3, 4), (5, 7, 6), "trilinear"),
+    ):
         a = torch.rand(shape, generator=gen, dtype=torch.float64)
         for align, ours_fn in ((False, R.resize), (True, R.resize_align_corners)):
             want = F.interpolate(a[None, None], size=size, mode=mode, align_corners=align)[0, 0]
@@ -178,8 +190,9 @@ def test_ablationcam_negative_activations_use_min_minus_1e7(tiny_2d_sigmoid, mon
 
 
 # --------------------------------------------------------------------------------- 1D and 3D nets
-@pytest.mark.parametrize(("method", "eigen_smooth"), [(m, False) for m in ALL_METHODS]
-                         + [(m, True) for m in GRADIENT_METHODS])
+@pytest.mark.parametrize(
+    ("method", "eigen_smooth"), [(m, False) for m in ALL_METHODS] + [(m, True) for m in GRADIENT_METHODS]
+)
 @pytest.mark.parametrize("net", ["tiny_1d", "tiny_3d"])
 def test_tiny_1d_and_3d(request, net, method, eigen_smooth):
     model, x = request.getfixturevalue(net)
@@ -205,8 +218,9 @@ def resnet_input(batch, size, seed=7):
 # FEM is left out of these: layer4 is 2x2 here, and with N positions no value can exceed
 # mean + sqrt(N - 1) * std, so its k = 2 threshold flags nothing and the map is zero by definition
 # (the tiny nets, with 12x16 maps, cover it).
-LAYER4_CASES = [(m, s) for m, s in METHOD_SMOOTH
-                if m not in ("ablationcam", "fem") and not (m == "scorecam" and s)]
+LAYER4_CASES = [
+    (m, s) for m, s in METHOD_SMOOTH if m not in ("ablationcam", "fem") and not (m == "scorecam" and s)
+]
 
 
 @pytest.mark.parametrize(("method", "eigen_smooth"), LAYER4_CASES)
@@ -235,8 +249,9 @@ def test_kpca_cam_kernels(tiny_2d, kernel):
     want = np.stack([R.normalize(w) for w in want])
     assert_nontrivial(want)
     got = METHODS["kpcacam"](model, target_layers=[layer], kernel=kernel)(x, targets=list(classes))
-    torch.testing.assert_close(torch.from_numpy(got), torch.from_numpy(want.astype(np.float32)),
-                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        torch.from_numpy(got), torch.from_numpy(want.astype(np.float32)), atol=1e-5, rtol=1e-4
+    )
 
 
 def test_kpca_cam_rejects_bad_options(tiny_2d):

@@ -6,6 +6,7 @@ layer in float64, the bias layers are listed by hand, and each layer's bias is r
 for a zero input (``conv(0) = b``, ``BatchNorm_eval(0) = beta - mean * gamma / sqrt(var + eps)``,
 ``GroupNorm(0) = beta``, ``Linear(0) = b``), so BatchNorm's effective bias is not derived the same way.
 """
+
 import copy
 import warnings
 
@@ -44,45 +45,97 @@ def randomize_norms(model, seed=0):
 
 def net_2d(inplace=False, seed=0):
     torch.manual_seed(seed)
-    return randomize_norms(nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(inplace=inplace), nn.MaxPool2d(2),
-        nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=inplace),
-        nn.Conv2d(8, 8, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        nn.Linear(8, NUM_CLASSES)), seed)
+    return randomize_norms(
+        nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1),
+            nn.BatchNorm2d(6),
+            nn.ReLU(inplace=inplace),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(inplace=inplace),
+            nn.Conv2d(8, 8, 1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(8, NUM_CLASSES),
+        ),
+        seed,
+    )
 
 
 def net_1d(seed=0):
     """GroupNorm, a strided conv and a Linear on the channels of a channels-last (B, L, C) signal."""
     torch.manual_seed(seed)
-    return randomize_norms(nn.Sequential(
-        nn.Conv1d(2, 6, 5, padding=2), nn.GroupNorm(2, 6), nn.ReLU(), nn.Conv1d(6, 8, 3, stride=2, padding=1),
-        nn.ReLU(), Permute([0, 2, 1]), nn.Linear(8, 8), nn.ReLU(), Permute([0, 2, 1]), nn.Flatten(),
-        nn.Linear(8 * 16, NUM_CLASSES)), seed)
+    return randomize_norms(
+        nn.Sequential(
+            nn.Conv1d(2, 6, 5, padding=2),
+            nn.GroupNorm(2, 6),
+            nn.ReLU(),
+            nn.Conv1d(6, 8, 3, stride=2, padding=1),
+            nn.ReLU(),
+            Permute([0, 2, 1]),
+            nn.Linear(8, 8),
+            nn.ReLU(),
+            Permute([0, 2, 1]),
+            nn.Flatten(),
+            nn.Linear(8 * 16, NUM_CLASSES),
+        ),
+        seed,
+    )
 
 
 def net_3d(seed=0):
     torch.manual_seed(seed)
-    return randomize_norms(nn.Sequential(
-        nn.Conv3d(1, 4, 3, padding=1), nn.BatchNorm3d(4), nn.ReLU(), nn.Conv3d(4, 6, 3, stride=2, padding=1),
-        nn.ReLU(), nn.Conv3d(6, 6, 1), nn.Sigmoid(), nn.AdaptiveAvgPool3d(1), nn.Flatten(),
-        nn.Linear(6, NUM_CLASSES)), seed)
+    return randomize_norms(
+        nn.Sequential(
+            nn.Conv3d(1, 4, 3, padding=1),
+            nn.BatchNorm3d(4),
+            nn.ReLU(),
+            nn.Conv3d(4, 6, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv3d(6, 6, 1),
+            nn.Sigmoid(),
+            nn.AdaptiveAvgPool3d(1),
+            nn.Flatten(),
+            nn.Linear(6, NUM_CLASSES),
+        ),
+        seed,
+    )
 
 
 def net_channels_last(seed=0):
     """ConvNeXt-style: a Linear and a LayerNorm on a channels-last (B, H, W, C) map between permutes."""
     torch.manual_seed(seed)
     model = nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), Permute([0, 2, 3, 1]), nn.Linear(6, 8), nn.LayerNorm(8), nn.ReLU(),
-        Permute([0, 3, 1, 2]), nn.Conv2d(8, 8, 3, padding=1, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(), nn.Linear(8, NUM_CLASSES))
+        nn.Conv2d(3, 6, 3, padding=1),
+        Permute([0, 2, 3, 1]),
+        nn.Linear(6, 8),
+        nn.LayerNorm(8),
+        nn.ReLU(),
+        Permute([0, 3, 1, 2]),
+        nn.Conv2d(8, 8, 3, padding=1, stride=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, NUM_CLASSES),
+    )
     with torch.no_grad():
         model[3].weight.uniform_(0.5, 1.5)
         model[3].bias.uniform_(-0.2, 0.2)
     return model.eval()
 
 
-BIAS_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.Linear,
-              nn.LayerNorm)
+BIAS_TYPES = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.GroupNorm,
+    nn.Linear,
+    nn.LayerNorm,
+)
 
 
 def reference_terms(model, x, classes, with_layout=False):
@@ -273,7 +326,8 @@ def test_constant_map_warns_at_the_callers_line():
     constant = [w for w in record if "constant" in str(w.message)]
     assert [str(w.message) for w in constant] == [
         "the FullGrad map is constant for image(s) [0, 1] (no gradient reaches the input or the bias "
-        "layers); its map is all zeros"]
+        "layers); its map is all zeros"
+    ]
     assert constant[0].category is RuntimeWarning
     assert constant[0].filename == __file__, "the warning should point at the caller's line"
     np.testing.assert_array_equal(maps, np.zeros((2, 12, 16), np.float32))
@@ -287,7 +341,7 @@ def test_top_class_by_default_and_batch_equals_single():
     both = cam(x)
     np.testing.assert_array_equal(both, cam(x, targets=top))
     for i in range(2):
-        np.testing.assert_allclose(both[i], cam(x[i:i + 1], targets=[top[i]])[0], atol=1e-6)
+        np.testing.assert_allclose(both[i], cam(x[i : i + 1], targets=[top[i]])[0], atol=1e-6)
 
 
 def test_eigen_smooth_is_the_principal_component_of_the_terms():
@@ -298,7 +352,7 @@ def test_eigen_smooth_is_the_principal_component_of_the_terms():
     size, small = (32, 48), (4, 6)
     got = FullGrad(model)(x, targets=[1, 3], eigen_smooth=True)
     for i in range(2):
-        layers = [minmax(np.abs(input_term[i, c:c + 1].numpy()), (1, 2)) for c in range(3)]
+        layers = [minmax(np.abs(input_term[i, c : c + 1].numpy()), (1, 2)) for c in range(3)]
         layers += [minmax(np.abs((g * b)[i].numpy()), (1, 2)) for g, b in bias_terms if g.ndim == 4]
         terms = [minmax(sum(resize(c, size) for c in t), None) for t in layers]
         stack = np.stack([resize(t, small) for t in terms], -1).reshape(-1, len(terms))  # (N, T)
@@ -312,7 +366,7 @@ def test_eigen_smooth_is_the_principal_component_of_the_terms():
 
 
 # ------------------------------------------------------------------- the reference library (optional)
-DRIVER = r'''
+DRIVER = r"""
 import sys, numpy as np, torch, torchvision
 import pytorch_grad_cam
 from pytorch_grad_cam import FullGrad
@@ -326,7 +380,7 @@ x = torch.load(f"{work}/x.pt")
 targets = [ClassifierOutputTarget(3), ClassifierOutputTarget(7)]
 out = {"plain": FullGrad(model, [])(x, targets), "eigen": FullGrad(model, [])(x, targets, eigen_smooth=True)}
 np.savez(f"{work}/out.npz", **out)
-'''
+"""
 
 
 @needs_reference

@@ -10,6 +10,7 @@ reuse nothing from the library. The fused map of one target layer is
 ``normalize(resize(normalize(relu(cam))))`` (per-layer normalisation, resize to the input, then the
 final normalisation after fusing), as documented in ``BaseCAM``.
 """
+
 import weakref
 
 import numpy as np
@@ -69,15 +70,17 @@ def test_smooth_gradcampp_reference_2d(tiny_2d, layer, num_samples, std):
     model, x = tiny_2d
     want = reference_smooth_gradcampp(model, layer, x, [1, 3], num_samples, std, seed=11)
     assert_nontrivial(want)
-    cam = SmoothGradCAMPlusPlus(model, [model.get_submodule(layer)], num_samples=num_samples, std=std,
-                                seed=11)
+    cam = SmoothGradCAMPlusPlus(
+        model, [model.get_submodule(layer)], num_samples=num_samples, std=std, seed=11
+    )
     got = cam(x, targets=[1, 3])
     torch.testing.assert_close(torch.from_numpy(got), want.float(), atol=1e-5, rtol=1e-4)
     # The noise really changes the map (it is not Grad-CAM++), and another seed changes it again.
     plain = GradCAMPlusPlus(model, [model.get_submodule(layer)])(x, targets=[1, 3])
     assert np.abs(got - plain).max() > 1e-2
-    other = SmoothGradCAMPlusPlus(model, [model.get_submodule(layer)], num_samples=num_samples, std=std,
-                                  seed=12)(x, targets=[1, 3])
+    other = SmoothGradCAMPlusPlus(
+        model, [model.get_submodule(layer)], num_samples=num_samples, std=std, seed=12
+    )(x, targets=[1, 3])
     assert np.abs(got - other).max() > 1e-3
 
 
@@ -94,8 +97,10 @@ def test_smooth_gradcampp_fuses_its_layers_through_the_fuse_hook(tiny_2d):
     # subclass's own fusion, here the product of the normalised maps, replaces it).
     model, x = tiny_2d
     size = x.shape[2:]
-    resized = [resized_layer_map(reference_smooth_gradcampp(model, name, x, [1, 3], 3, 0.3, 5, raw=True),
-                                 size) for name in ("conv2", "relu3")]
+    resized = [
+        resized_layer_map(reference_smooth_gradcampp(model, name, x, [1, 3], 3, 0.3, 5, raw=True), size)
+        for name in ("conv2", "relu3")
+    ]
     mean = fuse(resized)
     product = normalize(normalize(resized[0]) * normalize(resized[1]))
     assert_nontrivial(mean)
@@ -189,11 +194,14 @@ def test_reference_hvp_agrees_with_finite_differences(tiny_2d_sigmoid):
     assert hvp.abs().max() > 1e-3  # the sigmoid head is not linear: the correction is real
 
 
-@pytest.mark.parametrize(("net", "layer", "tail", "classes", "score"), [
-    ("tiny_2d_sigmoid", "conv2", tail_after_conv2, [1, 3], "logit"),
-    ("tiny_2d_sigmoid", "conv2", tail_after_conv2, [1, 3], "rest"),
-    ("tiny_2d", "relu2", tail_after_relu2, [1, 3], "rest"),
-])
+@pytest.mark.parametrize(
+    ("net", "layer", "tail", "classes", "score"),
+    [
+        ("tiny_2d_sigmoid", "conv2", tail_after_conv2, [1, 3], "logit"),
+        ("tiny_2d_sigmoid", "conv2", tail_after_conv2, [1, 3], "rest"),
+        ("tiny_2d", "relu2", tail_after_relu2, [1, 3], "rest"),
+    ],
+)
 def test_shapleycam_reference(request, net, layer, tail, classes, score):
     model, x = request.getfixturevalue(net)
     score_fn = logit(classes) if score == "logit" else rest(classes)
@@ -212,8 +220,9 @@ def test_shapleycam_reference(request, net, layer, tail, classes, score):
 def test_shapleycam_is_gradcam_where_the_head_is_linear(tiny_2d, tiny_1d):
     """relu3 -> mean -> fc with the logit as the score: the score is linear in the activations, H A = 0."""
     for (model, x), classes in ((tiny_2d, [1, 3]), (tiny_1d, [2, 4])):
-        _, _, _, hvp = reference_shapley_weights(model, "relu3", lambda m, a: m.fc(a.flatten(2).mean(-1)),
-                                                 x, logit(classes))
+        _, _, _, hvp = reference_shapley_weights(
+            model, "relu3", lambda m, a: m.fc(a.flatten(2).mean(-1)), x, logit(classes)
+        )
         assert hvp.abs().max() == 0
         got = ShapleyCAM(model, [model.relu3])(x, targets=classes)
         want = GradCAM(model, [model.relu3])(x, targets=classes)
@@ -271,7 +280,7 @@ def test_shapleycam_keeps_no_graph(tiny_2d_sigmoid):
 
 
 # --------------------------------------------------------- optional: grad-cam 1.5.7's ShapleyCAM
-DRIVER = r'''
+DRIVER = r"""
 import sys
 import numpy as np, torch
 import pytorch_grad_cam
@@ -284,7 +293,7 @@ model = tiny_net(2, seed=0, act2=torch.nn.Sigmoid())
 x = seeded_input(2, 3, 12, 16, seed=1)
 maps = ShapleyCAM(model, [model.conv2])(x, targets=[ClassifierOutputReST(1), ClassifierOutputReST(3)])
 np.save(sys.argv[1], maps)
-'''
+"""
 
 
 @needs_reference
@@ -343,8 +352,9 @@ def test_smooth_gradcampp_on_a_dict_of_levels(tiny_2d):
     want = reference_smooth_gradcampp(model, "conv2", x, [1, 3], 3, 0.15, seed=5)
     assert_nontrivial(want)
     split = SplitNet(model).eval()
-    cam = SmoothGradCAMPlusPlus(split, [split.levels], reshape_transform=concat_levels, num_samples=3,
-                                std=0.15, seed=5)
+    cam = SmoothGradCAMPlusPlus(
+        split, [split.levels], reshape_transform=concat_levels, num_samples=3, std=0.15, seed=5
+    )
     got = cam(x, targets=[1, 3])
     torch.testing.assert_close(torch.from_numpy(got), want.float(), atol=1e-5, rtol=1e-4)
 
@@ -358,7 +368,8 @@ def test_shapleycam_on_a_dict_of_levels(tiny_2d_sigmoid):
     assert_nontrivial(want)
     split = SplitNet(model).eval()
     got = ShapleyCAM(split, [split.levels], reshape_transform=concat_levels)(
-        x, targets=[ClassifierOutputReST(1), ClassifierOutputReST(3)])
+        x, targets=[ClassifierOutputReST(1), ClassifierOutputReST(3)]
+    )
     torch.testing.assert_close(torch.from_numpy(got), want.float(), atol=1e-5, rtol=1e-4)
 
 
@@ -384,8 +395,7 @@ class TinyAttentionNet(nn.Module):
 
 def sdpa_flags():
     b = torch.backends.cuda
-    return (b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.math_sdp_enabled(),
-            b.cudnn_sdp_enabled())
+    return (b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.math_sdp_enabled(), b.cudnn_sdp_enabled())
 
 
 def test_shapleycam_through_fused_attention():
@@ -476,6 +486,7 @@ def test_twice_differentiable_roi_align_gradgradcheck():
         return _RoIAlign.apply(t, rois, 1.0, 2, 3, 2, False)
 
     import torchvision
+
     torch.testing.assert_close(f(feats), torchvision.ops.roi_align(feats, rois, (2, 3), 1.0, 2, False))
     assert torch.autograd.gradcheck(f, (feats,))
     assert torch.autograd.gradgradcheck(f, (feats,))

@@ -5,6 +5,7 @@ The reference is independent of the implementation's hooks: a float64 copy of ea
 layer by layer, with every ReLU replaced by ``GuidedReLU`` below, an ``autograd.Function`` whose backward
 is the guided rule ``(x > 0) * (g > 0) * g`` of Springenberg et al. (arXiv:1412.6806).
 """
+
 import copy
 
 import numpy as np
@@ -55,9 +56,17 @@ def module_net(seed=0, dim=2):
     bn = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}[dim]
     torch.manual_seed(seed)
     model = nn.Sequential(
-        conv(3, 6, 3, padding=1), bn(6), nn.ReLU(inplace=True), pool(2),
-        conv(6, 8, 3, padding=1), nn.ReLU(), conv(8, 8, 1), nn.ReLU(inplace=True),
-        nn.Flatten(), nn.LazyLinear(NUM_CLASSES))
+        conv(3, 6, 3, padding=1),
+        bn(6),
+        nn.ReLU(inplace=True),
+        pool(2),
+        conv(6, 8, 3, padding=1),
+        nn.ReLU(),
+        conv(8, 8, 1),
+        nn.ReLU(inplace=True),
+        nn.Flatten(),
+        nn.LazyLinear(NUM_CLASSES),
+    )
     with torch.no_grad():
         model(torch.zeros(1, 3, *([8] * dim)))  # materialise the lazy head for 8-pixel inputs
         model[1].running_mean.uniform_(-0.2, 0.2)
@@ -131,8 +140,14 @@ def test_module_relus_match_plain_reference(dim):
 def test_relu6_modules_and_functional_match_plain_reference():
     """MobileNet / EfficientNet-Lite rectify with ReLU6: the guided rule with the mask 0 < x < 6."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU6(), nn.Conv2d(6, 8, 3, padding=1),
-                          nn.ReLU6(inplace=True), nn.Flatten(), nn.Linear(8 * 64, NUM_CLASSES)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU6(),
+        nn.Conv2d(6, 8, 3, padding=1),
+        nn.ReLU6(inplace=True),
+        nn.Flatten(),
+        nn.Linear(8 * 64, NUM_CLASSES),
+    ).eval()
     with torch.no_grad():
         model[0].weight.mul_(8)  # some inputs above 6, so the upper edge of the mask matters
     x, classes = seeded(2, 3, 8, 8, seed=1), [1, 3]
@@ -176,10 +191,10 @@ def test_batched_equals_per_image_and_layouts():
     batched = gb(x, targets=[0, 1, 4])
     assert batched.shape == (3, 8, 8, 3)
     for i, k in enumerate([0, 1, 4]):
-        single = gb(x[i:i + 1], target_category=k)
+        single = gb(x[i : i + 1], target_category=k)
         assert single.shape == (8, 8, 3)  # one image: the reference library's (H, W, C)
         np.testing.assert_allclose(batched[i], single, rtol=1e-5, atol=1e-7)
-        assert gb(x[i:i + 1], targets=[k], channels_last=False).shape == (1, 3, 8, 8)
+        assert gb(x[i : i + 1], targets=[k], channels_last=False).shape == (1, 3, 8, 8)
 
 
 def test_targets_forms():
@@ -215,8 +230,10 @@ def test_inside_no_grad_and_inference_mode():
 def snapshot(model):
     return {
         "tree": [(name, type(m), id(m), dict(m._modules)) for name, m in model.named_modules()],
-        "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-                  for m in model.modules()],
+        "hooks": [
+            (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+            for m in model.modules()
+        ],
         "training": [m.training for m in model.modules()],
         "requires_grad": [p.requires_grad for p in model.parameters()],
         "grad": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
@@ -273,8 +290,11 @@ def test_non_finite_score_is_refused_as_by_the_engine():
     GradCAM says it), not a NaN gradient; the hooks and the function mode are gone afterwards."""
     model, x = module_net(), seeded(3, 3, 8, 8, seed=2)
     before = snapshot(model)
-    targets = [ClassifierOutputTarget(1), lambda out: out[1] * float("nan"),
-               lambda out: out[2] * float("inf")]
+    targets = [
+        ClassifierOutputTarget(1),
+        lambda out: out[1] * float("nan"),
+        lambda out: out[2] * float("inf"),
+    ]
     message = r"the target score is not finite \(NaN or Inf\) for image\(s\) \[1, 2\]"
     with pytest.raises(ValueError, match=message) as engine:
         GradCAM(model, [model[4]])(x, targets=targets)
@@ -290,6 +310,7 @@ def test_non_finite_score_is_refused_as_by_the_engine():
 def test_hooks_and_mode_gone_when_the_forward_pass_raises():
     """The model raises half-way through its forward pass, after module and functional ReLUs ran under
     the guided rule: the ReLU hooks are removed and the TorchFunctionMode is popped."""
+
     class Fails(nn.Module):
         def __init__(self):
             super().__init__()
@@ -323,10 +344,16 @@ def test_guided_gradcam_is_guided_backprop_times_the_map():
     # Another map: a class or an object.
     layer_maps = LayerCAM(model, [layer])(x, [1, 3])
     assert np.abs(layer_maps - cam).max() > 0.05
-    for other in (GuidedGradCAM(model, [layer], cam=LayerCAM),
-                  GuidedGradCAM(model, cam=LayerCAM(model, [layer]))):
-        np.testing.assert_allclose(other(x, [1, 3], channels_last=False), gb * layer_maps[:, None],
-                                   rtol=1e-5, atol=1e-6 * np.abs(got).max())
+    for other in (
+        GuidedGradCAM(model, [layer], cam=LayerCAM),
+        GuidedGradCAM(model, cam=LayerCAM(model, [layer])),
+    ):
+        np.testing.assert_allclose(
+            other(x, [1, 3], channels_last=False),
+            gb * layer_maps[:, None],
+            rtol=1e-5,
+            atol=1e-6 * np.abs(got).max(),
+        )
     with pytest.raises(TypeError, match="already built"):
         GuidedGradCAM(model, [layer], cam=LayerCAM(model, [layer]))
     with pytest.raises(TypeError, match="cam must be"):
@@ -339,7 +366,7 @@ def test_registry_and_import_paths():
 
 
 # ------------------------------------------------------------------- the reference library (optional)
-DRIVER = r'''
+DRIVER = r"""
 import sys, numpy as np, torch, torchvision
 import pytorch_grad_cam
 from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
@@ -352,7 +379,7 @@ x = torch.load(f"{work}/x.pt")
 gb = GuidedBackpropReLUModel(model=model, device="cpu")
 out = [gb(x[i:i + 1], target_category=k) for i, k in ((0, 3), (1, 7))] + [gb(x[:1], target_category=None)]
 np.save(f"{work}/out.npy", np.stack(out))
-'''
+"""
 
 
 @needs_reference

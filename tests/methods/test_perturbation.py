@@ -7,6 +7,7 @@ thing a reference has to share with the library: it draws the same ``torch.randn
 generator seeded the same way (one draw per model input, in channel-then-sample order, restarted for
 every image), which is the documented contract.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -214,8 +215,9 @@ def test_sscam_default_std_and_samples_match_reference():
 def test_sscam_without_noise_is_scorecam():
     model, x = small_net(), small_input()
     expected = ScoreCAM(model, [model.act])(x, targets=[1, 3])
-    np.testing.assert_allclose(SSCAM(model, [model.act], num_samples=2, std=0.0, seed=1)(x, targets=[1, 3]),
-                               expected, atol=1e-6)
+    np.testing.assert_allclose(
+        SSCAM(model, [model.act], num_samples=2, std=0.0, seed=1)(x, targets=[1, 3]), expected, atol=1e-6
+    )
 
 
 def test_sscam_noise_changes_the_map():
@@ -241,14 +243,17 @@ def test_sscam_seed():
     np.testing.assert_allclose(run(5)[1:], single, atol=1e-6)
 
 
-@pytest.mark.parametrize(("kwargs", "error", "match"), [
-    ({"num_samples": 0}, ValueError, "num_samples must be an int >= 1, got 0"),
-    ({"num_samples": 2.0}, TypeError, "num_samples must be an int >= 1, got float"),
-    ({"std": -1.0}, ValueError, "std must be a finite float >= 0, got -1.0"),
-    ({"std": float("nan")}, ValueError, "std must be a finite float >= 0, got nan"),
-    ({"seed": 1.5}, TypeError, "seed must be None or an int, got float"),
-    ({"noise": "activations"}, ValueError, "noise must be 'mask'"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"num_samples": 0}, ValueError, "num_samples must be an int >= 1, got 0"),
+        ({"num_samples": 2.0}, TypeError, "num_samples must be an int >= 1, got float"),
+        ({"std": -1.0}, ValueError, "std must be a finite float >= 0, got -1.0"),
+        ({"std": float("nan")}, ValueError, "std must be a finite float >= 0, got nan"),
+        ({"seed": 1.5}, TypeError, "seed must be None or an int, got float"),
+        ({"noise": "activations"}, ValueError, "noise must be 'mask'"),
+    ],
+)
 def test_sscam_bad_arguments(kwargs, error, match):
     model = small_net()
     with pytest.raises(error, match=match):
@@ -272,8 +277,11 @@ def test_iscam_default_matches_reference():
     assert ISCAM.deterministic
     np.testing.assert_allclose(cam(x, targets=classes), ref_maps, atol=2e-4)
     # One sample: c_1 = 1 / N * 1 = 1, the plain Score-CAM mask.
-    np.testing.assert_allclose(ISCAM(model, [model.act], num_samples=1)(x, targets=classes),
-                               ScoreCAM(model, [model.act])(x, targets=classes), atol=1e-6)
+    np.testing.assert_allclose(
+        ISCAM(model, [model.act], num_samples=1)(x, targets=classes),
+        ScoreCAM(model, [model.act])(x, targets=classes),
+        atol=1e-6,
+    )
 
 
 def test_iscam_bad_num_samples():
@@ -283,8 +291,10 @@ def test_iscam_bad_num_samples():
 
 
 # ============================================================================ the shared stream
-@pytest.mark.parametrize(("cls", "kwargs", "per_channel"), [
-    (ScoreCAM, {}, 1), (SSCAM, {"num_samples": 3, "seed": 0}, 3), (ISCAM, {"num_samples": 4}, 4)])
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "per_channel"),
+    [(ScoreCAM, {}, 1), (SSCAM, {"num_samples": 3, "seed": 0}, 3), (ISCAM, {"num_samples": 4}, 4)],
+)
 @pytest.mark.parametrize("batch_size", [1, 4, 7, 100])
 def test_one_streamed_loop(cls, kwargs, per_channel, batch_size):
     """Every method: C * n masked inputs per image, in calls of at most batch_size, none wasted."""
@@ -313,7 +323,8 @@ class TinyViT(nn.Module):
         self.pos = nn.Parameter(0.5 * torch.randn(1, 1 + grid[0] * grid[1], dim))
         self.blocks = nn.ModuleList(
             nn.TransformerEncoderLayer(dim, 2, 16, dropout=0.0, batch_first=True, norm_first=True)
-            for _ in range(2))
+            for _ in range(2)
+        )
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, NUM_CLASSES)
 
@@ -349,8 +360,9 @@ def reference_ablation(model: nn.Module, layer: nn.Module, x: torch.Tensor, clas
                     for r in range(count):
                         output[r, ..., start + r] = value
                     return output
+
                 handle = layer.register_forward_hook(ablate)
-                copies = x[i:i + 1].repeat(count, *([1] * (x.ndim - 1)))
+                copies = x[i : i + 1].repeat(count, *([1] * (x.ndim - 1)))
                 y_k.append(model(copies)[:, classes[i]].double().numpy())
                 handle.remove()
             score = float(y[i, classes[i]])
@@ -450,11 +462,18 @@ def tiny_faster_rcnn():
 
     torch.manual_seed(0)
     return FasterRCNN(
-        TinyFPNBackbone(), min_size=64, max_size=64,
+        TinyFPNBackbone(),
+        min_size=64,
+        max_size=64,
         rpn_anchor_generator=AnchorGenerator(((16,), (32,)), ((1.0,), (1.0,))),
-        box_roi_pool=torchvision.ops.MultiScaleRoIAlign(["0", "1"], 4, 2), box_head=TwoMLPHead(5 * 16, 16),
-        box_predictor=FastRCNNPredictor(16, 3), box_score_thresh=0.0, rpn_pre_nms_top_n_test=30,
-        rpn_post_nms_top_n_test=10, box_detections_per_img=5).eval()
+        box_roi_pool=torchvision.ops.MultiScaleRoIAlign(["0", "1"], 4, 2),
+        box_head=TwoMLPHead(5 * 16, 16),
+        box_predictor=FastRCNNPredictor(16, 3),
+        box_score_thresh=0.0,
+        rpn_pre_nms_top_n_test=30,
+        rpn_post_nms_top_n_test=10,
+        box_detections_per_img=5,
+    ).eval()
 
 
 def detector_case():
@@ -484,10 +503,12 @@ def test_ablationcam_faster_rcnn_fpn_levels():
         weights = []
         for name, level in levels.items():
             for c in range(level.shape[1]):
+
                 def ablate(module, inputs, output, name=name, c=c):
                     output = OrderedDict((k, v.clone()) for k, v in output.items())
                     output[name][:, c] = value
                     return output
+
                 handle = model.backbone.register_forward_hook(ablate)
                 y_k = float(target(model(x)[0]))
                 handle.remove()
@@ -513,16 +534,18 @@ def test_scorecam_family_on_a_detector():
     acts = fpn_reshape_transform(fpn_levels(model, x)).double().numpy()[0]  # (10, 2, 2)
     masks = score_masks(acts, (64, 64))
     with torch.no_grad():
-        s = np.array([float(target(model((x[0].double() * torch.from_numpy(m)).float()[None])[0]))
-                      for m in masks])
+        s = np.array(
+            [float(target(model((x[0].double() * torch.from_numpy(m)).float()[None])[0])) for m in masks]
+        )
     weights = softmax(s)
     expected = maps_from_weights(acts[None], weights[None], (64, 64))
     assert_nontrivial(weights[None], expected)
     cam = ScoreCAM(model, [model.backbone], reshape_transform=fpn_reshape_transform, batch_size=4)
     np.testing.assert_allclose(cam(x, targets=[target]), expected, atol=1e-4)
     for cls, kwargs in ((SSCAM, {"num_samples": 2, "std": 0.2, "seed": 0}), (ISCAM, {"num_samples": 2})):
-        maps = cls(model, [model.backbone], reshape_transform=fpn_reshape_transform, batch_size=8,
-                   **kwargs)(x, targets=[target])
+        maps = cls(model, [model.backbone], reshape_transform=fpn_reshape_transform, batch_size=8, **kwargs)(
+            x, targets=[target]
+        )
         assert maps.shape == (1, 64, 64)
         assert maps.max() - maps.min() > 0.5
 
@@ -533,8 +556,15 @@ def test_ablationcam_torchvision_fasterrcnn_mobilenet():
     made, lies in [0, 1], is not flat, and the model is left as it was."""
     torch.manual_seed(0)
     model = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn(
-        weights=None, weights_backbone=None, min_size=128, max_size=128, box_score_thresh=0.0,
-        rpn_pre_nms_top_n_test=20, rpn_post_nms_top_n_test=2, box_detections_per_img=2).eval()
+        weights=None,
+        weights_backbone=None,
+        min_size=128,
+        max_size=128,
+        box_score_thresh=0.0,
+        rpn_pre_nms_top_n_test=20,
+        rpn_post_nms_top_n_test=2,
+        box_detections_per_img=2,
+    ).eval()
     x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         detections = model(x)[0]
@@ -641,16 +671,18 @@ def reference_ablation_segmentation(model, layer, x, classes, masks):
             def score(output, i=i, mask=mask):
                 return float((output["out"][0, classes[i]] * mask).sum())
 
-            y = score(model(x[i:i + 1]))
+            y = score(model(x[i : i + 1]))
             value = 0.0 if acts[i].min() >= 0 else float(acts[i].min()) - 1e7
             w = []
             for k in range(acts.shape[1]):
+
                 def ablate(module, inputs, output, k=k, value=value):
                     output = output.clone()
                     output[:, k] = value
                     return output
+
                 handle = layer.register_forward_hook(ablate)
-                w.append((y - score(model(x[i:i + 1]))) / y)
+                w.append((y - score(model(x[i : i + 1]))) / y)
                 handle.remove()
             weights.append(w)
     return np.array(weights), acts
@@ -694,9 +726,12 @@ def test_ablationcam_warns_when_no_ablation_moves_the_score():
         out = model(x)["out"]
         y = float((out[0, classes[0]] * torch.from_numpy(masks[0])).sum())
     assert abs(y) > 50  # the degenerate case: a large score, tiny activations
-    with pytest.warns(RuntimeWarning, match=r"AblationCAM: ablating any one of the 6 channels of target "
-                      r"layer 'act' leaves the target score of image\(s\) \[0, 1\] exactly unchanged at "
-                      r"torch.float32 precision"):
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"AblationCAM: ablating any one of the 6 channels of target "
+        r"layer 'act' leaves the target score of image\(s\) \[0, 1\] exactly unchanged at "
+        r"torch.float32 precision",
+    ):
         maps = AblationCAM(model, [model.act])(x, targets=targets)
     assert (maps == 0).all()
     # The same model at a normal scale: no such warning.

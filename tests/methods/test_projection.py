@@ -4,6 +4,7 @@ KPCA-CAM on activations of order 1e-9 (against the kernel formula in 60-digit de
 tests/references.py), its closed forms at order one, its ``degree`` checks. The maps of all four methods
 against the plain references of their formulas are in test_formulas.py.
 """
+
 import copy
 
 import pytest
@@ -42,9 +43,11 @@ def test_kpca_cam_on_small_activations(tiny_2d, kernel):
     rows = acts.double().flatten(2).transpose(1, 2)
     rows = rows - rows.mean(1, keepdim=True)
     dots = rows @ rows.transpose(1, 2)
-    plain = {"sigmoid": torch.tanh(gamma * dots + 1),
-             "rbf": torch.exp(-gamma * torch.cdist(rows, rows) ** 2),
-             "poly": (gamma * dots + 1) ** 3}[kernel]
+    plain = {
+        "sigmoid": torch.tanh(gamma * dots + 1),
+        "rbf": torch.exp(-gamma * torch.cdist(rows, rows) ** 2),
+        "poly": (gamma * dots + 1) ** 3,
+    }[kernel]
     assert (plain == plain.flatten(1)[:, :1, None]).all()
     component = decimal_kernel_component(acts, kernel, gamma)
     want = final_map(component, x.shape[2:])

@@ -1,4 +1,5 @@
 """pytorch_grad_cam.utils.find_layers: dotted names, layouts, and the traced automatic choice."""
+
 import pytest
 import torch
 import torchvision
@@ -70,8 +71,9 @@ def test_twelve_register_tokens_read_the_same_by_guess_and_vit_transform():
     assert ok
     assert transform == TokenGridReshape(13, 7, 7)
     assert transform.describe() == "tokens -> 7x7 grid, dropping 13 leading token(s)"
-    want = torch.stack([torch.stack([tokens[:, 13 + 7 * r + c, :] for c in range(7)], -1)
-                        for r in range(7)], -2)  # (B, D, 7, 7)
+    want = torch.stack(
+        [torch.stack([tokens[:, 13 + 7 * r + c, :] for c in range(7)], -1) for r in range(7)], -2
+    )  # (B, D, 7, 7)
     assert torch.equal(transform(tokens), want)
     assert torch.equal(vit_reshape_transform(tokens), want)
     assert torch.equal(pickle.loads(pickle.dumps(transform))(tokens), want)
@@ -94,8 +96,9 @@ def _state(model):
     return [m.training for m in model.modules()], [p.requires_grad for p in model.parameters()]
 
 
-@pytest.mark.parametrize(("arch", "expected"), [("resnet18", "layer4"), ("vgg11", "features"),
-                                            ("mobilenet_v3_small", "features")])
+@pytest.mark.parametrize(
+    ("arch", "expected"), [("resnet18", "layer4"), ("vgg11", "features"), ("mobilenet_v3_small", "features")]
+)
 def test_find_target_layer_on_cnns(arch, expected):
     torch.manual_seed(0)
     model = torchvision.models.get_model(arch).train()
@@ -113,22 +116,25 @@ def test_find_target_layer_on_vit_picks_the_last_attention_input():
     """After the last block's attention, patch tokens no longer reach the class token: the gradient
     there is zero at every patch, so the last layer the class score depends on is ln_1 of the last block."""
     torch.manual_seed(0)
-    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
-                            mlp_dim=64).eval()
+    vit = VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64
+    ).eval()
     nn.init.normal_(vit.heads.head.weight)  # torchvision initialises the head to zeros
     found = find_target_layer(vit, torch.randn(2, 3, 32, 32))
     assert found.name == "encoder.layers.encoder_layer_1.ln_1"
     assert found.reshape_transform == TokenGridReshape(1, 4, 4)
     maps = GradCAM(vit, [found.layer], reshape_transform=found.reshape_transform)(
-        torch.randn(2, 3, 32, 32), targets=[0, 1])
+        torch.randn(2, 3, 32, 32), targets=[0, 1]
+    )
     assert maps.shape == (2, 32, 32)
     assert (maps.reshape(2, -1).std(1) > 0.05).all()
 
 
 def test_find_target_layer_on_swin():
     torch.manual_seed(0)
-    swin = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[2, 2],
-                           window_size=[2, 2]).eval()
+    swin = SwinTransformer(
+        patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=[2, 2]
+    ).eval()
     found = find_target_layer(swin, torch.randn(1, 3, 32, 32))
     # torchvision's Swin permutes its channels-last features back to (B, C, H, W) after the last norm
     assert found.name == "permute"
@@ -143,8 +149,15 @@ def test_find_target_layer_moves_the_input_to_the_models_dtype():
     """A bfloat16 model and a float32 input: the input goes to the model's dtype, as in every method
     (it used to raise a dtype mismatch); the user's tensor is untouched and the model left as found."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1),
-                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 3),
+    )
     model = model.to(torch.bfloat16).train()
     model[0].weight.requires_grad_(False)
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -184,8 +197,9 @@ def test_layer_output_layout_reads_cnn_vit_and_channels_last_outputs():
     assert _state(resnet) == before
     assert not any(m._forward_hooks for m in resnet.modules())
 
-    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
-                            mlp_dim=64).eval()
+    vit = VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64
+    ).eval()
     layer = vit.encoder.layers[-1].ln_1
     x = torch.randn(1, 3, 32, 32)
     layout = layer_output_layout(vit, layer, x)
@@ -200,8 +214,9 @@ def test_layer_output_layout_reads_cnn_vit_and_channels_last_outputs():
     grid = layout.reshape_transform(tokens[0])  # patch (r, c) is token 1 + 4 * r + c
     assert torch.equal(grid[0, :, 2, 3], tokens[0][0, 1 + 4 * 2 + 3])
 
-    swin = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[2, 2],
-                           window_size=[2, 2]).eval()
+    swin = SwinTransformer(
+        patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=[2, 2]
+    ).eval()
     layout = layer_output_layout(swin, swin.norm, torch.randn(1, 3, 32, 32))
     assert layout.output_shape == (1, 4, 4, 32)
     assert layout.map_shape == (1, 32, 4, 4)

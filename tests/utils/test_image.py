@@ -43,8 +43,9 @@ def test_show_cam_on_image_rgb_and_image_weight():
     img, mask = _small_image_and_mask()
     w = 0.2
     blend = (1 - w) * np.stack([_JET_LOW_BGR[::-1], _JET_HIGH_BGR[::-1]])[None] + w * img
-    np.testing.assert_array_equal(show_cam_on_image(img, mask, use_rgb=True, image_weight=w),
-                                  np.uint8(255 * blend / blend.max()))
+    np.testing.assert_array_equal(
+        show_cam_on_image(img, mask, use_rgb=True, image_weight=w), np.uint8(255 * blend / blend.max())
+    )
     # image_weight=1: the image alone, stretched so its maximum becomes 255.
     np.testing.assert_array_equal(show_cam_on_image(img, mask, image_weight=1.0), np.uint8(255 * img))
 
@@ -94,10 +95,17 @@ def test_overlays_share_the_image_weight_and_unit_range_rules():
 
     img, mask = _small_image_and_mask()
     explanations = np.stack([mask, 1 - mask])  # (2, h, w)
-    overlays = (lambda **kw: show_cam_on_image(img, mask, **kw),
-                lambda **kw: show_factorization_on_image(img, explanations, **kw))
-    for bad, error in ((1.5, ValueError), (-0.1, ValueError), (float("nan"), ValueError), (True, TypeError),
-                       ("0.5", TypeError)):
+    overlays = (
+        lambda **kw: show_cam_on_image(img, mask, **kw),
+        lambda **kw: show_factorization_on_image(img, explanations, **kw),
+    )
+    for bad, error in (
+        (1.5, ValueError),
+        (-0.1, ValueError),
+        (float("nan"), ValueError),
+        (True, TypeError),
+        ("0.5", TypeError),
+    ):
         messages = set()
         for overlay in overlays:
             with pytest.raises(error, match="image_weight") as caught:
@@ -143,8 +151,11 @@ def test_preprocess_image_list_stats_uint8_input_and_errors():
     x = preprocess_image(img, mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
     np.testing.assert_allclose(x.flatten().numpy(), [-1.0, 0.0, 1.0])
     as_uint8 = np.array([[[0, 51, 255]]], dtype=np.uint8)
-    np.testing.assert_allclose(preprocess_image(as_uint8, mean=(0, 0, 0), std=(1, 1, 1)).flatten().numpy(),
-                               [0.0, 0.2, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(
+        preprocess_image(as_uint8, mean=(0, 0, 0), std=(1, 1, 1)).flatten().numpy(),
+        [0.0, 0.2, 1.0],
+        rtol=1e-6,
+    )
     untouched = img.copy()
     preprocess_image(img)
     np.testing.assert_array_equal(img, untouched)
@@ -194,8 +205,9 @@ def test_scale_cam_image_resizes_like_cv2_and_keeps_the_input():
     assert out.shape == (2, 10, 20)
     for i in range(2):
         normalised = (cam[i] - cam[i].min()) / (1e-7 + (cam[i] - cam[i].min()).max())
-        np.testing.assert_allclose(out[i], cv2.resize(normalised, (20, 10), interpolation=cv2.INTER_LINEAR),
-                                   rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            out[i], cv2.resize(normalised, (20, 10), interpolation=cv2.INTER_LINEAR), rtol=1e-6, atol=1e-6
+        )
     np.testing.assert_array_equal(cam, before)
 
 

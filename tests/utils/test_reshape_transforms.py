@@ -1,5 +1,6 @@
 """pytorch_grad_cam.utils.reshape_transforms: the ViT and Swin transforms on real torchvision tokens, and the
 feature pyramid transform (alone and on a layer that returns a dict of levels)."""
+
 import functools
 import warnings
 
@@ -30,7 +31,8 @@ def vit_b16_tokens():
     model = vit_b_16(weights=None).eval()
     captured = {}
     handle = model.encoder.layers[-1].ln_1.register_forward_hook(
-        lambda module, inputs, output: captured.setdefault("tokens", output.detach()))
+        lambda module, inputs, output: captured.setdefault("tokens", output.detach())
+    )
     with torch.no_grad():
         model(torch.randn(2, 3, 224, 224))
     handle.remove()
@@ -100,7 +102,8 @@ def test_swin_transform_on_real_swin_t_channels_last_output():
     model = swin_t(weights=None).eval()
     captured = {}
     handle = model.features[-1][-1].norm1.register_forward_hook(
-        lambda module, inputs, output: captured.setdefault("out", output.detach()))
+        lambda module, inputs, output: captured.setdefault("out", output.detach())
+    )
     with torch.no_grad():
         model(torch.randn(1, 3, 224, 224))
     handle.remove()
@@ -132,9 +135,14 @@ def test_swin_transform_tokens_alias_and_errors():
 def _levels(batch=2):
     gen = torch.Generator().manual_seed(3)
     from collections import OrderedDict
-    return OrderedDict([("0", torch.randn(batch, 2, 8, 6, generator=gen)),
-                        ("1", torch.randn(batch, 3, 4, 3, generator=gen)),
-                        ("pool", torch.randn(batch, 2, 2, 2, generator=gen))])
+
+    return OrderedDict(
+        [
+            ("0", torch.randn(batch, 2, 8, 6, generator=gen)),
+            ("1", torch.randn(batch, 3, 4, 3, generator=gen)),
+            ("pool", torch.randn(batch, 2, 2, 2, generator=gen)),
+        ]
+    )
 
 
 def _bilinear(a, size):
@@ -147,24 +155,29 @@ def test_fpn_reshape_transform_resizes_and_concatenates_the_levels():
     for size, grid, absolute in ((None, (2, 2), True), ("1", (4, 3), False), ((5, 7), (5, 7), True)):
         out = fpn_reshape_transform(levels, size=size, absolute=absolute)
         assert out.shape == (2, 7, *grid)
-        planes = [level[b, c].numpy() for b in range(2) for level in levels.values()
-                  for c in range(level.shape[1])]
+        planes = [
+            level[b, c].numpy() for b in range(2) for level in levels.values() for c in range(level.shape[1])
+        ]
         want = np.stack([_bilinear(np.abs(p) if absolute else p, grid) for p in planes]).reshape(2, 7, *grid)
         np.testing.assert_allclose(out.numpy(), want, atol=1e-5)
     # the reference's name: magnitudes on the coarsest ('pool') grid; a list of levels works as a dict
     torch.testing.assert_close(fasterrcnn_reshape_transform(levels), fpn_reshape_transform(levels))
-    torch.testing.assert_close(fpn_reshape_transform(list(levels.values()), size=1),
-                               fpn_reshape_transform(levels, size="1"))
+    torch.testing.assert_close(
+        fpn_reshape_transform(list(levels.values()), size=1), fpn_reshape_transform(levels, size="1")
+    )
 
 
-@pytest.mark.parametrize(("features", "kwargs", "error", "match"), [
-    (torch.zeros(1, 2, 3, 3), {}, TypeError, "dict or a list"),
-    ({}, {}, ValueError, "no pyramid levels"),
-    ({"0": torch.zeros(1, 2, 3)}, {}, ValueError, r"level '0' must be a \(B, C, H, W\)"),
-    ({"0": torch.zeros(1, 2, 3, 3), "1": torch.zeros(2, 2, 3, 3)}, {}, ValueError, "batch size"),
-    ({"0": torch.zeros(1, 2, 3, 3)}, {"size": "p6"}, ValueError, "not a level"),
-    ({"0": torch.zeros(1, 2, 3, 3)}, {"size": (0, 3)}, ValueError, "positive int"),
-])
+@pytest.mark.parametrize(
+    ("features", "kwargs", "error", "match"),
+    [
+        (torch.zeros(1, 2, 3, 3), {}, TypeError, "dict or a list"),
+        ({}, {}, ValueError, "no pyramid levels"),
+        ({"0": torch.zeros(1, 2, 3)}, {}, ValueError, r"level '0' must be a \(B, C, H, W\)"),
+        ({"0": torch.zeros(1, 2, 3, 3), "1": torch.zeros(2, 2, 3, 3)}, {}, ValueError, "batch size"),
+        ({"0": torch.zeros(1, 2, 3, 3)}, {"size": "p6"}, ValueError, "not a level"),
+        ({"0": torch.zeros(1, 2, 3, 3)}, {"size": (0, 3)}, ValueError, "positive int"),
+    ],
+)
 def test_fpn_reshape_transform_refuses_bad_input(features, kwargs, error, match):
     with pytest.raises(error, match=match):
         fpn_reshape_transform(features, **kwargs)
@@ -209,8 +222,10 @@ def test_a_layer_returning_a_dict_of_levels_through_fpn_reshape_transform():
     a = levels["0"].detach().requires_grad_(True)
     score = model.head(a.relu().mean((2, 3)))[0, 1]
     (g,) = torch.autograd.grad(score, a)
-    acts = torch.cat([a.detach(), torch.nn.functional.interpolate(levels["pool"].detach(), size=(8, 8),
-                                                                 mode="bilinear")], 1)
+    acts = torch.cat(
+        [a.detach(), torch.nn.functional.interpolate(levels["pool"].detach(), size=(8, 8), mode="bilinear")],
+        1,
+    )
     grads = torch.cat([g, torch.zeros(1, 4, 8, 8)], 1)  # no gradient reaches 'pool': zeros
     cam = (grads.mean((2, 3))[:, :, None, None] * acts).sum(1).relu()[0].numpy()
     cam = (cam - cam.min()) / (cam.max() - cam.min() + 1e-7)
@@ -223,5 +238,6 @@ def test_a_dict_layer_without_a_transform_is_refused_clearly():
     with pytest.raises(TypeError, match=r"'backbone' returns dict.*pass a reshape_transform"):
         GradCAM(model, [model.backbone])(torch.randn(1, 3, 8, 8), targets=[1])
     with pytest.raises(TypeError, match="reshape_transform must return a tensor"):
-        GradCAM(model, [model.backbone], reshape_transform=lambda levels: levels)(torch.randn(1, 3, 8, 8),
-                                                                                   targets=[1])
+        GradCAM(model, [model.backbone], reshape_transform=lambda levels: levels)(
+            torch.randn(1, 3, 8, 8), targets=[1]
+        )

@@ -1,6 +1,7 @@
 """pytorch_grad_cam.utils.model_targets: every target against its formula written out by hand (the plain
 class score, softmax, binary and raw-score targets, and those beyond: ReST, FinerCAM's, segmentation,
 detection, embeddings), and targets as the engine takes them."""
+
 import math
 
 import numpy as np
@@ -48,16 +49,19 @@ def test_finer_weighted_target_formula_and_limits():
     assert batch[1].item() == pytest.approx(want, rel=1e-9)
 
 
-@pytest.mark.parametrize(("args", "error", "match"), [
-    ((1, [], 1.0), ValueError, "comparison_categories is empty"),
-    ((1, 3, 1.0), TypeError, "comparison_categories must be a sequence"),
-    ((1, [2, -1], 1.0), ValueError, "non-negative"),
-    # The one rule: the right type (a float) out of range (NaN) is a ValueError, as for FinerCAM(alpha=nan).
-    ((1, [2], float("nan")), ValueError, "alpha must be a finite float, got nan"),
-    ((1, [2], "1"), TypeError, "alpha must be a finite float, got str '1'"),
-    ((1, [2, -1], 1.0), ValueError, r"comparison_categories\[1\] must be a non-negative int"),
-    ((True, [2], 1.0), TypeError, "main_category"),
-])
+@pytest.mark.parametrize(
+    ("args", "error", "match"),
+    [
+        ((1, [], 1.0), ValueError, "comparison_categories is empty"),
+        ((1, 3, 1.0), TypeError, "comparison_categories must be a sequence"),
+        ((1, [2, -1], 1.0), ValueError, "non-negative"),
+        # The one rule: the right type (a float) out of range (NaN) is a ValueError, as for FinerCAM.
+        ((1, [2], float("nan")), ValueError, "alpha must be a finite float, got nan"),
+        ((1, [2], "1"), TypeError, "alpha must be a finite float, got str '1'"),
+        ((1, [2, -1], 1.0), ValueError, r"comparison_categories\[1\] must be a non-negative int"),
+        ((True, [2], 1.0), TypeError, "main_category"),
+    ],
+)
 def test_finer_weighted_target_refuses_bad_arguments(args, error, match):
     with pytest.raises(error, match=match):
         FinerWeightedTarget(*args)
@@ -102,29 +106,47 @@ def test_semantic_segmentation_target_is_the_masked_sum_of_the_class_map():
     assert target(out.detach()[None]).item() == pytest.approx(want_bool)
 
 
-@pytest.mark.parametrize(("call", "error", "match"), [
-    (lambda: SemanticSegmentationTarget(1, np.ones((4, 6)))(torch.zeros(3, 4, 5)), ValueError,
-     r"mask has shape \(4, 6\) but the model output has shape \(3, 4, 5\)"),
-    (lambda: SemanticSegmentationTarget(3, np.ones((4, 5)))(torch.zeros(3, 4, 5)), ValueError,
-     "out of range"),
-    (lambda: SemanticSegmentationTarget(-1, np.ones((4, 5))), ValueError, "non-negative"),
-    (lambda: SemanticSegmentationTarget(1.0, np.ones((4, 5))), TypeError, "category"),
-    (lambda: SemanticSegmentationTarget(1, "mask"), TypeError, "mask must be a numpy array"),
-    (lambda: SemanticSegmentationTarget(1, np.float32(1.0)), ValueError, "got a scalar"),
-    (lambda: SemanticSegmentationTarget(1, np.full((2, 2), np.nan)), ValueError, "NaN"),
-    (lambda: SemanticSegmentationTarget(1, np.ones((4, 5)))({"aux": torch.zeros(3, 4, 5)}), ValueError,
-     "without an 'out' entry"),
-])
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (
+            lambda: SemanticSegmentationTarget(1, np.ones((4, 6)))(torch.zeros(3, 4, 5)),
+            ValueError,
+            r"mask has shape \(4, 6\) but the model output has shape \(3, 4, 5\)",
+        ),
+        (
+            lambda: SemanticSegmentationTarget(3, np.ones((4, 5)))(torch.zeros(3, 4, 5)),
+            ValueError,
+            "out of range",
+        ),
+        (lambda: SemanticSegmentationTarget(-1, np.ones((4, 5))), ValueError, "non-negative"),
+        (lambda: SemanticSegmentationTarget(1.0, np.ones((4, 5))), TypeError, "category"),
+        (lambda: SemanticSegmentationTarget(1, "mask"), TypeError, "mask must be a numpy array"),
+        (lambda: SemanticSegmentationTarget(1, np.float32(1.0)), ValueError, "got a scalar"),
+        (lambda: SemanticSegmentationTarget(1, np.full((2, 2), np.nan)), ValueError, "NaN"),
+        (
+            lambda: SemanticSegmentationTarget(1, np.ones((4, 5)))({"aux": torch.zeros(3, 4, 5)}),
+            ValueError,
+            "without an 'out' entry",
+        ),
+    ],
+)
 def test_semantic_segmentation_target_refuses_bad_arguments(call, error, match):
     with pytest.raises(error, match=match):
         call()
 
 
 def _detections(requires_grad=True):
-    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0],   # label 1
-                          [1.0, 1.0, 11.0, 11.0],   # label 2: overlaps the first
-                          [20.0, 20.0, 30.0, 40.0],  # label 1
-                          [0.0, 0.0, 9.0, 10.0]], dtype=torch.float64, requires_grad=requires_grad)  # label 2
+    boxes = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0],  # label 1
+            [1.0, 1.0, 11.0, 11.0],  # label 2: overlaps the first
+            [20.0, 20.0, 30.0, 40.0],  # label 1
+            [0.0, 0.0, 9.0, 10.0],
+        ],
+        dtype=torch.float64,
+        requires_grad=requires_grad,
+    )  # label 2
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6], dtype=torch.float64, requires_grad=requires_grad)
     return {"boxes": boxes, "labels": torch.tensor([1, 2, 1, 2]), "scores": scores}
 
@@ -159,8 +181,9 @@ def test_box_score_target_sums_iou_plus_score_of_the_best_same_label_detection()
     assert FasterRCNNBoxScoreTarget([1], wanted[:1])(_detections()).item() == pytest.approx(1.0 + 0.9)
     shifted = wanted[:1] + np.array([[1.0, 0.0, 1.0, 0.0]])  # IoU 9/11 with detection 0
     assert FasterRCNNBoxScoreTarget([1], shifted, iou_threshold=0.85)(_detections()).item() == 0.0
-    assert FasterRCNNBoxScoreTarget([1], shifted, iou_threshold=0.8)(_detections()).item() == \
-        pytest.approx(9 / 11 + 0.9)
+    assert FasterRCNNBoxScoreTarget([1], shifted, iou_threshold=0.8)(_detections()).item() == pytest.approx(
+        9 / 11 + 0.9
+    )
 
 
 def test_box_score_target_without_a_match_is_a_connected_zero():
@@ -170,8 +193,11 @@ def test_box_score_target_without_a_match_is_a_connected_zero():
     assert score.requires_grad
     score.backward()
     assert det["scores"].grad.abs().sum() == 0
-    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
-             "scores": torch.zeros(0, requires_grad=True)}
+    empty = {
+        "boxes": torch.zeros(0, 4),
+        "labels": torch.zeros(0, dtype=torch.int64),
+        "scores": torch.zeros(0, requires_grad=True),
+    }
     score = FasterRCNNBoxScoreTarget([1], [[0.0, 0.0, 10.0, 10.0]])(empty)
     assert score.item() == 0.0
     assert score.requires_grad
@@ -196,16 +222,27 @@ def test_targets_move_their_tensors_to_the_output_dtype():
     assert SimilarityToConceptTarget(torch.ones(4, dtype=torch.float64))(torch.ones(4)).dtype == torch.float32
 
 
-@pytest.mark.parametrize(("args", "error", "match"), [
-    (([1, 2], np.zeros((3, 4))), ValueError, "labels has 2 entries but bounding_boxes has 3"),
-    (([1], np.zeros((1, 5))), ValueError, r"shape \(N, 4\)"),
-    ((1, np.zeros((1, 4))), TypeError, "labels must be a sequence"),
-    (([-1], np.zeros((1, 4))), ValueError, "non-negative"),
-    (([1], np.zeros((1, 4)), 1.5), ValueError, r"iou_threshold must be a finite float >= 0 and < 1, got 1.5"),
-    (([1], np.zeros((1, 4)), float("nan")), ValueError, r"iou_threshold must be a finite float >= 0 and < 1"),
-    (([1], np.zeros((1, 4)), "0.5"), TypeError, "iou_threshold"),
-    (([1], np.full((1, 4), np.inf)), ValueError, "NaN or Inf"),
-])
+@pytest.mark.parametrize(
+    ("args", "error", "match"),
+    [
+        (([1, 2], np.zeros((3, 4))), ValueError, "labels has 2 entries but bounding_boxes has 3"),
+        (([1], np.zeros((1, 5))), ValueError, r"shape \(N, 4\)"),
+        ((1, np.zeros((1, 4))), TypeError, "labels must be a sequence"),
+        (([-1], np.zeros((1, 4))), ValueError, "non-negative"),
+        (
+            ([1], np.zeros((1, 4)), 1.5),
+            ValueError,
+            r"iou_threshold must be a finite float >= 0 and < 1, got 1.5",
+        ),
+        (
+            ([1], np.zeros((1, 4)), float("nan")),
+            ValueError,
+            r"iou_threshold must be a finite float >= 0 and < 1",
+        ),
+        (([1], np.zeros((1, 4)), "0.5"), TypeError, "iou_threshold"),
+        (([1], np.full((1, 4), np.inf)), ValueError, "NaN or Inf"),
+    ],
+)
 def test_box_score_target_refuses_bad_arguments(args, error, match):
     with pytest.raises(error, match=match):
         FasterRCNNBoxScoreTarget(*args)
@@ -235,13 +272,19 @@ def test_concept_targets_are_cosine_similarity_and_its_complement():
     np.testing.assert_allclose(DifferenceFromConceptTarget(f)(rows).numpy(), [0.0, 2.0], atol=1e-12)
 
 
-@pytest.mark.parametrize(("call", "error", "match"), [
-    (lambda: SimilarityToConceptTarget(np.zeros(4)), ValueError, "zero vector"),
-    (lambda: SimilarityToConceptTarget(np.ones((2, 4))), ValueError, r"shape \(D,\)"),
-    (lambda: DifferenceFromConceptTarget("cat"), TypeError, "features must be a numpy array"),
-    (lambda: SimilarityToConceptTarget(np.ones(4))(torch.ones(5)), ValueError,
-     "the model output has 5 features .* but the concept has 4"),
-])
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: SimilarityToConceptTarget(np.zeros(4)), ValueError, "zero vector"),
+        (lambda: SimilarityToConceptTarget(np.ones((2, 4))), ValueError, r"shape \(D,\)"),
+        (lambda: DifferenceFromConceptTarget("cat"), TypeError, "features must be a numpy array"),
+        (
+            lambda: SimilarityToConceptTarget(np.ones(4))(torch.ones(5)),
+            ValueError,
+            "the model output has 5 features .* but the concept has 4",
+        ),
+    ],
+)
 def test_concept_targets_refuse_bad_arguments(call, error, match):
     with pytest.raises(error, match=match):
         call()
@@ -259,10 +302,19 @@ class _Tiny(nn.Module):
         return self.head(self.features(x).mean((2, 3)))
 
 
-@pytest.mark.parametrize("targets", [
-    2, np.int64(2), torch.tensor(2), [2, 2], (2, 2), np.array([2, 2]), torch.tensor([2, 2]),
-    [np.int32(2), ClassifierOutputTarget(2)],
-])
+@pytest.mark.parametrize(
+    "targets",
+    [
+        2,
+        np.int64(2),
+        torch.tensor(2),
+        [2, 2],
+        (2, 2),
+        np.array([2, 2]),
+        torch.tensor([2, 2]),
+        [np.int32(2), ClassifierOutputTarget(2)],
+    ],
+)
 def test_class_indices_are_accepted_wherever_a_target_list_is(targets):
     model = _Tiny().eval()
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -273,12 +325,15 @@ def test_class_indices_are_accepted_wherever_a_target_list_is(targets):
     np.testing.assert_array_equal(GradCAM(model, [model.features])(x, targets=targets), want)
 
 
-@pytest.mark.parametrize(("targets", "error", "match"), [
-    ([2], ValueError, "targets has 1 entries but the batch has 2"),
-    ([2, -1], ValueError, r"targets\[1\] must be a class index >= 0"),
-    ([2, 1.5], TypeError, r"targets\[1\] must be a callable target"),
-    ("2", TypeError, "targets"),
-])
+@pytest.mark.parametrize(
+    ("targets", "error", "match"),
+    [
+        ([2], ValueError, "targets has 1 entries but the batch has 2"),
+        ([2, -1], ValueError, r"targets\[1\] must be a class index >= 0"),
+        ([2, 1.5], TypeError, r"targets\[1\] must be a callable target"),
+        ("2", TypeError, "targets"),
+    ],
+)
 def test_bad_class_indices_are_refused(targets, error, match):
     with pytest.raises(error, match=match):
         normalize_targets(targets, 2)
@@ -289,8 +344,10 @@ def test_a_target_with_zero_gradient_warns_and_gives_zeros():
     that names the reason, not an error."""
     model = _Tiny().eval()
     x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    with pytest.warns(RuntimeWarning, match="gradient of the target score .* is exactly zero for image"), \
-            pytest.warns(RuntimeWarning, match=r"CAM of layer 'features' is constant for image\(s\) \[0\]"):
+    with (
+        pytest.warns(RuntimeWarning, match="gradient of the target score .* is exactly zero for image"),
+        pytest.warns(RuntimeWarning, match=r"CAM of layer 'features' is constant for image\(s\) \[0\]"),
+    ):
         maps = GradCAM(model, [model.features])(x, targets=[lambda out: out.sum() * 0.0])
     np.testing.assert_array_equal(maps, np.zeros((1, 8, 8), np.float32))
 
@@ -319,8 +376,10 @@ def test_classifier_target_accepts_numpy_int_and_2d_outputs():
 
 
 @pytest.mark.parametrize("cls", [ClassifierOutputTarget, ClassifierOutputSoftmaxTarget])
-@pytest.mark.parametrize(("bad", "error"), [(-1, ValueError), (1.0, TypeError), (True, TypeError),
-                                        ("3", TypeError), (None, TypeError)])
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [(-1, ValueError), (1.0, TypeError), (True, TypeError), ("3", TypeError), (None, TypeError)],
+)
 def test_category_validation(cls, bad, error):
     with pytest.raises(error, match="category"):
         cls(bad)
