@@ -17,8 +17,13 @@ from torch import nn
 
 from ._engine.capture import LayerCapture, capture_forward, layer_name, map_tensors, tensors_of
 from ._engine.checks import check_batch_size, check_device, check_input, check_layers
-from ._engine.maps import broadcast_weights, first_principal_component, min_max_normalize, resize_maps
-from ._engine.maps import warn_if_constant as warn_if_constant
+from ._engine.maps import (
+    broadcast_weights,
+    first_principal_component,
+    min_max_normalize,
+    resize_maps,
+    warn_if_constant,
+)
 from ._engine.session import compute_session
 from ._engine.warnings import warn
 from .registry import Registered

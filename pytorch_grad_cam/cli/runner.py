@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .. import GuidedBackpropReLUModel
-from ..registry import FACTORIZATION_METHODS, METHODS, PIXEL_METHODS
+from ..registry import FACTORIZATION_METHODS, KINDS, METHODS, kind_of
 
 # The module, not its functions: they are looked up when called, so a substitute put there (as the tests
 # do for show_factorization_on_image) is the one used.
@@ -399,16 +399,21 @@ class FactorizationAdapter:
         return shown, files
 
 
-#: Each registry dict of method names, with the adapter for that kind of method.
-_KINDS = ((METHODS, MapAdapter), (PIXEL_METHODS, PixelAdapter), (FACTORIZATION_METHODS, FactorizationAdapter))
+#: The adapter for each kind of method in the registry.
+_ADAPTERS: dict[str, Callable[[Any], MethodAdapter]] = {
+    "map": MapAdapter,
+    "pixel": PixelAdapter,
+    "factorization": FactorizationAdapter,
+}
 
 
 def adapter_for(name: str) -> MethodAdapter:
-    """The adapter of the method registered as ``name``, by the registry dict that holds it."""
-    for registry, adapter in _KINDS:
-        if name in registry:
-            return adapter(registry[name])
-    raise CliError(f"unknown method {name!r}", code=2)  # the argument checks validated the names
+    """The adapter of the method registered as ``name``, by the registry's kind of it."""
+    try:
+        kind = kind_of(name)
+    except ValueError:
+        raise CliError(f"unknown method {name!r}", code=2) from None  # the argument checks validated it
+    return _ADAPTERS[kind](KINDS[kind][name])
 
 
 # ------------------------------------------------------------------------------------------ the runner
