@@ -18,7 +18,7 @@ from pytorch_grad_cam import FACTORIZATION_METHODS, DeepFeatureFactorization
 from pytorch_grad_cam.methods.factorization import dff, nmf
 from pytorch_grad_cam.utils.image import show_factorization_on_image
 from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform
-from tests.models import seeded_input, tiny_net
+from tests.models import TinyViT, seeded_input, tiny_net
 from tests.reference_library import REFERENCE_PATH, reference_has, run_reference
 
 TINY = np.finfo(np.float64).tiny
@@ -306,25 +306,6 @@ def test_dff_concept_outputs_are_the_head_on_the_concepts():
     np.testing.assert_allclose(probs, torch.softmax(torch.from_numpy(want), -1).numpy(), atol=1e-5)
 
 
-class TinyViT(nn.Module):
-    """Patch embedding (4x4) + class token -> one token-mixing block ending in LayerNorm -> head on the
-    class token. The block's output tokens have negative values."""
-
-    def __init__(self, dim=8, num_classes=4):
-        super().__init__()
-        self.embed = nn.Conv2d(3, dim, 4, stride=4)
-        self.cls = nn.Parameter(torch.randn(1, 1, dim))
-        self.mix = nn.Linear(dim, dim)
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_classes)
-
-    def forward(self, x):
-        tokens = self.embed(x).flatten(2).transpose(1, 2)  # (B, h*w, dim)
-        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], 1)
-        tokens = self.norm(tokens + torch.tanh(self.mix(tokens)))  # (B, 1 + h*w, dim)
-        return self.head(tokens[:, 0])
-
-
 def test_dff_vit_like_reshape_transform_with_negative_tokens():
     torch.manual_seed(0)
     model = TinyViT().eval()
@@ -580,10 +561,8 @@ def _composite_and_model():
 
     from pytorch_grad_cam.pretrained import load_efficientnet_lite0
     from pytorch_grad_cam.utils.image import preprocess_image
-    from tests.integration.test_pretrained import (  # the cat + coffee composite of that test
-        Features,
-        _centre_square,
-    )
+    from tests.integration.test_pretrained import _centre_square  # the cat + coffee composite of that test
+    from tests.models import Features
 
     composite = (
         np.float32(np.concatenate([_centre_square(data.chelsea()), _centre_square(data.coffee())], axis=1))
