@@ -18,6 +18,7 @@ from torch import nn
 from pytorch_grad_cam import PIXEL_METHODS, GradCAM, GuidedBackpropReLUModel, GuidedGradCAM, LayerCAM
 from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel as FromReferencePath
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from tests.models import FunctionalNet
 from tests.reference_library import REFERENCE_PATH, needs_reference, run_reference
 
 NUM_CLASSES = 5
@@ -83,25 +84,6 @@ def module_reference(model, x, classes):
         out = GuidedReLU.apply(out) if isinstance(layer, nn.ReLU) else layer(out)
     score = out[torch.arange(len(classes)), classes].sum()
     return torch.autograd.grad(score, h)[0]
-
-
-class FunctionalNet(nn.Module):
-    """ReLUs written four ways in ``forward``, none of them an nn.ReLU module."""
-
-    def __init__(self):
-        super().__init__()
-        self.c1 = nn.Conv2d(3, 6, 3, padding=1)
-        self.c2 = nn.Conv2d(6, 6, 3, padding=1)
-        self.c3 = nn.Conv2d(6, 8, 3, padding=1)
-        self.c4 = nn.Conv2d(8, 8, 1)
-        self.head = nn.Linear(8, NUM_CLASSES)
-
-    def forward(self, x, relu=None):
-        x = F.relu(self.c1(x)) if relu is None else relu(self.c1(x))
-        x = torch.relu(self.c2(x)) if relu is None else relu(self.c2(x))
-        x = self.c3(x).relu() if relu is None else relu(self.c3(x))
-        x = F.relu(self.c4(x), inplace=True) if relu is None else relu(self.c4(x))
-        return self.head(x.mean((2, 3)))
 
 
 def functional_reference(model, x, classes):
