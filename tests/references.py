@@ -618,3 +618,51 @@ def ref_dff(acts, k, max_iter, tol=0.0):
     peak = h.max(1)
     w, h = w * peak, h / peak[:, None]
     return w + offset[:, None], np.swapaxes(h.reshape(k, batch, *spatial), 0, 1)
+
+
+# -- guided backpropagation: the guided ReLU rule and its references, from test_guided.py ------------
+class GuidedReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * (x > 0) * (g > 0)
+
+
+class GuidedReLU6(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp(0, 6)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * ((x > 0) & (x < 6)) * (g > 0)
+
+
+def module_reference(model, x, classes):
+    """float64, layer by layer, every nn.ReLU replaced by GuidedReLU."""
+    model = copy.deepcopy(model).double()
+    h = x.double().requires_grad_(True)
+    out = h
+    for layer in model:
+        out = GuidedReLU.apply(out) if isinstance(layer, nn.ReLU) else layer(out)
+    score = out[torch.arange(len(classes)), classes].sum()
+    return torch.autograd.grad(score, h)[0]
+
+
+def functional_reference(model, x, classes):
+    model = copy.deepcopy(model).double()
+    h = x.double().requires_grad_(True)
+    score = model(h, relu=GuidedReLU.apply)[torch.arange(len(classes)), classes].sum()
+    return torch.autograd.grad(score, h)[0]
+
+
+def plain_gradient(model, x, classes):
+    h = x.detach().clone().requires_grad_(True)
+    return torch.autograd.grad(model(h)[torch.arange(len(classes)), classes].sum(), h)[0]
