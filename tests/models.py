@@ -8,8 +8,10 @@ the fixtures built from it live in ``conftest.py``.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
-import torch.nn.functional as F  # noqa: F401
+import torch.nn.functional as F
 from torch import nn
 
 NUM_CLASSES = 5  # the class count of the engine tests' models
@@ -361,3 +363,450 @@ class Net3d(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x).mean((2, 3, 4)))
+
+
+# ============================================================================ call counters
+class CountCalls(nn.Module):
+    """Wraps a model and records its forward calls: ``calls`` (how many) and ``batches`` (the batch size
+    of each, e.g. for checking that perturbation methods batch their masked inputs). Attributes it does
+    not have are looked up on the wrapped model. (:class:`Counting` counts images instead of calls.)"""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+        self.batches: list = []
+
+    def forward(self, x):
+        self.calls += 1
+        self.batches.append(x.shape[0])
+        return self.inner(x)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.inner, name)
+
+
+# ============================================================================ small CNN classifiers
+class SmallNet(nn.Module):
+    """conv - relu - conv (stride 2) - relu [target] - mean - linear (logits of order 1).
+
+    (B, 3, H, W) -> ``act``: (B, 5, H/2, W/2) -> (B, ``num_classes``); the perturbation tests (4 classes)
+    build it with :func:`small_net`.
+    """
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 5, 3, stride=2, padding=1)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(5, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.act(self.conv2(torch.relu(self.conv1(x)))).flatten(2).mean(-1))
+
+
+class TinyConvHead(nn.Module):
+    """``features`` (conv 3 -> 4, ReLU) - global average pool - linear (4 -> 3); seeds itself with
+    ``torch.manual_seed(0)``. For the tests of targets as the engine takes them."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean((2, 3)))
+
+
+class TwoHeads(nn.Module):
+    """Two linear layers; the one after the features is not the last one registered.
+
+    ``features`` (conv 3 -> 6, ReLU) - mean - ``classifier`` (6 -> 4); ``aux`` (4 -> 2) is computed on
+    the logits and thrown away. Seeds itself with ``torch.manual_seed(5)``. For CAM's choice of fc layer.
+    """
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
+        self.classifier = nn.Linear(6, 4)
+        self.aux = nn.Linear(4, 2)  # last nn.Linear of model.modules(), 4 inputs
+
+    def forward(self, x):
+        logits = self.classifier(self.features(x).mean((2, 3)))
+        self.aux(logits)  # computed and thrown away
+        return logits
+
+
+class FunctionalNet(nn.Module):
+    """ReLUs written four ways in ``forward``, none of them an nn.ReLU module.
+
+    c1 (3 -> 6) - c2 (6 -> 6) - c3 (6 -> 8) - c4 (8 -> 8, 1x1), each followed by a functional ReLU
+    (or ``relu`` when given), mean, head (8 -> ``num_classes``). For guided backpropagation.
+    """
+
+    def __init__(self, num_classes: int = NUM_CLASSES):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.c2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.c3 = nn.Conv2d(6, 8, 3, padding=1)
+        self.c4 = nn.Conv2d(8, 8, 1)
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x, relu=None):
+        x = F.relu(self.c1(x)) if relu is None else relu(self.c1(x))
+        x = torch.relu(self.c2(x)) if relu is None else relu(self.c2(x))
+        x = self.c3(x).relu() if relu is None else relu(self.c3(x))
+        x = F.relu(self.c4(x), inplace=True) if relu is None else relu(self.c4(x))
+        return self.head(x.mean((2, 3)))
+
+
+class Shared(nn.Module):
+    """A conv applied twice (both calls are bias terms) and a residual add after a BatchNorm.
+
+    inp (3 -> 4) and bn used twice, max pool 2, conv (4 -> 4) used twice, mean, head (4 -> ``num_classes``).
+    For FullGrad's bias terms.
+    """
+
+    def __init__(self, num_classes: int = NUM_CLASSES):
+        super().__init__()
+        self.inp = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.inp(x)))
+        y = self.bn(self.inp(x))  # BatchNorm then an in-place add
+        y += h
+        x = self.conv(torch.relu(self.conv(F.max_pool2d(y.relu(), 2))))
+        return self.head(x.mean((2, 3)))
+
+
+class PlantedNet(nn.Module):
+    """conv (3 -> 6) - ReLU - conv (6 -> 6) - ReLU [= ``features``] - global average pool - linear (6 -> 3).
+
+    Channels 0 and 1 of both convs pass input channels 0 and 1 through (a centre weight of 1 plus small
+    seeded noise); channels 2-5 are seeded noise. The head's row ``c`` weighs channel ``c`` by ``gain``
+    and the others by small noise, so class 0 answers to input channel 0 and class 1 to input channel 1.
+    Works for 1, 2 or 3 spatial dims; draws its weights from its own generator seeded with ``seed``.
+    """
+
+    def __init__(self, dim: int, gain: float = 40.0, seed: int = 0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        conv = _CONV[dim]
+        self.features = nn.Sequential(
+            conv(3, 6, 3, padding=1), nn.ReLU(), conv(6, 6, 3, padding=1), nn.ReLU()
+        )
+        self.fc = nn.Linear(6, 3)
+        centre = (0,) + (1,) * dim
+        with torch.no_grad():
+            for layer in (self.features[0], self.features[2]):
+                layer.weight.copy_(0.05 * torch.randn(layer.weight.shape, generator=gen))
+                layer.bias.zero_()
+                for k in (0, 1):
+                    layer.weight[(k, k, *centre[1:])] += 1.0
+            self.fc.weight.copy_(0.1 * torch.randn(3, 6, generator=gen))
+            for c in (0, 1):
+                # Logits of order 10: ScoreCAM's softmax over the channels' scores then tells them apart.
+                self.fc.weight[c, c] = gain
+            self.fc.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).flatten(2).mean(-1))
+
+
+class TinyRoINet(nn.Module):
+    """conv features (target) -> torchvision RoIAlign on fixed boxes -> sigmoid -> linear, per image.
+
+    (B, 3, H, W) -> ``features`` (B, 4, H, W) -> two boxes pooled to 2x2 -> (B, 3). Seeds itself with
+    ``torch.manual_seed(1)``; torchvision is imported in ``forward``. For ShapleyCAM through an operation
+    torch cannot differentiate twice.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.features = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 2 * 2 * 2, 3)
+        self.register_buffer("boxes", torch.tensor([[1.0, 1.0, 6.5, 5.0], [3.0, 2.0, 11.0, 7.5]]))
+        with torch.no_grad():  # pre-activations of order 1: the sigmoid is not linear there
+            self.features.weight.mul_(4)
+            self.fc.weight.mul_(5)
+
+    def forward(self, x):
+        import torchvision
+
+        f = self.features(x)
+        rois = [self.boxes.to(f.dtype)] * x.shape[0]
+        pooled = torchvision.ops.roi_align(f, rois, output_size=2, sampling_ratio=2)  # (B * 2, 4, 2, 2)
+        return self.fc(torch.sigmoid(pooled).reshape(x.shape[0], -1))
+
+
+# ============================================================================ wrappers of a TinyConvNet
+class SumPoolNet(nn.Module):
+    """features -> sum over positions (not mean) -> linear: the head's input is N times the mean.
+
+    Reuses the modules of a :class:`TinyConvNet` ``tiny`` (no weights of its own).
+    """
+
+    def __init__(self, tiny: nn.Module) -> None:
+        super().__init__()
+        self.tiny = tiny
+
+    def forward(self, x):
+        t = self.tiny
+        a = t.relu3(t.conv3(t.relu2(t.conv2(t.relu1(t.conv1(x))))))
+        return t.fc(a.flatten(2).sum(-1))
+
+
+class SplitLevels(nn.Module):
+    """conv2's output as two "levels" ``{"p0": channels 0-2, "p1": channels 3-5}``, like an FPN's dict."""
+
+    def __init__(self, conv: nn.Module) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, a):
+        y = self.conv(a)
+        return {"p0": y[:, :3], "p1": y[:, 3:]}
+
+
+class SplitNet(nn.Module):
+    """``TinyConvNet`` (its own modules) with conv2 returning a dict of two levels, concatenated again."""
+
+    def __init__(self, tiny: nn.Module) -> None:
+        super().__init__()
+        self.tiny = tiny
+        self.levels = SplitLevels(tiny.conv2)
+
+    def forward(self, x):
+        t = self.tiny
+        levels = self.levels(t.relu1(t.conv1(x)))
+        y = t.relu2(torch.cat([levels["p0"], levels["p1"]], 1))
+        return t.fc(t.relu3(t.conv3(y)).flatten(2).mean(-1))
+
+
+# ============================================================================ transformer-like models
+class TinyViT(nn.Module):
+    """Patch embedding (4x4 patches, 3 -> ``dim``) + class token, a token mixer, a head on the class token.
+
+    Two variants, for the two kinds of test that use it (the module creation order of each is that of the
+    model the tests were written with, so a seed gives the same weights):
+
+    * ``encoder_blocks=0`` (factorization tests): one token-mixing block ``mix`` ending in the LayerNorm
+      ``norm``, whose output tokens (B, 1 + h*w, ``dim``) have negative values (the target layer);
+    * ``encoder_blocks=n`` (perturbation tests: 2): a position embedding for a ``grid`` of patches and
+      ``n`` pre-norm transformer encoder blocks ``blocks``, each (B, 1 + h*w, ``dim``) (``blocks[0]`` is
+      the target layer), then ``norm`` and the head.
+    """
+
+    def __init__(self, dim: int = 8, num_classes: int = 4, encoder_blocks: int = 0, grid=(3, 4)) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, dim, 4, stride=4)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim))
+        if encoder_blocks:
+            self.pos = nn.Parameter(0.5 * torch.randn(1, 1 + grid[0] * grid[1], dim))
+            self.blocks = nn.ModuleList(
+                nn.TransformerEncoderLayer(dim, 2, 16, dropout=0.0, batch_first=True, norm_first=True)
+                for _ in range(encoder_blocks)
+            )
+        else:
+            self.mix = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        tokens = self.embed(x).flatten(2).transpose(1, 2)  # (B, h*w, dim)
+        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], 1)
+        if not hasattr(self, "blocks"):
+            tokens = self.norm(tokens + torch.tanh(self.mix(tokens)))  # (B, 1 + h*w, dim)
+            return self.head(tokens[:, 0])
+        tokens = tokens + self.pos
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.head(self.norm(tokens[:, 0]))
+
+
+class TinySwin(nn.Module):
+    """A Swin-like stack: channels-last (B, H, W, C) stages, the target ``stage1`` in the middle.
+
+    embed (conv 3 -> 6, 2x2 stride 2), permuted to (B, H/2, W/2, 6) - ``stage1`` (LayerNorm, linear,
+    GELU; 6 channels) - ``stage2`` (6 -> 5) - mean over positions - head (5 -> ``num_classes``).
+    """
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 6, 2, stride=2)
+        self.stage1 = nn.Sequential(nn.LayerNorm(6), nn.Linear(6, 6), nn.GELU())
+        self.stage2 = nn.Sequential(nn.LayerNorm(6), nn.Linear(6, 5))
+        self.head = nn.Linear(5, num_classes)
+
+    def forward(self, x):
+        h = self.stage2(self.stage1(self.embed(x).permute(0, 2, 3, 1)))  # (B, H, W, C)
+        return self.head(h.mean((1, 2)))
+
+
+class TinyAttentionNet(nn.Module):
+    """Patch conv (target) -> tokens -> one head of F.scaled_dot_product_attention -> mean -> linear.
+
+    (B, 3, H, W) -> ``patch`` (B, 8, H/2, W/2) -> (B, 4). Seeds itself with ``torch.manual_seed(0)``.
+    For ShapleyCAM through a fused kernel torch cannot differentiate twice.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.patch = nn.Conv2d(3, 8, 2, stride=2)
+        self.qkv = nn.Linear(8, 24)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        tokens = self.patch(x).flatten(2).transpose(1, 2)  # (B, N, 8)
+        q, k, v = self.qkv(tokens).unsqueeze(1).chunk(3, -1)  # (B, 1, N, 8) each
+        mixed = torch.nn.functional.scaled_dot_product_attention(q, k, v)[:, 0]  # (B, N, 8)
+        return self.fc(mixed.mean(1))
+
+
+# ======================================================================= layers returning dicts of levels
+class TinyPyramid(nn.Module):
+    """stem (conv 3->4, ReLU; 8x8) -> ``pyramid`` returning a dict of two levels {"fine": (B, 4, 8, 8),
+    "coarse": (B, 4, 4, 4)} -> linear head on both levels' pooled ReLUs (5 classes). Seeds itself with
+    ``torch.manual_seed(seed)``."""
+
+    class Levels(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fine = nn.Conv2d(4, 4, 3, padding=1)
+            self.coarse = nn.Conv2d(4, 4, 3, padding=1, stride=2)
+
+        def forward(self, h):
+            return {"fine": self.fine(h), "coarse": self.coarse(h)}
+
+    def __init__(self, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+        self.pyramid = self.Levels()
+        self.fc = nn.Linear(8, 5)
+        with torch.no_grad():
+            self.fc.weight.mul_(10)
+
+    def head(self, levels):
+        pooled = [levels[k].relu().flatten(2).mean(-1) for k in ("fine", "coarse")]
+        return self.fc(torch.cat(pooled, 1))
+
+    def forward(self, x):
+        return self.head(self.pyramid(self.stem(x)))
+
+
+class DictPyramid(nn.Module):
+    """A backbone returning a dict of two levels, {"0": stem (B, 4, H, W), "pool": down (B, 4, H/2, W/2)}.
+
+    Seeds itself with ``torch.manual_seed(0)``.
+    """
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.down = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        a = self.stem(x)
+        return {"0": a, "pool": self.down(a)}
+
+
+class DictPyramidNet(nn.Module):
+    """:class:`DictPyramid` ``backbone`` and a head (4 -> 3) that reads only its first level ("0")."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = DictPyramid()
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        levels = self.backbone(x)
+        return self.head(levels["0"].relu().mean((2, 3)))
+
+
+class TinyFPNBackbone(nn.Module):
+    """Two conv stages and torchvision's FeaturePyramidNetwork: an OrderedDict of two levels of 5 channels.
+
+    (B, 3, H, W) -> {"0": (B, 5, H/4, W/4), "1": (B, 5, H/8, W/8)}; ``out_channels`` = 5, as torchvision's
+    FasterRCNN wants of a backbone. torchvision is imported in ``__init__``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchvision.ops import FeaturePyramidNetwork
+
+        self.c1 = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4, padding=1), nn.ReLU())
+        self.c2 = nn.Sequential(nn.Conv2d(4, 6, 3, stride=2, padding=1), nn.ReLU())
+        self.fpn = FeaturePyramidNetwork([4, 6], 5)
+        self.out_channels = 5
+
+    def forward(self, x):
+        a = self.c1(x)
+        return self.fpn(OrderedDict([("0", a), ("1", self.c2(a))]))
+
+
+# ============================================================================ segmentation
+class Stem(nn.Module):
+    """conv - ReLU - conv (stride 2); counts its own calls (the replay must not run it per ablation).
+
+    (B, 3, H, W) -> (B, 6, H/2, W/2).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 6, 3, stride=2, padding=1)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.conv2(torch.relu(self.conv1(x)))
+
+
+class TinySegNet(nn.Module):
+    """A torchvision-like segmentation net: stem -> ReLU [``act``] -> head (conv 3x3, ReLU, conv 1x1 to 3
+    classes) -> bilinear upsampling to the input; returns ``{"out": (B, 3, H, W), "aux": (B, 3, h, w)}``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = Stem()
+        self.act = nn.ReLU()
+        self.head = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 3, 1))
+        self.aux = nn.Conv2d(6, 3, 1)
+        self.scale = 1.0  # 1e-9: activations too small to move the score (the degenerate case)
+
+    def forward(self, x):
+        features = self.act(self.stem(x)) * self.scale
+        logits = self.head(features)
+        out = nn.functional.interpolate(logits, size=x.shape[2:], mode="bilinear", align_corners=False)
+        return {"out": out, "aux": self.aux(features)}
+
+
+# ============================================================================ pretrained wrappers
+class Features(nn.Module):
+    """EfficientNet-Lite0 with its last feature map (after the final ReLU6) as the output of a module.
+
+    The model applies that ReLU6 with a module it also uses in the stem, which cannot be hooked on its
+    own; ``features`` (an identity) can. The logits are the model's own (checked). ``net`` is an
+    ``efficientnet_lite_pytorch`` EfficientNet (no weights of its own here).
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.features = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(self.net.extract_features(x))  # (B, 1280, H/32, W/32), in [0, 6]
+        return self.net._fc(self.net._dropout(self.net._avg_pooling(f).flatten(1)))

@@ -562,3 +562,107 @@ def _decimal_entry(xi, xj, kernel, g, c, degree):
     if kernel == "rbf":
         return (-g * sum((a - b) ** 2 for a, b in zip(xi, xj))).exp()
     return (g * sum(a * b for a, b in zip(xi, xj)) + c) ** degree
+
+
+# -- Deep Feature Factorization: NMF (NNDSVDa + Lee & Seung) and DFF, from test_factorization.py -----
+TINY = np.finfo(np.float64).tiny
+
+
+def ref_nndsvda(v, k):
+    """Boutsidis & Gallopoulos' NNDSVD, one singular triplet at a time; zeros filled with mean(v)."""
+    u, s, vt = np.linalg.svd(v, full_matrices=False)
+    w, h = np.zeros((v.shape[0], k)), np.zeros((k, v.shape[1]))
+    for j in range(k):
+        x, y = u[:, j], vt[j]
+        xp, xn, yp, yn = np.maximum(x, 0), np.maximum(-x, 0), np.maximum(y, 0), np.maximum(-y, 0)
+        m_pos = np.linalg.norm(xp) * np.linalg.norm(yp)
+        m_neg = np.linalg.norm(xn) * np.linalg.norm(yn)
+        if m_pos > m_neg:
+            a, b, sigma = xp / np.linalg.norm(xp), yp / np.linalg.norm(yp), m_pos
+        else:
+            a, b, sigma = xn / np.linalg.norm(xn), yn / np.linalg.norm(yn), m_neg
+        w[:, j] = np.sqrt(s[j] * sigma) * a
+        h[j] = np.sqrt(s[j] * sigma) * b
+    w[w == 0] = v.mean()
+    h[h == 0] = v.mean()
+    return w, h
+
+
+def ref_nmf(v, k, max_iter, tol=0.0):
+    """Lee & Seung's multiplicative updates (H, then W), written entry by entry for H's update."""
+    w, h = ref_nndsvda(v, k)
+    error_0 = previous = np.linalg.norm(v - w @ h)
+    n_iter = 0
+    for n_iter in range(1, max_iter + 1):
+        wtv, wtw = w.T @ v, w.T @ w
+        new_h = np.empty_like(h)
+        for a in range(h.shape[0]):
+            for mu in range(h.shape[1]):
+                new_h[a, mu] = h[a, mu] * wtv[a, mu] / max(float(wtw[a] @ h[:, mu]), TINY)
+        h = new_h
+        w = w * (v @ h.T) / np.maximum(w @ (h @ h.T), TINY)
+        if tol > 0 and n_iter % 10 == 0:
+            error = np.linalg.norm(v - w @ h)
+            if previous - error <= tol * error_0:
+                break
+            previous = error
+    return w, h, n_iter
+
+
+def ref_dff(acts, k, max_iter, tol=0.0):
+    """DFF of (B, C, *spatial) float64 activations: concepts (C, K), heatmaps (B, K, *spatial)."""
+    batch, channels, spatial = acts.shape[0], acts.shape[1], acts.shape[2:]
+    v = np.moveaxis(acts, 1, 0).reshape(channels, -1)
+    offset = np.minimum(v.min(1), 0)  # only channels with negative values are shifted
+    w, h, _ = ref_nmf(v - offset[:, None], k, max_iter, tol)
+    peak = h.max(1)
+    w, h = w * peak, h / peak[:, None]
+    return w + offset[:, None], np.swapaxes(h.reshape(k, batch, *spatial), 0, 1)
+
+
+# -- guided backpropagation: the guided ReLU rule and its references, from test_guided.py ------------
+class GuidedReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * (x > 0) * (g > 0)
+
+
+class GuidedReLU6(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp(0, 6)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * ((x > 0) & (x < 6)) * (g > 0)
+
+
+def module_reference(model, x, classes):
+    """float64, layer by layer, every nn.ReLU replaced by GuidedReLU."""
+    model = copy.deepcopy(model).double()
+    h = x.double().requires_grad_(True)
+    out = h
+    for layer in model:
+        out = GuidedReLU.apply(out) if isinstance(layer, nn.ReLU) else layer(out)
+    score = out[torch.arange(len(classes)), classes].sum()
+    return torch.autograd.grad(score, h)[0]
+
+
+def functional_reference(model, x, classes):
+    model = copy.deepcopy(model).double()
+    h = x.double().requires_grad_(True)
+    score = model(h, relu=GuidedReLU.apply)[torch.arange(len(classes)), classes].sum()
+    return torch.autograd.grad(score, h)[0]
+
+
+def plain_gradient(model, x, classes):
+    h = x.detach().clone().requires_grad_(True)
+    return torch.autograd.grad(model(h)[torch.arange(len(classes)), classes].sum(), h)[0]

@@ -61,6 +61,7 @@ from pytorch_grad_cam.utils import (
     vit_reshape_transform,
 )
 from tests.cam_factory import make_cam
+from tests.models import PlantedNet
 
 pytestmark = pytest.mark.slow
 
@@ -96,43 +97,8 @@ HOT_CHECK_EXEMPT = {
     "fullgrad": "per-channel normalisation makes both patches equally bright",
 }
 
-_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-
 
 # ---------------------------------------------------------------------------------------------- models
-class PlantedNet(nn.Module):
-    """conv (3 -> 6) - ReLU - conv (6 -> 6) - ReLU [= ``features``] - global average pool - linear (6 -> 3).
-
-    Channels 0 and 1 of both convs pass input channels 0 and 1 through (a centre weight of 1 plus small
-    seeded noise); channels 2-5 are seeded noise. The head's row ``c`` weighs channel ``c`` by ``gain``
-    and the others by small noise, so class 0 answers to input channel 0 and class 1 to input channel 1.
-    """
-
-    def __init__(self, dim: int, gain: float = 40.0, seed: int = 0) -> None:
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        conv = _CONV[dim]
-        self.features = nn.Sequential(
-            conv(3, 6, 3, padding=1), nn.ReLU(), conv(6, 6, 3, padding=1), nn.ReLU()
-        )
-        self.fc = nn.Linear(6, 3)
-        centre = (0,) + (1,) * dim
-        with torch.no_grad():
-            for layer in (self.features[0], self.features[2]):
-                layer.weight.copy_(0.05 * torch.randn(layer.weight.shape, generator=gen))
-                layer.bias.zero_()
-                for k in (0, 1):
-                    layer.weight[(k, k, *centre[1:])] += 1.0
-            self.fc.weight.copy_(0.1 * torch.randn(3, 6, generator=gen))
-            for c in (0, 1):
-                # Logits of order 10: ScoreCAM's softmax over the channels' scores then tells them apart.
-                self.fc.weight[c, c] = gain
-            self.fc.bias.zero_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x).flatten(2).mean(-1))
-
-
 def _planted_input(dim: int, size: int = 12) -> tuple[torch.Tensor, np.ndarray]:
     """Two copies of one input: channel 0 bright in the first corner, channel 1 in the opposite corner,
     plus faint seeded noise. Returns (x (2, 3, *S), hot (2, *S) bool: image i's target patch)."""

@@ -12,7 +12,7 @@ Target layers, per method (mean ratios cat / cup measured on this image in brack
 
 * Grad-CAM, Ablation-CAM: ``efficientnet_target_layer(model)`` (``_bn1``, 1280x7x14) [168 / 107 and
   164 / 95].
-* XGrad-CAM: the 1280x7x14 feature map after the final ReLU6 (``Features.features``, below) [49 / 18].
+* XGrad-CAM: the 1280x7x14 feature map after the final ReLU6 (``Features.features``, in the zoo) [49 / 18].
   XGrad-CAM divides by ``sum(A)``, which assumes non-negative activations: at ``_bn1`` (a batch norm,
   negative values) the cat map lands on the cup, at ``_blocks[-1]`` the cup map lands on the cat (the
   reference library gives the same maps). On these ReLU features, with the model's global-average-pool
@@ -48,6 +48,7 @@ from pytorch_grad_cam.pretrained import (  # noqa: E402
 )
 from pytorch_grad_cam.utils.image import preprocess_image  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+from tests.models import Features  # noqa: E402
 
 CAT, CUP = 285, 967  # 'Egyptian cat', 'espresso'
 #: The least accepted ratio of the map's mean over the correct half to its mean over the other half.
@@ -55,23 +56,6 @@ MIN_RATIO = {"gradcam": 30, "ablationcam": 30, "xgradcam": 6, "gradcam++": 4, "s
 SIDE = 224
 #: The coffee cup in the composite (rows, columns), drawn by hand: rim, coffee and body, not the saucer.
 CUP_BOX = (slice(0, 180), slice(SIDE + 30, SIDE + 180))
-
-
-class Features(nn.Module):
-    """EfficientNet-Lite0 with its last feature map (after the final ReLU6) as the output of a module.
-
-    The model applies that ReLU6 with a module it also uses in the stem, which cannot be hooked on its
-    own; ``features`` (an identity) can. The logits are the model's own (checked).
-    """
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-        self.features = nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.features(self.net.extract_features(x))  # (B, 1280, H/32, W/32), in [0, 6]
-        return self.net._fc(self.net._dropout(self.net._avg_pooling(f).flatten(1)))
 
 
 def _centre_square(img: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from pytorch_grad_cam import (
 from pytorch_grad_cam.utils.model_targets import (
     ClassifierOutputSoftmaxTarget,
 )
-from tests.models import seeded_input
+from tests.models import SumPoolNet, TwoHeads, seeded_input
 from tests.references import (
     acts_and_grads,
     double_copy,
@@ -79,22 +79,6 @@ def test_cam_resnet18_finds_fc(resnet18_seeded):
     torch.testing.assert_close(torch.from_numpy(got), want.float(), atol=1e-5, rtol=1e-4)
     # resnet ends in global average pooling + fc after layer4: CAM == Grad-CAM.
     np.testing.assert_allclose(got, GradCAM(model, [model.layer4[-1]])(x, targets=[3, 7]), atol=1e-5)
-
-
-class TwoHeads(nn.Module):
-    """Two linear layers; the one after the features is not the last one registered."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(5)
-        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
-        self.classifier = nn.Linear(6, 4)
-        self.aux = nn.Linear(4, 2)  # last nn.Linear of model.modules(), 4 inputs
-
-    def forward(self, x):
-        logits = self.classifier(self.features(x).mean((2, 3)))
-        self.aux(logits)  # computed and thrown away
-        return logits
 
 
 def test_cam_fc_layer_by_name_or_module_and_errors():
@@ -173,19 +157,6 @@ def test_cam_warns_when_the_head_does_not_read_the_pooled_layer(tiny_2d):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         CAM(model, [model.relu3])(x, targets=[1, 3])
-
-
-class SumPoolNet(nn.Module):
-    """features -> sum over positions (not mean) -> linear: the head's input is N times the mean."""
-
-    def __init__(self, tiny: nn.Module) -> None:
-        super().__init__()
-        self.tiny = tiny
-
-    def forward(self, x):
-        t = self.tiny
-        a = t.relu3(t.conv3(t.relu2(t.conv2(t.relu1(t.conv1(x))))))
-        return t.fc(a.flatten(2).sum(-1))
 
 
 def test_cam_accepts_a_head_fed_by_a_multiple_of_the_mean(tiny_2d):

@@ -20,14 +20,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from torch import nn
 
 from pytorch_grad_cam import SESS, FinerCAM, GradCAM, GradCAMPlusPlus, RefineCAM, ScoreCAM
 from pytorch_grad_cam.finer_cam import FinerCAM as FinerCAMPath
 from pytorch_grad_cam.refine_cam import RefineCAM as RefineCAMPath
 from pytorch_grad_cam.sess import SESS as SESSPath
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FinerWeightedTarget
-from tests.models import seeded_input, tiny_net
+from tests.models import CountCalls, TinyPyramid, seeded_input, tiny_net
 from tests.reference_library import REFERENCE_PATH, TESTS_DIR, reference_has, run_reference
 
 STAGES = ("conv1", "relu1", "conv2", "relu2", "conv3", "relu3")
@@ -81,23 +80,6 @@ def full_map(layer_map, size):
         normalize(layer_map)[:, None], size=tuple(size), mode=MODES[len(size)], align_corners=False
     )[:, 0]
     return normalize(resized)
-
-
-class CountCalls(nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.calls = 0
-
-    def forward(self, x):
-        self.calls += 1
-        return self.inner(x)
-
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.inner, name)
 
 
 # ============================================================================================ FinerCAM
@@ -299,36 +281,6 @@ def test_refinecam_is_the_product_of_the_normalised_layer_maps(dim, shape, layer
         refine_by_hand(model, x, layers, classes, method="gradcam"),
         atol=1e-5,
     )
-
-
-class TinyPyramid(nn.Module):
-    """stem (conv 3->4, ReLU; 8x8) -> ``pyramid`` returning a dict of two levels {"fine": (B, 4, 8, 8),
-    "coarse": (B, 4, 4, 4)} -> linear head on both levels' pooled ReLUs (5 classes)."""
-
-    class Levels(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fine = nn.Conv2d(4, 4, 3, padding=1)
-            self.coarse = nn.Conv2d(4, 4, 3, padding=1, stride=2)
-
-        def forward(self, h):
-            return {"fine": self.fine(h), "coarse": self.coarse(h)}
-
-    def __init__(self, seed=0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
-        self.pyramid = self.Levels()
-        self.fc = nn.Linear(8, 5)
-        with torch.no_grad():
-            self.fc.weight.mul_(10)
-
-    def head(self, levels):
-        pooled = [levels[k].relu().flatten(2).mean(-1) for k in ("fine", "coarse")]
-        return self.fc(torch.cat(pooled, 1))
-
-    def forward(self, x):
-        return self.head(self.pyramid(self.stem(x)))
 
 
 def pyramid_to_tensor(output):

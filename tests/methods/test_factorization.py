@@ -1,6 +1,6 @@
 """Deep Feature Factorization (arXiv:1806.10206): the torch NMF, DFF end to end, and its visualisation.
 
-The NMF is checked against a plain float64 numpy implementation of the same algorithm written here
+The NMF is checked against a plain float64 numpy implementation of the same algorithm (tests/references.py)
 (NNDSVDa initialisation + Lee & Seung multiplicative updates + the same stopping rule), for its
 monotone error, and for recovering an exactly low-rank matrix. DFF is checked against the same numpy
 reference applied to activations captured by a plain hook (1D/2D/3D nets, a ViT-like model with negative
@@ -18,65 +18,12 @@ from pytorch_grad_cam import FACTORIZATION_METHODS, DeepFeatureFactorization
 from pytorch_grad_cam.methods.factorization import dff, nmf
 from pytorch_grad_cam.utils.image import show_factorization_on_image
 from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform
-from tests.models import seeded_input, tiny_net
+from tests.models import TinyViT, seeded_input, tiny_net
 from tests.reference_library import REFERENCE_PATH, reference_has, run_reference
-
-TINY = np.finfo(np.float64).tiny
-
-
-# -- plain references ----------------------------------------------------------------------------
-def ref_nndsvda(v, k):
-    """Boutsidis & Gallopoulos' NNDSVD, one singular triplet at a time; zeros filled with mean(v)."""
-    u, s, vt = np.linalg.svd(v, full_matrices=False)
-    w, h = np.zeros((v.shape[0], k)), np.zeros((k, v.shape[1]))
-    for j in range(k):
-        x, y = u[:, j], vt[j]
-        xp, xn, yp, yn = np.maximum(x, 0), np.maximum(-x, 0), np.maximum(y, 0), np.maximum(-y, 0)
-        m_pos = np.linalg.norm(xp) * np.linalg.norm(yp)
-        m_neg = np.linalg.norm(xn) * np.linalg.norm(yn)
-        if m_pos > m_neg:
-            a, b, sigma = xp / np.linalg.norm(xp), yp / np.linalg.norm(yp), m_pos
-        else:
-            a, b, sigma = xn / np.linalg.norm(xn), yn / np.linalg.norm(yn), m_neg
-        w[:, j] = np.sqrt(s[j] * sigma) * a
-        h[j] = np.sqrt(s[j] * sigma) * b
-    w[w == 0] = v.mean()
-    h[h == 0] = v.mean()
-    return w, h
+from tests.references import ref_dff, ref_nmf
 
 
-def ref_nmf(v, k, max_iter, tol=0.0):
-    """Lee & Seung's multiplicative updates (H, then W), written entry by entry for H's update."""
-    w, h = ref_nndsvda(v, k)
-    error_0 = previous = np.linalg.norm(v - w @ h)
-    n_iter = 0
-    for n_iter in range(1, max_iter + 1):
-        wtv, wtw = w.T @ v, w.T @ w
-        new_h = np.empty_like(h)
-        for a in range(h.shape[0]):
-            for mu in range(h.shape[1]):
-                new_h[a, mu] = h[a, mu] * wtv[a, mu] / max(float(wtw[a] @ h[:, mu]), TINY)
-        h = new_h
-        w = w * (v @ h.T) / np.maximum(w @ (h @ h.T), TINY)
-        if tol > 0 and n_iter % 10 == 0:
-            error = np.linalg.norm(v - w @ h)
-            if previous - error <= tol * error_0:
-                break
-            previous = error
-    return w, h, n_iter
-
-
-def ref_dff(acts, k, max_iter, tol=0.0):
-    """DFF of (B, C, *spatial) float64 activations: concepts (C, K), heatmaps (B, K, *spatial)."""
-    batch, channels, spatial = acts.shape[0], acts.shape[1], acts.shape[2:]
-    v = np.moveaxis(acts, 1, 0).reshape(channels, -1)
-    offset = np.minimum(v.min(1), 0)  # only channels with negative values are shifted
-    w, h, _ = ref_nmf(v - offset[:, None], k, max_iter, tol)
-    peak = h.max(1)
-    w, h = w * peak, h / peak[:, None]
-    return w + offset[:, None], np.swapaxes(h.reshape(k, batch, *spatial), 0, 1)
-
-
+# -- plain references (the NMF and DFF ones are in tests/references.py) ---------------------------
 def capture(model, layer, x, transform=None):
     """The layer's output for x, by a plain forward hook."""
     out = {}
@@ -304,25 +251,6 @@ def test_dff_concept_outputs_are_the_head_on_the_concepts():
         model, model.relu3, computation_on_concepts=lambda c: torch.softmax(model.fc(c), -1)
     )(x, 3)
     np.testing.assert_allclose(probs, torch.softmax(torch.from_numpy(want), -1).numpy(), atol=1e-5)
-
-
-class TinyViT(nn.Module):
-    """Patch embedding (4x4) + class token -> one token-mixing block ending in LayerNorm -> head on the
-    class token. The block's output tokens have negative values."""
-
-    def __init__(self, dim=8, num_classes=4):
-        super().__init__()
-        self.embed = nn.Conv2d(3, dim, 4, stride=4)
-        self.cls = nn.Parameter(torch.randn(1, 1, dim))
-        self.mix = nn.Linear(dim, dim)
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_classes)
-
-    def forward(self, x):
-        tokens = self.embed(x).flatten(2).transpose(1, 2)  # (B, h*w, dim)
-        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], 1)
-        tokens = self.norm(tokens + torch.tanh(self.mix(tokens)))  # (B, 1 + h*w, dim)
-        return self.head(tokens[:, 0])
 
 
 def test_dff_vit_like_reshape_transform_with_negative_tokens():
@@ -580,10 +508,8 @@ def _composite_and_model():
 
     from pytorch_grad_cam.pretrained import load_efficientnet_lite0
     from pytorch_grad_cam.utils.image import preprocess_image
-    from tests.integration.test_pretrained import (  # the cat + coffee composite of that test
-        Features,
-        _centre_square,
-    )
+    from tests.integration.test_pretrained import _centre_square  # the cat + coffee composite of that test
+    from tests.models import Features
 
     composite = (
         np.float32(np.concatenate([_centre_square(data.chelsea()), _centre_square(data.coffee())], axis=1))

@@ -21,6 +21,7 @@ from torchvision.ops.misc import Permute
 
 from pytorch_grad_cam import METHODS, FullGrad
 from pytorch_grad_cam.fullgrad_cam import FullGrad as FullGradFromReferencePath
+from tests.models import Shared
 from tests.reference_library import REFERENCE_PATH, needs_reference, run_reference
 
 NUM_CLASSES = 5
@@ -239,24 +240,6 @@ def test_inplace_relu_model_equals_the_plain_one():
     plain = FullGrad(net_2d(inplace=False))(x, targets=[1, 3])
     inplace = FullGrad(net_2d(inplace=True))(x, targets=[1, 3])
     np.testing.assert_allclose(inplace, plain, atol=1e-6)
-
-
-class Shared(nn.Module):
-    """A conv applied twice (both calls are bias terms) and a residual add after a BatchNorm."""
-
-    def __init__(self):
-        super().__init__()
-        self.inp = nn.Conv2d(3, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.conv = nn.Conv2d(4, 4, 3, padding=1)
-        self.head = nn.Linear(4, NUM_CLASSES)
-
-    def forward(self, x):
-        h = torch.relu(self.bn(self.inp(x)))
-        y = self.bn(self.inp(x))  # BatchNorm then an in-place add
-        y += h
-        x = self.conv(torch.relu(self.conv(F.max_pool2d(y.relu(), 2))))
-        return self.head(x.mean((2, 3)))
 
 
 @pytest.mark.parametrize("make", [net_2d, lambda: randomize_norms(Shared())], ids=["sequential", "shared"])

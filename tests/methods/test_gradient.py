@@ -16,7 +16,6 @@ import weakref
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from pytorch_grad_cam import (
     CAM,
@@ -32,7 +31,7 @@ from pytorch_grad_cam.utils.model_targets import (
     ClassifierOutputReST,
     ClassifierOutputTarget,
 )
-from tests.models import seeded_input
+from tests.models import SplitNet, TinyAttentionNet, TinyRoINet, seeded_input
 from tests.reference_library import REFERENCE_PATH, TESTS_DIR, needs_reference, run_reference
 from tests.references import (
     acts_and_grads,
@@ -314,33 +313,6 @@ def test_registry_names():
 
 
 # ================================================== layers that return a structure of tensors (FPN levels)
-class SplitLevels(nn.Module):
-    """conv2's output as two "levels" ``{"p0": channels 0-2, "p1": channels 3-5}``, like an FPN's dict."""
-
-    def __init__(self, conv: nn.Module) -> None:
-        super().__init__()
-        self.conv = conv
-
-    def forward(self, a):
-        y = self.conv(a)
-        return {"p0": y[:, :3], "p1": y[:, 3:]}
-
-
-class SplitNet(nn.Module):
-    """``TinyConvNet`` (its own modules) with conv2 returning a dict of two levels, concatenated again."""
-
-    def __init__(self, tiny: nn.Module) -> None:
-        super().__init__()
-        self.tiny = tiny
-        self.levels = SplitLevels(tiny.conv2)
-
-    def forward(self, x):
-        t = self.tiny
-        levels = self.levels(t.relu1(t.conv1(x)))
-        y = t.relu2(torch.cat([levels["p0"], levels["p1"]], 1))
-        return t.fc(t.relu3(t.conv3(y)).flatten(2).mean(-1))
-
-
 def concat_levels(levels):
     return torch.cat(list(levels.values()), 1)
 
@@ -376,23 +348,6 @@ def test_shapleycam_on_a_dict_of_levels(tiny_2d_sigmoid):
 # ==================================== ShapleyCAM through operations torch cannot differentiate twice
 
 
-class TinyAttentionNet(nn.Module):
-    """Patch conv (target) -> tokens -> one head of F.scaled_dot_product_attention -> mean -> linear."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.patch = nn.Conv2d(3, 8, 2, stride=2)
-        self.qkv = nn.Linear(8, 24)
-        self.fc = nn.Linear(8, 4)
-
-    def forward(self, x):
-        tokens = self.patch(x).flatten(2).transpose(1, 2)  # (B, N, 8)
-        q, k, v = self.qkv(tokens).unsqueeze(1).chunk(3, -1)  # (B, 1, N, 8) each
-        mixed = torch.nn.functional.scaled_dot_product_attention(q, k, v)[:, 0]  # (B, N, 8)
-        return self.fc(mixed.mean(1))
-
-
 def sdpa_flags():
     b = torch.backends.cuda
     return (b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.math_sdp_enabled(), b.cudnn_sdp_enabled())
@@ -425,28 +380,6 @@ def test_shapleycam_through_fused_attention():
     with pytest.raises(KeyError):
         ShapleyCAM(model, [model.patch])(x, targets=[failing, failing])
     assert sdpa_flags() == before
-
-
-class TinyRoINet(nn.Module):
-    """conv features (target) -> torchvision RoIAlign on fixed boxes -> sigmoid -> linear, per image."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(1)
-        self.features = nn.Conv2d(3, 4, 3, padding=1)
-        self.fc = nn.Linear(4 * 2 * 2 * 2, 3)
-        self.register_buffer("boxes", torch.tensor([[1.0, 1.0, 6.5, 5.0], [3.0, 2.0, 11.0, 7.5]]))
-        with torch.no_grad():  # pre-activations of order 1: the sigmoid is not linear there
-            self.features.weight.mul_(4)
-            self.fc.weight.mul_(5)
-
-    def forward(self, x):
-        import torchvision
-
-        f = self.features(x)
-        rois = [self.boxes.to(f.dtype)] * x.shape[0]
-        pooled = torchvision.ops.roi_align(f, rois, output_size=2, sampling_ratio=2)  # (B * 2, 4, 2, 2)
-        return self.fc(torch.sigmoid(pooled).reshape(x.shape[0], -1))
 
 
 def test_shapleycam_through_roi_align():

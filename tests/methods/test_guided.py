@@ -2,8 +2,8 @@
 untouched, and (optional) the reference library grad-cam 1.5.7 as a black box.
 
 The reference is independent of the implementation's hooks: a float64 copy of each tiny net written out
-layer by layer, with every ReLU replaced by ``GuidedReLU`` below, an ``autograd.Function`` whose backward
-is the guided rule ``(x > 0) * (g > 0) * g`` of Springenberg et al. (arXiv:1412.6806).
+layer by layer, with every ReLU replaced by ``GuidedReLU`` (in references.py), an ``autograd.Function`` whose
+backward is the guided rule ``(x > 0) * (g > 0) * g`` of Springenberg et al. (arXiv:1412.6806).
 """
 
 import copy
@@ -18,33 +18,16 @@ from torch import nn
 from pytorch_grad_cam import PIXEL_METHODS, GradCAM, GuidedBackpropReLUModel, GuidedGradCAM, LayerCAM
 from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel as FromReferencePath
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from tests.models import FunctionalNet
 from tests.reference_library import REFERENCE_PATH, needs_reference, run_reference
+from tests.references import (
+    GuidedReLU6,
+    functional_reference,
+    module_reference,
+    plain_gradient,
+)
 
 NUM_CLASSES = 5
-
-
-class GuidedReLU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g * (x > 0) * (g > 0)
-
-
-class GuidedReLU6(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x.clamp(0, 6)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g * ((x > 0) & (x < 6)) * (g > 0)
 
 
 def seeded(*shape, seed=0):
@@ -72,48 +55,6 @@ def module_net(seed=0, dim=2):
         model[1].running_mean.uniform_(-0.2, 0.2)
         model[1].running_var.uniform_(0.5, 1.5)
     return model.eval()
-
-
-def module_reference(model, x, classes):
-    """float64, layer by layer, every nn.ReLU replaced by GuidedReLU."""
-    model = copy.deepcopy(model).double()
-    h = x.double().requires_grad_(True)
-    out = h
-    for layer in model:
-        out = GuidedReLU.apply(out) if isinstance(layer, nn.ReLU) else layer(out)
-    score = out[torch.arange(len(classes)), classes].sum()
-    return torch.autograd.grad(score, h)[0]
-
-
-class FunctionalNet(nn.Module):
-    """ReLUs written four ways in ``forward``, none of them an nn.ReLU module."""
-
-    def __init__(self):
-        super().__init__()
-        self.c1 = nn.Conv2d(3, 6, 3, padding=1)
-        self.c2 = nn.Conv2d(6, 6, 3, padding=1)
-        self.c3 = nn.Conv2d(6, 8, 3, padding=1)
-        self.c4 = nn.Conv2d(8, 8, 1)
-        self.head = nn.Linear(8, NUM_CLASSES)
-
-    def forward(self, x, relu=None):
-        x = F.relu(self.c1(x)) if relu is None else relu(self.c1(x))
-        x = torch.relu(self.c2(x)) if relu is None else relu(self.c2(x))
-        x = self.c3(x).relu() if relu is None else relu(self.c3(x))
-        x = F.relu(self.c4(x), inplace=True) if relu is None else relu(self.c4(x))
-        return self.head(x.mean((2, 3)))
-
-
-def functional_reference(model, x, classes):
-    model = copy.deepcopy(model).double()
-    h = x.double().requires_grad_(True)
-    score = model(h, relu=GuidedReLU.apply)[torch.arange(len(classes)), classes].sum()
-    return torch.autograd.grad(score, h)[0]
-
-
-def plain_gradient(model, x, classes):
-    h = x.detach().clone().requires_grad_(True)
-    return torch.autograd.grad(model(h)[torch.arange(len(classes)), classes].sum(), h)[0]
 
 
 def assert_guided_is_not_plain(want, model, x, classes):

@@ -26,25 +26,10 @@ from pytorch_grad_cam.utils.reshape_transforms import (
     swinT_reshape_transform,
     vit_reshape_transform,
 )
-
-NUM_CLASSES = 4
+from tests.models import CountCalls, SmallNet, TinyFPNBackbone, TinySegNet, TinySwin, TinyViT
 
 
 # ============================================================================ tiny models
-class SmallNet(nn.Module):
-    """conv - relu - conv (stride 2) - relu [target] - mean - linear (logits of order 1)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.conv2 = nn.Conv2d(4, 5, 3, stride=2, padding=1)
-        self.act = nn.ReLU()
-        self.fc = nn.Linear(5, NUM_CLASSES)
-
-    def forward(self, x):
-        return self.fc(self.act(self.conv2(torch.relu(self.conv1(x)))).flatten(2).mean(-1))
-
-
 def small_net(seed: int = 0) -> SmallNet:
     torch.manual_seed(seed)
     model = SmallNet().eval()
@@ -55,19 +40,6 @@ def small_net(seed: int = 0) -> SmallNet:
 
 def small_input(batch: int = 2, seed: int = 1) -> torch.Tensor:
     return torch.randn(batch, 3, 10, 12, generator=torch.Generator().manual_seed(seed))
-
-
-class CountingModel(nn.Module):
-    """Records the batch size of every call of the wrapped model."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-        self.batches: list = []
-
-    def forward(self, x):
-        self.batches.append(x.shape[0])
-        return self.inner(x)
 
 
 # ============================================================================ plain references
@@ -299,7 +271,7 @@ def test_iscam_bad_num_samples():
 def test_one_streamed_loop(cls, kwargs, per_channel, batch_size):
     """Every method: C * n masked inputs per image, in calls of at most batch_size, none wasted."""
     inner = small_net()
-    model = CountingModel(inner)
+    model = CountCalls(inner)
     x = small_input()
     cam = cls(model, [inner.act], batch_size=batch_size, **kwargs)
     cam(x, targets=[1, 3])
@@ -312,30 +284,6 @@ def test_one_streamed_loop(cls, kwargs, per_channel, batch_size):
 
 
 # ============================================================================ AblationCAM on transformers
-class TinyViT(nn.Module):
-    """Patch embedding (4x4 patches) + class token + position embedding, two encoder blocks, head on the
-    class token. ``blocks[0]``'s output, (B, 1 + h*w, D), is the target layer."""
-
-    def __init__(self, dim: int = 8, grid=(3, 4)) -> None:
-        super().__init__()
-        self.embed = nn.Conv2d(3, dim, 4, stride=4)
-        self.cls = nn.Parameter(torch.randn(1, 1, dim))
-        self.pos = nn.Parameter(0.5 * torch.randn(1, 1 + grid[0] * grid[1], dim))
-        self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(dim, 2, 16, dropout=0.0, batch_first=True, norm_first=True)
-            for _ in range(2)
-        )
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, NUM_CLASSES)
-
-    def forward(self, x):
-        tokens = self.embed(x).flatten(2).transpose(1, 2)  # (B, h*w, D)
-        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], 1) + self.pos
-        for block in self.blocks:
-            tokens = block(tokens)
-        return self.head(self.norm(tokens[:, 0]))
-
-
 def reference_ablation(model: nn.Module, layer: nn.Module, x: torch.Tensor, classes) -> np.ndarray:
     """Ablation-CAM the plain way: a full forward pass per ablated channel, the channel being the LAST
     dim of the layer's raw output (tokens' embedding channel; Swin's (B, H, W, C) channel); w_k =
@@ -376,7 +324,7 @@ def maps_from_weights(acts: np.ndarray, weights: np.ndarray, size) -> np.ndarray
 
 def test_ablationcam_vit_tokens_ablate_the_embedding_channel():
     torch.manual_seed(0)
-    model = TinyViT().eval().double()
+    model = TinyViT(encoder_blocks=2).eval().double()
     x = torch.randn(2, 3, 12, 16, generator=torch.Generator().manual_seed(1)).double()
     classes = [1, 2]
     layer = model.blocks[0]
@@ -391,21 +339,6 @@ def test_ablationcam_vit_tokens_ablate_the_embedding_channel():
 
     cam = AblationCAM(model, [layer], reshape_transform=reshape, batch_size=3)
     np.testing.assert_allclose(cam(x, targets=classes), expected, atol=1e-5)
-
-
-class TinySwin(nn.Module):
-    """A Swin-like stack: channels-last (B, H, W, C) stages, the target ``stage1`` in the middle."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Conv2d(3, 6, 2, stride=2)
-        self.stage1 = nn.Sequential(nn.LayerNorm(6), nn.Linear(6, 6), nn.GELU())
-        self.stage2 = nn.Sequential(nn.LayerNorm(6), nn.Linear(6, 5))
-        self.head = nn.Linear(5, NUM_CLASSES)
-
-    def forward(self, x):
-        h = self.stage2(self.stage1(self.embed(x).permute(0, 2, 3, 1)))  # (B, H, W, C)
-        return self.head(h.mean((1, 2)))
 
 
 def test_ablationcam_swin_like_channels_last():
@@ -438,21 +371,6 @@ def test_ablationcam_torchvision_swin_t():
 
 
 # ============================================================================ Faster R-CNN (FPN dict output)
-class TinyFPNBackbone(nn.Module):
-    """Two conv stages and torchvision's FeaturePyramidNetwork: an OrderedDict of two levels of 5 channels."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1 = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4, padding=1), nn.ReLU())
-        self.c2 = nn.Sequential(nn.Conv2d(4, 6, 3, stride=2, padding=1), nn.ReLU())
-        self.fpn = torchvision.ops.FeaturePyramidNetwork([4, 6], 5)
-        self.out_channels = 5
-
-    def forward(self, x):
-        a = self.c1(x)
-        return self.fpn(OrderedDict([("0", a), ("1", self.c2(a))]))
-
-
 def tiny_faster_rcnn():
     """torchvision's FasterRCNN (transform, RPN, RoI heads, postprocess) on a tiny FPN backbone; random
     weights, so every proposal is kept (box_score_thresh=0)."""
@@ -609,39 +527,6 @@ def test_ablationcam_layout_error_keeps_the_transforms_own_error_as_its_cause():
 
 
 # ============================================================================ AblationCAM, segmentation
-class Stem(nn.Module):
-    """conv - ReLU - conv (stride 2); counts its own calls (the replay must not run it per ablation)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
-        self.conv2 = nn.Conv2d(6, 6, 3, stride=2, padding=1)
-        self.calls = 0
-
-    def forward(self, x):
-        self.calls += 1
-        return self.conv2(torch.relu(self.conv1(x)))
-
-
-class TinySegNet(nn.Module):
-    """A torchvision-like segmentation net: stem -> ReLU [``act``] -> head (conv 3x3, ReLU, conv 1x1 to 3
-    classes) -> bilinear upsampling to the input; returns ``{"out": (B, 3, H, W), "aux": (B, 3, h, w)}``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = Stem()
-        self.act = nn.ReLU()
-        self.head = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 3, 1))
-        self.aux = nn.Conv2d(6, 3, 1)
-        self.scale = 1.0  # 1e-9: activations too small to move the score (the degenerate case)
-
-    def forward(self, x):
-        features = self.act(self.stem(x)) * self.scale
-        logits = self.head(features)
-        out = nn.functional.interpolate(logits, size=x.shape[2:], mode="bilinear", align_corners=False)
-        return {"out": out, "aux": self.aux(features)}
-
-
 def seg_case():
     torch.manual_seed(3)
     model = TinySegNet().eval()

@@ -8,7 +8,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils import (
@@ -18,6 +17,7 @@ from pytorch_grad_cam.utils import (
     swinT_reshape_transform,
     vit_reshape_transform,
 )
+from tests.models import DictPyramidNet
 
 # -------------------------------------------------------------------------------- reshape transforms
 
@@ -183,35 +183,10 @@ def test_fpn_reshape_transform_refuses_bad_input(features, kwargs, error, match)
         fpn_reshape_transform(features, **kwargs)
 
 
-class _Pyramid(nn.Module):
-    """A backbone returning a dict of two levels, and a head that reads only the first one."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.stem = nn.Conv2d(3, 4, 3, padding=1)
-        self.down = nn.Conv2d(4, 4, 3, stride=2, padding=1)
-
-    def forward(self, x):
-        a = self.stem(x)
-        return {"0": a, "pool": self.down(a)}
-
-
-class _PyramidNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.backbone = _Pyramid()
-        self.head = nn.Linear(4, 3)
-
-    def forward(self, x):
-        levels = self.backbone(x)
-        return self.head(levels["0"].relu().mean((2, 3)))
-
-
 def test_a_layer_returning_a_dict_of_levels_through_fpn_reshape_transform():
     """The engine captures each level, differentiates each (zeros for the unused 'pool' level) and
     hands the dicts of activations and gradients to the transform: GradCAM by hand on the result."""
-    model = _PyramidNet().eval()
+    model = DictPyramidNet().eval()
     x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     transform = functools.partial(fpn_reshape_transform, size="0", absolute=False)
     with warnings.catch_warnings():
@@ -234,7 +209,7 @@ def test_a_layer_returning_a_dict_of_levels_through_fpn_reshape_transform():
 
 
 def test_a_dict_layer_without_a_transform_is_refused_clearly():
-    model = _PyramidNet().eval()
+    model = DictPyramidNet().eval()
     with pytest.raises(TypeError, match=r"'backbone' returns dict.*pass a reshape_transform"):
         GradCAM(model, [model.backbone])(torch.randn(1, 3, 8, 8), targets=[1])
     with pytest.raises(TypeError, match="reshape_transform must return a tensor"):

@@ -69,8 +69,6 @@ def test_finer_weighted_target_refuses_bad_arguments(args, error, match):
 
 # ------------------------------------------------------------------ segmentation, detection, embeddings
 
-from torch import nn  # noqa: E402
-
 from pytorch_grad_cam import GradCAM  # noqa: E402
 from pytorch_grad_cam.base_cam import normalize_targets  # noqa: E402
 from pytorch_grad_cam.utils import (  # noqa: E402
@@ -79,6 +77,7 @@ from pytorch_grad_cam.utils import (  # noqa: E402
     SemanticSegmentationTarget,
     SimilarityToConceptTarget,
 )
+from tests.models import TinyConvHead  # noqa: E402
 
 
 def test_semantic_segmentation_target_is_the_masked_sum_of_the_class_map():
@@ -291,17 +290,6 @@ def test_concept_targets_refuse_bad_arguments(call, error, match):
 
 
 # ------------------------------------------------------------------ targets as the engine takes them
-class _Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
-        self.head = nn.Linear(4, 3)
-
-    def forward(self, x):
-        return self.head(self.features(x).mean((2, 3)))
-
-
 @pytest.mark.parametrize(
     "targets",
     [
@@ -316,7 +304,7 @@ class _Tiny(nn.Module):
     ],
 )
 def test_class_indices_are_accepted_wherever_a_target_list_is(targets):
-    model = _Tiny().eval()
+    model = TinyConvHead().eval()
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     want = GradCAM(model, [model.features])(x, targets=[ClassifierOutputTarget(2)] * 2)
     resolved = normalize_targets(targets, 2)
@@ -342,7 +330,7 @@ def test_bad_class_indices_are_refused(targets, error, match):
 def test_a_target_with_zero_gradient_warns_and_gives_zeros():
     """A detection target that matches nothing is a connected zero: the map is all zeros with a warning
     that names the reason, not an error."""
-    model = _Tiny().eval()
+    model = TinyConvHead().eval()
     x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     with (
         pytest.warns(RuntimeWarning, match="gradient of the target score .* is exactly zero for image"),
