@@ -21,6 +21,7 @@ from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform
 from tests.models import TinyViT, seeded_input, tiny_net
 from tests.reference_library import REFERENCE_PATH, reference_has, run_reference
 from tests.references import ref_dff, ref_nmf
+from tests.references.factorization import resize_ref
 
 
 # -- plain references (the NMF and DFF ones are in tests/references.py) ---------------------------
@@ -33,20 +34,6 @@ def capture(model, layer, x, transform=None):
     handle.remove()
     acts = out["a"] if transform is None else transform(out["a"])
     return acts.double().numpy()
-
-
-def resize_ref(maps, size):
-    """(B, K, h, w) -> (B, K, *size) with cv2.resize (bilinear, half-pixel centres)."""
-    import cv2
-
-    return np.stack(
-        [
-            np.stack(
-                [cv2.resize(np.float64(m), (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for m in image]
-            )
-            for image in maps
-        ]
-    )
 
 
 def assert_nontrivial(explanations):
