@@ -1,0 +1,144 @@
+"""Eight threads, each with its own CAM object, on one shared model in train mode (a web service does this).
+
+Calls on one model take turns (``_engine.session.model_lock``): each call's hooks, eval mode and swapped
+``forward``s exist only while it holds the model, and every call restores what it found. So the maps
+equal the single-threaded ones, and the model's flags, buffers, forwards and hooks end exactly as before.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from pytorch_grad_cam import PIXEL_METHODS
+from tests.cam_factory import make_cam
+from tests.models import make_tiny, seeded_input
+
+#: A method of each kind of machinery: gradients, perturbed inputs, AblationCAM's swapped forwards and
+#: replay, projections, FullGrad's bias hooks, a composite, guided backpropagation's ReLU hooks and
+#: TorchFunctionMode.
+METHODS = ["gradcam", "gradcam++", "layercam", "scorecam", "ablationcam", "eigencam", "fullgrad", "finercam"]
+THREADS = 8
+CALLS = 3
+
+
+def _state(model: torch.nn.Module) -> dict:
+    return {
+        "training": [m.training for m in model.modules()],
+        "tensors": {k: v.clone() for k, v in model.state_dict().items()},
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "own_forwards": [m for m in model.modules() if "forward" in vars(m)],
+        "hooks": sum(
+            len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+            for m in model.modules()
+        ),
+    }
+
+
+def _run(work, n):
+    errors, done = [], []
+
+    def target(i):
+        try:
+            work(i)
+            done.append(i)
+        except BaseException as error:  # reported in the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=240)
+    assert not any(thread.is_alive() for thread in threads), "a thread did not finish in time"
+    assert not errors, repr(errors[0])
+    assert sorted(done) == list(range(n))
+
+
+def test_eight_threads_share_one_model_in_train_mode():
+    model = make_tiny(seed=3).train()
+    model.stem[0].weight.requires_grad_(False)  # a frozen layer: its flag must survive too
+    inputs = [seeded_input(2, 3, 12, 12, seed=10 + i) for i in range(THREADS)]
+    layers = [model.block[0]]
+
+    def one(method, x):
+        cam = make_cam(method, model, layers)
+        return cam(x, targets=[1, 2])
+
+    guided = PIXEL_METHODS["guidedbackprop"]
+    want = {(i, m): one(m, inputs[i]) for i in range(THREADS) for m in METHODS}
+    want_guided = {i: guided(model)(inputs[i], targets=[1, 2]) for i in range(THREADS)}
+    before = _state(model)
+    assert all(before["training"])
+    assert before["hooks"] == 0
+    assert not before["own_forwards"]
+
+    got: dict = {}
+
+    def work(i):
+        # Each thread runs every method in its own order, so different machineries overlap in time.
+        order = METHODS[i % len(METHODS) :] + METHODS[: i % len(METHODS)]
+        for _ in range(CALLS):
+            for method in order:
+                got[(i, method)] = one(method, inputs[i])
+                np.testing.assert_array_equal(got[(i, method)], want[(i, method)], err_msg=method)
+            np.testing.assert_array_equal(guided(model)(inputs[i], targets=[1, 2]), want_guided[i])
+
+    _run(work, THREADS)
+    after = _state(model)
+    assert after["training"] == before["training"]
+    assert after["requires_grad"] == before["requires_grad"]
+    assert after["own_forwards"] == []
+    assert after["hooks"] == 0
+    for key, value in before["tensors"].items():  # BatchNorm statistics untouched: no train-mode forward
+        assert torch.equal(after["tensors"][key], value), key
+    assert len(got) == THREADS * len(METHODS)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "ablationcam"])
+def test_a_thread_in_a_call_does_not_see_another_threads_hooks(method):
+    """Two threads on one model: while one is inside a call (its hooks registered, AblationCAM's forwards
+    swapped), the other's call still gets exactly its single-threaded maps (it waits for the model)."""
+    model = make_tiny(seed=4).eval()
+    x1, x2 = seeded_input(1, 3, 12, 12, seed=1), seeded_input(1, 3, 12, 12, seed=2)
+    layers = [model.block[0]]
+    want2 = make_cam(method, model, layers)(x2, targets=[3])
+    inside, release = threading.Event(), threading.Event()
+
+    class Pausing:
+        """Class 0's logit; the first time it is scored (inside the call) it waits for the main thread."""
+
+        def __init__(self):
+            self.paused = False
+
+        def __call__(self, output):
+            if not self.paused:
+                self.paused = True
+                inside.set()
+                release.wait(timeout=60)
+            return output[0]
+
+    results = {}
+
+    def first(_):
+        results[1] = make_cam(method, model, layers)(x1, targets=[Pausing()])
+
+    def second(_):
+        assert inside.wait(timeout=60)
+        results[2] = make_cam(method, model, layers)(x2, targets=[3])
+
+    starter = threading.Thread(target=first, args=(0,))
+    starter.start()
+    assert inside.wait(timeout=60)
+    waiter = threading.Thread(target=second, args=(0,))
+    waiter.start()
+    waiter.join(timeout=2)
+    assert waiter.is_alive()  # it waits: the model is in the first call
+    release.set()
+    starter.join(timeout=120)
+    waiter.join(timeout=120)
+    np.testing.assert_array_equal(results[2], want2)
+    assert results[1].shape == (1, 12, 12)
