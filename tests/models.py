@@ -810,3 +810,23 @@ class Features(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(self.net.extract_features(x))  # (B, 1280, H/32, W/32), in [0, 6]
         return self.net._fc(self.net._dropout(self.net._avg_pooling(f).flatten(1)))
+
+
+def mobilenet_fasterrcnn(proposals: int, kept_proposals: int, detections: int) -> nn.Module:
+    """torchvision's Faster R-CNN with a MobileNetV3-Large FPN backbone at 128 px, random weights
+    (``torch.manual_seed(0)``, no download), in eval mode. A score threshold of 0 lets random weights
+    detect; ``proposals`` / ``kept_proposals`` (the RPN's before and after NMS) and ``detections`` (per
+    image) keep it cheap."""
+    import torchvision  # only the detector tests need it; the reference drivers import this module
+
+    torch.manual_seed(0)
+    return torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn(
+        weights=None,
+        weights_backbone=None,
+        min_size=128,
+        max_size=128,
+        box_score_thresh=0.0,
+        rpn_pre_nms_top_n_test=proposals,
+        rpn_post_nms_top_n_test=kept_proposals,
+        box_detections_per_img=detections,
+    ).eval()

@@ -60,7 +60,7 @@ from pytorch_grad_cam.utils import (
     vit_reshape_transform,
 )
 from tests.cam_factory import make_cam
-from tests.models import PlantedNet
+from tests.models import PlantedNet, mobilenet_fasterrcnn
 from tests.references.model_kinds import _reference_gradients
 
 pytestmark = pytest.mark.slow
@@ -200,17 +200,7 @@ def _fpn_few_channels(levels):
 
 
 def _detection() -> Kind:
-    torch.manual_seed(0)
-    model = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn(
-        weights=None,
-        weights_backbone=None,
-        min_size=128,
-        max_size=128,
-        box_score_thresh=0.0,
-        rpn_pre_nms_top_n_test=30,
-        rpn_post_nms_top_n_test=10,
-        box_detections_per_img=5,
-    ).eval()
+    model = mobilenet_fasterrcnn(proposals=30, kept_proposals=10, detections=5)
     x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         detections = model(x)[0]

@@ -26,7 +26,15 @@ from pytorch_grad_cam.utils.reshape_transforms import (
     swinT_reshape_transform,
     vit_reshape_transform,
 )
-from tests.models import CountCalls, SmallNet, TinyFPNBackbone, TinySegNet, TinySwin, TinyViT
+from tests.models import (
+    CountCalls,
+    SmallNet,
+    TinyFPNBackbone,
+    TinySegNet,
+    TinySwin,
+    TinyViT,
+    mobilenet_fasterrcnn,
+)
 from tests.references.perturbation import (
     layer_output,
     maps_from_weights,
@@ -330,17 +338,7 @@ def test_scorecam_family_on_a_detector():
 def test_ablationcam_torchvision_fasterrcnn_mobilenet():
     """The real detector (random weights, 128x128, few proposals): 768 FPN channels ablated; the map is
     made, lies in [0, 1], is not flat, and the model is left as it was."""
-    torch.manual_seed(0)
-    model = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn(
-        weights=None,
-        weights_backbone=None,
-        min_size=128,
-        max_size=128,
-        box_score_thresh=0.0,
-        rpn_pre_nms_top_n_test=20,
-        rpn_post_nms_top_n_test=2,
-        box_detections_per_img=2,
-    ).eval()
+    model = mobilenet_fasterrcnn(proposals=20, kept_proposals=2, detections=2)
     x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         detections = model(x)[0]
