@@ -50,7 +50,10 @@ def select_output(output: Any, index: int, batch: int) -> Any:
     if isinstance(output, (list, tuple)):
         if len(output) == batch and all(isinstance(o, dict) for o in output):
             return output[index]  # detection models: one dict per image
-        return type(output)(select_output(value, index, batch) for value in output)
+        parts = [select_output(value, index, batch) for value in output]
+        if hasattr(output, "_fields"):  # a namedtuple takes its fields as arguments
+            return type(output)(*parts)
+        return type(output)(parts)
     return output
 
 
@@ -102,9 +105,31 @@ def normalize_targets(targets: TargetsArg, batch: int) -> list[Target] | None:
     return [_as_target(t, f"targets[{i}]") for i, t in enumerate(targets)]
 
 
+def is_class_scores(output: Any, batch: int) -> bool:
+    """Whether a model output is ``(B, num_classes)`` class scores (what a top class is read from)."""
+    return isinstance(output, torch.Tensor) and output.ndim == 2 and output.shape[0] == batch
+
+
+class IgnoredTarget:
+    """A zero score: the target of a map that ignores its targets, on a model without class scores.
+
+    Used for ``class_specific = False`` methods (EigenCAM, KPCA-CAM, FEM, RandomCAM) called with
+    ``targets=None`` on a model whose output has no top class to read (a dict, a tuple, a detector's).
+    """
+
+    def __call__(self, model_output: Any) -> torch.Tensor:
+        """A zero scalar on the output's device."""
+        tensors = tensors_of(model_output)
+        return torch.zeros((), device=tensors[0].device if tensors else None)
+
+    def __repr__(self) -> str:
+        """``IgnoredTarget()``."""
+        return "IgnoredTarget()"
+
+
 def top_class_targets(output: Any, batch: int) -> list[Target]:
     """Each image's top class as a :class:`ClassifierOutputTarget`; needs a ``(B, num_classes)`` output."""
-    if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[0] != batch:
+    if not is_class_scores(output, batch):
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
         raise ValueError(
             f"targets=None picks each image's top class, which needs a (B, num_classes) "
@@ -513,6 +538,9 @@ class BaseCAM(Registered):
             return options.resolve_targets(targets, output, batch)
         if targets is not None:
             return targets
+        if not self.class_specific and not is_class_scores(output, batch):
+            # The map ignores the targets: a model without class scores is explained all the same.
+            return [IgnoredTarget()] * batch
         return top_class_targets(output, batch)
 
     def score_targets(
