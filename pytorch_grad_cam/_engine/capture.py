@@ -187,6 +187,13 @@ def capture_forward(
     with capture, torch.no_grad():
         output = run()
     missing = [layer for layer in layers if id(layer) not in capture.activations]
+    if missing and isinstance(model, torch.jit.ScriptModule):
+        raise ValueError(
+            "the model is a TorchScript module (torch.jit.trace or torch.jit.script): its compiled graph "
+            "does not call its submodules' forward, so no hook on a target layer ever runs; explain the "
+            "original nn.Module (the traced model's weights are the same: model.load_state_dict("
+            "traced.state_dict()))"
+        )
     if missing:
         names = ", ".join(f"'{layer_name(model, layer)}'" for layer in missing)
         raise ValueError(

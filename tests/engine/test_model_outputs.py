@@ -9,6 +9,7 @@ returning its logits.
 from __future__ import annotations
 
 import collections
+import warnings
 
 import numpy as np
 import pytest
@@ -105,3 +106,14 @@ def test_a_class_specific_method_still_asks_for_targets(name):
     wrapped = Wrapped("dict").eval()
     with pytest.raises(ValueError, match=r"targets=None picks each image's top class.*returns dict"):
         make_cam(name, wrapped, [wrapped.net.conv3])(seeded_input(1, 3, 12, 16, seed=1))
+
+
+def test_a_traced_model_gets_a_clear_error_before_any_map():
+    """TorchScript inlines the submodules: their hooks never run. The error says so (not 'did not run')."""
+    model = tiny_net(2, seed=0)
+    x = seeded_input(1, 3, 12, 16, seed=1)
+    with warnings.catch_warnings():  # newer torch deprecates tracing (a FutureWarning), older does not
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(model, x)
+    with pytest.raises(ValueError, match=r"the model is a TorchScript module .* explain the original"):
+        make_cam("gradcam", traced, [traced.conv3])(x, targets=[1])
