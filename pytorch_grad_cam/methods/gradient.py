@@ -61,9 +61,33 @@ class GradCAMPlusPlus(BaseCAM):
         g2 = gradients.pow(2)  # (B, C, *spatial)
         g3 = g2 * gradients
         sum_a = broadcast_weights(activations.flatten(2).sum(-1), activations)  # (B, C, 1, ...)
-        alpha = g2 / (2 * g2 + sum_a * g3 + 1e-6)
+        alpha = _where_finite(g2 / (2 * g2 + sum_a * g3 + 1e-6), lambda: _alpha64(gradients.double(), sum_a))
         alpha = torch.where(gradients != 0, alpha, torch.zeros_like(alpha))
         return (gradients.relu() * alpha).flatten(2).sum(-1)  # (B, C)
+
+
+def _alpha64(gradients: torch.Tensor, sum_a: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM++'s ``alpha = D2 / (2 D2 + sum(A) D3 + 1e-6)``, computed in float64.
+
+    ``D_n`` is ``g^n`` for ``(B, C, *spatial)`` gradients, and its mean over the samples for Smooth
+    Grad-CAM++'s ``(S, B, C, *spatial)``.
+    """
+    g2, g3 = gradients.pow(2), gradients.pow(3)
+    if gradients.ndim > sum_a.ndim:  # Smooth Grad-CAM++'s samples
+        g2, g3 = g2.mean(0), g3.mean(0)
+    return g2 / (2 * g2 + sum_a.double() * g3 + 1e-6)
+
+
+def _where_finite(alpha: torch.Tensor, exact: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``alpha`` where it is finite, else ``exact()``: the same ratio in float64.
+
+    At extreme gradients (``|g|`` above about 1e12 in float32) ``g^2`` and ``g^3`` overflow, and the ratio
+    is inf/inf = NaN.
+    """
+    finite = torch.isfinite(alpha)
+    if bool(finite.all()):
+        return alpha
+    return torch.where(finite, alpha, exact().to(alpha.dtype))
 
 
 class XGradCAM(BaseCAM):
@@ -257,7 +281,7 @@ class SmoothGradCAMPlusPlus(BaseCAM):
         d2 = gradients.pow(2).mean(0)
         d3 = gradients.pow(3).mean(0)
         sum_a = broadcast_weights(activations.flatten(2).sum(-1), activations)  # (B, C, 1, ...)
-        alpha = d2 / (2 * d2 + sum_a * d3 + 1e-6)
+        alpha = _where_finite(d2 / (2 * d2 + sum_a * d3 + 1e-6), lambda: _alpha64(gradients.double(), sum_a))
         alpha = torch.where(d2 != 0, alpha, torch.zeros_like(alpha))
         return (d1.relu() * alpha).flatten(2).sum(-1)  # (B, C)
 

@@ -5,6 +5,7 @@ values, exactly-zero gradients, eigen smoothing, two target layers at different 
 random-init torchvision resnet18 (in-place ReLU, residual adds, BatchNorm).
 """
 
+import copy
 import warnings
 
 import numpy as np
@@ -283,3 +284,31 @@ def test_hirescam_warns_that_eigen_smoothing_gives_up_faithfulness(tiny_2d):
     with pytest.warns(UserWarning, match="faithful") as record:
         cam(x, targets=list(classes), eigen_smooth=True)
     assert record[0].filename == __file__, "the warning should point at the caller's line"
+
+
+def _scaled_head(model, scale):
+    """A copy of ``model`` whose logits (and so every gradient) are ``scale`` times larger."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.fc.weight.mul_(scale)
+        model.fc.bias.mul_(scale)
+    return model
+
+
+def test_gradcampp_at_extreme_gradients_is_the_formula_not_nan(tiny_2d):
+    """Logits x 1e30: the float32 g^2, g^3 of Grad-CAM++'s alpha overflow (inf / inf = NaN, an all-NaN map
+    before); the ratio is computed in float64 there, as the reference does throughout."""
+    model, x = tiny_2d
+    model = _scaled_head(model, 1e30)
+    assert_matches_reference("gradcam++", model, [model.conv3], x, [1, 3])
+
+
+def test_smooth_gradcampp_at_extreme_gradients_is_the_formula_not_nan(tiny_2d):
+    from pytorch_grad_cam import SmoothGradCAMPlusPlus
+
+    model, x = tiny_2d
+    model = _scaled_head(model, 1e30)
+    want = R.reference_smooth_gradcampp(model, "conv3", x, [1, 3], 3, 0.2, seed=5)
+    assert_nontrivial(want.numpy())
+    got = SmoothGradCAMPlusPlus(model, [model.conv3], num_samples=3, std=0.2, seed=5)(x, targets=[1, 3])
+    torch.testing.assert_close(torch.from_numpy(got), want.float(), atol=1e-5, rtol=1e-4)
