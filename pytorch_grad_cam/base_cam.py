@@ -41,6 +41,18 @@ UNSET: Any = object()
 
 
 # -- targets: normalisation, resolution and scoring -------------------------------------------------------
+def first_api_targets(targets: Any, target_category: Any, unset: Any = UNSET) -> Any:
+    """``targets``, or ``target_category`` (the first API generation's name for it) when that is given.
+
+    ``unset`` is what an omitted ``target_category`` is; giving both is a TypeError.
+    """
+    if target_category is unset:
+        return targets
+    if targets is not None:
+        raise TypeError("pass targets or target_category (the first API's name), not both")
+    return target_category
+
+
 def select_output(output: Any, index: int, batch: int) -> Any:
     """Image ``index``'s part of a model output: a tensor row, a list element, or a dict of rows."""
     if isinstance(output, torch.Tensor):
@@ -439,10 +451,7 @@ class BaseCAM(Registered):
         list with one per image of class indices or callables (``ClassifierOutputTarget(k)``...).
         ``target_category`` is the first API's name for the same thing.
         """
-        if target_category is not UNSET:
-            if targets is not None:
-                raise TypeError("pass targets or target_category (the first API's name), not both")
-            targets = target_category
+        targets = first_api_targets(targets, target_category)
         return to_numpy(self.explain(input_tensor, targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth))
 
     def forward(

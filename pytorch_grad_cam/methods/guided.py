@@ -14,7 +14,15 @@ from torch.overrides import TorchFunctionMode
 from .._engine.capture import HookSet
 from .._engine.checks import check_bool, check_device, check_input
 from .._engine.session import compute_session
-from ..base_cam import UNSET, BaseCAM, TargetsArg, normalize_targets, target_scores, top_class_targets
+from ..base_cam import (
+    UNSET,
+    BaseCAM,
+    TargetsArg,
+    first_api_targets,
+    normalize_targets,
+    target_scores,
+    top_class_targets,
+)
 from ..registry import Registered
 from .gradient import GradCAM
 
@@ -183,10 +191,7 @@ class GuidedBackpropReLUModel(Registered):
         channels_last: bool = True,
     ) -> np.ndarray:
         """The guided gradients of each image's target score w.r.t. the input: see the class docstring."""
-        if target_category is not None:
-            if targets is not None:
-                raise TypeError("pass targets or target_category (the first API's name), not both")
-            targets = target_category
+        targets = first_api_targets(targets, target_category, unset=None)  # the reference's default: None
         channels_last = check_bool(channels_last, "channels_last")
         x = check_input(input_img)
         target_list = normalize_targets(targets, x.shape[0])
@@ -270,10 +275,7 @@ class GuidedGradCAM(Registered):
         channels_last: bool = True,
     ) -> np.ndarray:
         """``cam_gb = gb * cam[..., None]``, in the layout of :class:`GuidedBackpropReLUModel`."""
-        if target_category is not UNSET:
-            if targets is not None:
-                raise TypeError("pass targets or target_category (the first API's name), not both")
-            targets = target_category
+        targets = first_api_targets(targets, target_category)
         gb = self.guided_backprop(input_tensor, targets=targets, channels_last=False)  # (B, C, *spatial)
         maps = np.asarray(self.cam(input_tensor, targets), dtype=np.float32)  # (B, *spatial)
         if maps.shape != gb.shape[:1] + gb.shape[2:]:

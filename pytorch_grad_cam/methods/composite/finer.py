@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..._engine.checks import check_float, check_int
-from ...base_cam import DEFAULT_OPTIONS, UNSET, CallOptions, Target, to_numpy
+from ...base_cam import DEFAULT_OPTIONS, UNSET, CallOptions, Target, first_api_targets, to_numpy
 from ...utils.model_targets import ClassifierOutputTarget, FinerWeightedTarget
 from ..gradient import GradCAM
 from .base import BaseMethod, CompositeCAM, check_int_list
@@ -93,10 +93,7 @@ class FinerCAM(CompositeCAM):
         )
         if target_idx is not None and (targets is not None or target_category is not UNSET):
             raise TypeError("pass targets or target_idx (one main class for every image), not both")
-        if target_category is not UNSET:
-            if targets is not None:
-                raise TypeError("pass targets or target_category (the first API's name), not both")
-            targets = target_category
+        targets = first_api_targets(targets, target_category)
         return to_numpy(
             self._explain(input_tensor, targets, aug_smooth, eigen_smooth, options, DEFAULT_OPTIONS)
         )
