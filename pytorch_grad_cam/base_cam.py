@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._engine.capture import LayerCapture, capture_forward, layer_name, map_tensors, tensors_of
+from ._engine.capture import LayerCapture, capture_forward, layer_name, map_tensors, rebuild, tensors_of
 from ._engine.checks import check_batch_size, check_device, check_input, check_layers
 from ._engine.maps import (
     broadcast_weights,
@@ -62,10 +62,7 @@ def select_output(output: Any, index: int, batch: int) -> Any:
     if isinstance(output, (list, tuple)):
         if len(output) == batch and all(isinstance(o, dict) for o in output):
             return output[index]  # detection models: one dict per image
-        parts = [select_output(value, index, batch) for value in output]
-        if hasattr(output, "_fields"):  # a namedtuple takes its fields as arguments
-            return type(output)(*parts)
-        return type(output)(parts)
+        return rebuild(output, [select_output(value, index, batch) for value in output])
     return output
 
 

@@ -20,16 +20,21 @@ def tensors_of(output: Any) -> list[torch.Tensor]:
     return []
 
 
+def rebuild(sequence: list | tuple, items: list) -> list | tuple:
+    """A list or tuple of ``sequence``'s type holding ``items`` (a namedtuple takes them as arguments)."""
+    if isinstance(sequence, tuple) and hasattr(sequence, "_fields"):
+        return type(sequence)(*items)
+    return type(sequence)(items)
+
+
 def map_tensors(fn: Callable[[torch.Tensor], Any], output: Any) -> Any:
     """``output`` with every tensor ``t`` in it replaced by ``fn(t)``; containers keep their type."""
     if isinstance(output, torch.Tensor):
         return fn(output)
     if isinstance(output, dict):
         return type(output)((key, map_tensors(fn, value)) for key, value in output.items())
-    if isinstance(output, tuple) and hasattr(output, "_fields"):  # a namedtuple
-        return type(output)(*(map_tensors(fn, value) for value in output))
     if isinstance(output, (list, tuple)):
-        return type(output)(map_tensors(fn, value) for value in output)
+        return rebuild(output, [map_tensors(fn, value) for value in output])
     return output
 
 
