@@ -330,8 +330,8 @@ class BaseCAM(Registered):
     2. Named pipeline steps, each documented below, for methods that change how a call runs rather than
        the formula. A call is :meth:`explain` (checks) -> :meth:`smooth_over_augmentations` (with
        ``aug_smooth``) -> :meth:`compute_maps` (one batch, in a :meth:`session`), which runs
-       :meth:`forward_pass` -> :meth:`resolve_targets` -> :meth:`score_targets` ->
-       :meth:`layer_gradients` -> :meth:`layer_maps` (:meth:`reshape_activations`,
+       :meth:`scored_pass` (:meth:`forward_pass` -> :meth:`resolve_targets` -> :meth:`score_targets` ->
+       :meth:`layer_gradients`) -> :meth:`layer_maps` (:meth:`reshape_activations`,
        :meth:`reshape_gradients`, the formula, :meth:`normalize_layer_map`) -> :meth:`fuse_layer_maps`.
        CAM extends :meth:`forward_pass` (it records the head's input in ``ForwardPass.extras``),
        ShapleyCAM :meth:`forward_pass` and :meth:`layer_gradients`, Smooth Grad-CAM++ and FullGrad
@@ -490,10 +490,7 @@ class BaseCAM(Registered):
         On the compute device. ``targets``: one per image, or ``None``.
         """
         with self.session(input_tensor) as x:  # (B, C, *spatial) on the model's device and dtype
-            forward = self.forward_pass(x, options)
-            resolved = self.resolve_targets(targets, forward.output, x.shape[0], options)
-            scores = self.score_targets(resolved, forward.output, x.shape[0], options)  # (B,)
-            gradients = self.layer_gradients(scores, forward) if self.uses_gradients else {}
+            forward, resolved, scores, gradients = self.scored_pass(x, targets, options)
             maps = self.layer_maps(x, resolved, scores, forward, gradients, eigen_smooth, options)
             del forward, gradients
             with torch.no_grad():
@@ -510,6 +507,21 @@ class BaseCAM(Registered):
         """
         with compute_session(self.model, self.device, input_tensor) as x:
             yield x
+
+    def scored_pass(
+        self, x: torch.Tensor, targets: list[Target] | None, options: CallOptions = DEFAULT_OPTIONS
+    ) -> tuple[ForwardPass, list[Target], torch.Tensor, dict[int, Any]]:
+        """Step: a scored forward pass of ``x`` (inside :meth:`session`).
+
+        :meth:`forward_pass`, :meth:`resolve_targets`, :meth:`score_targets` and, for gradient methods,
+        :meth:`layer_gradients`. Returns the pass, the targets, the scores ``(B,)`` and the gradients (empty
+        for methods without).
+        """
+        forward = self.forward_pass(x, options)
+        resolved = self.resolve_targets(targets, forward.output, x.shape[0], options)
+        scores = self.score_targets(resolved, forward.output, x.shape[0], options)  # (B,)
+        gradients = self.layer_gradients(scores, forward) if self.uses_gradients else {}
+        return forward, resolved, scores, gradients
 
     def run_model(self, x: torch.Tensor) -> Any:
         """Step: the model's output on a copy of ``x`` (inside :meth:`session`)."""
@@ -732,9 +744,4 @@ class BaseCAM(Registered):
         patches.
         """
         with self.session(input_tensor) as x:
-            forward = self.forward_pass(x, options)
-            resolved = self.resolve_targets(targets, forward.output, x.shape[0], options)
-            scores = self.score_targets(resolved, forward.output, x.shape[0], options)
-            if self.uses_gradients:
-                self.layer_gradients(scores, forward)
-            return resolved
+            return self.scored_pass(x, targets, options)[1]

@@ -244,10 +244,8 @@ class SmoothGradCAMPlusPlus(BaseCAM):
             batch, samples = x.shape[0], self.num_samples
             # The clean pass: activations, targets (top class), scores, and every check of the engine
             # (layers run, scores finite, gradients reach the layers) before the S noisy copies run.
-            clean = self.forward_pass(x, options)
-            resolved = self.resolve_targets(targets, clean.output, batch, options)
-            scores = self.score_targets(resolved, clean.output, batch, options)  # (B,)
-            self.layer_gradients(scores, clean)  # only for its checks: the maps use the noisy gradients
+            # Its gradients are only for the checks: the maps use the noisy gradients.
+            clean, resolved, scores = self.scored_pass(x, targets, options)[:3]
             scores = scores.detach()
             # A layer's output may be a structure of tensors (an FPN's dict of levels): detach each tensor.
             clean.activations = {
