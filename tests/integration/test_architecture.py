@@ -262,3 +262,24 @@ def test_checks_come_before_any_forward_pass(tiny_2d):
         handle.remove()
     assert calls == []
     assert torch.is_tensor(x)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: GradCAM(m, [m.conv3]),
+        lambda m: FinerCAM(m, [m.conv3]),
+        lambda m: pytorch_grad_cam.GuidedGradCAM(m, [m.conv3]),
+        lambda m: pytorch_grad_cam.GuidedBackpropReLUModel(m),
+    ],
+    ids=["basecam", "finercam", "guidedgradcam", "guidedbackprop"],
+)
+def test_the_first_apis_target_category_is_targets(tiny_2d, make):
+    model, x = tiny_2d
+    method = make(model)
+    np.testing.assert_array_equal(method(x, target_category=[1, 3]), method(x, targets=[1, 3]))
+    assert not np.array_equal(method(x, targets=[1, 3]), method(x, targets=[3, 1]))
+    with pytest.raises(
+        TypeError, match=r"pass targets or target_category \(the first API's name\), not both"
+    ):
+        method(x, targets=[1, 3], target_category=[1, 3])
