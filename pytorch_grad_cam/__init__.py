@@ -7,6 +7,7 @@ does not import OpenCV: only ``pytorch_grad_cam.utils.image`` and the command li
 from importlib.metadata import PackageNotFoundError, version
 
 from . import registry
+from ._engine.session import model_lock
 from .base_cam import BaseCAM
 from .methods.activation import CAM, FEM, RandomCAM
 from .methods.composite import SESS, FinerCAM, RefineCAM
@@ -43,4 +44,5 @@ __all__ = [
     "PIXEL_METHODS",
     "__version__",
     "get_method",
+    "model_lock",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any, Callable
 
@@ -47,21 +48,25 @@ def layer_name(model: nn.Module, layer: nn.Module) -> str:
 
 
 class HookSet:
-    """Hooks that live for one ``with`` block.
+    """Hooks that live for one ``with`` block, and act only on the thread that entered it.
 
-    ``_register`` adds handles to ``self._handles``; all are removed on exit, and also when registering fails
-    half-way.
+    ``_register`` registers them through :meth:`forward_hook` / :meth:`forward_pre_hook`; all are removed on
+    exit, and also when registering fails half-way. A hook does nothing when the module runs on another
+    thread: a plain ``model(x)`` elsewhere while a CAM call holds the model never sees a hook's effect,
+    and never feeds the call's captures.
     """
 
     def __init__(self) -> None:
         """No handles yet: they are registered on entering the block."""
         self._handles: list = []
+        self._thread: int | None = None
 
     def _register(self) -> None:
         raise NotImplementedError
 
     def __enter__(self):
         """Register the hooks (all removed again if registering fails); returns the hook set."""
+        self._thread = threading.get_ident()
         try:
             self._register()
         except BaseException:
@@ -78,6 +83,23 @@ class HookSet:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+    def forward_hook(self, module: nn.Module, hook: Callable, **kwargs: Any) -> None:
+        """``module.register_forward_hook(hook, **kwargs)``, acting only on this block's thread."""
+        self._handles.append(module.register_forward_hook(self._own_thread_only(hook), **kwargs))
+
+    def forward_pre_hook(self, module: nn.Module, hook: Callable) -> None:
+        """``module.register_forward_pre_hook(hook)``, acting only on this block's thread."""
+        self._handles.append(module.register_forward_pre_hook(self._own_thread_only(hook)))
+
+    def _own_thread_only(self, hook: Callable) -> Callable:
+        owner = self._thread
+
+        def on_owner_thread(*args: Any) -> Any:
+            # Returning None leaves a forward on another thread exactly as it would run without the hook.
+            return hook(*args) if threading.get_ident() == owner else None
+
+        return on_owner_thread
 
 
 class LayerCapture(HookSet):
@@ -119,12 +141,12 @@ class LayerCapture(HookSet):
     def _register(self) -> None:
         if self.record_prefix:
             for module in self.model.modules():
-                self._handles.append(module.register_forward_pre_hook(self._enter_module))
-                self._handles.append(module.register_forward_hook(self._leave_module))
+                self.forward_pre_hook(module, self._enter_module)
+                self.forward_hook(module, self._leave_module)
         for layer in self.layers:
-            self._handles.append(layer.register_forward_hook(self._capture))
+            self.forward_hook(layer, self._capture)
             if self.record_prefix:
-                self._handles.append(layer.register_forward_pre_hook(self._snapshot_prefix))
+                self.forward_pre_hook(layer, self._snapshot_prefix)
 
     def remove(self) -> None:
         """Remove every hook and forget the completed module calls."""

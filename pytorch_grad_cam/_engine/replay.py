@@ -8,6 +8,7 @@ call and restored in ``finally``), and only the rest of the model runs on the ba
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections import defaultdict, deque
 from collections.abc import Iterator
 from functools import partial
@@ -254,12 +255,17 @@ class ReplaySuffix:
 
 @contextlib.contextmanager
 def _swapped_forwards(forwards: dict[nn.Module, Callable]) -> Iterator[None]:
-    """Give modules another ``forward`` for the block; restore each in ``finally``."""
+    """Give modules another ``forward`` for the block, on this thread only; restore each in ``finally``.
+
+    A call of the module on another thread (a plain ``model(x)`` while this call holds the model) runs the
+    module's own ``forward``.
+    """
     saved = []  # (module, the instance-level forward it had, if any)
+    owner = threading.get_ident()
     try:
         for module, forward in forwards.items():
             saved.append((module, module.__dict__.get("forward")))
-            module.forward = forward
+            module.forward = _on_thread(owner, forward, module.forward)
         yield
     finally:
         for module, own_forward in saved:
@@ -267,6 +273,15 @@ def _swapped_forwards(forwards: dict[nn.Module, Callable]) -> Iterator[None]:
                 del module.forward  # the class's forward shows again
             else:
                 module.forward = own_forward
+
+
+def _on_thread(owner: int, forward: Callable, own: Callable) -> Callable:
+    """``forward`` when called on thread ``owner``, else the module's own ``own``."""
+
+    def dispatch(*args, **kwargs):
+        return (forward if threading.get_ident() == owner else own)(*args, **kwargs)
+
+    return dispatch
 
 
 def _replaying_forward(forward: Callable, queue: deque, started: list[bool]) -> Callable:

@@ -27,7 +27,7 @@ class _InputRecorder(HookSet):
         self.inputs: list[torch.Tensor] = []
 
     def _register(self) -> None:
-        self._handles.append(self.module.register_forward_hook(self._record))
+        self.forward_hook(self.module, self._record)
 
     def _record(self, module: nn.Module, inputs: tuple, output: Any) -> None:
         if inputs and isinstance(inputs[0], torch.Tensor):

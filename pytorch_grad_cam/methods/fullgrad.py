@@ -106,7 +106,7 @@ class _BiasCapture(HookSet):
     def _register(self) -> None:
         for name, module in self.model.named_modules():
             if effective_bias(module) is not None:
-                self._handles.append(module.register_forward_hook(self._make_hook(name or "<model>")))
+                self.forward_hook(module, self._make_hook(name or "<model>"))
 
     def _make_hook(self, name: str) -> Callable:
         def hook(module: nn.Module, inputs, output):

@@ -76,8 +76,8 @@ class _ReLUModuleHooks(HookSet):
     def _register(self) -> None:
         for module in self.model.modules():
             if isinstance(module, _RELU_MODULES):
-                self._handles.append(module.register_forward_pre_hook(self._enter_relu))
-                self._handles.append(module.register_forward_hook(self._leave_relu, always_call=True))
+                self.forward_pre_hook(module, self._enter_relu)
+                self.forward_hook(module, self._leave_relu, always_call=True)
 
     def _enter_relu(self, module: nn.Module, inputs) -> None:
         self.depth += 1

@@ -173,7 +173,7 @@ class _FirstOutput(HookSet):
         self.outputs: list[Any] = []
 
     def _register(self) -> None:
-        self._handles.append(self.layer.register_forward_hook(self._record))
+        self.forward_hook(self.layer, self._record)
 
     def _record(self, module: nn.Module, inputs, output) -> None:
         if not self.outputs:
@@ -254,7 +254,8 @@ class _OutputRecorder(HookSet):
         self.calls: dict = {}
 
     def _register(self) -> None:
-        self._handles.extend(module.register_forward_hook(self._record) for module in self.model.modules())
+        for module in self.model.modules():
+            self.forward_hook(module, self._record)
 
     def _record(self, module: nn.Module, inputs, output) -> None:
         key = id(module)

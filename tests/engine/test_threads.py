@@ -12,7 +12,9 @@ import threading
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
+import pytorch_grad_cam
 from pytorch_grad_cam import PIXEL_METHODS
 from tests.cam_factory import make_cam
 from tests.models import make_tiny, seeded_input
@@ -142,3 +144,106 @@ def test_a_thread_in_a_call_does_not_see_another_threads_hooks(method):
     waiter.join(timeout=120)
     np.testing.assert_array_equal(results[2], want2)
     assert results[1].shape == (1, 12, 12)
+
+
+class _Gate(nn.Module):
+    """Identity; on thread ``thread``, its ``pause_at``-th call waits for ``release`` (after ``inside``)."""
+
+    def __init__(self, pause_at):
+        super().__init__()
+        self.thread, self.calls, self.pause_at = None, 0, pause_at
+        self.inside, self.release = threading.Event(), threading.Event()
+
+    def forward(self, x):
+        if threading.get_ident() == self.thread:
+            self.calls += 1
+            if self.calls == self.pause_at:
+                self.inside.set()
+                self.release.wait(timeout=60)
+        return x
+
+
+class _GatedTiny(nn.Module):
+    """TinyBNNet with a :class:`_Gate` after its block: a call can be held in the middle of a forward pass."""
+
+    def __init__(self, pause_at):
+        super().__init__()
+        tiny = make_tiny(seed=5)
+        self.stem, self.block, self.head = tiny.stem, tiny.block, tiny.head
+        self.gate = _Gate(pause_at)
+
+    def forward(self, x):
+        return self.head(self.gate(self.block(self.stem(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    ("method", "pause_at"),
+    [("gradcam", 1), ("ablationcam", 2), ("fullgrad", 1), ("scorecam", 2), ("guidedbackprop", 1)],
+)
+def test_a_plain_forward_in_another_thread_never_sees_a_calls_hooks(method, pause_at):
+    """While a call is held in the middle of a forward pass (its capture hooks registered, AblationCAM's
+    forwards swapped, FullGrad's bias hooks, guided backpropagation's ReLU hooks), a plain ``model(x)`` on
+    another thread runs as if no call were there, and the held call's maps are its single-threaded ones."""
+    model = _GatedTiny(pause_at).eval()
+    x, y = seeded_input(2, 3, 12, 12, seed=20), seeded_input(3, 3, 12, 12, seed=21)
+
+    def explain():
+        if method in PIXEL_METHODS:
+            return PIXEL_METHODS[method](model)(x, targets=[1, 2])
+        return make_cam(method, model, [model.block[0]])(x, targets=[1, 2])
+
+    want_maps = explain()
+    with torch.no_grad():
+        want_plain = model(y)
+    y_in = y.clone().requires_grad_()
+    want_grad = torch.autograd.grad(model(y_in).sum(), y_in)[0]
+    got = {}
+
+    def held():
+        model.gate.thread = threading.get_ident()
+        got["maps"] = explain()
+
+    thread = threading.Thread(target=held)
+    thread.start()
+    try:
+        assert model.gate.inside.wait(timeout=60)
+        with torch.no_grad():
+            plain = model(y)  # (3, 10), while the call's hooks are on the model
+        y_in = y.clone().requires_grad_()
+        grad = torch.autograd.grad(model(y_in).sum(), y_in)[0]
+    finally:
+        model.gate.release.set()
+        thread.join(timeout=120)
+    assert not thread.is_alive()
+    torch.testing.assert_close(plain, want_plain, rtol=0, atol=1e-6)
+    torch.testing.assert_close(grad, want_grad, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got["maps"], want_maps, rtol=0, atol=1e-6)
+
+
+def test_model_lock_makes_a_plain_forward_wait_for_a_call():
+    """``pytorch_grad_cam.model_lock(model)`` is the lock calls hold: taken around a plain forward, it waits
+    until a held call has left (so that forward sees the model's own mode, never the call's eval mode)."""
+    model = _GatedTiny(pause_at=1).train()
+    x = seeded_input(2, 3, 12, 12, seed=22)
+    seen = {}
+
+    def held():
+        model.gate.thread = threading.get_ident()
+        make_cam("gradcam", model, [model.block[0]])(x, targets=[1, 2])
+
+    def plain():
+        with pytorch_grad_cam.model_lock(model):
+            seen["training"] = model.training
+
+    thread = threading.Thread(target=held)
+    thread.start()
+    assert model.gate.inside.wait(timeout=60)
+    assert not model.training  # the call's eval mode
+    waiter = threading.Thread(target=plain)
+    waiter.start()
+    waiter.join(timeout=1)
+    assert waiter.is_alive()  # waits for the call
+    model.gate.release.set()
+    thread.join(timeout=60)
+    waiter.join(timeout=60)
+    assert seen == {"training": True}
