@@ -17,6 +17,7 @@ from typing import Callable
 
 from .inputs import InputImage, collect_inputs, read_image
 from .models import DEFAULT_MODEL, CliError, load_model
+from .results import already_done
 
 __all__ = ["EXAMPLES", "build_parser", "main"]
 
@@ -43,7 +44,14 @@ examples:
 outputs (in --output-dir): <image>_<method>.jpg overlays, <image>_<method>.npy raw maps (float32 in
 [0, 1], at the image's resolution), <image>_grid.jpg when several methods or classes are asked for,
 <image>_<method>_gb.jpg / _cam_gb.jpg with --guided, results.jsonl (one line per image), report.html.
-Images already in results.jsonl with the same settings are skipped unless --overwrite.
+<image> is the file's path below the folder given, without extension; when another file's record in
+results.jsonl already holds that name (a.jpg beside a done a.png, x.png of a second folder), it becomes
+<image>-2, -3, ...: outputs of another image are never overwritten.
+
+resuming: an image is skipped (unless --overwrite) when results.jsonl has a record of the same file
+(real path), the same content (size and SHA-256), the same settings, and its output files are still
+there. Every record is checked when read back; a bad one, or a line cut short by a killed run, is moved
+to results.rejected.jsonl with a warning, the file is rewritten valid, and its image is redone.
 
 exit status: 0 success, 1 when any image failed (it is reported and skipped), 2 bad arguments.
 """
@@ -347,7 +355,7 @@ class _Console:
 
 @dataclass
 class _Totals:
-    """What the run did so far, owned by one :func:`_run` call: the records by path, failures, skips."""
+    """What the run did so far, owned by one :func:`_run` call: the records by real path, failures, skips."""
 
     records: dict[str, dict] = field(default_factory=dict)
     failed: int = 0
@@ -357,7 +365,8 @@ class _Totals:
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Check the arguments, explain every input in batches, write the report; the exit status."""
     from . import runner as runner_module  # torch and OpenCV: only once a run starts
-    from .outputs import RESULTS_FILE, load_results, write_report
+    from .outputs import write_report
+    from .results import RESULTS_FILE, assign_keys, load_results
 
     _check_args(args, parser)
     device = _pick_device(args, parser)
@@ -370,8 +379,12 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     loaded = load_model(args.model, args.checkpoint)
     loaded.model.to(device)
     options = runner_module.RunOptions.from_args(args)
-    done = {} if args.overwrite else load_results(args.output_dir)
-    totals = _Totals(records=dict(done), failed=len(problems))
+    results = load_results(args.output_dir)
+    for note in results.notes:
+        console.warn(f"{note}; its image is redone if it is among the inputs")
+    items = assign_keys(items, results.records)  # never the key of another file's outputs
+    done = {} if args.overwrite else results.records
+    totals = _Totals(records=dict(results.records), failed=len(problems))
 
     def make_runner(image) -> runner_module.Runner:
         return runner_module.Runner.for_first_image(loaded, device, options, image, console.say)
@@ -383,7 +396,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"{RESULTS_FILE}; --overwrite to redo them)"
         )
     if args.report:
-        ordered = [totals.records[i.path] for i in items if i.path in totals.records]
+        files = [os.path.realpath(i.path) for i in items]
+        ordered = [totals.records[f] for f in files if f in totals.records]
         console.say(f"wrote: {write_report(args.output_dir, ordered)}")
     if totals.failed:
         console.warn(f"{totals.failed} input(s) failed; see the messages above")
@@ -408,52 +422,55 @@ def _explain_all(
     runner = None
     with _progress(len(items), options.quiet) as progress:
         for start in range(0, len(items), options.batch_size):
-            batch: list[tuple[InputImage, object]] = []
+            batch: list[tuple[InputImage, object, dict]] = []
             for item in items[start : start + options.batch_size]:
-                image = _read_or_record(item, options.output_dir, console, totals)
-                if image is None:
+                read = _read_or_record(item, options.output_dir, console, totals)
+                if read is None:
                     progress.update(1)
                     continue
+                image, identity = read
                 runner = runner or make_runner(image)
-                if _already_done(done.get(item.path), options.settings, options.output_dir):
+                if already_done(done.get(identity["file"]), identity, options.settings, options.output_dir):
                     totals.skipped += 1
                     progress.update(1)
                     continue
-                batch.append((item, image))
+                batch.append((item, image, identity))
             if batch:
                 _explain_batch(runner, batch, options.output_dir, console, totals)
                 progress.update(len(batch))
 
 
 def _read_or_record(item: InputImage, output_dir: str, console: _Console, totals: _Totals):
-    """The image (float RGB), or None after recording why it cannot be read."""
-    from .outputs import append_result
+    """``(image (float RGB), source identity)``, or None after recording why the file cannot be read."""
+    from .results import append_result, source_identity
 
     try:
-        return read_image(item.path)
-    except ValueError as exc:
-        console.warn(f"cannot read image {item.path!r}: {exc}; skipped")
-        record = {"path": item.path, "status": "error", "error": str(exc)}
+        return read_image(item.path), source_identity(item.path)
+    except (ValueError, OSError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        console.warn(f"cannot read image {item.path!r}: {why}; skipped")
+        file = os.path.realpath(item.path)
+        record = {"path": item.path, "file": file, "status": "error", "error": why}
         append_result(output_dir, record)
-        totals.records[item.path] = record
+        totals.records[file] = record
         totals.failed += 1
         return None
 
 
 def _explain_batch(
-    runner, batch: list[tuple[InputImage, object]], output_dir: str, console: _Console, totals: _Totals
+    runner, batch: list[tuple[InputImage, object, dict]], output_dir: str, console: _Console, totals: _Totals
 ) -> None:
     """One batch through the runner.
 
     A failure (other than a CliError, which ends the run) marks the batch's images failed, and the run goes on
     with the next batch.
     """
-    from .outputs import append_result
+    from .results import append_result
 
-    items = [item for item, _ in batch]
+    items = [item for item, _, _ in batch]
     begin = time.perf_counter()
     try:
-        records = runner.run_batch(items, [image for _, image in batch])
+        records = runner.run_batch(items, [image for _, image, _ in batch])
     except CliError:
         raise
     except Exception as exc:
@@ -462,19 +479,16 @@ def _explain_batch(
         totals.failed += len(items)
         records = [{"path": i.path, "status": "error", "error": error} for i in items]
     elapsed = (time.perf_counter() - begin) / len(items)
-    for record in records:
+    for record, (item, _, identity) in zip(records, batch):
+        if record["status"] == "ok":  # what resuming checks: this file, its content, its outputs' key
+            record.update(identity, key=item.key)
+        else:
+            record["file"] = identity["file"]
         record["seconds"] = elapsed
         append_result(output_dir, record)
-        totals.records[record["path"]] = record
+        totals.records[identity["file"]] = record
         if record["status"] == "ok":
             _print_record(console, record, output_dir)
-
-
-def _already_done(previous: dict | None, key: str, output_dir: str) -> bool:
-    """Done before with the same settings, and every output file still there."""
-    if not previous or previous.get("status") != "ok" or previous.get("settings") != key:
-        return False
-    return all(os.path.isfile(os.path.join(output_dir, name)) for name in previous.get("outputs", []))
 
 
 def _print_record(console: _Console, record: dict, output_dir: str) -> None:

