@@ -8,6 +8,7 @@ The per-batch work (preprocessing, the methods, the files written) is in :mod:`.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .inputs import InputImage, collect_inputs, read_image
+from .inputs import MAX_PIXELS, InputImage, collect_inputs, read_image
 from .models import DEFAULT_MODEL, CliError, load_model
 
 __all__ = ["EXAMPLES", "build_parser", "main"]
@@ -123,6 +124,15 @@ def _add_input_and_method_options(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="PATH",
         help="the same as INPUT (the reference CLI's flag)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        dest="max_pixels",
+        action=_IntAtLeast,
+        default=MAX_PIXELS,
+        metavar="N",
+        help="refuse an image whose header declares more than N pixels (width x height), before "
+        f"decoding it (default: {MAX_PIXELS:,})",
     )
     names = _method_names()
     methods = parser.add_mutually_exclusive_group()
@@ -376,7 +386,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     def make_runner(image) -> runner_module.Runner:
         return runner_module.Runner.for_first_image(loaded, device, options, image, console.say)
 
-    _explain_all(items, done, options, make_runner, console, totals)
+    read = functools.partial(read_image, max_pixels=args.max_pixels)
+    _explain_all(items, done, options, make_runner, console, totals, read)
     if totals.skipped:
         console.say(
             f"skipped {totals.skipped} image(s) already done with these settings (see "
@@ -398,8 +409,9 @@ def _explain_all(
     make_runner: Callable,
     console: _Console,
     totals: _Totals,
+    read: Callable[[str], object] = read_image,
 ) -> None:
-    """Every item, ``options.batch_size`` at a time.
+    """Every item, ``options.batch_size`` at a time, each read with ``read``.
 
     Unreadable ones and ones already done are recorded or skipped one by one, the rest explained together. The
     runner is made from the first readable image (it decides the target layer), also when that image turns out
@@ -410,7 +422,7 @@ def _explain_all(
         for start in range(0, len(items), options.batch_size):
             batch: list[tuple[InputImage, object]] = []
             for item in items[start : start + options.batch_size]:
-                image = _read_or_record(item, options.output_dir, console, totals)
+                image = _read_or_record(item, options.output_dir, console, totals, read)
                 if image is None:
                     progress.update(1)
                     continue
@@ -425,12 +437,21 @@ def _explain_all(
                 progress.update(len(batch))
 
 
-def _read_or_record(item: InputImage, output_dir: str, console: _Console, totals: _Totals):
-    """The image (float RGB), or None after recording why it cannot be read."""
+def _read_or_record(
+    item: InputImage,
+    output_dir: str,
+    console: _Console,
+    totals: _Totals,
+    read: Callable[[str], object] = read_image,
+):
+    """The image (float RGB) that ``read`` gives, or None after recording why it cannot be read.
+
+    ``read`` raises ValueError for a file it cannot read (:func:`.inputs.read_image`: also one too large).
+    """
     from .outputs import append_result
 
     try:
-        return read_image(item.path)
+        return read(item.path)
     except ValueError as exc:
         console.warn(f"cannot read image {item.path!r}: {exc}; skipped")
         record = {"path": item.path, "status": "error", "error": str(exc)}
