@@ -10,8 +10,8 @@ import glob
 import os
 import re
 import struct
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO, Callable
 
 if TYPE_CHECKING:  # numpy and OpenCV load when an image is read, not when the CLI starts
@@ -24,6 +24,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", "
 #: (``--max-pixels``): decoded, a pixel takes 3 bytes, and the float32 RGB copy the CLI works on 12 more,
 #: so 100 megapixels is about 1.5 GB.
 MAX_PIXELS = 100_000_000
+
+#: Names listed at most in a folder's "skipped" summary (:func:`skipped_summary`).
+SKIPPED_NAMES_SHOWN = 10
 
 _NO_SIZE = (
     "cannot read its width and height before decoding (not a PNG, JPEG, BMP, GIF, TIFF, WebP or PNM "
@@ -39,20 +42,84 @@ class InputImage:
     key: str  # where its outputs go, relative to --output-dir, without extension: "cat" or "sub/cat"
 
 
-def collect_inputs(specs: Sequence[str]) -> tuple[list[InputImage], list[tuple[str, str]]]:
-    """Expand files, folders and globs into images, in a stable order, each once.
+@dataclass(frozen=True)
+class Inputs:
+    """What the inputs given expand to (:func:`gather_inputs`).
 
-    Returns ``(images, problems)``: ``problems`` are ``(spec, why)`` for specs that match nothing.
-    Output keys mirror the folder structure below a folder given, and are made unique (``cat-2``).
+    Attributes:
+        images: the images to explain, in a stable order, each once.
+        problems: ``(spec, why)`` for specs that match nothing and folders that cannot be listed.
+        skipped: by folder spec, the files its walk did not take, as ``(path under the folder, why)``; only
+            folders that skipped some.
+    """
+
+    images: list[InputImage]
+    problems: list[tuple[str, str]]
+    skipped: dict[str, list[tuple[str, str]]]
+
+
+def gather_inputs(specs: Sequence[str]) -> Inputs:
+    """Expand files, folders and globs into images, saying what matched nothing and what was skipped.
+
+    Args:
+        specs: image files (tried whatever their extension), folders (walked recursively for files with one
+            of :data:`IMAGE_EXTENSIONS`, hidden files left out) and glob patterns.
+
+    Returns:
+        The :class:`Inputs`. Output keys mirror the folder structure below a folder given, and are made
+        unique (``cat-2``).
     """
     found: list[tuple[str, str]] = []  # (path, key)
     problems: list[tuple[str, str]] = []
+    skipped: dict[str, list[tuple[str, str]]] = {}
     for spec in specs:
-        matched, why = _expand(spec)
+        if os.path.isdir(spec):
+            walk = _walk_folder(spec)
+            found.extend((p, _stem(os.path.relpath(p, spec))) for p in walk.taken)
+            problems.extend(walk.unlisted)
+            if walk.skipped:
+                skipped[spec] = walk.skipped
+            if not walk.taken and not walk.unlisted:
+                problems.append((spec, f"no images ({', '.join(IMAGE_EXTENSIONS[:4])}, ...) in this folder"))
+            continue
+        matched, why = _expand_file_or_glob(spec)
         found.extend(matched)
         if why:
             problems.append((spec, why))
-    images, seen_paths, seen_keys = [], set(), set()
+    return Inputs(_unique(found), problems, skipped)
+
+
+def collect_inputs(specs: Sequence[str]) -> tuple[list[InputImage], list[tuple[str, str]]]:
+    """Expand files, folders and globs into images, in a stable order, each once.
+
+    Returns ``(images, problems)``: ``problems`` are ``(spec, why)`` for specs that match nothing (and
+    folders that cannot be listed). :func:`gather_inputs` also says which files folder walks skipped.
+    """
+    inputs = gather_inputs(specs)
+    return inputs.images, inputs.problems
+
+
+def skipped_summary(spec: str, skipped: Sequence[tuple[str, str]]) -> str:
+    """One line on the files a folder walk skipped: at most :data:`SKIPPED_NAMES_SHOWN` names, with why.
+
+    ``skipped 2 file(s) in examples/: CREDITS.md (not an image extension), anim.gif (not an image
+    extension); image extensions taken in folders: .jpg, ...; name a file to try it anyway``
+    """
+    names = [f"{path} ({why})" for path, why in skipped[:SKIPPED_NAMES_SHOWN]]
+    if len(skipped) > SKIPPED_NAMES_SHOWN:
+        names.append(f"and {len(skipped) - SKIPPED_NAMES_SHOWN} more")
+    parts = [f"skipped {len(skipped)} file(s) in {spec}: {', '.join(names)}"]
+    if any(why == _NOT_AN_IMAGE_EXTENSION for _, why in skipped):
+        parts.append(f"image extensions taken in folders: {', '.join(IMAGE_EXTENSIONS)}")
+    parts.append("name a file to try it anyway")
+    return "; ".join(parts)
+
+
+def _unique(found: list[tuple[str, str]]) -> list[InputImage]:
+    """Each file once (by real path), each output key once (``cat``, ``cat-2``, ...)."""
+    images: list[InputImage] = []
+    seen_paths: set[str] = set()
+    seen_keys: set[str] = set()
     for path, key in found:
         real = os.path.realpath(path)
         if real in seen_paths:
@@ -64,18 +131,14 @@ def collect_inputs(specs: Sequence[str]) -> tuple[list[InputImage], list[tuple[s
             unique = f"{key}-{n}"
         seen_keys.add(unique)
         images.append(InputImage(path, unique))
-    return images, problems
+    return images
 
 
-def _expand(spec: str) -> tuple[list[tuple[str, str]], str]:
-    """``([(path, key)], why)`` of one spec: a folder (walked), a file, or a glob.
+def _expand_file_or_glob(spec: str) -> tuple[list[tuple[str, str]], str]:
+    """``([(path, key)], why)`` of a spec that is not a folder: a file, or a glob.
 
     ``why`` says why it matches nothing (empty when it matches something, or is a file).
     """
-    if os.path.isdir(spec):
-        paths = sorted(_walk_images(spec))
-        why = "" if paths else f"no images ({', '.join(IMAGE_EXTENSIONS[:4])}, ...) in this folder"
-        return [(p, _stem(os.path.relpath(p, spec))) for p in paths], why
     if os.path.isfile(spec):
         return [(spec, _stem(os.path.basename(spec)))], ""
     if glob.has_magic(spec):
@@ -86,12 +149,38 @@ def _expand(spec: str) -> tuple[list[tuple[str, str]], str]:
     return [], "no such file or folder"
 
 
-def _walk_images(root: str) -> Iterator[str]:
-    for folder, dirs, files in os.walk(root):
+_NOT_AN_IMAGE_EXTENSION = "not an image extension"
+
+
+@dataclass
+class _FolderWalk:
+    """One folder walked: the image files taken, the files skipped with why, the folders not listed."""
+
+    taken: list[str] = field(default_factory=list)  # paths
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path under the folder, why)
+    unlisted: list[tuple[str, str]] = field(default_factory=list)  # (folder, why)
+
+
+def _walk_folder(root: str) -> _FolderWalk:
+    walk = _FolderWalk()
+
+    def not_listed(error: OSError) -> None:
+        why = f"cannot list this folder ({error.strerror or error}); its images are not taken"
+        walk.unlisted.append((error.filename or root, why))
+
+    for folder, dirs, files in os.walk(root, onerror=not_listed):
         dirs.sort()
         for name in files:
-            if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
-                yield os.path.join(folder, name)
+            path = os.path.join(folder, name)
+            if name.startswith("."):
+                walk.skipped.append((os.path.relpath(path, root), "hidden file"))
+            elif not name.lower().endswith(IMAGE_EXTENSIONS):
+                walk.skipped.append((os.path.relpath(path, root), _NOT_AN_IMAGE_EXTENSION))
+            else:
+                walk.taken.append(path)
+    walk.taken.sort()
+    walk.skipped.sort()
+    return walk
 
 
 def _stem(relative: str) -> str:

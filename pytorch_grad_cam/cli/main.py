@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .inputs import MAX_PIXELS, InputImage, collect_inputs, read_image
+from .inputs import MAX_PIXELS, InputImage, gather_inputs, read_image, skipped_summary
 from .models import DEFAULT_MODEL, CliError, load_model
 
 __all__ = ["EXAMPLES", "build_parser", "main"]
@@ -372,9 +372,12 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _check_args(args, parser)
     device = _pick_device(args, parser)
     console = _Console(parser.prog, args.quiet)
-    items, problems = collect_inputs(args.inputs)
+    inputs = gather_inputs(args.inputs)
+    items, problems = inputs.images, inputs.problems
     for spec, why in problems:
         console.warn(f"cannot read image {spec!r}: {why}; skipped")
+    for spec, skipped in inputs.skipped.items():
+        console.say(skipped_summary(spec, skipped))
     if not items:
         raise CliError("no image to explain")
     loaded = load_model(args.model, args.checkpoint)

@@ -1,5 +1,5 @@
-"""The CLI's input reading: image sizes read from headers before decoding (image bombs refused), also
-through the command line with a tiny random resnet18."""
+"""The CLI's input reading: image sizes read from headers before decoding (image bombs refused), the
+folder walk's skipped files, and both through the command line with a tiny random resnet18."""
 
 import json
 import os
@@ -16,9 +16,13 @@ import torchvision
 
 from pytorch_grad_cam.cli import build_parser, inputs, main
 from pytorch_grad_cam.cli.inputs import (
+    IMAGE_EXTENSIONS,
     MAX_PIXELS,
+    collect_inputs,
+    gather_inputs,
     image_size,
     read_image,
+    skipped_summary,
 )
 
 WIDTH, HEIGHT = 37, 23  # odd and unequal: a swapped width and height shows
@@ -373,6 +377,78 @@ def test_decoding_errors_are_value_errors(tmp_path, monkeypatch, error, message)
         read_image(path)
 
 
+# ------------------------------------------------------------------------------------------ folder walks
+@pytest.fixture
+def mixed_folder(tmp_path):
+    """Two images (one in a sub-folder), a GIF, a text file and hidden files."""
+    folder = tmp_path / "mixed"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "good.png").write_bytes(_encoded(".png", _bgr()))
+    (folder / "sub" / "other.jpg").write_bytes(_encoded(".jpg", _bgr()))
+    (folder / "anim.gif").write_bytes(_gif())
+    (folder / "CREDITS.md").write_text("photos by me")
+    (folder / ".hidden.png").write_bytes(_encoded(".png", _bgr()))
+    (folder / "sub" / ".DS_Store").write_bytes(b"\0")
+    return folder
+
+
+def test_gather_inputs_lists_skipped_files_with_why(mixed_folder):
+    found = gather_inputs([str(mixed_folder)])
+    assert [(Path(i.path).relative_to(mixed_folder).as_posix(), i.key) for i in found.images] == [
+        ("good.png", "good"),
+        ("sub/other.jpg", "sub/other"),
+    ]
+    assert found.problems == []
+    assert found.skipped == {
+        str(mixed_folder): [
+            (".hidden.png", "hidden file"),
+            ("CREDITS.md", "not an image extension"),
+            ("anim.gif", "not an image extension"),
+            (os.path.join("sub", ".DS_Store"), "hidden file"),
+        ]
+    }
+    # collect_inputs keeps its (images, problems) pair
+    assert collect_inputs([str(mixed_folder)]) == (found.images, [])
+    # a file named explicitly is taken whatever its name; a glob skips nothing it reports
+    explicit = gather_inputs([str(mixed_folder / "anim.gif"), str(mixed_folder / "*.md")])
+    assert [i.key for i in explicit.images] == ["anim", "CREDITS"]
+    assert explicit.skipped == {}
+
+
+def test_skipped_summary_lists_ten_names_then_a_count():
+    skipped = [(f"notes{i:02d}.txt", "not an image extension") for i in range(12)]
+    summary = skipped_summary("docs/", skipped)
+    shown = ", ".join(f"notes{i:02d}.txt (not an image extension)" for i in range(10))
+    assert summary == (
+        f"skipped 12 file(s) in docs/: {shown}, and 2 more; image extensions taken in folders: "
+        f"{', '.join(IMAGE_EXTENSIONS)}; name a file to try it anyway"
+    )
+    hidden_only = skipped_summary("photos", [(".DS_Store", "hidden file")])
+    assert hidden_only == "skipped 1 file(s) in photos: .DS_Store (hidden file); name a file to try it anyway"
+
+
+def _unlistable(monkeypatch, folder: Path) -> None:
+    """os.scandir (os.walk lists folders with it) refuses ``folder``, as for a folder one cannot read."""
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == str(folder):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def test_a_folder_that_cannot_be_listed_is_a_problem(mixed_folder, monkeypatch):
+    _unlistable(monkeypatch, mixed_folder / "sub")
+    found = gather_inputs([str(mixed_folder)])
+    assert [i.key for i in found.images] == ["good"]
+    why = "cannot list this folder (Permission denied); its images are not taken"
+    assert found.problems == [(str(mixed_folder / "sub"), why)]
+    _unlistable(monkeypatch, mixed_folder)
+    assert gather_inputs([str(mixed_folder)]) == inputs.Inputs([], [(str(mixed_folder), why)], {})
+
+
 # ------------------------------------------------------------------------------------------ the CLI
 @pytest.fixture
 def tiny_model(tmp_path):
@@ -447,3 +523,29 @@ def test_cli_out_of_memory_while_decoding_goes_on(tmp_path, tiny_model, monkeypa
     records = _records(tmp_path / "out")
     assert records["a.png"]["error"] == "not enough memory to decode its 37 x 23 pixels"
     assert records["b.png"]["status"] == "ok"
+
+
+def test_cli_says_which_files_a_folder_walk_skipped(mixed_folder, tmp_path, tiny_model, capsys):
+    out = tmp_path / "out"
+    assert main([str(mixed_folder), *tiny_model, "--output-dir", str(out)]) == 0  # skips are not failures
+    captured = capsys.readouterr()
+    assert (
+        f"skipped 4 file(s) in {mixed_folder}: .hidden.png (hidden file), CREDITS.md (not an image "
+        f"extension), anim.gif (not an image extension), {os.path.join('sub', '.DS_Store')} (hidden file); "
+        f"image extensions taken in folders: {', '.join(IMAGE_EXTENSIONS)}; name a file to try it anyway\n"
+    ) in captured.out
+    assert captured.err == ""
+    assert set(_records(out)) == {"good.png", "other.jpg"}
+    assert np.load(out / "good_gradcam.npy").shape == (HEIGHT, WIDTH)
+    assert main([str(mixed_folder), *tiny_model, "--output-dir", str(tmp_path / "quiet"), "--quiet"]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_cli_a_folder_that_cannot_be_listed_fails_the_run(
+    mixed_folder, tmp_path, tiny_model, monkeypatch, capsys
+):
+    _unlistable(monkeypatch, mixed_folder / "sub")
+    assert main([str(mixed_folder), *tiny_model, "--output-dir", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert f"{str(mixed_folder / 'sub')!r}: cannot list this folder (Permission denied)" in err
+    assert set(_records(tmp_path / "out")) == {"good.png"}
