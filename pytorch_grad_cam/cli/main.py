@@ -46,6 +46,12 @@ outputs (in --output-dir): <image>_<method>.jpg overlays, <image>_<method>.npy r
 <image>_<method>_gb.jpg / _cam_gb.jpg with --guided, results.jsonl (one line per image), report.html.
 Images already in results.jsonl with the same settings are skipped unless --overwrite.
 
+file reading: a folder is searched recursively for .jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp, .ppm,
+.pgm and .pbm files; its other files and hidden files are listed as skipped (name a file to try it
+anyway). An image whose header declares more than --max-pixels pixels (default 100,000,000) is refused
+before it is decoded. A file too large or unreadable is reported and recorded in results.jsonl, and the
+run goes on with the next image (exit status 1).
+
 exit status: 0 success, 1 when any image failed (it is reported and skipped), 2 bad arguments.
 """
 

@@ -549,3 +549,14 @@ def test_cli_a_folder_that_cannot_be_listed_fails_the_run(
     err = capsys.readouterr().err
     assert f"{str(mixed_folder / 'sub')!r}: cannot list this folder (Permission denied)" in err
     assert set(_records(tmp_path / "out")) == {"good.png"}
+
+
+def test_help_explains_file_reading(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--max-pixels N refuse an image whose header declares more than N pixels" in out
+    assert "file reading: a folder is searched recursively for " + ", ".join(IMAGE_EXTENSIONS[:-1]) in out
+    assert f"and {IMAGE_EXTENSIONS[-1]} files; its other files and hidden files are listed as skipped" in out
+    assert "(default 100,000,000) is refused before it is decoded" in out
+    assert "the run goes on with the next image (exit status 1)" in out
