@@ -8,6 +8,7 @@ The per-batch work (preprocessing, the methods, the files written) is in :mod:`.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .inputs import InputImage, collect_inputs, read_image
+from .inputs import MAX_PIXELS, InputImage, gather_inputs, read_image, skipped_summary
 from .models import DEFAULT_MODEL, CliError, load_model
 from .results import already_done
 
@@ -52,6 +53,12 @@ resuming: an image is skipped (unless --overwrite) when results.jsonl has a reco
 (real path), the same content (size and SHA-256), the same settings, and its output files are still
 there. Every record is checked when read back; a bad one, or a line cut short by a killed run, is moved
 to results.rejected.jsonl with a warning, the file is rewritten valid, and its image is redone.
+
+file reading: a folder is searched recursively for .jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp, .ppm,
+.pgm and .pbm files; its other files and hidden files are listed as skipped (name a file to try it
+anyway). An image whose header declares more than --max-pixels pixels (default 100,000,000) is refused
+before it is decoded. A file too large or unreadable is reported and recorded in results.jsonl, and the
+run goes on with the next image (exit status 1).
 
 exit status: 0 success, 1 when any image failed (it is reported and skipped), 2 bad arguments.
 """
@@ -131,6 +138,15 @@ def _add_input_and_method_options(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="PATH",
         help="the same as INPUT (the reference CLI's flag)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        dest="max_pixels",
+        action=_IntAtLeast,
+        default=MAX_PIXELS,
+        metavar="N",
+        help="refuse an image whose header declares more than N pixels (width x height), before "
+        f"decoding it (default: {MAX_PIXELS:,})",
     )
     names = _method_names()
     methods = parser.add_mutually_exclusive_group()
@@ -371,9 +387,12 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _check_args(args, parser)
     device = _pick_device(args, parser)
     console = _Console(parser.prog, args.quiet)
-    items, problems = collect_inputs(args.inputs)
+    inputs = gather_inputs(args.inputs)
+    items, problems = inputs.images, inputs.problems
     for spec, why in problems:
         console.warn(f"cannot read image {spec!r}: {why}; skipped")
+    for spec, skipped in inputs.skipped.items():
+        console.say(skipped_summary(spec, skipped))
     if not items:
         raise CliError("no image to explain")
     loaded = load_model(args.model, args.checkpoint)
@@ -389,7 +408,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     def make_runner(image) -> runner_module.Runner:
         return runner_module.Runner.for_first_image(loaded, device, options, image, console.say)
 
-    _explain_all(items, done, options, make_runner, console, totals)
+    read = functools.partial(read_image, max_pixels=args.max_pixels)
+    _explain_all(items, done, options, make_runner, console, totals, read)
     if totals.skipped:
         console.say(
             f"skipped {totals.skipped} image(s) already done with these settings (see "
@@ -412,8 +432,9 @@ def _explain_all(
     make_runner: Callable,
     console: _Console,
     totals: _Totals,
+    read: Callable[[str], object] = read_image,
 ) -> None:
-    """Every item, ``options.batch_size`` at a time.
+    """Every item, ``options.batch_size`` at a time, each read with ``read``.
 
     Unreadable ones and ones already done are recorded or skipped one by one, the rest explained together. The
     runner is made from the first readable image (it decides the target layer), also when that image turns out
@@ -424,11 +445,11 @@ def _explain_all(
         for start in range(0, len(items), options.batch_size):
             batch: list[tuple[InputImage, object, dict]] = []
             for item in items[start : start + options.batch_size]:
-                read = _read_or_record(item, options.output_dir, console, totals)
-                if read is None:
+                got = _read_or_record(item, options.output_dir, console, totals, read)
+                if got is None:
                     progress.update(1)
                     continue
-                image, identity = read
+                image, identity = got
                 runner = runner or make_runner(image)
                 if already_done(done.get(identity["file"]), identity, options.settings, options.output_dir):
                     totals.skipped += 1
@@ -440,12 +461,21 @@ def _explain_all(
                 progress.update(len(batch))
 
 
-def _read_or_record(item: InputImage, output_dir: str, console: _Console, totals: _Totals):
-    """``(image (float RGB), source identity)``, or None after recording why the file cannot be read."""
+def _read_or_record(
+    item: InputImage,
+    output_dir: str,
+    console: _Console,
+    totals: _Totals,
+    read: Callable[[str], object] = read_image,
+):
+    """``(image (float RGB) that ``read`` gives, source identity)``, or None after recording why not.
+
+    ``read`` raises ValueError for a file it cannot read (:func:`.inputs.read_image`: also one too large).
+    """
     from .results import append_result, source_identity
 
     try:
-        return read_image(item.path), source_identity(item.path)
+        return read(item.path), source_identity(item.path)
     except (ValueError, OSError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         console.warn(f"cannot read image {item.path!r}: {why}; skipped")

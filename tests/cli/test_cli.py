@@ -161,13 +161,12 @@ def test_unreadable_image_exits_1(tmp_path, capsys):
     assert main(["--image-path", str(not_an_image), "--output-dir", str(tmp_path / "out")]) == 1
     assert "cannot read image" in capsys.readouterr().err
     records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    why = (
+        "cannot read its width and height before decoding (not a PNG, JPEG, BMP, GIF, TIFF, WebP or "
+        "PNM file, or its header is cut short)"
+    )
     assert records == [
-        {
-            "path": str(not_an_image),
-            "file": str(not_an_image.resolve()),
-            "status": "error",
-            "error": "not an image OpenCV can decode",
-        }
+        {"path": str(not_an_image), "file": str(not_an_image.resolve()), "status": "error", "error": why}
     ]
 
 

@@ -284,7 +284,7 @@ def test_report_renders_in_headless_chromium(photo_folder, tmp_path, capsys):
     assert 'data-images-expected="2"' in dom, dom[:500]
     assert 'data-images-loaded="2"' in dom, dom[:500]
     assert "espresso" in dom
-    assert "failed: not an image OpenCV can decode" in dom
+    assert "failed: cannot read its width and height before decoding" in dom  # the broken .jpg
     shot = tmp_path / "shot.png"
     subprocess.run(
         [CHROMIUM, *common, "--window-size=1200,900", f"--screenshot={shot}", page.as_uri()],
