@@ -36,8 +36,18 @@ TargetResolver = Callable[[Optional[list[Target]], Any, int], list[Target]]
 #: ``[(B, *spatial) per target layer] -> (B, *spatial)``: how a call fuses its layers' maps.
 LayerFusion = Callable[[list[torch.Tensor]], torch.Tensor]
 
+
+class _Unset:
+    """The type of :data:`UNSET`; shown as ``<not given>`` in signatures and ``help()``."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<not given>"
+
+
 #: Marks an argument that was not given (``None`` is a meaningful value for ``targets``).
-UNSET: Any = object()
+UNSET: Any = _Unset()
 
 
 # -- targets: normalisation, resolution and scoring -------------------------------------------------------
