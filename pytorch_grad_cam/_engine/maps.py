@@ -25,12 +25,23 @@ def resize_maps(maps: torch.Tensor, size: Sequence[int], align_corners: bool = F
     return F.interpolate(maps.unsqueeze(1), size=size, mode=mode, align_corners=align_corners)[:, 0]
 
 
-def min_max_normalize(maps: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Per map: ``(m - min) / (max - min + eps)`` over all positions. ``(B, *spatial)`` in and out."""
+def min_max_normalize(maps: torch.Tensor, eps: float | torch.Tensor | None = None) -> torch.Tensor:
+    """Per map: ``(m - min) / (max - min)`` over all positions; a constant map becomes all zeros.
+
+    ``(B, *spatial)`` in and out. Without ``eps`` it is scale-invariant: scaling a map by any positive
+    factor (scores times 1e-12, say) gives the same normalised map, peaking at exactly 1. (The reference
+    library divides by ``max - min + 1e-7``, so a map whose range is 1e-6 peaks at 0.91 there; in the
+    usual range of maps the two agree to 1e-7 relative.) ``eps`` adds an epsilon to the denominator
+    instead: a float, or one per map ``(B,)`` (FullGrad's, relative to each image's score); Score-CAM's
+    masks take the paper's ``1e-8``.
+    """
     flat = maps.flatten(1)  # (B, N)
     flat = flat - flat.amin(1, keepdim=True)
-    flat = flat / (flat.amax(1, keepdim=True) + eps)
-    return flat.view_as(maps)
+    peak = flat.amax(1, keepdim=True)  # (B, 1), >= 0
+    if eps is not None:
+        eps = eps.reshape(-1, 1) if isinstance(eps, torch.Tensor) else eps  # (B, 1) or a float
+        peak = peak + eps
+    return (flat / torch.where(peak > 0, peak, torch.ones_like(peak))).view_as(maps)
 
 
 def broadcast_weights(weights: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:

@@ -127,6 +127,13 @@ class _BiasCapture(HookSet):
         return hook
 
 
+#: The absolute epsilon of each term's min-max (grad-cam 1.5.7's): a channel whose term is tiny
+#: (``|grad * bias| ~ 1e-9``) stays near 0 instead of being stretched to [0, 1]. It is FullGrad's noise
+#: floor and makes its maps match the reference library's; unlike every other normalisation here it is not
+#: scale-invariant (scores times 1e-12 put every channel below it).
+TERM_EPS = 1e-7
+
+
 class FullGrad(BaseCAM):
     """FullGrad (Srinivas & Fleuret, arXiv:1905.00780).
 
@@ -240,7 +247,8 @@ class FullGrad(BaseCAM):
         summing resized channels.
         """
         term = term.float().abs()  # (B, C, *s)
-        normalised = min_max_normalize(term.flatten(0, 1) if self.per_channel else term).view_as(term)
+        flat = term.flatten(0, 1) if self.per_channel else term
+        normalised = min_max_normalize(flat, eps=TERM_EPS).view_as(term)
         return resize_maps(normalised.sum(1), spatial)  # (B, *spatial)
 
     def compute_maps(

@@ -263,8 +263,8 @@ def test_eigen_smooth_is_the_principal_component_of_the_terms():
     size, small = (32, 48), (4, 6)
     got = FullGrad(model)(x, targets=[1, 3], eigen_smooth=True)
     for i in range(2):
-        layers = [minmax(np.abs(input_term[i, c : c + 1].numpy()), (1, 2)) for c in range(3)]
-        layers += [minmax(np.abs((g * b)[i].numpy()), (1, 2)) for g, b in bias_terms if g.ndim == 4]
+        layers = [minmax(np.abs(input_term[i, c : c + 1].numpy()), (1, 2), eps=1e-7) for c in range(3)]
+        layers += [minmax(np.abs((g * b)[i].numpy()), (1, 2), eps=1e-7) for g, b in bias_terms if g.ndim == 4]
         terms = [minmax(sum(resize(c, size) for c in t), None) for t in layers]
         stack = np.stack([resize(t, small) for t in terms], -1).reshape(-1, len(terms))  # (N, T)
         centred = stack - stack.mean(0)

@@ -7,7 +7,7 @@ ScoreCAM builds its own masks, AblationCAM runs the WHOLE model once per ablated
 
 Conventions (the library's documented numerics):
 
-* one layer:  ``cam = relu(layer_map)``, then per image ``(cam - min) / (max - min + 1e-7)``, then
+* one layer:  ``cam = relu(layer_map)``, then per image ``(cam - min) / (max - min)`` (0 where constant), then
   resized to the input (2D: ``cv2.resize`` bilinear; 1D/3D: separable linear interpolation with half-pixel
   centres, which is what ``cv2.resize`` does in 2D);
 * several layers: stack the resized maps, relu, mean over layers, normalise again (also for one layer);
@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from torch import nn
 
-NORM_EPS = 1e-7
 SCORECAM_EPS = 1e-8
 ABLATION_OFFSET = 1e7
 
@@ -208,8 +207,9 @@ def first_principal_component(acts: np.ndarray) -> np.ndarray:
 
 
 def normalize(cam: np.ndarray) -> np.ndarray:
-    """One map: ``(cam - min) / (max - min + 1e-7)``."""
-    return (cam - cam.min()) / (cam.max() - cam.min() + NORM_EPS)
+    """One map: ``(cam - min) / (max - min)``; all zeros where the map is constant (scale-invariant)."""
+    span = cam.max() - cam.min()
+    return (cam - cam.min()) / span if span > 0 else np.zeros_like(cam)
 
 
 def _interp_axis(values: np.ndarray, axis: int, size: int, align_corners: bool) -> np.ndarray:
@@ -402,14 +402,13 @@ import copy  # noqa: E402
 
 import torch.nn.functional as F  # noqa: E402
 
-EPS_T = 1e-7  # the torch helpers' min-max epsilon (NORM_EPS of the numpy ones)
-
 
 def normalize_t(maps):
     """Per image min-max over all positions, ``(B, *spatial)``."""
     flat = maps.reshape(maps.shape[0], -1)
     flat = flat - flat.min(1, keepdim=True).values
-    return (flat / (flat.max(1, keepdim=True).values + EPS_T)).reshape(maps.shape)
+    peak = flat.max(1, keepdim=True).values
+    return torch.where(peak > 0, flat / peak, torch.zeros_like(flat)).reshape(maps.shape)
 
 
 def resized_layer_map(cam, size):

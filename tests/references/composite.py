@@ -29,10 +29,11 @@ def assert_nontrivial(maps, peak=0.99):
 
 
 def normalize(maps):
-    """Per map: (m - min) / (max - min + 1e-7), torch (B, *spatial)."""
+    """Per map: (m - min) / (max - min), 0 where constant, torch (B, *spatial)."""
     flat = maps.flatten(1)
     flat = flat - flat.min(1, keepdim=True).values
-    return (flat / (flat.max(1, keepdim=True).values + 1e-7)).view_as(maps)
+    peak = flat.max(1, keepdim=True).values
+    return torch.where(peak > 0, flat / peak, torch.zeros_like(flat)).view_as(maps)
 
 
 def split(model, x, layer):
@@ -246,7 +247,7 @@ def sess_by_hand(
         if smooth:
             cam = cv2.GaussianBlur(cam.astype(np.float32), (11, 11), 5.0) if use_cv2 else blur_by_hand(cam)
         cam = cam - cam.min()
-        maps.append(cam / (cam.max() + 1e-7))
+        maps.append(cam / cam.max() if cam.max() > 0 else cam)
     return np.stack(maps)
 
 

@@ -44,9 +44,11 @@ def reference_terms(model, x, classes, with_layout=False):
     return (inp * grads[0]).detach(), pairs, scores.detach()
 
 
-def minmax(a, axes):
+def minmax(a, axes, eps=0.0):
+    """``(a - min) / (max - min + eps)`` over ``axes`` (0 where that is 0)."""
     a = a - a.min(axis=axes, keepdims=True)
-    return a / (a.max(axis=axes, keepdims=True) + 1e-7)
+    peak = a.max(axis=axes, keepdims=True) + eps
+    return np.divide(a, peak, out=np.zeros_like(a), where=peak > 0)
 
 
 def resize(a, size):
@@ -72,7 +74,7 @@ def reference_fullgrad(model, x, classes, per_channel=True):
         for term in terms:
             t = np.abs(term[i])  # (C, *s)
             axes = tuple(range(1, t.ndim)) if per_channel else tuple(range(t.ndim))
-            t = minmax(t, axes)
+            t = minmax(t, axes, eps=1e-7)  # each term's noise floor, grad-cam 1.5.7's
             for channel in t:  # normalise, resize each channel, then sum (the reference library's order)
                 total += resize(channel, size)
         maps.append(minmax(total, None))

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import normalize
+
 
 # ============================================================================ plain references
 def interp_axis(a: np.ndarray, axis: int, n: int, align_corners: bool) -> np.ndarray:
@@ -61,9 +63,9 @@ def softmax(s: np.ndarray) -> np.ndarray:
 def cam_from_weights(acts: np.ndarray, weights: np.ndarray, size) -> np.ndarray:
     """relu(sum_k w_k A_k) -> min-max -> resized to the input (half-pixel centres) -> min-max."""
     cam = np.maximum((weights[:, None, None] * acts).sum(0), 0)
-    cam = (cam - cam.min()) / (cam.max() - cam.min() + 1e-7)
+    cam = normalize(cam)
     cam = np.maximum(resize(cam, size, align_corners=False), 0)
-    return (cam - cam.min()) / (cam.max() - cam.min() + 1e-7)
+    return normalize(cam)
 
 
 def reference_sscam(model, x, category, num_samples, std, seed, noise="mask"):
