@@ -380,8 +380,9 @@ class CheckpointedNet(nn.Module):
     ``"none"`` (no checkpoint), ``"reentrant"`` / ``"non-reentrant"``
     (``torch.utils.checkpoint.checkpoint(..., use_reentrant=True/False)``), ``"sequential-reentrant"`` /
     ``"sequential-non-reentrant"`` (``checkpoint_sequential`` over all four blocks in four segments:
-    blocks 0-2 checkpointed, block 3 not; ``segment`` is ignored), or ``"foreign"``
-    (:data:`TORCH_CHECKPOINT_FUNCTION` called directly). The model always checkpoints, also in eval mode.
+    blocks 0-2 checkpointed, block 3 not; ``segment`` is ignored), ``"foreign"``
+    (:data:`TORCH_CHECKPOINT_FUNCTION` called directly), or ``"no-grad"`` (not a checkpoint: the segment
+    under ``torch.no_grad()``, as a frozen part). The model always checkpoints, also in eval mode.
     SiLU is smooth, so the score's Hessian is not zero (ShapleyCAM).
     """
 
@@ -398,6 +399,9 @@ class CheckpointedNet(nn.Module):
     def _checkpointed(self, segment: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.checkpoint == "foreign":
             return TORCH_CHECKPOINT_FUNCTION.apply(segment, True, x)
+        if self.checkpoint == "no-grad":
+            with torch.no_grad():
+                return segment(x)
         reentrant = self.checkpoint == "reentrant"
         return torch.utils.checkpoint.checkpoint(segment, x, use_reentrant=reentrant)
 

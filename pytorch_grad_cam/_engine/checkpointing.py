@@ -10,7 +10,9 @@ one of its inputs does, and its backward refuses ``torch.autograd.grad``. Non-re
 
 During a call (in the calling thread only) :func:`inline_reentrant_checkpoints` makes that ``apply`` plain
 ``fn(*args)``: the values are the same (the checkpoint only decides what is kept for the backward), and the
-graph is the one of the same model without checkpointing.
+graph is the one of the same model without checkpointing. What cannot be inlined (another library's
+reentrant checkpoint, or torch's ``CheckpointFunction`` bound before the call) is named in the errors:
+:func:`autograd_switched_off` and :func:`reentrant_checkpoint_errors`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch.utils.checkpoint as torch_checkpoint
+
+#: What to do about a reentrant checkpoint that is not inlined; the end of both errors.
+_ADVICE = (
+    "use torch.utils.checkpoint.checkpoint(..., use_reentrant=False) (non-reentrant checkpointing works "
+    "in every layout), or turn checkpointing off for the call (timm: model.set_grad_checkpointing(False))"
+)
 
 # Calls in progress in this thread (a call may run another one: a composite method, a target that runs a
 # CAM): torch's reentrant checkpoints run inline while it is above zero.
@@ -95,3 +103,46 @@ def inline_reentrant_checkpoints() -> Iterator[None]:
     finally:
         _THREAD.calls -= 1
         _uninstall()
+
+
+def autograd_switched_off(names: list[str]) -> str:
+    """The error for target layers after which the model switched autograd off again (no gradient reaches)."""
+    listed = ", ".join(f"'{name}'" for name in names)
+    return (
+        f"no gradient can reach target layer(s) {listed}: the model's forward pass switched autograd off "
+        "again after they ran, so what follows them was not recorded. The layer runs inside a reentrant "
+        "activation checkpoint (an autograd Function that runs its segment under no_grad: DeepSpeed's, "
+        "fairscale's, or torch's CheckpointFunction called directly; torch.utils.checkpoint(..., "
+        "use_reentrant=True) itself runs inline during a call and is supported) or inside a torch.no_grad() "
+        f"block of the model. Choose a target layer outside it, or {_ADVICE}"
+    )
+
+
+def is_reentrant_checkpoint_error(error: RuntimeError) -> bool:
+    """Whether ``error`` is a reentrant checkpoint's backward refusing ``torch.autograd.grad``.
+
+    torch's message (every version) and DeepSpeed's name checkpointing and ``.grad()``.
+    """
+    message = str(error)
+    return "checkpoint" in message.lower() and ".grad()" in message
+
+
+@contextlib.contextmanager
+def reentrant_checkpoint_errors(where: str) -> Iterator[None]:
+    """Run a ``torch.autograd.grad`` in the block; a reentrant checkpoint refusing it becomes a ValueError.
+
+    ``where``: where the checkpoint is, for the message (e.g. "between the target layers and the score").
+    ``torch.autograd.grad`` writes no ``.grad``: nothing of the model has changed when the refusal comes.
+    """
+    try:
+        yield
+    except RuntimeError as error:
+        if not is_reentrant_checkpoint_error(error):
+            raise
+        raise ValueError(
+            f"the model runs a reentrant activation checkpoint {where} (an autograd Function that "
+            "recomputes its segment in the backward pass: DeepSpeed's, fairscale's, or torch's "
+            "CheckpointFunction called directly; torch.utils.checkpoint(..., use_reentrant=True) itself "
+            "runs inline during a call and is supported). Its backward refuses torch.autograd.grad, which "
+            f"the CAM uses so that the model's .grad are never written: {_ADVICE}"
+        ) from error

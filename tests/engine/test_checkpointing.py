@@ -2,8 +2,10 @@
 
 The correct map is the one of the same model without checkpointing: a checkpoint only decides what is kept
 for the backward pass. Reentrant checkpoints (``use_reentrant=True``, also through ``checkpoint_sequential``)
-run inline during a call; non-reentrant ones need nothing. The model is left as found: ``.grad``,
-training flags, hooks, and torch's checkpoint module itself.
+run inline during a call; non-reentrant ones need nothing. A reentrant checkpoint that cannot be inlined
+(torch's ``CheckpointFunction`` called directly, standing for DeepSpeed's or fairscale's) is refused with
+an error that names it. The model is left as found: ``.grad``, training flags, hooks, and torch's
+checkpoint module itself.
 """
 
 from __future__ import annotations
@@ -172,3 +174,64 @@ def test_other_threads_keep_torchs_checkpoint_during_a_call(x):
     assert seen["other"] == "CheckpointFunctionBackward"
     assert seen["call"] == "MulBackward0"  # inline: the function's own graph
     assert checkpoint_node(torch.ones(3, requires_grad=True)) == "CheckpointFunctionBackward"
+
+
+# -- a reentrant checkpoint that cannot be inlined: refused, naming it ---------------------------------------
+# torch warns that the segment's input does not require grad (it runs in the forward pass's no_grad part).
+@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad=True:UserWarning")
+@pytest.mark.parametrize("name", ["gradcam", "layercam", "shapleycam"])
+def test_a_foreign_checkpoint_before_the_target_layer_works(name, x, expected):
+    got = maps(name, checkpointed_net((0, 1), "foreign"), ["blocks.1.0"], x)
+    np.testing.assert_allclose(got, expected(name, ["blocks.1.0"]), rtol=0, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad=True:UserWarning")
+@pytest.mark.parametrize(
+    ("segment", "paths"),
+    [((1, 3), ["blocks.1.0"]), ((0, 2), ["blocks.1.0"]), ((0, 2), ["blocks.1.0", "blocks.3.0"])],
+)
+@pytest.mark.parametrize("name", ["gradcam", "hirescam", "shapleycam"])
+def test_a_foreign_checkpoint_around_the_target_layer_is_named(name, segment, paths, x):
+    model = prepared(segment, "foreign")
+    state = state_snapshot(model)
+    with pytest.raises(
+        ValueError, match=r"target layer\(s\) 'blocks\.1\.0': the model's forward pass switched"
+    ) as info:
+        make_cam(name, model, layers_of(model, paths))(x, TARGETS)
+    message = str(info.value)
+    assert "reentrant activation checkpoint" in message
+    assert "use_reentrant=False" in message
+    assert "blocks.3.0" not in message  # that layer gets its gradient
+    assert_state_equal(state, state_snapshot(model))
+
+
+@pytest.mark.parametrize("name", ["gradcam", "xgradcam", "shapleycam"])
+def test_a_foreign_checkpoint_after_the_target_layer_is_named(name, x):
+    model = prepared((2, 4), "foreign")
+    state = state_snapshot(model)
+    with pytest.raises(
+        ValueError, match="reentrant activation checkpoint between the target layers and the score"
+    ):
+        make_cam(name, model, [model.blocks[1][0]])(x, TARGETS)
+    assert_state_equal(state, state_snapshot(model))
+
+
+@pytest.mark.parametrize("segment", [(0, 1), (1, 3), (2, 4)])
+def test_a_foreign_checkpoint_is_named_for_input_gradients(segment, x):
+    # FullGrad and guided backpropagation differentiate from the input on: every layout crosses it.
+    model = prepared(segment, "foreign")
+    state = state_snapshot(model)
+    with pytest.raises(ValueError, match="reentrant activation checkpoint between the input and the score"):
+        make_cam("fullgrad", model, [])(x, TARGETS)
+    with pytest.raises(ValueError, match="reentrant activation checkpoint between the input and the score"):
+        GuidedBackpropReLUModel(model)(x, targets=TARGETS)
+    assert_state_equal(state, state_snapshot(model))
+
+
+@pytest.mark.parametrize("name", ["gradcam", "layercam"])
+def test_a_no_grad_block_around_the_target_layer_is_named(name, x):
+    # The same cause without a checkpoint: a part of the model that runs under torch.no_grad().
+    model = checkpointed_net((1, 3), "no-grad")
+    with pytest.raises(ValueError, match="switched autograd off again after they ran") as info:
+        make_cam(name, model, [model.blocks[1][0]])(x, TARGETS)
+    assert "torch.no_grad() block" in str(info.value)
