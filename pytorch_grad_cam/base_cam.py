@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ._engine.capture import LayerCapture, capture_forward, layer_name, map_tensors, rebuild, tensors_of
+from ._engine.checkpointing import autograd_switched_off, reentrant_checkpoint_errors
 from ._engine.checks import check_batch_size, check_device, check_input, check_layers
 from ._engine.maps import (
     broadcast_weights,
@@ -279,12 +280,15 @@ class ForwardPass:
         prefix: for ``records_prefix`` methods, the outermost module calls completed before each layer.
         extras: what a method's :meth:`BaseCAM.forward_pass` records for its own use in this call (CAM:
             the inputs of the linear head), handed to its layers as ``LayerContext.extras``.
+        cut_off: the target layers after which the model switched autograd off again (a reentrant
+            activation checkpoint or a ``no_grad`` block around them): why a gradient is missing.
     """
 
     output: Any
     activations: dict[int, Any]
     prefix: dict[int, list] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+    cut_off: list[nn.Module] = field(default_factory=list)
 
 
 @dataclass
@@ -543,7 +547,7 @@ class BaseCAM(Registered):
         Under ``no_grad`` until the first of them; a layer that did not run is a ValueError.
         """
         capture, output = self._capture(x)
-        return ForwardPass(output, capture.activations, capture.prefix)
+        return ForwardPass(output, capture.activations, capture.prefix, cut_off=capture.cut_off)
 
     def _capture(self, x: torch.Tensor) -> tuple[LayerCapture, Any]:
         return capture_forward(
@@ -594,6 +598,7 @@ class BaseCAM(Registered):
         """
         layers = self.target_layers
         if not scores.requires_grad:
+            self._refuse_cut_off(layers, forward)
             raise ValueError(
                 "the target scores do not depend on the target layers' activations (no "
                 "gradient reaches them): the target must return a value computed from the "
@@ -605,19 +610,27 @@ class BaseCAM(Registered):
         inputs = [t for tensors in per_layer for t in tensors]
         # Only the graph from the target layers to the score is differentiated; parameters' .grad
         # are neither read nor written.
-        flat = iter(torch.autograd.grad(scores.sum(), inputs, allow_unused=True, create_graph=create_graph))
+        with reentrant_checkpoint_errors("between the target layers and the score"):
+            flat = iter(
+                torch.autograd.grad(scores.sum(), inputs, allow_unused=True, create_graph=create_graph)
+            )
         grads_per_layer = [[next(flat) for _ in tensors] for tensors in per_layer]
-        unused = [
-            layer_name(self.model, layer)
-            for layer, grads in zip(layers, grads_per_layer)
-            if all(g is None for g in grads)
-        ]
+        unused = [layer for layer, grads in zip(layers, grads_per_layer) if all(g is None for g in grads)]
         if unused:
+            self._refuse_cut_off(unused, forward)
             raise ValueError(
-                f"no gradient reaches target layer(s) {unused}: the score does not depend on "
-                "them; choose layers on the path to the output"
+                f"no gradient reaches target layer(s) {[layer_name(self.model, layer) for layer in unused]}: "
+                "the score does not depend on them; choose layers on the path to the output"
             )
         return per_layer, grads_per_layer
+
+    def _refuse_cut_off(self, layers: list[nn.Module], forward: ForwardPass) -> None:
+        """A ValueError naming the cause if one of ``layers`` (no gradient reaches them) was cut off."""
+        cut_off = [
+            layer_name(self.model, layer) for layer in layers if any(layer is cut for cut in forward.cut_off)
+        ]
+        if cut_off:
+            raise ValueError(autograd_switched_off(cut_off))
 
     def layer_gradients(self, scores: torch.Tensor, forward: ForwardPass) -> dict[int, Any]:
         """Step: each target layer's gradient, keyed by ``id(layer)``, in the layout of its activations.

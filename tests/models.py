@@ -12,6 +12,7 @@ from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 NUM_CLASSES = 5  # the class count of the engine tests' models
@@ -363,6 +364,68 @@ class Net3d(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x).mean((2, 3, 4)))
+
+
+# ============================================================================ activation checkpointing
+#: torch's reentrant checkpoint Function as bound when this module is imported. A model that calls it
+#: directly stands for another library's reentrant checkpoint (DeepSpeed, fairscale), which a CAM call
+#: cannot run inline.
+TORCH_CHECKPOINT_FUNCTION = torch.utils.checkpoint.CheckpointFunction
+
+
+class CheckpointedNet(nn.Module):
+    """Four conv-SiLU blocks (3-4-6-8-8 channels, the second with stride 2) - global average pool - fc.
+
+    ``blocks[start:stop]`` (``segment``) run as one activation-checkpointed segment, by ``checkpoint``:
+    ``"none"`` (no checkpoint), ``"reentrant"`` / ``"non-reentrant"``
+    (``torch.utils.checkpoint.checkpoint(..., use_reentrant=True/False)``), ``"sequential-reentrant"`` /
+    ``"sequential-non-reentrant"`` (``checkpoint_sequential`` over all four blocks in four segments:
+    blocks 0-2 checkpointed, block 3 not; ``segment`` is ignored), ``"foreign"``
+    (:data:`TORCH_CHECKPOINT_FUNCTION` called directly), or ``"no-grad"`` (not a checkpoint: the segment
+    under ``torch.no_grad()``, as a frozen part). The model always checkpoints, also in eval mode.
+    SiLU is smooth, so the score's Hessian is not zero (ShapleyCAM).
+    """
+
+    def __init__(self, segment: tuple[int, int] | None = None, checkpoint: str = "reentrant") -> None:
+        super().__init__()
+        widths = [(3, 4, 1), (4, 6, 2), (6, 8, 1), (8, 8, 1)]
+        self.blocks = nn.Sequential(
+            *[nn.Sequential(nn.Conv2d(a, b, 3, stride=s, padding=1), nn.SiLU()) for a, b, s in widths]
+        )
+        self.fc = nn.Linear(8, NUM_CLASSES)
+        self.segment = segment
+        self.checkpoint = checkpoint
+
+    def _checkpointed(self, segment: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.checkpoint == "foreign":
+            return TORCH_CHECKPOINT_FUNCTION.apply(segment, True, x)
+        if self.checkpoint == "no-grad":
+            with torch.no_grad():
+                return segment(x)
+        reentrant = self.checkpoint == "reentrant"
+        return torch.utils.checkpoint.checkpoint(segment, x, use_reentrant=reentrant)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.checkpoint.startswith("sequential"):
+            reentrant = self.checkpoint == "sequential-reentrant"
+            x = torch.utils.checkpoint.checkpoint_sequential(self.blocks, 4, x, use_reentrant=reentrant)
+        elif self.segment is None or self.checkpoint == "none":
+            x = self.blocks(x)
+        else:
+            start, stop = self.segment
+            x = self.blocks[:start](x)
+            x = self._checkpointed(self.blocks[start:stop], x)
+            x = self.blocks[stop:](x)
+        return self.fc(x.mean((2, 3)))
+
+
+def checkpointed_net(segment: tuple[int, int] | None = None, checkpoint: str = "none") -> CheckpointedNet:
+    """A :class:`CheckpointedNet` with the weights of ``torch.manual_seed(0)`` (the same for every layout)."""
+    torch.manual_seed(0)
+    model = CheckpointedNet(segment, checkpoint).eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(10)  # logits of order 1
+    return model
 
 
 # ============================================================================ call counters

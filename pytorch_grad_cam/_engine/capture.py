@@ -113,6 +113,11 @@ class LayerCapture(HookSet):
 
     With ``record_prefix=True`` it also records, for each target layer, the outermost module calls
     that completed before that layer started, with their outputs (see ``AblationCAM``).
+
+    With ``grad=True``, ``cut_off`` lists the target layers after which the model switched autograd off
+    again (a reentrant activation checkpoint around the layer, or a ``torch.no_grad()`` block of the
+    model): found off at the next target layer, or at :meth:`finish`. Their gradient can only be missing,
+    and the error then says why.
     """
 
     def __init__(
@@ -137,6 +142,9 @@ class LayerCapture(HookSet):
         self.prefix: dict[int, list[tuple[nn.Module, object]]] = {}
         self._depth = 0
         self._done: list[tuple[int, nn.Module, object]] = []
+        self.cut_off: list[nn.Module] = []
+        # The target layers captured since autograd was last found on (grad=True).
+        self._recorded: list[nn.Module] = []
 
     def _register(self) -> None:
         if self.record_prefix:
@@ -169,12 +177,26 @@ class LayerCapture(HookSet):
                 "pick one of its sub-modules), or pass a reshape_transform that turns the output into one "
                 "tensor (e.g. fpn_reshape_transform for a feature pyramid's dict of levels)"
             )
-        if self.grad and not torch.is_grad_enabled():
-            # Everything before this point ran without recording a graph; record from here on.
-            torch.set_grad_enabled(True)
+        if self.grad:
+            self._record_from(module)
         captured = map_tensors(self._leaf, output)
         self.activations[key] = captured
         return map_tensors(torch.Tensor.clone, captured)
+
+    def _record_from(self, module: nn.Module) -> None:
+        """Autograd on from target layer ``module``; layers captured before it that lost it are cut off."""
+        if not torch.is_grad_enabled():
+            # Everything before this point ran without recording a graph (the no_grad prefix, or a part of
+            # the model that switched autograd off after an earlier target layer); record from here on.
+            self.finish()
+            torch.set_grad_enabled(True)
+        self._recorded.append(module)
+
+    def finish(self) -> None:
+        """At the end of the forward pass (inside its ``no_grad``): the layers autograd was lost after."""
+        if self.grad and not torch.is_grad_enabled():
+            self.cut_off.extend(self._recorded)
+            self._recorded.clear()
 
     def _leaf(self, output: torch.Tensor) -> torch.Tensor:
         if self.grad and output.requires_grad:
@@ -208,11 +230,13 @@ def capture_forward(
     """One forward pass, ``run()``, with ``layers`` captured: returns ``(capture, model output)``.
 
     The pass runs under ``no_grad`` until the first target layer, whose hook turns autograd on when
-    ``grad``; a layer that did not run is a ValueError naming it.
+    ``grad`` (``capture.cut_off``: the layers after which the model turned it off again); a layer that did
+    not run is a ValueError naming it.
     """
     capture = LayerCapture(model, layers, grad=grad, record_prefix=record_prefix, structured=structured)
     with capture, torch.no_grad():
         output = run()
+        capture.finish()
     missing = [layer for layer in layers if id(layer) not in capture.activations]
     if missing and isinstance(model, torch.jit.ScriptModule):
         raise ValueError(

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from .checkpointing import inline_reentrant_checkpoints
+
 
 def model_device(model: nn.Module) -> torch.device | None:
     """The device of the model's first parameter or buffer; ``None`` for a model with neither."""
@@ -87,12 +89,13 @@ def compute_session(
     floating dtype. A model elsewhere than ``device`` is moved for the block and moved back, and its
     state is restored in ``finally`` (:func:`evaluation_state`). ``inference_mode(False)``: the block
     must also work inside the user's ``torch.inference_mode()``. Calls on one model from several threads
-    take turns (:func:`model_lock`).
+    take turns (:func:`model_lock`). The model's reentrant activation checkpoints run inline
+    (:func:`~.checkpointing.inline_reentrant_checkpoints`).
     """
     with model_lock(model):  # the model's device is read under the lock: another call may be moving it
         model_dev = model_device(model)
         target = device or model_dev or input_tensor.device
         dtype = model_float_dtype(model) or input_tensor.dtype
         move_to = device if device is not None and device != model_dev else None
-        with torch.inference_mode(False), evaluation_state(model, move_to):
+        with torch.inference_mode(False), evaluation_state(model, move_to), inline_reentrant_checkpoints():
             yield input_tensor.detach().to(device=target, dtype=dtype)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .._engine.capture import HookSet
+from .._engine.checkpointing import reentrant_checkpoint_errors
 from .._engine.checks import check_bool, check_input
 from .._engine.maps import first_principal_component, min_max_normalize, resize_maps, warn_if_constant
 from ..base_cam import DEFAULT_OPTIONS, BaseCAM, CallOptions, Target, TargetsArg, normalize_targets
@@ -219,7 +220,8 @@ class FullGrad(BaseCAM):
                 "value computed from the model output"
             )
         outputs = [out for _, _, out, _ in capture.records]
-        grads = torch.autograd.grad(scores.sum(), [x_in, *outputs], allow_unused=True)
+        with reentrant_checkpoint_errors("between the input and the score"):
+            grads = torch.autograd.grad(scores.sum(), [x_in, *outputs], allow_unused=True)
         grad_x = grads[0] if grads[0] is not None else torch.zeros_like(x_in)
         records = [
             (name, module, bias, torch.zeros_like(out) if g is None else g)

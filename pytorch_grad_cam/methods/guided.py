@@ -12,6 +12,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .._engine.capture import HookSet
+from .._engine.checkpointing import reentrant_checkpoint_errors
 from .._engine.checks import check_bool, check_device, check_input
 from .._engine.session import compute_session
 from ..base_cam import (
@@ -213,7 +214,8 @@ class GuidedBackpropReLUModel(Registered):
                 "value computed from the model output"
             )
         # Only the graph from the input copy to the scores: parameters' .grad are neither read nor written.
-        (grad,) = torch.autograd.grad(total, x_in, allow_unused=True)
+        with reentrant_checkpoint_errors("between the input and the score"):
+            (grad,) = torch.autograd.grad(total, x_in, allow_unused=True)
         return torch.zeros_like(x_in) if grad is None else grad.detach()
 
 

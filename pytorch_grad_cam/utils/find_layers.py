@@ -19,6 +19,7 @@ from torch import nn
 # MAX_PREFIX_TOKENS: at most this many extra tokens (class, distillation, registers) before the patch grid,
 # the same limit as vit_reshape_transform's (kept importable from here, where it used to live).
 from .._engine.capture import HookSet
+from .._engine.checkpointing import reentrant_checkpoint_errors
 from .._engine.session import compute_session
 from .reshape_transforms import (
     TokenGridReshape,
@@ -302,7 +303,8 @@ def find_target_layer(
         if not candidates or not value.requires_grad:
             candidates = []
         else:
-            grads = torch.autograd.grad(value, [r[2] for r in candidates], allow_unused=True)
+            with reentrant_checkpoint_errors("between the model's layers and the score"):
+                grads = torch.autograd.grad(value, [r[2] for r in candidates], allow_unused=True)
     for (name, module, out), grad in reversed(list(zip(candidates, grads))):
         if grad is None:
             continue
