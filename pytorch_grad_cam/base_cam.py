@@ -6,6 +6,7 @@ A method is a small subclass of :class:`BaseCAM`; see its docstring for the exte
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -257,12 +258,17 @@ class CallOptions:
         on_output: called with the model output of every scored pass, in order (SESS weighs each patch by
             its score on the first one).
         warn_constant: whether a constant layer map warns (SESS's background patches often are).
+        orient: re-orients the principal components of a batch, ``(B, *grid)`` in and out (the arbitrary sign
+            of each copy's component made consistent across test-time augmentations; see
+            :meth:`BaseCAM.smooth_over_augmentations`). Applied to the layer maps of methods whose map is a
+            principal component (``principal_component = True``) and of ``eigen_smooth``.
     """
 
     resolve_targets: TargetResolver | None = None
     fuse: LayerFusion | None = None
     on_output: Callable[[Any], None] | None = None
     warn_constant: bool = True
+    orient: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 #: A call with the method's own pipeline.
@@ -307,6 +313,24 @@ class LayerContext:
     batch_size: int
     channel_dim: int  # the channel axis of raw_activations
     extras: dict[str, Any] = field(default_factory=dict)  # ForwardPass.extras of this call
+
+
+def orient_augmented_copies(projection: torch.Tensor, transforms: Sequence[Any], batch: int) -> torch.Tensor:
+    """Principal components of augmented copies of ``batch`` images, their signs made consistent.
+
+    ``projection`` is ``(T*B, *grid)``, copy ``t`` of image ``b`` at row ``t * B + b`` (the layout of
+    :meth:`BaseCAM.smooth_over_augmentations`). Each copy is de-augmented at the grid's resolution
+    (``transform.deaugment_mask``) and flipped where it correlates negatively with the first copy of its
+    image, which keeps the sign the method's own rule gave it. ``(T*B, *grid)`` out, in the copies' frames.
+    """
+    grid = projection.shape[1:]
+    copies = projection.reshape(len(transforms), batch, *grid)  # (T, B, *grid)
+    restored = torch.stack(
+        [t.deaugment_mask(c.unsqueeze(1))[:, 0] for t, c in zip(transforms, copies)]
+    ).flatten(2)  # (T, B, N)
+    agreement = (restored * restored[:1]).sum(-1)  # (T, B)
+    signs = torch.where(agreement < 0, -1.0, 1.0).to(projection.dtype)
+    return (copies * signs.view(*signs.shape, *([1] * len(grid)))).reshape(projection.shape)
 
 
 class BaseCAM(Registered):
@@ -371,6 +395,9 @@ class BaseCAM(Registered):
     #: Whether the map comes from ``target_layers``. FullGrad's does not: it uses every layer with a bias,
     #: so its ``target_layers`` may be left out (and are ignored when given).
     uses_target_layers: bool = True
+    #: Whether ``layer_map`` is a principal component, whose sign is arbitrary (EigenCAM and its kin): its
+    #: test-time augmented copies are oriented consistently (:meth:`smooth_over_augmentations`).
+    principal_component: bool = False
 
     def __init__(
         self,
@@ -691,6 +718,8 @@ class BaseCAM(Registered):
             )
             with torch.no_grad():
                 layer_cam = self.layer_map(layer_activations, grads, context, eigen_smooth).float()
+                if options.orient is not None and (eigen_smooth or self.principal_component):
+                    layer_cam = options.orient(layer_cam)  # (B, *grid), signs consistent across copies
                 normalized = self.normalize_layer_map(layer_cam.relu(), layer, options)
                 maps.append(resize_maps(normalized, spatial))
         return maps
@@ -733,7 +762,10 @@ class BaseCAM(Registered):
         """Step: test-time augmentation: every augmented copy in one batch, each map de-augmented, averaged.
 
         The targets are resolved on the unaugmented image (each image's top class, or the
-        resolver's targets), so every copy explains the same thing.
+        resolver's targets), so every copy explains the same thing. A principal component's sign is
+        arbitrary, and the rule that fixes it for one image rests on a correlation that may be near zero;
+        so each copy's component is oriented, after de-augmenting it, to correlate positively with the first
+        copy's (:func:`orient_augmented_copies`), and the average never cancels.
         """
         transforms = self.tta_transforms
         if transforms is None:
@@ -752,6 +784,8 @@ class BaseCAM(Registered):
                 output = self.run_model(x_on_device)
             targets = self.resolve_targets(targets, output, batch, options)
         augmented = torch.cat([t.augment_image(x) for t in transforms])  # (T*B, C, *spatial)
+        orient = partial(orient_augmented_copies, transforms=transforms, batch=batch)
+        options = dataclasses.replace(options, orient=orient)
         maps = self.compute_maps(augmented, targets * len(transforms), eigen_smooth, options)  # (T*B, ...)
         maps = maps.view(len(transforms), batch, *maps.shape[1:])
         restored = [t.deaugment_mask(m.unsqueeze(1))[:, 0] for t, m in zip(transforms, maps)]

@@ -282,7 +282,10 @@ class FullGrad(BaseCAM):
                     small = [max(1, s // 8) for s in spatial]
                     # Each term rescaled to [0, 1] first, so no layer dominates by its channel count.
                     reduced = torch.stack([resize_maps(min_max_normalize(t), small) for t in terms], 1)
-                    fused = resize_maps(first_principal_component(reduced), spatial)
+                    component = first_principal_component(reduced)  # (B, *small)
+                    if options.orient is not None:  # test-time augmented copies: consistent signs
+                        component = options.orient(component)
+                    fused = resize_maps(component, spatial)
                 else:
                     fused = torch.stack(terms, 1).sum(1)  # (B, *spatial)
                 warn_if_constant(

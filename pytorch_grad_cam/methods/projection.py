@@ -25,6 +25,7 @@ class EigenCAM(BaseCAM):
     """
 
     name = "eigencam"
+    principal_component = True
     uses_gradients = False
     class_specific = False
 
@@ -48,6 +49,7 @@ class SegEigenCAM(BaseCAM):
     """
 
     name = "segeigencam"
+    principal_component = True
 
     def layer_map(
         self,
@@ -122,6 +124,7 @@ class KPCA_CAM(BaseCAM):
     """
 
     name = "kpcacam"
+    principal_component = True
     uses_gradients = False
     class_specific = False
 
@@ -167,6 +170,7 @@ class EigenGradCAM(BaseCAM):
     """Eigen-Grad-CAM: the first principal component of ``g * A`` (class-discriminative Eigen-CAM)."""
 
     name = "eigengradcam"
+    principal_component = True
 
     def layer_map(
         self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext, eigen_smooth: bool

