@@ -18,7 +18,7 @@ from torch import nn
 
 from ._engine.capture import LayerCapture, capture_forward, layer_name, map_tensors, rebuild, tensors_of
 from ._engine.checkpointing import autograd_switched_off, reentrant_checkpoint_errors
-from ._engine.checks import check_batch_size, check_device, check_input, check_layers
+from ._engine.checks import check_batch_size, check_device, check_input, check_layer_layout, check_layers
 from ._engine.maps import (
     broadcast_weights,
     first_principal_component,
@@ -219,8 +219,11 @@ def gradient_or_zeros(grads: dict[int, torch.Tensor | None], activation: torch.T
     return torch.zeros_like(activation) if gradient is None else gradient.detach()
 
 
-def warn_if_zero_gradients(grads: dict[int, Any], batch: int) -> None:
-    """Warn about images whose target score has an exactly-zero gradient in every target layer."""
+def warn_if_zero_gradients(grads: dict[int, Any], batch: int, output: Any = None) -> None:
+    """Warn about images whose target score has an exactly-zero gradient in every target layer.
+
+    With the model ``output``, images whose class scores are all equal get their own cause: a head of zeros.
+    """
     nonzero = torch.zeros(batch, dtype=torch.bool)
     for structure in grads.values():
         for g in tensors_of(structure):
@@ -229,7 +232,16 @@ def warn_if_zero_gradients(grads: dict[int, Any], batch: int) -> None:
             else:
                 nonzero[:] = True  # not per image: cannot tell
     zero = (~nonzero).nonzero().flatten().tolist()
-    if zero:
+    flat_scores = _equal_class_scores(output, batch)
+    if zero and all(i in flat_scores for i in zero):
+        warn(
+            f"the model gives every class the same score for image(s) {zero}, so no score depends on the "
+            "target layers and their maps are all zeros: a classification head of zeros (torchvision's "
+            "ViT, for one, initialises its head to zero when built without weights); load trained weights, "
+            "or initialise the head (e.g. torch.nn.init.normal_(model.heads.head.weight, std=0.02))",
+            RuntimeWarning,
+        )
+    elif zero:
         warn(
             f"the gradient of the target score with respect to the target layers is exactly "
             f"zero for image(s) {zero}: the score does not change with these activations "
@@ -237,6 +249,14 @@ def warn_if_zero_gradients(grads: dict[int, Any], batch: int) -> None:
             "past a saturated/dead unit), so their gradient-based maps carry no information",
             RuntimeWarning,
         )
+
+
+def _equal_class_scores(output: Any, batch: int) -> set[int]:
+    """The images whose row of ``(B, num_classes)`` class scores is constant (none for other outputs)."""
+    if not is_class_scores(output, batch) or output.shape[-1] < 2:
+        return set()
+    rows = output.detach().reshape(batch, -1)
+    return set((rows.amax(1) == rows.amin(1)).nonzero().flatten().tolist())
 
 
 def to_numpy(maps: torch.Tensor) -> np.ndarray:
@@ -512,7 +532,7 @@ class BaseCAM(Registered):
         The input and the targets are checked first (before any forward pass); ``options`` changes steps
         of this one call (see :class:`CallOptions`).
         """
-        x = check_input(input_tensor)
+        x = check_input(input_tensor, self.model)
         target_list = normalize_targets(targets, x.shape[0])
         if aug_smooth:
             return self.smooth_over_augmentations(x, target_list, eigen_smooth, options)
@@ -672,7 +692,7 @@ class BaseCAM(Registered):
             grads[id(layer)] = map_tensors(
                 partial(gradient_or_zeros, by_tensor), forward.activations[id(layer)]
             )
-        warn_if_zero_gradients(grads, scores.shape[0])
+        warn_if_zero_gradients(grads, scores.shape[0], forward.output)
         return grads
 
     def layer_maps(
@@ -712,6 +732,7 @@ class BaseCAM(Registered):
                 extras=forward.extras,
             )
             layer_activations = self.reshape_activations(raw, layer)  # (B, C, *grid)
+            check_layer_layout(layer_activations, x, layer_name(self.model, layer), self.reshape_transform)
             # None for a method without gradients (uses_gradients = False): its formula takes an Optional.
             grads = cast(
                 torch.Tensor, self.reshape_gradients(gradients[key], layer) if key in gradients else None

@@ -150,8 +150,12 @@ def check_device(use_cuda: bool | None, device: str | torch.device | None) -> to
     return device
 
 
-def check_input(input_tensor: Any) -> torch.Tensor:
-    """A finite floating-point ``(B, C, *spatial)`` tensor with 1-3 spatial dims and ``B >= 1``."""
+def check_input(input_tensor: Any, model: nn.Module | None = None) -> torch.Tensor:
+    """A finite floating-point ``(B, C, *spatial)`` tensor with 1-3 spatial dims and ``B >= 1``.
+
+    With ``model``, also the two layout mistakes its first convolution shows before any forward pass: one
+    image without the batch dimension (``(C, H, W)`` for a ``Conv2d``), and channels last (``(B, H, W, C)``).
+    """
     if not isinstance(input_tensor, torch.Tensor):
         raise TypeError(
             f"input_tensor must be a torch.Tensor of shape (B, C, *spatial), got "
@@ -159,6 +163,8 @@ def check_input(input_tensor: Any) -> torch.Tensor:
         )
     if not input_tensor.is_floating_point():
         raise TypeError(f"input_tensor must be a floating-point tensor, got dtype {input_tensor.dtype}")
+    if model is not None:
+        _check_layout_for(model, input_tensor)
     if input_tensor.ndim < 3:
         raise ValueError(
             f"input_tensor must have shape (B, C, *spatial) with 1-3 spatial dims, got "
@@ -171,3 +177,51 @@ def check_input(input_tensor: Any) -> torch.Tensor:
     if not bool(torch.isfinite(input_tensor).all()):
         raise ValueError("input_tensor contains NaN or Inf")
     return input_tensor
+
+
+_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _check_layout_for(model: nn.Module, x: torch.Tensor) -> None:
+    """The layout mistakes that the model's first convolution (in registration order) makes certain."""
+    conv = next((m for m in model.modules() if isinstance(m, _CONVOLUTIONS)), None)
+    if conv is None or not conv.in_channels:  # no convolution, or a lazy one not initialised yet
+        return
+    dims, channels = len(conv.kernel_size), conv.in_channels
+    layout = f"(B, {channels}, {', '.join('HWD'[:dims] if dims > 1 else 'L')})"
+    if x.ndim == dims + 1 and x.shape[0] == channels:
+        raise ValueError(
+            f"input_tensor must have shape {layout} (the model's first convolution, {type(conv).__name__}, "
+            f"takes {channels} channels), got shape {tuple(x.shape)}: one input without the batch "
+            "dimension; pass input_tensor.unsqueeze(0)"
+        )
+    if x.ndim == dims + 2 and x.shape[1] != channels and x.shape[-1] == channels:
+        raise ValueError(
+            f"input_tensor must have shape {layout} (the model's first convolution, {type(conv).__name__}, "
+            f"takes {channels} channels), got shape {tuple(x.shape)}: channels last; pass "
+            "input_tensor.movedim(-1, 1)"
+        )
+
+
+def check_layer_layout(activations: torch.Tensor, x: torch.Tensor, name: str, reshape: Any) -> None:
+    """A target layer's reshaped output must be ``(B, C, *grid)`` with as many spatial dims as the input.
+
+    Checked right after the forward pass, before any map is made; the usual cause is a transformer's
+    tokens ``(B, N, C)`` without a ``reshape_transform``.
+    """
+    if activations.ndim == x.ndim:
+        return
+    shape, given = tuple(activations.shape), tuple(x.shape)
+    if reshape is None and activations.ndim == 3 and x.ndim == 4:
+        raise ValueError(
+            f"target layer '{name}' outputs {shape} for an input of shape {given}: a sequence of tokens "
+            "(B, N, C), not a (B, C, H, W) map; pass reshape_transform=vit_reshape_transform (from "
+            "pytorch_grad_cam.utils.reshape_transforms), or let find_target_layer(model, x) choose the "
+            "layer and its reshape_transform"
+        )
+    through = "" if reshape is None else " after reshape_transform"
+    raise ValueError(
+        f"target layer '{name}' outputs {shape}{through} for an input of shape {given}: expected "
+        f"(B, C, *grid) with {x.ndim - 2} spatial dim(s) like the input; choose another layer or a "
+        "reshape_transform that gives that layout"
+    )

@@ -357,7 +357,7 @@ class DeepFeatureFactorization(Registered):
 
     def __call__(self, input_tensor: torch.Tensor, n_components: int = 16) -> tuple:
         """``(concepts, explanations[, concept_outputs])`` for ``input_tensor``: see the class docstring."""
-        x = check_input(input_tensor)
+        x = check_input(input_tensor, self.model)
         check_int(n_components, "n_components", 1)
         with compute_session(self.model, self.device, x) as x:
             activations = self._activations(x)  # (B, C, *grid)

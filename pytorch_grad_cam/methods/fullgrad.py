@@ -234,7 +234,7 @@ class FullGrad(BaseCAM):
 
         On the compute device, in the model's dtype. See :class:`FullGradTerms`.
         """
-        x = check_input(input_tensor)
+        x = check_input(input_tensor, self.model)
         target_list = normalize_targets(targets, x.shape[0])
         with self.session(x) as x_dev:
             input_term, records, scores = self._decomposition(x_dev, target_list)

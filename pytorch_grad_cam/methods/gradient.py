@@ -374,7 +374,7 @@ class ShapleyCAM(BaseCAM):
                 partial(gradient_or_zeros, corrected), forward.activations[id(layer)]
             )
         del grads_per_layer
-        warn_if_zero_gradients(effective, scores.shape[0])
+        warn_if_zero_gradients(effective, scores.shape[0], forward.output)
         return effective
 
     def cam_weights(

@@ -194,7 +194,7 @@ class GuidedBackpropReLUModel(Registered):
         """The guided gradients of each image's target score w.r.t. the input: see the class docstring."""
         targets = first_api_targets(targets, target_category, unset=None)  # the reference's default: None
         channels_last = check_bool(channels_last, "channels_last")
-        x = check_input(input_img)
+        x = check_input(input_img, self.model)
         target_list = normalize_targets(targets, x.shape[0])
         with compute_session(self.model, self.device, x) as x_dev:
             return _layout(self._gradients(x_dev, target_list), channels_last)
