@@ -19,6 +19,7 @@ from typing import Callable
 from .inputs import MAX_PIXELS, InputImage, gather_inputs, read_image, skipped_summary
 from .models import DEFAULT_MODEL, CliError, load_model
 from .results import already_done
+from .text import printable
 
 __all__ = ["EXAMPLES", "build_parser", "main"]
 
@@ -58,7 +59,8 @@ file reading: a folder is searched recursively for .jpg, .jpeg, .png, .bmp, .tif
 .pgm and .pbm files; its other files and hidden files are listed as skipped (name a file to try it
 anyway). An image whose header declares more than --max-pixels pixels (default 100,000,000) is refused
 before it is decoded. A file too large or unreadable is reported and recorded in results.jsonl, and the
-run goes on with the next image (exit status 1).
+run goes on with the next image (exit status 1). Names are printed with control characters escaped
+(\\x1b), and a byte that is not UTF-8 as \\xff.
 
 exit status: 0 success, 1 when any image failed (it is reported and skipped), 2 bad arguments.
 """
@@ -362,11 +364,13 @@ class _Console:
     quiet: bool
 
     def say(self, text: str) -> None:
+        """A line on stdout (none with --quiet), control characters escaped (:func:`.text.printable`)."""
         if not self.quiet:
-            print(text, flush=True)
+            print(printable(text), flush=True)
 
     def warn(self, text: str) -> None:
-        print(f"{self.prog}: {text}", file=sys.stderr, flush=True)
+        """A line on stderr, ``<prog>: <text>``, control characters escaped."""
+        print(f"{self.prog}: {printable(text)}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -567,8 +571,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args, parser)
     except CliError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {printable(str(exc))}", file=sys.stderr)
         return exc.code
     except Exception as exc:
-        print(f"{parser.prog}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {type(exc).__name__}: {printable(str(exc))}", file=sys.stderr)
         return 1

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from .text import printable
+
 REPORT_FILE = "report.html"
 TILE_HEIGHT = 224
 LABEL_HEIGHT = 26
@@ -90,12 +92,17 @@ window.addEventListener('load', () => {{
     return path
 
 
+def _esc(value: object) -> str:
+    """A value as HTML text: control characters and undecodable bytes escaped (names), then HTML-escaped."""
+    return html.escape(printable(str(value)))
+
+
 def _section(output_dir: str, record: dict) -> str:
-    esc = html.escape
-    head = f"<h2>{esc(str(record['path']))}</h2>"
+    esc = _esc
+    head = f"<h2>{esc(record['path'])}</h2>"
     if record.get("status") != "ok":
-        return f"<section>{head}<p class='error'>failed: {esc(str(record.get('error', '?')))}</p></section>"
-    model, layer = esc(str(record.get("model"))), esc(str(record.get("layer")))
+        return f"<section>{head}<p class='error'>failed: {esc(record.get('error', '?'))}</p></section>"
+    model, layer = esc(record.get("model")), esc(record.get("layer"))
     seconds = esc(f"{record.get('seconds', 0):.2f}")
     meta = f"<p class='meta'>model {model} · layer {layer} · {seconds} s</p>"
     image = ""
@@ -121,4 +128,4 @@ def _map_row(entry: dict) -> str:
         f"{entry['probability']:.4f}",
         f"{entry['seconds']:.3f}",
     ]
-    return "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in cells) + "</tr>"
+    return "<tr>" + "".join(f"<td>{_esc(cell)}</td>" for cell in cells) + "</tr>"

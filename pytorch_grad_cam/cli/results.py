@@ -234,10 +234,21 @@ def _rewrite(path: str, lines: Iterable[str]) -> None:
 
 
 def append_result(output_dir: str, record: dict) -> None:
-    """Add one record to results.jsonl, flushed at once: an interrupted run keeps what it finished."""
+    r"""Add one record to results.jsonl, flushed at once: an interrupted run keeps what it finished.
+
+    The line is UTF-8 JSON; a record holding a name that is not valid UTF-8 is written in ASCII JSON instead
+    (``\udcff`` escapes), so that the file stays valid UTF-8 and the name reads back unchanged.
+    """
     os.makedirs(output_dir, exist_ok=True)
+    line = json.dumps(record, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        # A file name with bytes that are not UTF-8 (lone surrogates in Python): as \udcff escapes, which
+        # json.loads reads back as the same name.
+        line = json.dumps(record, ensure_ascii=True)
     with open(os.path.join(output_dir, RESULTS_FILE), "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        handle.write(line + "\n")
         handle.flush()
 
 
