@@ -181,8 +181,9 @@ def _add_model_and_class_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint",
         metavar="FILE",
-        help="a state dict for --model's architecture (e.g. your fine-tuned weights); a "
-        "different number of classes is handled",
+        help="a state dict for --model's architecture (e.g. your fine-tuned weights, saved with "
+        "torch.save(model.state_dict(), FILE)); a different number of classes is handled. A whole "
+        "pickled model (torch.save(model)) is refused: loading it would run code from the file",
     )
     parser.add_argument(
         "--target-layer",

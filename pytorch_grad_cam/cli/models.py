@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -155,40 +156,96 @@ def load_checkpoint(loaded: LoadedModel, path: str, name: str) -> None:
     It may be wrapped in {'state_dict': ...} or {'model': ...}, its keys prefixed 'module.' by DataParallel. A
     classifier with another number of classes is rebuilt to fit the checkpoint (torchvision/timm), and the
     ImageNet names are dropped.
-    """
-    import torch
 
+    Raises:
+        CliError: (code 2, a bad argument) no such file, not a state dict of tensors (a whole pickled model
+            is refused: loading it would run code from the file), or keys that do not fit the model (their
+            counts and the first :data:`KEYS_SHOWN` names).
+    """
     if not os.path.isfile(path):
-        raise CliError(f"--checkpoint {path!r}: no such file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CliError(
-            f"--checkpoint {path!r} is not a torch state dict ({type(exc).__name__}: {exc})"
-        ) from exc
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CliError(f"--checkpoint {path!r} holds no state dict of tensors")
+        raise CliError(f"--checkpoint {path!r}: no such file", code=2)
+    state = _read_state_dict(path)
     if all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     num_classes = _checkpoint_classes(loaded.model, state)
     if num_classes is not None and num_classes != len(loaded.class_names or []):
         loaded.model = _rebuild_with_classes(name, num_classes, loaded.model)
         loaded.class_names = []
-    try:
-        loaded.model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CliError(
-            f"--checkpoint {path!r} does not fit --model {name}: {str(exc).splitlines()[0]} "
-            f"{_first_lines(str(exc))}"
-        ) from exc
+    misfit = _misfit(loaded.model.state_dict(), state)
+    if misfit:
+        raise CliError(f"--checkpoint {path!r} does not fit --model {name}: {misfit}", code=2)
+    loaded.model.load_state_dict(state)
     loaded.source = f"checkpoint {path}"
 
 
-def _first_lines(text: str, count: int = 3) -> str:
-    return " ".join(line.strip() for line in text.splitlines()[1 : 1 + count])
+#: Key names listed at most in a message about a checkpoint that does not fit.
+KEYS_SHOWN = 5
+
+
+def _read_state_dict(path: str) -> dict:
+    """The tensors of a checkpoint file, unwrapped from {'state_dict': ...}-style dicts; CliError if none."""
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found is None:
+            raise CliError(
+                f"--checkpoint {path!r} is not a torch state dict ({_first_line(exc)})", code=2
+            ) from exc
+        raise CliError(
+            f"--checkpoint {path!r} holds a pickled object ({found.group(1)}), not a state dict: a whole "
+            "model saved with torch.save(model)? Loading it would run code from the file; save its weights "
+            "instead, torch.save(model.state_dict(), 'weights.pt'), and give --checkpoint weights.pt",
+            code=2,
+        ) from None
+    except Exception as exc:
+        raise CliError(
+            f"--checkpoint {path!r} is not a torch state dict ({_first_line(exc)})", code=2
+        ) from exc
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CliError(f"--checkpoint {path!r} holds no state dict of tensors", code=2)
+    return state
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:200]
+
+
+def _misfit(expected: dict, state: dict) -> str:
+    """What keeps ``state`` from loading into a model whose state dict is ``expected`` ("" when nothing).
+
+    The number of missing keys, unexpected keys and keys of the wrong shape, each with its first names.
+    """
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k}: {tuple(state[k].shape)} in the checkpoint, {tuple(expected[k].shape)} in the model"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
+    described = (
+        (missing, "of the model's keys is missing from it", "of the model's keys are missing from it"),
+        (unexpected, "key is not in the model", "keys are not in the model"),
+        (wrong, "key has the wrong shape", "keys have the wrong shape"),
+    )
+    return "; ".join(
+        f"{len(keys)} {one if len(keys) == 1 else many} ({_names(keys)})"
+        for keys, one, many in described
+        if keys
+    )
+
+
+def _names(names: Sequence[str]) -> str:
+    more = len(names) - KEYS_SHOWN
+    return ", ".join(names[:KEYS_SHOWN]) + (f", and {more} more" if more > 0 else "")
 
 
 def _checkpoint_classes(model, state) -> int | None:
