@@ -201,7 +201,8 @@ def _add_model_and_class_options(parser: argparse.ArgumentParser) -> None:
         dest="target_category",
         nargs="+",
         metavar="K",
-        help="class(es) to explain, by index (281) or ImageNet name ('tabby cat'); default: the top class",
+        help="class(es) to explain, by index (281) or ImageNet name ('tabby', 'Egyptian cat': the whole "
+        "name, any case; another name is an error that suggests close ones); default: the top class",
     )
     parser.add_argument(
         "--top-k",

@@ -282,17 +282,30 @@ def _is_timm(model) -> bool:
 
 
 def resolve_categories(values: Sequence[str], loaded: LoadedModel, num_classes: int) -> list[int]:
-    """``--target-category`` values: class indices, or class names, case-insensitive.
+    """``--target-category`` values: class indices, or class names matched whole, case-insensitive.
 
-    A name matches a class exactly, or else the one class whose words all appear in it or that has all its
-    words ("tabby cat" -> "tabby"). Ambiguous or unknown names are errors that list the candidates.
+    A name is a class's label ("tabby") or, for labels in the WordNet style ("tabby, tabby cat"), one of
+    its comma-separated synonyms ("tabby cat"); nothing looser, so a typo is never taken for a class.
+
+    Raises:
+        CliError: (code 2) an index out of range; a name no class has, with up to :data:`NAMES_SUGGESTED`
+            close names (difflib); a name of several classes, listing them; a name for a model without
+            class names.
     """
     return [_category(value.strip(), loaded, num_classes) for value in values]
 
 
-def _category(text: str, loaded: LoadedModel, num_classes: int) -> int:
-    import difflib
+#: Close class names suggested at most for a --target-category that matches none.
+NAMES_SUGGESTED = 5
 
+
+def _names_of(label: str) -> list[str]:
+    """The names a label answers to, lower case: the whole label, then each comma-separated synonym."""
+    synonyms = [part.strip().lower() for part in label.split(",")] if "," in label else []
+    return [label.lower(), *synonyms]
+
+
+def _category(text: str, loaded: LoadedModel, num_classes: int) -> int:
     if text.lstrip("-").isdigit():
         index = int(text)
         if not 0 <= index < num_classes:
@@ -306,21 +319,25 @@ def _category(text: str, loaded: LoadedModel, num_classes: int) -> int:
         raise CliError(
             f"--target-category {text!r}: this model has no class names; use class indices", code=2
         )
-    names = [n.lower() for n in loaded.class_names]
-    if text.lower() in names:
-        return names.index(text.lower())
-    words = set(text.lower().replace(",", " ").split())
-    matches = [i for i, n in enumerate(names) if set(n.split()) <= words or words <= set(n.split())]
+    wanted = " ".join(text.lower().split())
+    matches = [i for i, label in enumerate(loaded.class_names) if wanted in _names_of(label)]
     if len(matches) == 1:
         return matches[0]
     if matches:
-        listed = ", ".join(f"{i} ({loaded.class_names[i]})" for i in matches[:8])
-        more = ", ..." if len(matches) > 8 else ""
-        raise CliError(
-            f"--target-category {text!r} is ambiguous: {listed}{more}; give the exact name or the index",
-            code=2,
-        )
-    close = difflib.get_close_matches(text.lower(), names, n=5, cutoff=0.6)
-    suggestions = ", ".join(repr(loaded.class_names[names.index(c)]) for c in close)
-    hint = f"; did you mean {suggestions}?" if close else ""
-    raise CliError(f"--target-category {text!r}: no class of that name{hint}", code=2)
+        listed = ", ".join(f"{i} ({loaded.class_names[i]})" for i in matches)
+        raise CliError(f"--target-category {text!r} is ambiguous: {listed}; give the index", code=2)
+    raise CliError(f"--target-category {text!r}: no class of that name{_suggestions(wanted, loaded)}", code=2)
+
+
+def _suggestions(wanted: str, loaded: LoadedModel) -> str:
+    """``"; did you mean 'tabby' (281), ...?"``: the closest names (difflib), or "" when none is close."""
+    import difflib
+
+    owner: dict[str, int] = {}  # each name, lower case -> its first class
+    for i, label in enumerate(loaded.class_names):
+        for name in _names_of(label):
+            owner.setdefault(name, i)
+    close = difflib.get_close_matches(wanted, list(owner), n=NAMES_SUGGESTED, cutoff=0.6)
+    classes = list(dict.fromkeys(owner[name] for name in close))
+    shown = ", ".join(f"{loaded.class_names[i]!r} ({i})" for i in classes)
+    return f"; did you mean {shown}?" if shown else ""

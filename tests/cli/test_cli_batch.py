@@ -106,7 +106,7 @@ def test_class_names_top_k_and_several_categories(tmp_path, capsys):
                 "--output-dir",
                 str(tmp_path / "a"),
                 "--target-category",
-                "tabby cat",
+                "tabby",
                 "espresso",
                 "967",
             ]
@@ -136,7 +136,11 @@ def test_class_names_top_k_and_several_categories(tmp_path, capsys):
 @needs_pretrained
 @pytest.mark.parametrize(
     ("value", "message"),
-    [("cat", "is ambiguous"), ("espreso", "did you mean 'espresso'"), ("1000", "out of range")],
+    [
+        ("cat", "no class of that name"),
+        ("espreso", "did you mean 'espresso' (967)"),
+        ("1000", "out of range"),
+    ],
 )
 def test_bad_class_names_exit_2(tmp_path, capsys, value, message):
     assert main([str(CAT), "--output-dir", str(tmp_path), "--target-category", value]) == 2

@@ -76,3 +76,54 @@ def test_a_file_that_is_not_a_checkpoint_is_exit_2(tmp_path, capsys):
     assert "is not a torch state dict (" in capsys.readouterr().err
     assert _run(tmp_path, "--model", "resnet18", "--checkpoint", str(tmp_path / "none.pt")) == 2
     assert f"--checkpoint {str(tmp_path / 'none.pt')!r}: no such file" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ class names
+@needs_pretrained
+@pytest.mark.parametrize("name", ["tabby catt", "tabby dog", "cat", "tabby cat"])
+def test_a_class_name_that_is_not_exact_is_exit_2_with_close_names(tmp_path, capsys, name):
+    """Loose matching took 'tabby catt' and 'tabby dog' as 281 (tabby) without a word; the ImageNet name is
+    'tabby', so only that (any case) is 281."""
+    import difflib
+
+    from pytorch_grad_cam.pretrained import IMAGENET_CLASSES
+
+    assert _run(tmp_path, "--target-category", name) == 2
+    err = capsys.readouterr().err
+    close = difflib.get_close_matches(name, [c.lower() for c in IMAGENET_CLASSES], n=5, cutoff=0.6)
+    lower = [c.lower() for c in IMAGENET_CLASSES]
+    shown = ", ".join(f"{IMAGENET_CLASSES[lower.index(c)]!r} ({lower.index(c)})" for c in close)
+    assert f"error: --target-category {name!r}: no class of that name; did you mean {shown}?" in err, err
+    assert 1 <= len(close) <= 5
+    assert not (tmp_path / "out").exists()
+
+
+@needs_pretrained
+def test_class_names_match_whole_in_any_case(tmp_path, capsys):
+    assert _run(tmp_path, "--target-category", "TABBY", " Egyptian Cat ") == 0
+    out = capsys.readouterr().out
+    assert "explained class: 281 (tabby)" in out
+    assert "explained class: 285 (Egyptian cat)" in out
+
+
+@needs_pretrained
+def test_a_name_of_two_classes_is_ambiguous(tmp_path, capsys):
+    assert _run(tmp_path, "--target-category", "cardigan") == 2  # the corgi (264) and the sweater (474)
+    assert (
+        "error: --target-category 'cardigan' is ambiguous: 264 (Cardigan), 474 (cardigan); give the index"
+        in capsys.readouterr().err
+    )
+
+
+def test_a_comma_separated_synonym_of_a_label_matches_exactly():
+    """Labels in the WordNet style ('tabby, tabby cat') match any whole synonym, nothing less."""
+    from pytorch_grad_cam.cli.models import CliError, LoadedModel, resolve_categories
+
+    loaded = LoadedModel(torch.nn.Identity(), (0.5,), (0.5,), 8, ["tench, Tinca tinca", "tabby, tabby cat"])
+    assert resolve_categories(["Tabby Cat", "tinca tinca", "tabby", "0"], loaded, 2) == [1, 0, 1, 0]
+    with pytest.raises(CliError) as exc:
+        resolve_categories(["tabby ca"], loaded, 2)
+    assert exc.value.code == 2
+    assert str(exc.value) == (
+        "--target-category 'tabby ca': no class of that name; did you mean 'tabby, tabby cat' (1)?"
+    )
