@@ -43,12 +43,15 @@ examples:
   # your own fine-tuned weights for a torchvision architecture:
   python cam.py --image-path x.jpg --model resnet18 --checkpoint model.pt --target-category 3
 
-outputs (in --output-dir): <image>_<method>.jpg overlays, <image>_<method>.npy raw maps (float32 in
-[0, 1], at the image's resolution), <image>_grid.jpg when several methods or classes are asked for,
-<image>_<method>_gb.jpg / _cam_gb.jpg with --guided, results.jsonl (one line per image), report.html.
-<image> is the file's path below the folder given, without extension; when another file's record in
+outputs (in --output-dir): <image>_<class>_<method>.jpg overlays and <image>_<class>_<method>.npy raw
+maps (float32 in [0, 1], at the image's resolution), e.g. cat_285_gradcam.jpg; class-agnostic methods
+(eigencam, kpcacam, fem, randomcam, dff) are written once, as <image>_<method>.jpg. <image>_grid.jpg
+when several methods or classes are asked for, <image>_<class>_<method>_gb.jpg / _cam_gb.jpg with
+--guided, results.jsonl (one line per image), report.html. <image> is the file's path below the folder
+given (or below a glob's leading folder), without extension; when another file's record in
 results.jsonl already holds that name (a.jpg beside a done a.png, x.png of a second folder), it becomes
-<image>-2, -3, ...: outputs of another image are never overwritten.
+<image>-2, -3, ...: outputs of another image are never overwritten, and a file of an earlier run that
+is written again is said ("replaced the file of an earlier run").
 
 resuming: an image is skipped (unless --overwrite) when results.jsonl has a record of the same file
 (real path), the same content (size and SHA-256), the same settings, and its output files are still
@@ -259,8 +262,8 @@ def _add_compute_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--guided",
         action="store_true",
-        help="also write guided backpropagation (<image>_<method>_gb.jpg) and guided "
-        "Grad-CAM (<image>_<method>_cam_gb.jpg) images",
+        help="also write guided backpropagation (<image>_<class>_<method>_gb.jpg) and guided "
+        "Grad-CAM (<image>_<class>_<method>_cam_gb.jpg) images",
     )
 
 
@@ -516,6 +519,7 @@ def _explain_batch(
         records = [{"path": i.path, "status": "error", "error": error} for i in items]
     elapsed = (time.perf_counter() - begin) / len(items)
     for record, (item, _, identity) in zip(records, batch):
+        replaced = set(record.pop("replaced", ()))  # said, not stored
         if record["status"] == "ok":  # what resuming checks: this file, its content, its outputs' key
             record.update(identity, key=item.key)
         else:
@@ -524,10 +528,11 @@ def _explain_batch(
         append_result(output_dir, record)
         totals.records[identity["file"]] = record
         if record["status"] == "ok":
-            _print_record(console, record, output_dir)
+            _print_record(console, record, output_dir, replaced)
 
 
-def _print_record(console: _Console, record: dict, output_dir: str) -> None:
+def _print_record(console: _Console, record: dict, output_dir: str, replaced: set[str]) -> None:
+    """The image, its classes, and every file written, saying which replaced an earlier run's file."""
     console.say(f"image: {record['path']}")
     shown = set()
     for entry in record["maps"]:
@@ -538,7 +543,8 @@ def _print_record(console: _Console, record: dict, output_dir: str) -> None:
                 f"probability {entry['probability']:.4f}"
             )
     for name in record["outputs"]:
-        console.say(f"wrote: {os.path.join(output_dir, name)}")
+        note = " (replaced the file of an earlier run)" if name in replaced else ""
+        console.say(f"wrote: {os.path.join(output_dir, name)}{note}")
 
 
 class _NoProgress:

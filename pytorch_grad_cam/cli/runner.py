@@ -234,14 +234,22 @@ class BatchContext:
 class ImageOut:
     """One image's place in the outputs.
 
-    Its pixels (H, W, 3 float RGB), index in the batch, folder, and the batch's guided backpropagation
-    images per class slot (with --guided).
+    Its pixels (H, W, 3 float RGB), index in the batch, folder, output key, class per slot, and the batch's
+    guided backpropagation images per class slot (with --guided). ``replaced`` collects the names written
+    over a file that was there before (an earlier run's).
     """
 
     image: np.ndarray
     index: int
     out_dir: str
+    key: str
+    classes: list[int]
     guided: list[np.ndarray] | None = None
+    replaced: list[str] = field(default_factory=list)
+
+    def stem(self, method: str, slot: int, per_class: bool = True) -> str:
+        """``<key>_<class>_<method>``, or ``<key>_<method>`` for a result that ignores the class."""
+        return f"{self.key}_{self.classes[slot]}_{method}" if per_class else f"{self.key}_{method}"
 
     def resize(self, array: np.ndarray) -> np.ndarray:
         """A map or pixel image at the image's resolution."""
@@ -250,13 +258,19 @@ class ImageOut:
 
     def save_jpg(self, name: str, rgb: np.ndarray) -> str:
         """Write an RGB uint8 image under the output folder; returns ``name``."""
-        write_image(os.path.join(self.out_dir, name), rgb)
+        write_image(self._path(name), rgb)
         return name
 
     def save_npy(self, name: str, array: np.ndarray) -> str:
         """Write an array as .npy under the output folder; returns ``name``."""
-        np.save(os.path.join(self.out_dir, name), array)
+        np.save(self._path(name), array)
         return name
+
+    def _path(self, name: str) -> str:
+        path = os.path.join(self.out_dir, name)
+        if os.path.exists(path):
+            self.replaced.append(name)
+        return path
 
 
 # ------------------------------------------------------------------------------------------ adapters
@@ -264,18 +278,20 @@ class MethodAdapter(Protocol):
     """What the runner needs of one kind of method.
 
     Attributes:
+        name: the method's registry name, in its output names.
         class_agnostic: the result does not depend on the class (computed for slot 0, reused for the
-            others, written once).
+            others, written once, without the class in its name).
     """
 
+    name: str
     class_agnostic: bool
 
     def bind(self, ctx: BatchContext) -> Callable[[int], Any]:
         """``slot -> result`` for the batch of ``ctx``; the method is built once per batch."""
         ...
 
-    def render(self, result: Any, out: ImageOut, slot: int, stem: str) -> tuple[np.ndarray, list[str]]:
-        """One image's picture for the grid (RGB uint8) and the files written, named from ``stem``."""
+    def render(self, result: Any, out: ImageOut, slot: int) -> tuple[np.ndarray, list[str]]:
+        """One image's picture for the grid (RGB uint8) and the files written (named by ``out.stem``)."""
         ...
 
 
@@ -283,13 +299,15 @@ class MapAdapter:
     """A map method (``cls(model, target_layers=..., reshape_transform=..., device=...)``).
 
     (B, S, S) maps per class slot; writes the overlay and the map, and with --guided the gb and cam_gb images.
+    A method whose map ignores the target (``class_specific = False``: EigenCAM, KPCA-CAM, FEM, RandomCAM) is
+    class-agnostic: its map is computed and written once; the guided images still depend on the class.
     """
 
-    class_agnostic = False
-
-    def __init__(self, cls: type) -> None:
+    def __init__(self, cls: Any) -> None:
         """Adapt the map method class ``cls``."""
         self.cls = cls
+        self.name: str = cls.name
+        self.class_agnostic = not getattr(cls, "class_specific", True)
 
     def bind(self, ctx: BatchContext) -> Callable[[int], np.ndarray]:
         """``slot -> (B, S, S)`` maps for the batch of ``ctx``."""
@@ -301,12 +319,16 @@ class MapAdapter:
             ctx.x, targets=ctx.targets(slot), aug_smooth=options.aug_smooth, eigen_smooth=options.eigen_smooth
         )
 
-    def render(self, result: np.ndarray, out: ImageOut, slot: int, stem: str) -> tuple[np.ndarray, list[str]]:
+    def render(self, result: np.ndarray, out: ImageOut, slot: int) -> tuple[np.ndarray, list[str]]:
         """The overlay shown in the grid, and the files written."""
         grayscale = np.clip(out.resize(result[out.index]), 0.0, 1.0).astype(np.float32)  # (H, W)
         shown = image_utils.show_cam_on_image(out.image, grayscale, use_rgb=True)
-        files = [out.save_jpg(f"{stem}.jpg", shown), out.save_npy(f"{stem}.npy", grayscale)]
+        files = []
+        if slot == 0 or not self.class_agnostic:
+            stem = out.stem(self.name, slot, per_class=not self.class_agnostic)
+            files += [out.save_jpg(f"{stem}.jpg", shown), out.save_npy(f"{stem}.npy", grayscale)]
         if out.guided is not None:
+            stem = out.stem(self.name, slot)  # guided backpropagation depends on the class
             gb = out.resize(out.guided[slot][out.index])  # (H, W, 3)
             files += [
                 out.save_jpg(f"{stem}_gb.jpg", image_utils.deprocess_image(gb)),
@@ -323,9 +345,10 @@ class PixelAdapter:
 
     class_agnostic = False
 
-    def __init__(self, cls: type) -> None:
+    def __init__(self, cls: Any) -> None:
         """Adapt the pixel method class ``cls``."""
         self.cls = cls
+        self.name: str = cls.name
 
     def bind(self, ctx: BatchContext) -> Callable[[int], np.ndarray]:
         """``slot -> (B, S, S, 3)`` images for the batch of ``ctx``."""
@@ -340,10 +363,11 @@ class PixelAdapter:
         images = method(ctx.x, targets=ctx.targets(slot), channels_last=True)
         return images.reshape(ctx.x.shape[0], *ctx.x.shape[2:], -1)  # one image comes back as (S, S, 3)
 
-    def render(self, result: np.ndarray, out: ImageOut, slot: int, stem: str) -> tuple[np.ndarray, list[str]]:
+    def render(self, result: np.ndarray, out: ImageOut, slot: int) -> tuple[np.ndarray, list[str]]:
         """The image shown in the grid, and the files written."""
         pixels = out.resize(result[out.index])  # (H, W, 3)
         shown = image_utils.deprocess_image(pixels)
+        stem = out.stem(self.name, slot)
         return shown, [
             out.save_jpg(f"{stem}.jpg", shown),
             out.save_npy(f"{stem}.npy", pixels.astype(np.float32)),
@@ -361,9 +385,10 @@ class FactorizationAdapter:
 
     class_agnostic = True
 
-    def __init__(self, cls: type) -> None:
+    def __init__(self, cls: Any) -> None:
         """Adapt the factorization method class ``cls``."""
         self.cls = cls
+        self.name: str = cls.name
 
     def bind(self, ctx: BatchContext) -> Callable[[int], list[tuple[np.ndarray, list[str]]]]:
         """``slot -> [(explanations (K, S, S), concept labels)] per image`` (the same for every slot)."""
@@ -388,11 +413,12 @@ class FactorizationAdapter:
             results.append((explanations[0], labels))
         return results
 
-    def render(self, result: list, out: ImageOut, slot: int, stem: str) -> tuple[np.ndarray, list[str]]:
+    def render(self, result: list, out: ImageOut, slot: int) -> tuple[np.ndarray, list[str]]:
         """The concepts over the image, shown in every class row of the grid; written for slot 0 only."""
         explanations, labels = result[out.index]
         resized = np.stack([out.resize(e) for e in explanations])  # (K, H, W)
         shown = image_utils.show_factorization_on_image(out.image, resized, concept_labels=labels)
+        stem = out.stem(self.name, slot, per_class=False)
         files = (
             [out.save_jpg(f"{stem}.jpg", shown), out.save_npy(f"{stem}.npy", resized)] if slot == 0 else []
         )
@@ -448,7 +474,11 @@ class Runner:
         return cls(loaded, device, options, prepare_target(loaded, options, first, say))
 
     def run_batch(self, batch: Sequence[InputImage], images: Sequence[np.ndarray]) -> list[dict]:
-        """Explain the images (float RGB, any sizes), write their files; one results.jsonl record each."""
+        """Explain the images (float RGB, any sizes), write their files; one results.jsonl record each.
+
+        A record whose files replaced files that were already there (an earlier run's) names them under
+        ``"replaced"``, for the caller to report; it is not part of what results.jsonl stores.
+        """
         x = torch.cat([preprocess(self.loaded, image) for image in images]).to(self.device)  # (B, 3, S, S)
         with torch.no_grad():
             probabilities = torch.softmax(self.loaded.model(x).float(), dim=1).cpu()  # (B, K)
@@ -464,12 +494,14 @@ class Runner:
         if self.options.guided:
             guided_of = self.guided.bind(ctx)
             guided = [guided_of(slot) for slot in range(len(classes[0]))]
-        return [
-            self._write(
-                item, ImageOut(image, i, self.options.output_dir, guided), classes[i], results, entries[i]
-            )
-            for i, (item, image) in enumerate(zip(batch, images))
-        ]
+        records = []
+        for i, (item, image) in enumerate(zip(batch, images)):
+            out = ImageOut(image, i, self.options.output_dir, item.key, classes[i], guided)
+            record = self._write(item, out, results, entries[i])
+            if out.replaced:
+                record["replaced"] = out.replaced
+            records.append(record)
+        return records
 
     def _compute(self, ctx: BatchContext, probabilities: torch.Tensor) -> tuple[dict, list[list[dict]]]:
         """Every method on every class slot: ``{(method, slot): result}``, and each image's map entries.
@@ -501,19 +533,17 @@ class Runner:
                     )
         return results, entries
 
-    def _write(
-        self, item: InputImage, out: ImageOut, classes: list[int], results: dict, entries: list[dict]
-    ) -> dict:
+    def _write(self, item: InputImage, out: ImageOut, results: dict, entries: list[dict]) -> dict:
         """One image's files, its grid when there is more than one picture or a report, and its record."""
+        classes = out.classes
         several = len(classes) > 1
         rows, written = [], []
         entry_iter = iter(entries)
         for method in self.options.methods:
             adapter = self.adapters[method]
-            for slot, c in enumerate(classes):
+            for slot in range(len(classes)):
                 entry = next(entry_iter)
-                suffix = f"_{method}" + (f"_c{c}" if several and not adapter.class_agnostic else "")
-                shown, files = adapter.render(results[method, slot], out, slot, f"{item.key}{suffix}")
+                shown, files = adapter.render(results[method, slot], out, slot)
                 entry["files"] = files
                 written += files
                 rows.append((slot, method, shown))

@@ -481,7 +481,7 @@ def test_cli_refuses_a_bomb_and_goes_on_with_the_next_image(tmp_path, tiny_model
         "error": BOMB_REFUSED,
     }
     assert records["good.png"]["status"] == "ok"
-    assert np.load(out / "good_gradcam.npy").shape == (HEIGHT, WIDTH)
+    assert np.load(out / "good_2_gradcam.npy").shape == (HEIGHT, WIDTH)
 
 
 def test_cli_max_pixels_lowers_and_raises_the_limit(tmp_path, tiny_model, capsys):
@@ -530,7 +530,7 @@ def test_cli_says_which_files_a_folder_walk_skipped(mixed_folder, tmp_path, tiny
     ) in captured.out
     assert captured.err == ""
     assert set(_records(out)) == {"good.png", "other.jpg"}
-    assert np.load(out / "good_gradcam.npy").shape == (HEIGHT, WIDTH)
+    assert np.load(out / "good_2_gradcam.npy").shape == (HEIGHT, WIDTH)
     assert main([str(mixed_folder), *tiny_model, "--output-dir", str(tmp_path / "quiet"), "--quiet"]) == 0
     assert capsys.readouterr().out == ""
 
