@@ -73,6 +73,7 @@ section {{ background: #fff; border: 1px solid #ddd; border-radius: 6px; padding
 img {{ max-width: 100%; height: auto; display: block; margin: 8px 0; }}
 table {{ border-collapse: collapse; font-size: 13px; }} td, th {{ border: 1px solid #ddd; padding: 3px 8px; }}
 .error {{ color: #b00020; }} .meta {{ font-size: 13px; color: #555; }}
+tr.warning td {{ background: #fff4e0; }} tr.warning td:last-child {{ color: #8a4b00; }}
 </style></head>
 <body data-images-expected="{sum("grid" in r for r in records)}">
 <h1>{html.escape(title)}</h1>
@@ -113,14 +114,17 @@ def _section(output_dir: str, record: dict) -> str:
         image = f"<img alt='{esc(grid)}' src='data:image/jpeg;base64,{data}'>"
     rows = "".join(_map_row(m) for m in record.get("maps", []))
     table = (
-        "<table><tr><th>method</th><th>class</th><th>name</th><th>probability</th><th>seconds</th></tr>"
-        f"{rows}</table>"
+        "<table><tr><th>method</th><th>class</th><th>name</th><th>probability</th><th>seconds</th>"
+        f"<th>remarks</th></tr>{rows}</table>"
     )
     return f"<section>{head}{meta}{image}{table}</section>"
 
 
 def _map_row(entry: dict) -> str:
-    """One map's table row; every cell escaped (results.jsonl's checks already made the numbers numbers)."""
+    """One map's table row; every cell escaped (results.jsonl's checks already made the numbers numbers).
+
+    Its warnings (a constant map, a zero gradient, ...) are the row's remarks, and mark the row.
+    """
     cells = [
         entry["method"],
         entry["class"],
@@ -128,4 +132,7 @@ def _map_row(entry: dict) -> str:
         f"{entry['probability']:.4f}",
         f"{entry['seconds']:.3f}",
     ]
-    return "<tr>" + "".join(f"<td>{_esc(cell)}</td>" for cell in cells) + "</tr>"
+    warnings = entry.get("warnings") or []
+    remarks = "<br>".join(_esc(f"warning: {message}") for message in warnings)
+    marked = " class='warning'" if warnings else ""
+    return f"<tr{marked}>" + "".join(f"<td>{_esc(cell)}</td>" for cell in cells) + f"<td>{remarks}</td></tr>"

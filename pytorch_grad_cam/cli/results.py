@@ -105,8 +105,13 @@ _MAP_FIELDS: dict[str, Check] = {
 }
 
 
+#: Absent in records of runs before the CLI kept warnings: no warnings.
+_OPTIONAL_MAP_FIELDS: dict[str, Check] = {"warnings": _list_of(_text, "strings")}
+
+
 def _map_entry(value: Any) -> str:
-    return "" if isinstance(value, dict) and not _fields_problem(value, _MAP_FIELDS) else "a map entry"
+    ok = isinstance(value, dict) and not _fields_problem(value, _MAP_FIELDS, _OPTIONAL_MAP_FIELDS)
+    return "" if ok else "a map entry"
 
 
 _OK_FIELDS: dict[str, Check] = {
@@ -121,7 +126,9 @@ _OK_FIELDS: dict[str, Check] = {
     "layer": _text,
     "methods": _list_of(_text, "strings"),
     "classes": _list_of(_count, "ints >= 0"),
-    "maps": _list_of(_map_entry, "map entries (method, class, class_name, probability, seconds, files)"),
+    "maps": _list_of(
+        _map_entry, "map entries (method, class, class_name, probability, seconds, files[, warnings])"
+    ),
     "outputs": _list_of(_output_path, "relative paths inside the output folder"),
     "seconds": _number(0.0, math.inf),
 }
