@@ -90,6 +90,9 @@ def test_a_good_record_passes_and_each_bad_field_is_named():
     for name, (value, message) in bad.items():
         assert record_problem(good_record(**{name: value})).startswith(message), name
     assert record_problem(good_record(maps=[{**entry, "probability": float("nan")}])).startswith("'maps'")
+    assert record_problem(good_record(maps=[{**entry, "warnings": ["the map is constant"]}])) == ""
+    for warnings in ("the map is constant", [3], ["a\x00b"]):
+        assert record_problem(good_record(maps=[{**entry, "warnings": warnings}])).startswith("'maps'")
     twice = good_record(maps=[entry, entry])
     assert record_problem(twice) == "'maps' must have one entry per method and class"
     missing = good_record()
