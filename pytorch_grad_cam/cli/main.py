@@ -71,7 +71,8 @@ progress and warnings: a run with a perturbation method prints each one's forwar
 an estimate of the time, and its progress bar counts forward passes (within an image too); other runs
 count images. The library's warnings are one line each, "pytorch-grad-cam: warning: <file>: <method>:
 <message>"; a constant (all-zero) map always gets one, saying what to try. They are kept in
-results.jsonl ("warnings" of each map) and report.html.
+results.jsonl ("warnings" of each map) and report.html. "seconds" in results.jsonl are per image (its
+share of its batch's time), for the record and for each map.
 
 exit status: 0 success, 1 when any image failed (it is reported and skipped), 2 bad arguments.
 """
@@ -562,7 +563,7 @@ def _explain_batch(
         totals.failed += len(items)
         records = [{"path": i.path, "status": "error", "error": error} for i in items]
     console.progress.advance(len(items) * runner.plan.per_image - reported)
-    elapsed = (time.perf_counter() - begin) / len(items)
+    elapsed = (time.perf_counter() - begin) / len(items)  # per image: its share of the batch's time
     for record, (item, _, identity) in zip(records, batch):
         replaced = set(record.pop("replaced", ()))  # said, not stored
         if record["status"] == "ok":  # what resuming checks: this file, its content, its outputs' key

@@ -105,7 +105,7 @@ def _section(output_dir: str, record: dict) -> str:
         return f"<section>{head}<p class='error'>failed: {esc(record.get('error', '?'))}</p></section>"
     model, layer = esc(record.get("model")), esc(record.get("layer"))
     seconds = esc(f"{record.get('seconds', 0):.2f}")
-    meta = f"<p class='meta'>model {model} · layer {layer} · {seconds} s</p>"
+    meta = f"<p class='meta'>model {model} · layer {layer} · {seconds} s for this image</p>"
     image = ""
     grid = record.get("grid")
     if grid and os.path.isfile(os.path.join(output_dir, grid)):
@@ -114,7 +114,7 @@ def _section(output_dir: str, record: dict) -> str:
         image = f"<img alt='{esc(grid)}' src='data:image/jpeg;base64,{data}'>"
     rows = "".join(_map_row(m) for m in record.get("maps", []))
     table = (
-        "<table><tr><th>method</th><th>class</th><th>name</th><th>probability</th><th>seconds</th>"
+        "<table><tr><th>method</th><th>class</th><th>name</th><th>probability</th><th>seconds per image</th>"
         f"<th>remarks</th></tr>{rows}</table>"
     )
     return f"<section>{head}{meta}{image}{table}</section>"

@@ -745,7 +745,7 @@ class Runner:
                 else:
                     budget = size * passes.get(method, 1)
                     results[method, slot], messages = _computed(compute, slot, ctx.model, budget, counting)
-                seconds = (time.perf_counter() - start) / size
+                seconds = (time.perf_counter() - start) / size  # per image: its share of the call
                 for i in range(size):
                     c = ctx.classes[i][slot]
                     remarks = _image_remarks(messages, i, paths, adapter, results[method, slot])

@@ -1,7 +1,7 @@
 """The CLI's progress and warnings: a bar that counts forward passes for the perturbation methods (within an
 image too) and images otherwise, an estimate before a long run, nothing with --quiet; the library's warnings
 as one line per file and method, through the bar, with a remark on a constant map in results.jsonl and the
-report. The model is tests/cli/conftest.py's TinyNet (a pass takes microseconds)."""
+report; seconds per image. The model is tests/cli/conftest.py's TinyNet (a pass takes microseconds)."""
 
 import html
 import json
@@ -183,3 +183,22 @@ def test_for_image_puts_the_batch_indices_in_words():
     assert for_image(message, 1, paths) is None
     assert for_image(message, 2, paths) == "leaves the score of this image unchanged (image a.png: score 1.5)"
     assert for_image("no image named", 1, paths) == "no image named"
+
+
+# ------------------------------------------------------------------------------------------ seconds
+def test_seconds_are_per_image(tmp_path, tiny_net):
+    """Each record's seconds and each map's are its image's share of its batch, not the batch's total."""
+    import time
+
+    for i in range(4):
+        _image(tmp_path / "in" / f"{i}.png", seed=i)
+    out = tmp_path / "out"
+    begin = time.perf_counter()
+    args = [str(tmp_path / "in"), *tiny_net, "--methods", "sscam,gradcam", "--batch-size", "4"]
+    assert main([*args, "--output-dir", str(out)]) == 0
+    wall = time.perf_counter() - begin
+    records = list(_records(out).values())
+    assert len({r["seconds"] for r in records}) == 1  # one batch: one share
+    assert 4 * records[0]["seconds"] <= wall
+    for record in records:
+        assert sum(m["seconds"] for m in record["maps"]) <= record["seconds"]
