@@ -58,6 +58,16 @@ class Inputs:
     skipped: dict[str, list[tuple[str, str]]]
 
 
+def example_image() -> str:
+    """The path of the example photo the package carries (``data/example.jpg``: a cat and a cup of coffee).
+
+    The CLI's ``--example`` input, so that its ``--help`` examples run from any folder after ``pip install``.
+    """
+    from importlib import resources
+
+    return str(resources.files("pytorch_grad_cam").joinpath("data/example.jpg"))
+
+
 def gather_inputs(specs: Sequence[str]) -> Inputs:
     """Expand files, folders and globs into images, saying what matched nothing and what was skipped.
 

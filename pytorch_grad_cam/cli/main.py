@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .inputs import MAX_PIXELS, InputImage, gather_inputs, read_image, skipped_summary
+from .inputs import MAX_PIXELS, InputImage, example_image, gather_inputs, read_image, skipped_summary
 from .models import DEFAULT_MODEL, CliError, load_model
 from .progress import MIN_IMAGES_FOR_A_BAR, PASSES, Progress
 from .results import already_done
@@ -28,22 +28,23 @@ __all__ = ["EXAMPLES", "build_parser", "main"]
 DEFAULT_OUTPUT_DIR = "cam_output"
 
 EXAMPLES = """\
-examples:
-  # Grad-CAM of the top class, offline pretrained EfficientNet-Lite0:
-  python cam.py --image-path examples/cat.jpg
+examples (also as python -m pytorch_grad_cam ..., or python cam.py ... in a checkout):
+  # Grad-CAM of the top class of the example photo that comes with the package (a cat and a cup of
+  # coffee), with the offline pretrained EfficientNet-Lite0:
+  pytorch-grad-cam --example
   # a class by name or index (967 = espresso), with Grad-CAM++; or the 3 most likely classes:
-  python cam.py --image-path examples/cat_and_coffee.jpg --method gradcam++ --target-category espresso
-  python cam.py --image-path examples/cat_and_coffee.jpg --top-k 3
+  pytorch-grad-cam --example --method gradcam++ --target-category espresso
+  pytorch-grad-cam --example --top-k 3
   # a whole folder (recursively) or a glob, several methods side by side, and an HTML report:
-  python cam.py examples/ --methods gradcam,gradcam++,scorecam,eigencam --report
-  # every method, guided backprop images too, and the raw maps as .npy:
-  python cam.py --image-path examples/cat.jpg --methods all --guided
+  pytorch-grad-cam photos/ "more/**/*.png" --methods gradcam,gradcam++,scorecam,eigencam --report
+  # every method, guided backprop images too (the perturbation methods take minutes on a CPU):
+  pytorch-grad-cam --example --methods all --guided
   # smoother maps (test-time augmentation; first principal component):
-  python cam.py --image-path examples/coffee.jpg --method eigencam --aug-smooth --eigen-smooth
+  pytorch-grad-cam --example --method eigencam --aug-smooth --eigen-smooth
   # a torchvision model (weights downloaded once, cached by torch), a layer by dotted name:
-  python cam.py --image-path examples/cat.jpg --model resnet50 --target-layer layer4.-1 --device cuda
-  # your own fine-tuned weights for a torchvision architecture:
-  python cam.py --image-path x.jpg --model resnet18 --checkpoint model.pt --target-category 3
+  pytorch-grad-cam --example --model resnet50 --target-layer layer4.-1 --device cuda
+  # your own fine-tuned weights for a torchvision architecture (torch.save(model.state_dict(), FILE)):
+  pytorch-grad-cam x.jpg --model resnet18 --checkpoint model.pt --target-category 3
 
 outputs (in --output-dir): <image>_<class>_<method>.jpg overlays and <image>_<class>_<method>.npy raw
 maps (float32 in [0, 1], at the image's resolution), e.g. cat_285_gradcam.jpg; class-agnostic methods
@@ -152,6 +153,12 @@ def _add_input_and_method_options(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="PATH",
         help="the same as INPUT (the reference CLI's flag)",
+    )
+    parser.add_argument(
+        "--example",
+        action="store_true",
+        help="also explain the example photo that comes with the package (a cat and a cup of coffee, "
+        "448x224, CC0): try the command line from any folder",
     )
     parser.add_argument(
         "--max-pixels",
@@ -316,11 +323,11 @@ def _version() -> str:
 def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """What argparse cannot check alone: an input given, the method list, option combinations.
 
-    Sets ``args.inputs`` (INPUT and --image-path together) and ``args.method_list``.
+    Sets ``args.inputs`` (INPUT, --image-path and --example together) and ``args.method_list``.
     """
-    args.inputs = list(args.image_paths) + list(args.inputs)
+    args.inputs = list(args.image_paths) + list(args.inputs) + ([example_image()] if args.example else [])
     if not args.inputs:
-        parser.error("no input: give images, folders or globs (INPUT or --image-path PATH)")
+        parser.error("no input: give images, folders or globs (INPUT or --image-path PATH), or --example")
     args.method_list = _method_list(args, parser)
     if args.top_k is not None and args.target_category:
         parser.error("give --target-category or --top-k, not both")
