@@ -27,11 +27,14 @@ class MethodCost:
     """One perturbation method's forward passes per image and class slot (with --aug-smooth's copies).
 
     ``per_class``: False for a class-agnostic method (computed once whatever the number of classes).
+    ``partial``: its passes run only the layers after the target layer (Ablation-CAM), so the time of
+    whole passes is an upper bound.
     """
 
     method: str
     passes: int
     per_class: bool = True
+    partial: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,9 +67,12 @@ class WorkPlan:
             slots = self.classes if cost.per_class else 1
             per = "per image and class" if slots > 1 else "per image"
             line = f"{cost.method}: {cost.passes:,} forward passes {per}"
+            if cost.partial:
+                line += " (of the layers after the target layer)"
             if self.seconds_per_pass is not None:
                 seconds = cost.passes * slots * images * self.seconds_per_pass
-                line += f", {duration(seconds)} here for {images} image{'s' if images != 1 else ''}"
+                bound = "at most " if cost.partial and seconds >= 1 else ""
+                line += f", {bound}{duration(seconds)} here for {images} image{'s' if images != 1 else ''}"
             lines.append(line)
         return lines
 

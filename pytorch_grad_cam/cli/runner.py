@@ -467,29 +467,25 @@ def adapter_for(name: str) -> MethodAdapter:
 AUG_SMOOTH_COPIES = 6
 
 
-def perturbation_passes(cam: Any, model: nn.Module, layer: nn.Module, first: torch.Tensor) -> int:
+def perturbation_passes(cam: Any, channels: Callable[[], int], spatial: Sequence[int]) -> int:
     """The forward passes a perturbation method makes per image and target, read from its configuration.
 
-    SESS: one pass of the whole input, then one per sliding window at every scale. Score-CAM, SS-CAM,
-    IS-CAM: ``C x inputs_per_mask`` (C: the target layer's channels; SS-CAM's ``num_samples`` noisy copies,
-    IS-CAM's path steps). Ablation-CAM: ``C`` runs of the layers after the target layer.
+    SESS: one pass of the whole input, then one per sliding window at every scale of an input of size
+    ``spatial``. Score-CAM, SS-CAM, IS-CAM: ``C x inputs_per_mask`` (``C = channels()``, the target layer's;
+    SS-CAM's ``num_samples`` noisy copies, IS-CAM's path steps). Ablation-CAM: ``C`` runs of the layers
+    after the target layer.
     """
-    spatial = tuple(first.shape[2:])
     if isinstance(cam, SESS):
-        window, step, sizes = cam.geometry(spatial)
+        window, step, sizes = cam.geometry(tuple(spatial))
         return 1 + sum(len(cam.windows.starts(size, window, step)) for size in sizes)
-    try:
-        channels = layer_output_layout(model, layer, first).map_shape[1]
-    except ValueError:
-        channels = 1  # the method itself says what is wrong with the layer
-    return channels * int(getattr(cam, "inputs_per_mask", 1))
+    return channels() * int(getattr(cam, "inputs_per_mask", 1))
 
 
 def _seconds_per_pass(model: nn.Module, first: torch.Tensor, copies: int = 4) -> float:
-    """One forward pass of ``model``, timed on ``copies`` copies of the first image after a warm-up pass."""
+    """One forward pass of ``model``, timed on ``copies`` copies of the first image after a warm-up call."""
     x = first.expand(copies, *first.shape[1:]).contiguous()
     with torch.no_grad():
-        model(x[:1])
+        model(x)
         _synchronize(x.device)
         start = time.perf_counter()
         model(x)
@@ -646,7 +642,17 @@ class Runner:
         a pass of the model is timed on it.
         """
         slots = self._class_slots()
-        costs = [cost for cost in (self._cost(name, first) for name in self.options.methods) if cost]
+
+        @functools.cache
+        def channels() -> int:  # one forward pass, only when a method needs it
+            try:
+                return int(layer_output_layout(self.loaded.model, self.setup.layer, first).map_shape[1])
+            except ValueError:
+                return 1  # the method itself says what is wrong with the layer
+
+        costs = [
+            cost for cost in (self._cost(name, channels, first) for name in self.options.methods) if cost
+        ]
         if not costs:
             return WorkPlan(IMAGES, 1, classes=slots)
         passes = {cost.method: cost.passes for cost in costs}
@@ -662,7 +668,7 @@ class Runner:
             return len(self.setup.categories)
         return self.options.top_k or 1
 
-    def _cost(self, name: str, first: torch.Tensor) -> MethodCost | None:
+    def _cost(self, name: str, channels: Callable[[], int], first: torch.Tensor) -> MethodCost | None:
         """A perturbation method's :class:`.progress.MethodCost`; None for the other methods."""
         adapter = self.adapters[name]
         if not isinstance(adapter, MapAdapter) or not getattr(adapter.cls, "perturbation", False):
@@ -670,10 +676,12 @@ class Runner:
         cam = adapter.cls(
             self.loaded.model, target_layers=[self.setup.layer], reshape_transform=self.setup.reshape
         )
-        passes = perturbation_passes(cam, self.loaded.model, self.setup.layer, first)
+        passes = perturbation_passes(cam, channels, first.shape[2:])
         if self.options.aug_smooth:
             passes *= AUG_SMOOTH_COPIES
-        return MethodCost(name, passes, per_class=not adapter.class_agnostic)
+        # AblationCAM replays the layers before the target layer: its passes run only the rest of the model.
+        partial = bool(getattr(adapter.cls, "records_prefix", False))
+        return MethodCost(name, passes, per_class=not adapter.class_agnostic, partial=partial)
 
     def run_batch(
         self,

@@ -5,6 +5,7 @@ report; seconds per image. The model is tests/cli/conftest.py's TinyNet (a pass 
 
 import html
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -116,12 +117,31 @@ def test_a_mixed_run_counts_passes_also_for_unreadable_and_done_images(tmp_path,
     (bar,) = bars
     assert (bar.total, bar.unit) == (3 * per_image, "pass")
     assert sum(bar.updates) == 3 * per_image
-    assert (
-        "scorecam: 16 forward passes per image and class, under 1 s here for 3 images"
-        in capsys.readouterr().out
-    )
+    estimate = r"^scorecam: 16 forward passes per image and class, (under 1 s|about \d+ s) here for 3 images$"
+    assert re.search(estimate, capsys.readouterr().out, re.MULTILINE)
     assert main(args) == 1  # b and c done: skipped, counted all the same
     assert sum(bars[1].updates) == bars[1].total == 3 * per_image
+
+
+def test_estimates_of_ablation_cam_and_sess(tmp_path, tiny_net, bars, capsys):
+    """Ablation-CAM's passes run the layers after the target layer only; SESS's are its sliding windows."""
+    image = _image(tmp_path / "x.png")
+    args = [str(image), *tiny_net, "--methods", "ablationcam,sess", "--output-dir", str(tmp_path / "out")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert re.search(
+        r"^ablationcam: 16 forward passes per image \(of the layers after the target layer\), "
+        r"(under 1 s|at most about \d+ s) here for 1 image$",
+        out,
+        re.MULTILINE,
+    ), out
+    # SESS: one pass of the whole input, then every 32-pixel window of 12 scales (32, 41, ..., 131 pixels)
+    windows = sum(math.ceil(size / 32) ** 2 for size in range(32, 132, 9))
+    assert re.search(
+        rf"^sess: {1 + windows} forward passes per image, (under 1 s|about \d+ s) here", out, re.M
+    )
+    (bar,) = bars
+    assert bar.total == sum(bar.updates) == 16 + 1 + windows
 
 
 def test_quiet_shows_no_bar_and_no_estimate(tmp_path, tiny_net, bars, capsys):
