@@ -196,6 +196,29 @@ def test_warnings_are_printed_through_the_bar(tmp_path, tiny_net, bars, capsys):
     assert "RuntimeWarning" not in capsys.readouterr().err
 
 
+def test_a_warning_outside_the_methods_calls_is_one_line_too(tmp_path, tiny_net, monkeypatch, capsys):
+    """Not in Python's format ('file.py:5: UserWarning: ...' and the source line)."""
+    import warnings
+
+    from pytorch_grad_cam.cli import runner
+
+    real = runner.preprocess
+
+    def preprocess(loaded, image):
+        warnings.warn("a warning of the preprocessing", UserWarning, stacklevel=1)
+        return real(loaded, image)
+
+    monkeypatch.setattr(runner, "preprocess", preprocess)
+    image = _image(tmp_path / "x.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # as outside pytest: shown, not raised
+        assert main([str(image), *tiny_net, "--output-dir", str(tmp_path / "out")]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert (
+        lines == ["pytorch-grad-cam: warning: a warning of the preprocessing"] * 2
+    )  # the first image, its batch
+
+
 def test_for_image_puts_the_batch_indices_in_words():
     paths = ["a.png", "b.png", "c.png"]
     message = "leaves the score of image(s) [0, 2] unchanged (image 0: score 1.5)"
