@@ -28,7 +28,8 @@ __all__ = ["EXAMPLES", "build_parser", "main"]
 DEFAULT_OUTPUT_DIR = "cam_output"
 
 EXAMPLES = """\
-examples (also as python -m pytorch_grad_cam ..., or python cam.py ... in a checkout):
+examples:
+  # (pytorch-grad-cam is the same as python -m pytorch_grad_cam, or python cam.py in a checkout)
   # Grad-CAM of the top class of the example photo that comes with the package (a cat and a cup of
   # coffee), with the offline pretrained EfficientNet-Lite0:
   pytorch-grad-cam --example
