@@ -58,6 +58,16 @@ class Inputs:
     skipped: dict[str, list[tuple[str, str]]]
 
 
+def example_image() -> str:
+    """The path of the example photo the package carries (``data/example.jpg``: a cat and a cup of coffee).
+
+    The CLI's ``--example`` input, so that its ``--help`` examples run from any folder after ``pip install``.
+    """
+    from importlib import resources
+
+    return str(resources.files("pytorch_grad_cam").joinpath("data/example.jpg"))
+
+
 def gather_inputs(specs: Sequence[str]) -> Inputs:
     """Expand files, folders and globs into images, saying what matched nothing and what was skipped.
 
@@ -66,8 +76,8 @@ def gather_inputs(specs: Sequence[str]) -> Inputs:
             of :data:`IMAGE_EXTENSIONS`, hidden files left out) and glob patterns.
 
     Returns:
-        The :class:`Inputs`. Output keys mirror the folder structure below a folder given, and are made
-        unique (``cat-2``).
+        The :class:`Inputs`. Output keys mirror the folder structure below a folder given, or below a glob's
+        leading folder (:func:`glob_root`), and are made unique (``cat-2``).
     """
     found: list[tuple[str, str]] = []  # (path, key)
     problems: list[tuple[str, str]] = []
@@ -143,10 +153,34 @@ def _expand_file_or_glob(spec: str) -> tuple[list[tuple[str, str]], str]:
         return [(spec, _stem(os.path.basename(spec)))], ""
     if glob.has_magic(spec):
         paths = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
-        return [
-            (p, _stem(os.path.basename(p))) for p in paths
-        ], "" if paths else "the pattern matches no file"
+        root = glob_root(spec)
+        return [(p, _key_below(p, root)) for p in paths], "" if paths else "the pattern matches no file"
     return [], "no such file or folder"
+
+
+def glob_root(pattern: str) -> str:
+    """The folder a glob pattern starts in: its leading components without wildcards.
+
+    ``glob_root("photos/**/*.png") == "photos"``, ``glob_root("/data/a*/x.png") == "/data"``, ``""`` (the
+    current folder) for ``"*.png"``. A match's output key is its path below this folder, as for a folder
+    given.
+    """
+    drive, rest = os.path.splitdrive(pattern)
+    components = rest.replace(os.sep, "/").split("/")[:-1]  # the last one is the file name pattern
+    literal = []
+    for component in components:
+        if glob.has_magic(component):
+            break
+        literal.append(component)
+    return drive + ("/".join(literal) or ("/" if literal else ""))
+
+
+def _key_below(path: str, root: str) -> str:
+    """``path``'s key below ``root``; its file name when not below it (``..`` after a wildcard)."""
+    relative = os.path.relpath(path, root or os.curdir)
+    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        relative = os.path.basename(path)
+    return _stem(relative)
 
 
 _NOT_AN_IMAGE_EXTENSION = "not an image extension"

@@ -12,13 +12,16 @@ import functools
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .inputs import MAX_PIXELS, InputImage, gather_inputs, read_image, skipped_summary
+from .inputs import MAX_PIXELS, InputImage, example_image, gather_inputs, read_image, skipped_summary
 from .models import DEFAULT_MODEL, CliError, load_model
+from .progress import MIN_IMAGES_FOR_A_BAR, PASSES, Progress
 from .results import already_done
+from .text import printable
 
 __all__ = ["EXAMPLES", "build_parser", "main"]
 
@@ -26,28 +29,33 @@ DEFAULT_OUTPUT_DIR = "cam_output"
 
 EXAMPLES = """\
 examples:
-  # Grad-CAM of the top class, offline pretrained EfficientNet-Lite0:
-  python cam.py --image-path examples/cat.jpg
+  # (pytorch-grad-cam is the same as python -m pytorch_grad_cam, or python cam.py in a checkout)
+  # Grad-CAM of the top class of the example photo that comes with the package (a cat and a cup of
+  # coffee), with the offline pretrained EfficientNet-Lite0:
+  pytorch-grad-cam --example
   # a class by name or index (967 = espresso), with Grad-CAM++; or the 3 most likely classes:
-  python cam.py --image-path examples/cat_and_coffee.jpg --method gradcam++ --target-category espresso
-  python cam.py --image-path examples/cat_and_coffee.jpg --top-k 3
+  pytorch-grad-cam --example --method gradcam++ --target-category espresso
+  pytorch-grad-cam --example --top-k 3
   # a whole folder (recursively) or a glob, several methods side by side, and an HTML report:
-  python cam.py examples/ --methods gradcam,gradcam++,scorecam,eigencam --report
-  # every method, guided backprop images too, and the raw maps as .npy:
-  python cam.py --image-path examples/cat.jpg --methods all --guided
+  pytorch-grad-cam photos/ "more/**/*.png" --methods gradcam,gradcam++,scorecam,eigencam --report
+  # every method, guided backprop images too (the perturbation methods take minutes on a CPU):
+  pytorch-grad-cam --example --methods all --guided
   # smoother maps (test-time augmentation; first principal component):
-  python cam.py --image-path examples/coffee.jpg --method eigencam --aug-smooth --eigen-smooth
+  pytorch-grad-cam --example --method eigencam --aug-smooth --eigen-smooth
   # a torchvision model (weights downloaded once, cached by torch), a layer by dotted name:
-  python cam.py --image-path examples/cat.jpg --model resnet50 --target-layer layer4.-1 --device cuda
-  # your own fine-tuned weights for a torchvision architecture:
-  python cam.py --image-path x.jpg --model resnet18 --checkpoint model.pt --target-category 3
+  pytorch-grad-cam --example --model resnet50 --target-layer layer4.-1 --device cuda
+  # your own fine-tuned weights for a torchvision architecture (torch.save(model.state_dict(), FILE)):
+  pytorch-grad-cam x.jpg --model resnet18 --checkpoint model.pt --target-category 3
 
-outputs (in --output-dir): <image>_<method>.jpg overlays, <image>_<method>.npy raw maps (float32 in
-[0, 1], at the image's resolution), <image>_grid.jpg when several methods or classes are asked for,
-<image>_<method>_gb.jpg / _cam_gb.jpg with --guided, results.jsonl (one line per image), report.html.
-<image> is the file's path below the folder given, without extension; when another file's record in
+outputs (in --output-dir): <image>_<class>_<method>.jpg overlays and <image>_<class>_<method>.npy raw
+maps (float32 in [0, 1], at the image's resolution), e.g. cat_285_gradcam.jpg; class-agnostic methods
+(eigencam, kpcacam, fem, randomcam, dff) are written once, as <image>_<method>.jpg. <image>_grid.jpg
+when several methods or classes are asked for, <image>_<class>_<method>_gb.jpg / _cam_gb.jpg with
+--guided, results.jsonl (one line per image), report.html. <image> is the file's path below the folder
+given (or below a glob's leading folder), without extension; when another file's record in
 results.jsonl already holds that name (a.jpg beside a done a.png, x.png of a second folder), it becomes
-<image>-2, -3, ...: outputs of another image are never overwritten.
+<image>-2, -3, ...: outputs of another image are never overwritten, and a file of an earlier run that
+is written again is said ("replaced the file of an earlier run").
 
 resuming: an image is skipped (unless --overwrite) when results.jsonl has a record of the same file
 (real path), the same content (size and SHA-256), the same settings, and its output files are still
@@ -58,7 +66,15 @@ file reading: a folder is searched recursively for .jpg, .jpeg, .png, .bmp, .tif
 .pgm and .pbm files; its other files and hidden files are listed as skipped (name a file to try it
 anyway). An image whose header declares more than --max-pixels pixels (default 100,000,000) is refused
 before it is decoded. A file too large or unreadable is reported and recorded in results.jsonl, and the
-run goes on with the next image (exit status 1).
+run goes on with the next image (exit status 1). Names are printed with control characters escaped
+(\\x1b), and a byte that is not UTF-8 as \\xff.
+
+progress and warnings: a run with a perturbation method prints each one's forward passes per image and
+an estimate of the time, and its progress bar counts forward passes (within an image too); other runs
+count images. The library's warnings are one line each, "pytorch-grad-cam: warning: <file>: <method>:
+<message>"; a constant (all-zero) map always gets one, saying what to try. They are kept in
+results.jsonl ("warnings" of each map) and report.html. "seconds" in results.jsonl are per image (its
+share of its batch's time), for the record and for each map.
 
 exit status: 0 success, 1 when any image failed (it is reported and skipped), 2 bad arguments.
 """
@@ -140,6 +156,12 @@ def _add_input_and_method_options(parser: argparse.ArgumentParser) -> None:
         help="the same as INPUT (the reference CLI's flag)",
     )
     parser.add_argument(
+        "--example",
+        action="store_true",
+        help="also explain the example photo that comes with the package (a cat and a cup of coffee, "
+        "448x224, CC0): try the command line from any folder",
+    )
+    parser.add_argument(
         "--max-pixels",
         dest="max_pixels",
         action=_IntAtLeast,
@@ -162,7 +184,9 @@ def _add_input_and_method_options(parser: argparse.ArgumentParser) -> None:
         metavar="LIST",
         help="several methods, comma-separated, or 'all': saved side by side in a grid "
         "(the perturbation methods scorecam, ablationcam, sscam, iscam and sess run "
-        "hundreds to tens of thousands of forward passes per image: slow on a CPU)",
+        "hundreds to tens of thousands of forward passes per image: slow on a CPU; the run "
+        "prints their passes and an estimate of the time first, and its progress bar counts "
+        "forward passes)",
     )
 
 
@@ -179,8 +203,9 @@ def _add_model_and_class_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint",
         metavar="FILE",
-        help="a state dict for --model's architecture (e.g. your fine-tuned weights); a "
-        "different number of classes is handled",
+        help="a state dict for --model's architecture (e.g. your fine-tuned weights, saved with "
+        "torch.save(model.state_dict(), FILE)); a different number of classes is handled. A whole "
+        "pickled model (torch.save(model)) is refused: loading it would run code from the file",
     )
     parser.add_argument(
         "--target-layer",
@@ -198,7 +223,8 @@ def _add_model_and_class_options(parser: argparse.ArgumentParser) -> None:
         dest="target_category",
         nargs="+",
         metavar="K",
-        help="class(es) to explain, by index (281) or ImageNet name ('tabby cat'); default: the top class",
+        help="class(es) to explain, by index (281) or ImageNet name ('tabby', 'Egyptian cat': the whole "
+        "name, any case; another name is an error that suggests close ones); default: the top class",
     )
     parser.add_argument(
         "--top-k",
@@ -255,8 +281,8 @@ def _add_compute_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--guided",
         action="store_true",
-        help="also write guided backpropagation (<image>_<method>_gb.jpg) and guided "
-        "Grad-CAM (<image>_<method>_cam_gb.jpg) images",
+        help="also write guided backpropagation (<image>_<class>_<method>_gb.jpg) and guided "
+        "Grad-CAM (<image>_<class>_<method>_cam_gb.jpg) images",
     )
 
 
@@ -277,7 +303,12 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write report.html: a self-contained page with every image's grid",
     )
-    parser.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+    parser.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="print only errors and warnings (no progress bar, no estimate, no list of files written)",
+    )
 
 
 def _version() -> str:
@@ -293,11 +324,11 @@ def _version() -> str:
 def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """What argparse cannot check alone: an input given, the method list, option combinations.
 
-    Sets ``args.inputs`` (INPUT and --image-path together) and ``args.method_list``.
+    Sets ``args.inputs`` (INPUT, --image-path and --example together) and ``args.method_list``.
     """
-    args.inputs = list(args.image_paths) + list(args.inputs)
+    args.inputs = list(args.image_paths) + list(args.inputs) + ([example_image()] if args.example else [])
     if not args.inputs:
-        parser.error("no input: give images, folders or globs (INPUT or --image-path PATH)")
+        parser.error("no input: give images, folders or globs (INPUT or --image-path PATH), or --example")
     args.method_list = _method_list(args, parser)
     if args.top_k is not None and args.target_category:
         parser.error("give --target-category or --top-k, not both")
@@ -356,17 +387,24 @@ def _pick_device(args: argparse.Namespace, parser: argparse.ArgumentParser):
 # ------------------------------------------------------------------------------------------ the run
 @dataclass(frozen=True)
 class _Console:
-    """Where the run speaks: progress lines on stdout (none with --quiet), problems on stderr."""
+    """Where the run speaks: lines on stdout (none with --quiet), problems on stderr, both through the bar."""
 
     prog: str
     quiet: bool
+    progress: Progress = field(default_factory=Progress)
 
     def say(self, text: str) -> None:
+        """A line on stdout (none with --quiet), control characters escaped (:func:`.text.printable`)."""
         if not self.quiet:
-            print(text, flush=True)
+            self.progress.write(printable(text), sys.stdout)
 
     def warn(self, text: str) -> None:
-        print(f"{self.prog}: {text}", file=sys.stderr, flush=True)
+        """A line on stderr, ``<prog>: <text>``, control characters escaped."""
+        self.progress.write(f"{self.prog}: {printable(text)}", sys.stderr)
+
+    def show_warning(self, message, category, filename, lineno, file=None, line=None) -> None:
+        """``warnings.showwarning`` for the run: a warning outside the methods' calls, as one line."""
+        self.warn(f"warning: {message}")
 
 
 @dataclass
@@ -378,7 +416,7 @@ class _Totals:
     skipped: int = 0
 
 
-def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser, console: _Console) -> int:
     """Check the arguments, explain every input in batches, write the report; the exit status."""
     from . import runner as runner_module  # torch and OpenCV: only once a run starts
     from .outputs import write_report
@@ -386,7 +424,6 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     _check_args(args, parser)
     device = _pick_device(args, parser)
-    console = _Console(parser.prog, args.quiet)
     inputs = gather_inputs(args.inputs)
     items, problems = inputs.images, inputs.problems
     for spec, why in problems:
@@ -406,10 +443,13 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     totals = _Totals(records=dict(results.records), failed=len(problems))
 
     def make_runner(image) -> runner_module.Runner:
-        return runner_module.Runner.for_first_image(loaded, device, options, image, console.say)
+        return runner_module.Runner.for_first_image(
+            loaded, device, options, image, console.say, time_passes=not options.quiet
+        )
 
     read = functools.partial(read_image, max_pixels=args.max_pixels)
-    _explain_all(items, done, options, make_runner, console, totals, read)
+    with console.progress:
+        _explain_all(items, done, options, make_runner, console, totals, read)
     if totals.skipped:
         console.say(
             f"skipped {totals.skipped} image(s) already done with these settings (see "
@@ -437,28 +477,43 @@ def _explain_all(
     """Every item, ``options.batch_size`` at a time, each read with ``read``.
 
     Unreadable ones and ones already done are recorded or skipped one by one, the rest explained together. The
-    runner is made from the first readable image (it decides the target layer), also when that image turns out
-    to be done already.
+    runner is made from the first readable image (it decides the target layer and what an image costs),
+    also when that image turns out to be done already; the progress bar starts then, with the images
+    settled before it counted in.
     """
     runner = None
-    with _progress(len(items), options.quiet) as progress:
-        for start in range(0, len(items), options.batch_size):
-            batch: list[tuple[InputImage, object, dict]] = []
-            for item in items[start : start + options.batch_size]:
-                got = _read_or_record(item, options.output_dir, console, totals, read)
-                if got is None:
-                    progress.update(1)
-                    continue
+    settled = 0  # images done with (unreadable, or done already) that the bar has not counted yet
+    for start in range(0, len(items), options.batch_size):
+        batch: list[tuple[InputImage, object, dict]] = []
+        for item in items[start : start + options.batch_size]:
+            got = _read_or_record(item, options.output_dir, console, totals, read)
+            if got is not None:
                 image, identity = got
-                runner = runner or make_runner(image)
-                if already_done(done.get(identity["file"]), identity, options.settings, options.output_dir):
-                    totals.skipped += 1
-                    progress.update(1)
+                if runner is None:
+                    runner = make_runner(image)
+                    _start_progress(runner.plan, len(items), console)
+                if not already_done(
+                    done.get(identity["file"]), identity, options.settings, options.output_dir
+                ):
+                    batch.append((item, image, identity))
                     continue
-                batch.append((item, image, identity))
-            if batch:
-                _explain_batch(runner, batch, options.output_dir, console, totals)
-                progress.update(len(batch))
+                totals.skipped += 1
+            settled += 1
+        if runner is not None:
+            console.progress.advance(settled * runner.plan.per_image)
+            settled = 0
+        if batch:
+            _explain_batch(runner, batch, options.output_dir, console, totals)
+
+
+def _start_progress(plan, images: int, console: _Console) -> None:
+    """A perturbation run's estimate, then the bar: always for a perturbation run, else from a few images."""
+    if console.quiet:
+        return
+    for line in plan.estimates(images):
+        console.say(line)
+    if plan.unit == PASSES or images >= MIN_IMAGES_FOR_A_BAR:
+        console.progress.open(images * plan.per_image, plan.unit)
 
 
 def _read_or_record(
@@ -490,17 +545,24 @@ def _read_or_record(
 def _explain_batch(
     runner, batch: list[tuple[InputImage, object, dict]], output_dir: str, console: _Console, totals: _Totals
 ) -> None:
-    """One batch through the runner.
+    """One batch through the runner, its progress on the bar.
 
     A failure (other than a CliError, which ends the run) marks the batch's images failed, and the run goes on
-    with the next batch.
+    with the next batch; the bar counts the batch's whole cost either way.
     """
     from .results import append_result
 
     items = [item for item, _, _ in batch]
+    reported = 0
+
+    def progress(units: int) -> None:
+        nonlocal reported
+        reported += units
+        console.progress.advance(units)
+
     begin = time.perf_counter()
     try:
-        records = runner.run_batch(items, [image for _, image, _ in batch])
+        records = runner.run_batch(items, [image for _, image, _ in batch], progress)
     except CliError:
         raise
     except Exception as exc:
@@ -508,8 +570,10 @@ def _explain_batch(
         console.warn(f"failed on {', '.join(i.path for i in items)}: {error}")
         totals.failed += len(items)
         records = [{"path": i.path, "status": "error", "error": error} for i in items]
-    elapsed = (time.perf_counter() - begin) / len(items)
+    console.progress.advance(len(items) * runner.plan.per_image - reported)
+    elapsed = (time.perf_counter() - begin) / len(items)  # per image: its share of the batch's time
     for record, (item, _, identity) in zip(records, batch):
+        replaced = set(record.pop("replaced", ()))  # said, not stored
         if record["status"] == "ok":  # what resuming checks: this file, its content, its outputs' key
             record.update(identity, key=item.key)
         else:
@@ -518,10 +582,11 @@ def _explain_batch(
         append_result(output_dir, record)
         totals.records[identity["file"]] = record
         if record["status"] == "ok":
-            _print_record(console, record, output_dir)
+            _print_record(console, record, output_dir, replaced)
 
 
-def _print_record(console: _Console, record: dict, output_dir: str) -> None:
+def _print_record(console: _Console, record: dict, output_dir: str, replaced: set[str]) -> None:
+    """The image, its classes, its maps' warnings, and every file written (saying which replaced a file)."""
     console.say(f"image: {record['path']}")
     shown = set()
     for entry in record["maps"]:
@@ -531,30 +596,23 @@ def _print_record(console: _Console, record: dict, output_dir: str) -> None:
                 f"explained class: {entry['class']} ({entry['class_name']}), "
                 f"probability {entry['probability']:.4f}"
             )
+    _print_warnings(console, record)
     for name in record["outputs"]:
-        console.say(f"wrote: {os.path.join(output_dir, name)}")
+        note = " (replaced the file of an earlier run)" if name in replaced else ""
+        console.say(f"wrote: {os.path.join(output_dir, name)}{note}")
 
 
-class _NoProgress:
-    """tqdm's interface, doing nothing."""
-
-    def __enter__(self) -> _NoProgress:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        pass
-
-    def update(self, n: int) -> None:
-        pass
-
-
-def _progress(total: int, quiet: bool):
-    """A tqdm bar on stderr for runs of several images; nothing for one image or with --quiet."""
-    if quiet or total < 4:
-        return _NoProgress()
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="image", file=sys.stderr, leave=False)
+def _print_warnings(console: _Console, record: dict) -> None:
+    """``<prog>: warning: <file>: <method>: <message>``, once per method and message (also with --quiet)."""
+    several = len(record["classes"]) > 1
+    said = set()
+    for entry in record["maps"]:
+        for message in entry.get("warnings", ()):
+            if (entry["method"], message) in said:
+                continue
+            said.add((entry["method"], message))
+            method = f"{entry['method']} (class {entry['class']})" if several else entry["method"]
+            console.warn(f"warning: {record['path']}: {method}: {message}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -564,11 +622,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    console = _Console(parser.prog, args.quiet)
     try:
-        return _run(args, parser)
+        with warnings.catch_warnings():
+            # A warning that no method's call caught (the runner's own) is one line, not Python's format.
+            warnings.showwarning = console.show_warning
+            return _run(args, parser, console)
     except CliError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {printable(str(exc))}", file=sys.stderr)
         return exc.code
     except Exception as exc:
-        print(f"{parser.prog}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {type(exc).__name__}: {printable(str(exc))}", file=sys.stderr)
         return 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -155,40 +156,96 @@ def load_checkpoint(loaded: LoadedModel, path: str, name: str) -> None:
     It may be wrapped in {'state_dict': ...} or {'model': ...}, its keys prefixed 'module.' by DataParallel. A
     classifier with another number of classes is rebuilt to fit the checkpoint (torchvision/timm), and the
     ImageNet names are dropped.
-    """
-    import torch
 
+    Raises:
+        CliError: (code 2, a bad argument) no such file, not a state dict of tensors (a whole pickled model
+            is refused: loading it would run code from the file), or keys that do not fit the model (their
+            counts and the first :data:`KEYS_SHOWN` names).
+    """
     if not os.path.isfile(path):
-        raise CliError(f"--checkpoint {path!r}: no such file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CliError(
-            f"--checkpoint {path!r} is not a torch state dict ({type(exc).__name__}: {exc})"
-        ) from exc
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CliError(f"--checkpoint {path!r} holds no state dict of tensors")
+        raise CliError(f"--checkpoint {path!r}: no such file", code=2)
+    state = _read_state_dict(path)
     if all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     num_classes = _checkpoint_classes(loaded.model, state)
     if num_classes is not None and num_classes != len(loaded.class_names or []):
         loaded.model = _rebuild_with_classes(name, num_classes, loaded.model)
         loaded.class_names = []
-    try:
-        loaded.model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CliError(
-            f"--checkpoint {path!r} does not fit --model {name}: {str(exc).splitlines()[0]} "
-            f"{_first_lines(str(exc))}"
-        ) from exc
+    misfit = _misfit(loaded.model.state_dict(), state)
+    if misfit:
+        raise CliError(f"--checkpoint {path!r} does not fit --model {name}: {misfit}", code=2)
+    loaded.model.load_state_dict(state)
     loaded.source = f"checkpoint {path}"
 
 
-def _first_lines(text: str, count: int = 3) -> str:
-    return " ".join(line.strip() for line in text.splitlines()[1 : 1 + count])
+#: Key names listed at most in a message about a checkpoint that does not fit.
+KEYS_SHOWN = 5
+
+
+def _read_state_dict(path: str) -> dict:
+    """The tensors of a checkpoint file, unwrapped from {'state_dict': ...}-style dicts; CliError if none."""
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found is None:
+            raise CliError(
+                f"--checkpoint {path!r} is not a torch state dict ({_first_line(exc)})", code=2
+            ) from exc
+        raise CliError(
+            f"--checkpoint {path!r} holds a pickled object ({found.group(1)}), not a state dict: a whole "
+            "model saved with torch.save(model)? Loading it would run code from the file; save its weights "
+            "instead, torch.save(model.state_dict(), 'weights.pt'), and give --checkpoint weights.pt",
+            code=2,
+        ) from None
+    except Exception as exc:
+        raise CliError(
+            f"--checkpoint {path!r} is not a torch state dict ({_first_line(exc)})", code=2
+        ) from exc
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CliError(f"--checkpoint {path!r} holds no state dict of tensors", code=2)
+    return state
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:200]
+
+
+def _misfit(expected: dict, state: dict) -> str:
+    """What keeps ``state`` from loading into a model whose state dict is ``expected`` ("" when nothing).
+
+    The number of missing keys, unexpected keys and keys of the wrong shape, each with its first names.
+    """
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k}: {tuple(state[k].shape)} in the checkpoint, {tuple(expected[k].shape)} in the model"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
+    described = (
+        (missing, "of the model's keys is missing from it", "of the model's keys are missing from it"),
+        (unexpected, "key is not in the model", "keys are not in the model"),
+        (wrong, "key has the wrong shape", "keys have the wrong shape"),
+    )
+    return "; ".join(
+        f"{len(keys)} {one if len(keys) == 1 else many} ({_names(keys)})"
+        for keys, one, many in described
+        if keys
+    )
+
+
+def _names(names: Sequence[str]) -> str:
+    more = len(names) - KEYS_SHOWN
+    return ", ".join(names[:KEYS_SHOWN]) + (f", and {more} more" if more > 0 else "")
 
 
 def _checkpoint_classes(model, state) -> int | None:
@@ -225,17 +282,30 @@ def _is_timm(model) -> bool:
 
 
 def resolve_categories(values: Sequence[str], loaded: LoadedModel, num_classes: int) -> list[int]:
-    """``--target-category`` values: class indices, or class names, case-insensitive.
+    """``--target-category`` values: class indices, or class names matched whole, case-insensitive.
 
-    A name matches a class exactly, or else the one class whose words all appear in it or that has all its
-    words ("tabby cat" -> "tabby"). Ambiguous or unknown names are errors that list the candidates.
+    A name is a class's label ("tabby") or, for labels in the WordNet style ("tabby, tabby cat"), one of
+    its comma-separated synonyms ("tabby cat"); nothing looser, so a typo is never taken for a class.
+
+    Raises:
+        CliError: (code 2) an index out of range; a name no class has, with up to :data:`NAMES_SUGGESTED`
+            close names (difflib); a name of several classes, listing them; a name for a model without
+            class names.
     """
     return [_category(value.strip(), loaded, num_classes) for value in values]
 
 
-def _category(text: str, loaded: LoadedModel, num_classes: int) -> int:
-    import difflib
+#: Close class names suggested at most for a --target-category that matches none.
+NAMES_SUGGESTED = 5
 
+
+def _names_of(label: str) -> list[str]:
+    """The names a label answers to, lower case: the whole label, then each comma-separated synonym."""
+    synonyms = [part.strip().lower() for part in label.split(",")] if "," in label else []
+    return [label.lower(), *synonyms]
+
+
+def _category(text: str, loaded: LoadedModel, num_classes: int) -> int:
     if text.lstrip("-").isdigit():
         index = int(text)
         if not 0 <= index < num_classes:
@@ -249,21 +319,25 @@ def _category(text: str, loaded: LoadedModel, num_classes: int) -> int:
         raise CliError(
             f"--target-category {text!r}: this model has no class names; use class indices", code=2
         )
-    names = [n.lower() for n in loaded.class_names]
-    if text.lower() in names:
-        return names.index(text.lower())
-    words = set(text.lower().replace(",", " ").split())
-    matches = [i for i, n in enumerate(names) if set(n.split()) <= words or words <= set(n.split())]
+    wanted = " ".join(text.lower().split())
+    matches = [i for i, label in enumerate(loaded.class_names) if wanted in _names_of(label)]
     if len(matches) == 1:
         return matches[0]
     if matches:
-        listed = ", ".join(f"{i} ({loaded.class_names[i]})" for i in matches[:8])
-        more = ", ..." if len(matches) > 8 else ""
-        raise CliError(
-            f"--target-category {text!r} is ambiguous: {listed}{more}; give the exact name or the index",
-            code=2,
-        )
-    close = difflib.get_close_matches(text.lower(), names, n=5, cutoff=0.6)
-    suggestions = ", ".join(repr(loaded.class_names[names.index(c)]) for c in close)
-    hint = f"; did you mean {suggestions}?" if close else ""
-    raise CliError(f"--target-category {text!r}: no class of that name{hint}", code=2)
+        listed = ", ".join(f"{i} ({loaded.class_names[i]})" for i in matches)
+        raise CliError(f"--target-category {text!r} is ambiguous: {listed}; give the index", code=2)
+    raise CliError(f"--target-category {text!r}: no class of that name{_suggestions(wanted, loaded)}", code=2)
+
+
+def _suggestions(wanted: str, loaded: LoadedModel) -> str:
+    """``"; did you mean 'tabby' (281), ...?"``: the closest names (difflib), or "" when none is close."""
+    import difflib
+
+    owner: dict[str, int] = {}  # each name, lower case -> its first class
+    for i, label in enumerate(loaded.class_names):
+        for name in _names_of(label):
+            owner.setdefault(name, i)
+    close = difflib.get_close_matches(wanted, list(owner), n=NAMES_SUGGESTED, cutoff=0.6)
+    classes = list(dict.fromkeys(owner[name] for name in close))
+    shown = ", ".join(f"{loaded.class_names[i]!r} ({i})" for i in classes)
+    return f"; did you mean {shown}?" if shown else ""

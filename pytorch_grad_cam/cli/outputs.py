@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from .text import printable
+
 REPORT_FILE = "report.html"
 TILE_HEIGHT = 224
 LABEL_HEIGHT = 26
@@ -71,6 +73,7 @@ section {{ background: #fff; border: 1px solid #ddd; border-radius: 6px; padding
 img {{ max-width: 100%; height: auto; display: block; margin: 8px 0; }}
 table {{ border-collapse: collapse; font-size: 13px; }} td, th {{ border: 1px solid #ddd; padding: 3px 8px; }}
 .error {{ color: #b00020; }} .meta {{ font-size: 13px; color: #555; }}
+tr.warning td {{ background: #fff4e0; }} tr.warning td:last-child {{ color: #8a4b00; }}
 </style></head>
 <body data-images-expected="{sum("grid" in r for r in records)}">
 <h1>{html.escape(title)}</h1>
@@ -90,14 +93,19 @@ window.addEventListener('load', () => {{
     return path
 
 
+def _esc(value: object) -> str:
+    """A value as HTML text: control characters and undecodable bytes escaped (names), then HTML-escaped."""
+    return html.escape(printable(str(value)))
+
+
 def _section(output_dir: str, record: dict) -> str:
-    esc = html.escape
-    head = f"<h2>{esc(str(record['path']))}</h2>"
+    esc = _esc
+    head = f"<h2>{esc(record['path'])}</h2>"
     if record.get("status") != "ok":
-        return f"<section>{head}<p class='error'>failed: {esc(str(record.get('error', '?')))}</p></section>"
-    model, layer = esc(str(record.get("model"))), esc(str(record.get("layer")))
+        return f"<section>{head}<p class='error'>failed: {esc(record.get('error', '?'))}</p></section>"
+    model, layer = esc(record.get("model")), esc(record.get("layer"))
     seconds = esc(f"{record.get('seconds', 0):.2f}")
-    meta = f"<p class='meta'>model {model} · layer {layer} · {seconds} s</p>"
+    meta = f"<p class='meta'>model {model} · layer {layer} · {seconds} s for this image</p>"
     image = ""
     grid = record.get("grid")
     if grid and os.path.isfile(os.path.join(output_dir, grid)):
@@ -106,14 +114,17 @@ def _section(output_dir: str, record: dict) -> str:
         image = f"<img alt='{esc(grid)}' src='data:image/jpeg;base64,{data}'>"
     rows = "".join(_map_row(m) for m in record.get("maps", []))
     table = (
-        "<table><tr><th>method</th><th>class</th><th>name</th><th>probability</th><th>seconds</th></tr>"
-        f"{rows}</table>"
+        "<table><tr><th>method</th><th>class</th><th>name</th><th>probability</th><th>seconds per image</th>"
+        f"<th>remarks</th></tr>{rows}</table>"
     )
     return f"<section>{head}{meta}{image}{table}</section>"
 
 
 def _map_row(entry: dict) -> str:
-    """One map's table row; every cell escaped (results.jsonl's checks already made the numbers numbers)."""
+    """One map's table row; every cell escaped (results.jsonl's checks already made the numbers numbers).
+
+    Its warnings (a constant map, a zero gradient, ...) are the row's remarks, and mark the row.
+    """
     cells = [
         entry["method"],
         entry["class"],
@@ -121,4 +132,7 @@ def _map_row(entry: dict) -> str:
         f"{entry['probability']:.4f}",
         f"{entry['seconds']:.3f}",
     ]
-    return "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in cells) + "</tr>"
+    warnings = entry.get("warnings") or []
+    remarks = "<br>".join(_esc(f"warning: {message}") for message in warnings)
+    marked = " class='warning'" if warnings else ""
+    return f"<tr{marked}>" + "".join(f"<td>{_esc(cell)}</td>" for cell in cells) + f"<td>{remarks}</td></tr>"

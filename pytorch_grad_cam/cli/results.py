@@ -105,8 +105,13 @@ _MAP_FIELDS: dict[str, Check] = {
 }
 
 
+#: Absent in records of runs before the CLI kept warnings: no warnings.
+_OPTIONAL_MAP_FIELDS: dict[str, Check] = {"warnings": _list_of(_text, "strings")}
+
+
 def _map_entry(value: Any) -> str:
-    return "" if isinstance(value, dict) and not _fields_problem(value, _MAP_FIELDS) else "a map entry"
+    ok = isinstance(value, dict) and not _fields_problem(value, _MAP_FIELDS, _OPTIONAL_MAP_FIELDS)
+    return "" if ok else "a map entry"
 
 
 _OK_FIELDS: dict[str, Check] = {
@@ -121,7 +126,9 @@ _OK_FIELDS: dict[str, Check] = {
     "layer": _text,
     "methods": _list_of(_text, "strings"),
     "classes": _list_of(_count, "ints >= 0"),
-    "maps": _list_of(_map_entry, "map entries (method, class, class_name, probability, seconds, files)"),
+    "maps": _list_of(
+        _map_entry, "map entries (method, class, class_name, probability, seconds, files[, warnings])"
+    ),
     "outputs": _list_of(_output_path, "relative paths inside the output folder"),
     "seconds": _number(0.0, math.inf),
 }
@@ -234,10 +241,21 @@ def _rewrite(path: str, lines: Iterable[str]) -> None:
 
 
 def append_result(output_dir: str, record: dict) -> None:
-    """Add one record to results.jsonl, flushed at once: an interrupted run keeps what it finished."""
+    r"""Add one record to results.jsonl, flushed at once: an interrupted run keeps what it finished.
+
+    The line is UTF-8 JSON; a record holding a name that is not valid UTF-8 is written in ASCII JSON instead
+    (``\udcff`` escapes), so that the file stays valid UTF-8 and the name reads back unchanged.
+    """
     os.makedirs(output_dir, exist_ok=True)
+    line = json.dumps(record, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        # A file name with bytes that are not UTF-8 (lone surrogates in Python): as \udcff escapes, which
+        # json.loads reads back as the same name.
+        line = json.dumps(record, ensure_ascii=True)
     with open(os.path.join(output_dir, RESULTS_FILE), "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        handle.write(line + "\n")
         handle.flush()
 
 

@@ -45,8 +45,9 @@ def _check_overlay(path: Path, source: Path) -> None:
 def test_gradcam_on_cat_explains_a_cat_class(tmp_path, capsys):
     assert main(["--image-path", str(CAT), "--output-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert _explained_class(out) in CAT_CLASSES
-    out_path = tmp_path / "cat_gradcam.jpg"
+    explained = _explained_class(out)
+    assert explained in CAT_CLASSES
+    out_path = tmp_path / f"cat_{explained}_gradcam.jpg"
     assert f"wrote: {out_path}" in out
     _check_overlay(out_path, CAT)
 
@@ -69,7 +70,7 @@ def test_target_category_on_coffee(tmp_path, capsys):
     out = capsys.readouterr().out
     assert _explained_class(out) == 967
     assert "(espresso)" in out
-    _check_overlay(tmp_path / "coffee_gradcam++.jpg", COFFEE)
+    _check_overlay(tmp_path / "coffee_967_gradcam++.jpg", COFFEE)
 
 
 @needs_pretrained
@@ -88,7 +89,7 @@ def test_old_underscore_spellings_are_accepted(tmp_path, capsys):
     )
     assert code == 0
     assert _explained_class(capsys.readouterr().out) in CAT_CLASSES
-    _check_overlay(tmp_path / "cat_eigencam.jpg", CAT)
+    _check_overlay(tmp_path / "cat_eigencam.jpg", CAT)  # class-agnostic: no class in the name
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -227,8 +228,9 @@ def test_cam_py_script_runs(tmp_path):
         cwd=str(tmp_path),
     )
     assert result.returncode == 0, result.stderr
-    assert _explained_class(result.stdout) in CAT_CLASSES
-    _check_overlay(tmp_path / "cat_gradcam.jpg", CAT)
+    explained = _explained_class(result.stdout)
+    assert explained in CAT_CLASSES
+    _check_overlay(tmp_path / f"cat_{explained}_gradcam.jpg", CAT)
 
 
 # -- pytorch_grad_cam.pretrained -------------------------------------------------------------------

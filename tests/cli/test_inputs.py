@@ -11,8 +11,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
-import torchvision
 
 from pytorch_grad_cam.cli import build_parser, inputs, main
 from pytorch_grad_cam.cli.inputs import (
@@ -450,15 +448,6 @@ def test_a_folder_that_cannot_be_listed_is_a_problem(mixed_folder, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ the CLI
-@pytest.fixture
-def tiny_model(tmp_path):
-    """``--model resnet18 --checkpoint`` with a random 3-class resnet18: no download, quick."""
-    torch.manual_seed(0)
-    path = tmp_path / "resnet18_3classes.pt"
-    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), path)
-    return ["--model", "resnet18", "--checkpoint", str(path), "--target-category", "2"]
-
-
 def _records(out: Path) -> dict:
     lines = (out / "results.jsonl").read_text().splitlines()
     return {Path(r["path"]).name: r for r in map(json.loads, lines)}
@@ -492,7 +481,7 @@ def test_cli_refuses_a_bomb_and_goes_on_with_the_next_image(tmp_path, tiny_model
         "error": BOMB_REFUSED,
     }
     assert records["good.png"]["status"] == "ok"
-    assert np.load(out / "good_gradcam.npy").shape == (HEIGHT, WIDTH)
+    assert np.load(out / "good_2_gradcam.npy").shape == (HEIGHT, WIDTH)
 
 
 def test_cli_max_pixels_lowers_and_raises_the_limit(tmp_path, tiny_model, capsys):
@@ -541,7 +530,7 @@ def test_cli_says_which_files_a_folder_walk_skipped(mixed_folder, tmp_path, tiny
     ) in captured.out
     assert captured.err == ""
     assert set(_records(out)) == {"good.png", "other.jpg"}
-    assert np.load(out / "good_gradcam.npy").shape == (HEIGHT, WIDTH)
+    assert np.load(out / "good_2_gradcam.npy").shape == (HEIGHT, WIDTH)
     assert main([str(mixed_folder), *tiny_model, "--output-dir", str(tmp_path / "quiet"), "--quiet"]) == 0
     assert capsys.readouterr().out == ""
 
@@ -565,3 +554,44 @@ def test_help_explains_file_reading(capsys):
     assert f"and {IMAGE_EXTENSIONS[-1]} files; its other files and hidden files are listed as skipped" in out
     assert "(default 100,000,000) is refused before it is decoded" in out
     assert "the run goes on with the next image (exit status 1)" in out
+
+
+# ------------------------------------------------------------------------------------------ odd names
+OSC_TITLE = "\x1b]0;pwned\x07.png"  # a terminal would set its title to "pwned" if this were printed raw
+
+
+def test_cli_odd_file_names_are_escaped_when_printed_and_explained(tmp_path, tiny_model, capsys):
+    """A name that is not valid UTF-8 and one holding a terminal escape sequence, in a folder of four:
+    every image is explained, the names are printed escaped, results.jsonl round-trips them, the rerun
+    skips all four."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    png = _encoded(".png", _bgr())
+    (folder / "a.png").write_bytes(png)
+    with open(os.path.join(os.fsencode(folder), b"bad\xff.png"), "wb") as handle:
+        handle.write(png)
+    (folder / OSC_TITLE).write_bytes(png)
+    (folder / "c.png").write_bytes(png)
+    out = tmp_path / "out"
+    args = [str(folder), *tiny_model, "--output-dir", str(out), "--report"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    printed = captured.out + captured.err
+    assert "\x1b" not in printed
+    assert "\x07" not in printed
+    assert f"image: {folder}{os.sep}bad\\xff.png\n" in captured.out
+    assert f"image: {folder}{os.sep}\\x1b]0;pwned\\x07.png\n" in captured.out
+    records = _records(out)
+    assert set(records) == {"a.png", "bad\udcff.png", OSC_TITLE, "c.png"}
+    assert all(r["status"] == "ok" for r in records.values())
+    bad = records["bad\udcff.png"]
+    assert bad["file"] == os.path.realpath(os.path.join(str(folder), "bad\udcff.png"))
+    assert all(os.fsencode(name).startswith(b"bad\xff_") for name in bad["outputs"])  # the same bytes
+    assert np.load(os.path.join(os.fsencode(out), os.fsencode(bad["outputs"][1]))).shape == (HEIGHT, WIDTH)
+    (out / "results.jsonl").read_text(encoding="utf-8")  # valid UTF-8 throughout
+    report = (out / "report.html").read_text(encoding="utf-8")
+    assert "bad\\xff.png" in report
+    assert "\x1b" not in report
+    assert "\\x1b]0;pwned\\x07.png" in report
+    assert main(args) == 0  # every record read back: all four are done
+    assert "skipped 4 image(s) already done" in capsys.readouterr().out

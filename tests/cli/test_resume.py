@@ -27,6 +27,7 @@ from tests.cli.test_cli_batch import CHROMIUM, CHROMIUM_FLAGS, needs_pretrained
 REPO = Path(__file__).resolve().parents[2]
 CAT = REPO / "examples" / "cat.jpg"
 COFFEE = REPO / "examples" / "coffee.jpg"
+EXPLAIN_285 = ["--target-category", "285"]  # one class for every image: the same output names
 
 
 def records_of(out: Path) -> list[dict]:
@@ -60,10 +61,10 @@ def good_record(**changes) -> dict:
                 "class_name": "x",
                 "probability": 0.5,
                 "seconds": 0.1,
-                "files": ["a_gradcam.jpg"],
+                "files": ["a_3_gradcam.jpg"],
             }
         ],
-        "outputs": ["a_gradcam.jpg", "a_gradcam.npy"],
+        "outputs": ["a_3_gradcam.jpg", "a_3_gradcam.npy"],
         "seconds": 0.2,
     }
     record.update(changes)
@@ -89,6 +90,9 @@ def test_a_good_record_passes_and_each_bad_field_is_named():
     for name, (value, message) in bad.items():
         assert record_problem(good_record(**{name: value})).startswith(message), name
     assert record_problem(good_record(maps=[{**entry, "probability": float("nan")}])).startswith("'maps'")
+    assert record_problem(good_record(maps=[{**entry, "warnings": ["the map is constant"]}])) == ""
+    for warnings in ("the map is constant", [3], ["a\x00b"]):
+        assert record_problem(good_record(maps=[{**entry, "warnings": warnings}])).startswith("'maps'")
     twice = good_record(maps=[entry, entry])
     assert record_problem(twice) == "'maps' must have one entry per method and class"
     missing = good_record()
@@ -152,17 +156,17 @@ def test_source_identity_is_the_content(tmp_path):
 def test_a_new_file_with_the_same_stem_never_overwrites_a_done_one(tmp_path, capsys):
     folder, out = tmp_path / "in", tmp_path / "out"
     write_as(CAT, folder / "a.png")
-    assert main([str(folder), "--output-dir", str(out)]) == 0
-    cat_map = np.load(out / "a_gradcam.npy")
+    assert main([str(folder), "--output-dir", str(out), *EXPLAIN_285]) == 0
+    cat_map = np.load(out / "a_285_gradcam.npy")
     write_as(COFFEE, folder / "a.jpg")
-    assert main([str(folder), "--output-dir", str(out)]) == 0
+    assert main([str(folder), "--output-dir", str(out), *EXPLAIN_285]) == 0
     assert "skipped 1 image(s) already done" in capsys.readouterr().out
-    np.testing.assert_array_equal(np.load(out / "a_gradcam.npy"), cat_map)  # still a.png's map
-    coffee_map = np.load(out / "a-2_gradcam.npy")
+    np.testing.assert_array_equal(np.load(out / "a_285_gradcam.npy"), cat_map)  # still a.png's map
+    coffee_map = np.load(out / "a-2_285_gradcam.npy")
     assert not np.array_equal(coffee_map, cat_map)
     keys = {Path(r["path"]).name: r["key"] for r in records_of(out)}
     assert keys == {"a.png": "a", "a.jpg": "a-2"}
-    assert main([str(folder), "--output-dir", str(out)]) == 0  # both done now
+    assert main([str(folder), "--output-dir", str(out), *EXPLAIN_285]) == 0  # both done now
     assert "skipped 2 image(s) already done" in capsys.readouterr().out
 
 
@@ -171,26 +175,26 @@ def test_two_folders_with_the_same_file_name_into_one_output_dir(tmp_path, capsy
     first, second, out = tmp_path / "A", tmp_path / "B", tmp_path / "out"
     write_as(CAT, first / "x.png")
     write_as(COFFEE, second / "x.png")
-    assert main([str(first), "--output-dir", str(out)]) == 0
-    cat_map = np.load(out / "x_gradcam.npy")
-    assert main([str(second), "--output-dir", str(out)]) == 0
-    np.testing.assert_array_equal(np.load(out / "x_gradcam.npy"), cat_map)
-    assert (out / "x-2_gradcam.npy").is_file()
-    assert main([str(first), "--output-dir", str(out)]) == 0  # the first folder is still done
+    assert main([str(first), "--output-dir", str(out), *EXPLAIN_285]) == 0
+    cat_map = np.load(out / "x_285_gradcam.npy")
+    assert main([str(second), "--output-dir", str(out), *EXPLAIN_285]) == 0
+    np.testing.assert_array_equal(np.load(out / "x_285_gradcam.npy"), cat_map)
+    assert (out / "x-2_285_gradcam.npy").is_file()
+    assert main([str(first), "--output-dir", str(out), *EXPLAIN_285]) == 0  # the first folder is still done
     assert "skipped 1 image(s) already done" in capsys.readouterr().out
-    np.testing.assert_array_equal(np.load(out / "x_gradcam.npy"), cat_map)
+    np.testing.assert_array_equal(np.load(out / "x_285_gradcam.npy"), cat_map)
 
 
 @needs_pretrained
 def test_a_changed_image_at_the_same_path_is_redone_under_its_key(tmp_path, capsys):
     folder, out = tmp_path / "in", tmp_path / "out"
     write_as(CAT, folder / "a.png")
-    assert main([str(folder), "--output-dir", str(out)]) == 0
-    cat_map = np.load(out / "a_gradcam.npy")
+    assert main([str(folder), "--output-dir", str(out), *EXPLAIN_285]) == 0
+    cat_map = np.load(out / "a_285_gradcam.npy")
     write_as(COFFEE, folder / "a.png")  # same path and name, other content
-    assert main([str(folder), "--output-dir", str(out)]) == 0
+    assert main([str(folder), "--output-dir", str(out), *EXPLAIN_285]) == 0
     assert "already done" not in capsys.readouterr().out
-    assert not np.array_equal(np.load(out / "a_gradcam.npy"), cat_map)
+    assert not np.array_equal(np.load(out / "a_285_gradcam.npy"), cat_map)
     assert [r["key"] for r in records_of(out)] == ["a", "a"]
 
 
