@@ -113,11 +113,7 @@ def compute_session(
         target = device or model_dev or input_tensor.device
         dtype = model_float_dtype(model) or input_tensor.dtype
         move_to = device if device is not None and device != model_dev else None
-        # Outside inference mode, inference_mode(False) would change nothing: it is left out.
-        inference = (
-            torch.inference_mode(False) if torch.is_inference_mode_enabled() else contextlib.nullcontext()
-        )
-        with inference, evaluation_state(model, move_to), inline_reentrant_checkpoints():
+        with torch.inference_mode(False), evaluation_state(model, move_to), inline_reentrant_checkpoints():
             yield input_tensor.detach().to(device=target, dtype=dtype)
     finally:
         release()
