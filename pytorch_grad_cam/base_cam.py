@@ -27,6 +27,7 @@ from ._engine.maps import (
     warn_if_constant,
 )
 from ._engine.session import compute_session
+from ._engine.undo import guarded
 from ._engine.warnings import warn
 from .registry import Registered
 from .utils.model_targets import ClassifierOutputTarget
@@ -518,6 +519,7 @@ class BaseCAM(Registered):
         """The call without augmentation smoothing (the reference library's ``forward``)."""
         return self(input_tensor, targets, eigen_smooth=eigen_smooth)
 
+    @guarded
     def explain(
         self,
         input_tensor: torch.Tensor,

@@ -2,28 +2,32 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
+from functools import partial
 from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
 
+from .undo import FunctionMode, Undo
 
-def _math_attention() -> contextlib.AbstractContextManager:
-    """Scaled-dot-product attention restricted to its math kernel for the block.
+#: The scaled-dot-product attention kernels that ``torch.backends.cuda`` can switch (torch >= 2.0).
+_SDP_KERNELS = ("flash", "mem_efficient", "cudnn", "math")
 
-    The fused kernels have no double backward; the previous selection is restored on exit. A no-op before
-    torch 2.0 (no SDPA).
-    """
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel  # torch >= 2.3
-    except ImportError:
-        cuda_backends = getattr(torch.backends, "cuda", None)
-        if cuda_backends is not None and hasattr(cuda_backends, "sdp_kernel"):  # torch 2.0 - 2.2
-            return cuda_backends.sdp_kernel(enable_flash=False, enable_math=True, enable_mem_efficient=False)
-        return contextlib.nullcontext()
-    return sdpa_kernel(SDPBackend.MATH)
+
+def _attention_kernels() -> dict[str, bool]:
+    """Which attention kernels are enabled now (none known before torch 2.0)."""
+    backends = torch.backends.cuda
+    return {
+        kernel: getattr(backends, f"{kernel}_sdp_enabled")()
+        for kernel in _SDP_KERNELS
+        if hasattr(backends, f"enable_{kernel}_sdp")
+    }
+
+
+def _enable_attention_kernels(enabled: dict[str, bool]) -> None:
+    for kernel, on in enabled.items():
+        getattr(torch.backends.cuda, f"enable_{kernel}_sdp")(on)
 
 
 def _roi_align_op(name: str) -> Any:
@@ -87,36 +91,14 @@ class _RoIAlignAdjoint(torch.autograd.Function):
         return (_RoIAlign.apply(grad_grad, rois, *ctx.params),) + (None,) * 7
 
 
-class TwiceDifferentiable(TorchFunctionMode):
-    """For one forward pass: the operations without a double backward replaced by twice-differentiable ones.
-
-    The operations that have no double backward in torch or torchvision are replaced by exact
-    twice-differentiable equivalents. Scaled-dot-product attention runs with its math kernel (same result);
-    torchvision's RoIAlign (Faster/Mask R-CNN box heads) with :class:`_RoIAlign`.
-    """
+class _TwiceDifferentiableOps(TorchFunctionMode):
+    """torchvision's RoIAlign on an input that requires grad replaced by :class:`_RoIAlign`."""
 
     def __init__(self) -> None:
-        """Look up torchvision's RoIAlign op (None where it is not loaded) and the math-attention context."""
+        """Look up torchvision's RoIAlign op (None where it is not loaded)."""
         super().__init__()
         self._roi_align = _roi_align_op("roi_align")
         self._roi_align_default = getattr(self._roi_align, "default", None)
-        self._attention = _math_attention()
-
-    def __enter__(self) -> TwiceDifferentiable:
-        """Restrict attention to its math kernel and start replacing RoIAlign."""
-        self._attention.__enter__()
-        try:
-            return super().__enter__()
-        except BaseException:
-            self._attention.__exit__(*sys.exc_info())
-            raise
-
-    def __exit__(self, *exc_info) -> None:
-        """Stop replacing RoIAlign and restore the previous attention kernels."""
-        try:
-            super().__exit__(*exc_info)
-        finally:
-            self._attention.__exit__(*exc_info)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         """Run ``func``, with RoIAlign on an input that requires grad replaced by :class:`_RoIAlign`."""
@@ -130,3 +112,38 @@ class TwiceDifferentiable(TorchFunctionMode):
         ):
             return _RoIAlign.apply(*args)
         return func(*args, **kwargs)
+
+
+class TwiceDifferentiable:
+    """For one forward pass: the operations without a double backward replaced by twice-differentiable ones.
+
+    The operations that have no double backward in torch or torchvision are replaced by exact
+    twice-differentiable equivalents. Scaled-dot-product attention runs with its math kernel (same result);
+    torchvision's RoIAlign (Faster/Mask R-CNN box heads) with :class:`_RoIAlign`. The attention kernels
+    and the mode stack are restored by undos (:class:`~.undo.Undo`), whatever line an exception strikes.
+    """
+
+    def __init__(self) -> None:
+        """The mode that replaces RoIAlign; nothing changes before ``__enter__``."""
+        self._mode = FunctionMode(_TwiceDifferentiableOps())
+        self._kernels: Undo | None = None
+
+    def __enter__(self) -> TwiceDifferentiable:
+        """Restrict attention to its math kernel and start replacing RoIAlign."""
+        kernels = _attention_kernels()
+        self._kernels = Undo(partial(_enable_attention_kernels, kernels))
+        try:
+            _enable_attention_kernels({kernel: kernel == "math" for kernel in kernels})
+            self._mode.__enter__()
+        except BaseException:
+            self._kernels()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Stop replacing RoIAlign and restore the previous attention kernels."""
+        try:
+            self._mode.__exit__(*exc_info)
+        finally:
+            if self._kernels is not None:
+                self._kernels()

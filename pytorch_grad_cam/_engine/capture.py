@@ -9,6 +9,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .undo import Undo
+
 
 def tensors_of(output: Any) -> list[torch.Tensor]:
     """The tensors in a layer output: the tensor itself, or those in a (nested) dict/list/tuple."""
@@ -47,6 +49,23 @@ def layer_name(model: nn.Module, layer: nn.Module) -> str:
     return type(layer).__name__
 
 
+#: A module's hook dicts: the one that holds the hook, then those torch keeps flags in under the same id.
+_FORWARD_HOOK_DICTS = ("_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_hooks")
+_FORWARD_PRE_HOOK_DICTS = ("_forward_pre_hooks_with_kwargs", "_forward_pre_hooks")
+
+
+def _unregister(module: nn.Module, wrapper: Callable, dicts: tuple[str, ...]) -> None:
+    """Delete the hook ``wrapper`` from ``module``'s hook dicts, under every id it is registered with.
+
+    Idempotent, and it finishes what an interrupted run of it left: the flags go first, the hook itself
+    last, so a hook still found is found with its flags.
+    """
+    hooks = getattr(module, dicts[-1])
+    for key in [key for key, value in list(hooks.items()) if value is wrapper]:
+        for name in dicts:
+            getattr(module, name).pop(key, None)
+
+
 class HookSet:
     """Hooks that live for one ``with`` block, and act only on the thread that entered it.
 
@@ -54,12 +73,17 @@ class HookSet:
     exit, and also when registering fails half-way. A hook does nothing when the module runs on another
     thread: a plain ``model(x)`` elsewhere while a CAM call holds the model never sees a hook's effect,
     and never feeds the call's captures.
+
+    An exception anywhere (a KeyboardInterrupt inside torch's ``register_forward_hook``, after the hook is
+    in the module's dict but before its handle is returned) leaves no hook: each hook is recorded before it
+    is registered, and removed by value, not by handle (an :class:`~.undo.Undo` pending until removal).
     """
 
     def __init__(self) -> None:
-        """No handles yet: they are registered on entering the block."""
-        self._handles: list = []
+        """No hooks yet: they are registered on entering the block."""
+        self._hooked: list[tuple[nn.Module, Callable, tuple[str, ...]]] = []
         self._thread: int | None = None
+        self._undo: Undo | None = None
 
     def _register(self) -> None:
         raise NotImplementedError
@@ -67,30 +91,35 @@ class HookSet:
     def __enter__(self):
         """Register the hooks (all removed again if registering fails); returns the hook set."""
         self._thread = threading.get_ident()
+        self._undo = Undo(self.remove)
         try:
             self._register()
         except BaseException:
-            self.remove()
+            self._undo()
             raise
         return self
 
     def __exit__(self, *exc_info) -> None:
         """Remove the hooks; exceptions propagate."""
-        self.remove()
+        if self._undo is not None:
+            self._undo()
 
     def remove(self) -> None:
-        """Remove every registered hook."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        """Remove every registered hook (idempotent)."""
+        for module, wrapper, dicts in self._hooked:
+            _unregister(module, wrapper, dicts)
 
     def forward_hook(self, module: nn.Module, hook: Callable, **kwargs: Any) -> None:
         """``module.register_forward_hook(hook, **kwargs)``, acting only on this block's thread."""
-        self._handles.append(module.register_forward_hook(self._own_thread_only(hook), **kwargs))
+        wrapper = self._own_thread_only(hook)
+        self._hooked.append((module, wrapper, _FORWARD_HOOK_DICTS))  # before: the handle may never come
+        module.register_forward_hook(wrapper, **kwargs)
 
     def forward_pre_hook(self, module: nn.Module, hook: Callable) -> None:
         """``module.register_forward_pre_hook(hook)``, acting only on this block's thread."""
-        self._handles.append(module.register_forward_pre_hook(self._own_thread_only(hook)))
+        wrapper = self._own_thread_only(hook)
+        self._hooked.append((module, wrapper, _FORWARD_PRE_HOOK_DICTS))
+        module.register_forward_pre_hook(wrapper)
 
     def _own_thread_only(self, hook: Callable) -> Callable:
         owner = self._thread

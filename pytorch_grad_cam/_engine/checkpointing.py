@@ -20,9 +20,12 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import torch.utils.checkpoint as torch_checkpoint
+
+from .undo import Undo, under_lock
 
 #: What to do about a reentrant checkpoint that is not inlined; the end of both errors.
 _ADVICE = (
@@ -30,17 +33,25 @@ _ADVICE = (
     "in every layout), or turn checkpointing off for the call (timm: model.set_grad_checkpointing(False))"
 )
 
-# Calls in progress in this thread (a call may run another one: a composite method, a target that runs a
-# CAM): torch's reentrant checkpoints run inline while it is above zero.
+# The blocks in progress (a call may run another one: a composite method, a target that runs a CAM): one
+# token each, in this thread's set and in the set of all threads. torch's reentrant checkpoints run inline in
+# a thread whose set is not empty; the stand-in is installed while any set is not empty. Sets, not counters:
+# adding or discarding a token twice (an undo run again after an interrupt) changes nothing.
 _THREAD = threading.local()
-# Guards the stand-in's installation: installed while a call runs in any thread.
+_ACTIVE: set[object] = set()
+# Serialises installing and removing the stand-in.
 _INSTALL_LOCK = threading.Lock()
-_calls = 0
-_original: Any = None
+
+
+def _thread_tokens() -> set[object]:
+    tokens = getattr(_THREAD, "tokens", None)
+    if tokens is None:
+        tokens = _THREAD.tokens = set()
+    return tokens
 
 
 def _inline_here() -> bool:
-    return getattr(_THREAD, "calls", 0) > 0
+    return bool(getattr(_THREAD, "tokens", None))
 
 
 class _InlineCheckpointFunction:
@@ -65,27 +76,20 @@ class _InlineCheckpointFunction:
         return getattr(self.original, name)
 
 
-def _install() -> None:
-    global _calls, _original
-    with _INSTALL_LOCK:
-        if _calls == 0:
-            current = getattr(torch_checkpoint, "CheckpointFunction", None)
-            if current is not None and not isinstance(current, _InlineCheckpointFunction):
-                _original = current
-                setattr(torch_checkpoint, "CheckpointFunction", _InlineCheckpointFunction(current))  # noqa: B010
-        _calls += 1
+def _sync() -> None:
+    """Under the lock: the stand-in installed while a block is in progress, else torch's (idempotent)."""
+    current = getattr(torch_checkpoint, "CheckpointFunction", None)
+    if _ACTIVE and current is not None and not isinstance(current, _InlineCheckpointFunction):
+        setattr(torch_checkpoint, "CheckpointFunction", _InlineCheckpointFunction(current))  # noqa: B010
+    elif not _ACTIVE and isinstance(current, _InlineCheckpointFunction):
+        # Put back only what this module installed (someone may have replaced it meanwhile).
+        setattr(torch_checkpoint, "CheckpointFunction", current.original)  # noqa: B010
 
 
-def _uninstall() -> None:
-    global _calls, _original
-    with _INSTALL_LOCK:
-        _calls -= 1
-        if _calls == 0 and _original is not None:
-            current = getattr(torch_checkpoint, "CheckpointFunction", None)
-            # Put back only what this module installed (someone may have replaced it meanwhile).
-            if isinstance(current, _InlineCheckpointFunction) and current.original is _original:
-                setattr(torch_checkpoint, "CheckpointFunction", _original)  # noqa: B010
-            _original = None
+def _leave(token: object, tokens: set[object]) -> None:
+    tokens.discard(token)
+    _ACTIVE.discard(token)
+    under_lock(_INSTALL_LOCK, _sync)
 
 
 @contextlib.contextmanager
@@ -94,15 +98,18 @@ def inline_reentrant_checkpoints() -> Iterator[None]:
 
     ``checkpoint(fn, *args, use_reentrant=True)`` is then ``fn(*args)``, as if the model did not checkpoint:
     same values, a graph that ``torch.autograd.grad`` can differentiate, the target layers' hooks run once.
-    Other threads keep torch's checkpoint; torch's module is restored when the last block in progress ends.
+    Other threads keep torch's checkpoint; torch's module is restored when the last block in progress ends
+    (by an :class:`~.undo.Undo`, registered before anything changes).
     """
-    _install()
-    _THREAD.calls = getattr(_THREAD, "calls", 0) + 1
+    token, tokens = object(), _thread_tokens()
+    undo = Undo(partial(_leave, token, tokens))
     try:
+        tokens.add(token)
+        _ACTIVE.add(token)
+        under_lock(_INSTALL_LOCK, _sync)
         yield
     finally:
-        _THREAD.calls -= 1
-        _uninstall()
+        undo()
 
 
 def autograd_switched_off(names: list[str]) -> str:

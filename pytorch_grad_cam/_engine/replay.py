@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .capture import map_tensors, tensors_of
+from .undo import Undo
 from .warnings import warn
 
 
@@ -258,21 +259,30 @@ def _swapped_forwards(forwards: dict[nn.Module, Callable]) -> Iterator[None]:
     """Give modules another ``forward`` for the block, on this thread only; restore each in ``finally``.
 
     A call of the module on another thread (a plain ``model(x)`` while this call holds the model) runs the
-    module's own ``forward``.
+    module's own ``forward``. Each swap is recorded before it is made and undone only where it was made
+    (an :class:`~.undo.Undo`): an exception at any line leaves every module's ``forward`` as it was.
     """
-    saved = []  # (module, the instance-level forward it had, if any)
+    saved: list[tuple[nn.Module, Callable | None, Callable]] = []  # (module, its own forward, the swap)
     owner = threading.get_ident()
+    undo = Undo(partial(_restore_forwards, saved))
     try:
         for module, forward in forwards.items():
-            saved.append((module, module.__dict__.get("forward")))
-            module.forward = _on_thread(owner, forward, module.forward)
+            swap = _on_thread(owner, forward, module.forward)
+            saved.append((module, module.__dict__.get("forward"), swap))
+            module.forward = swap
         yield
     finally:
-        for module, own_forward in saved:
-            if own_forward is None:
-                del module.forward  # the class's forward shows again
-            else:
-                module.forward = own_forward
+        undo()
+
+
+def _restore_forwards(saved: list[tuple[nn.Module, Callable | None, Callable]]) -> None:
+    for module, own_forward, swap in saved:
+        if module.__dict__.get("forward") is not swap:
+            continue  # never swapped (interrupted before), or already restored
+        if own_forward is None:
+            del module.forward  # the class's forward shows again
+        else:
+            module.forward = own_forward
 
 
 def _on_thread(owner: int, forward: Callable, own: Callable) -> Callable:

@@ -7,11 +7,13 @@ import itertools
 import threading
 import weakref
 from collections.abc import Iterator
+from functools import partial
 
 import torch
 from torch import nn
 
 from .checkpointing import inline_reentrant_checkpoints
+from .undo import HeldLock, Undo
 
 
 def model_device(model: nn.Module) -> torch.device | None:
@@ -42,11 +44,14 @@ def evaluation_state(model: nn.Module, device: torch.device | None = None) -> It
     """Run the block with ``model`` in eval mode (and on ``device`` if given), then restore it.
 
     Restored in ``finally``, also when the block raises: every module's ``training`` flag, every
-    parameter's ``requires_grad``, and the device of every parameter and buffer.
+    parameter's ``requires_grad``, and the device of every parameter and buffer. The state is read before
+    anything changes, and restored by an :class:`~.undo.Undo` (an exception at any line, also one that
+    keeps this generator suspended, leaves nothing changed once the call's guard has run).
     """
     training = [(module, module.training) for module in model.modules()]
     requires_grad = [(param, param.requires_grad) for param in model.parameters()]
     devices = {tensor: tensor.device for tensor in itertools.chain(model.parameters(), model.buffers())}
+    undo = Undo(partial(_restore_state, training, requires_grad, devices))
     try:
         model.eval()
         if device is not None:
@@ -54,16 +59,29 @@ def evaluation_state(model: nn.Module, device: torch.device | None = None) -> It
                 _move(tensor, device)
         yield
     finally:
-        for module, flag in training:
-            module.training = flag
-        for param, flag in requires_grad:
-            param.requires_grad_(flag)
-        for tensor, original in devices.items():
-            _move(tensor, original)
+        undo()
 
 
-_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
+def _restore_state(
+    training: list[tuple[nn.Module, bool]],
+    requires_grad: list[tuple[nn.Parameter, bool]],
+    devices: dict[torch.Tensor, torch.device],
+) -> None:
+    for module, flag in training:
+        module.training = flag
+    for param, flag in requires_grad:
+        param.requires_grad_(flag)
+    for tensor, original in devices.items():
+        _move(tensor, original)
+
+
+# weakref.ref(model) -> the model's lock. A plain dict: ``setdefault`` is one step (no lock needed around
+# it, so none can be left held); a ref hashes and compares as its model, and its callback drops the entry.
+_LOCKS: dict[weakref.ref, threading.RLock] = {}
+
+
+def _forget(ref: weakref.ref) -> None:
+    _LOCKS.pop(ref, None)
 
 
 def model_lock(model: nn.Module) -> threading.RLock:
@@ -72,11 +90,7 @@ def model_lock(model: nn.Module) -> threading.RLock:
     A call's hooks, mode and device changes are the model's, so two threads explaining one model take turns.
     Re-entrant: a call made inside a call (a target that runs a CAM itself) on the same thread goes through.
     """
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(model)
-        if lock is None:
-            lock = _LOCKS[model] = threading.RLock()
-        return lock
+    return _LOCKS.setdefault(weakref.ref(model, _forget), threading.RLock())
 
 
 @contextlib.contextmanager
@@ -92,10 +106,14 @@ def compute_session(
     take turns (:func:`model_lock`). The model's reentrant activation checkpoints run inline
     (:func:`~.checkpointing.inline_reentrant_checkpoints`).
     """
-    with model_lock(model):  # the model's device is read under the lock: another call may be moving it
+    # Not ``with lock:`` (see HeldLock). The device is read under the lock: another call may be moving it.
+    release = HeldLock(model_lock(model)).acquire()
+    try:
         model_dev = model_device(model)
         target = device or model_dev or input_tensor.device
         dtype = model_float_dtype(model) or input_tensor.dtype
         move_to = device if device is not None and device != model_dev else None
         with torch.inference_mode(False), evaluation_state(model, move_to), inline_reentrant_checkpoints():
             yield input_tensor.detach().to(device=target, dtype=dtype)
+    finally:
+        release()

@@ -21,6 +21,7 @@ from .._engine.capture import capture_forward, map_tensors
 from .._engine.checks import check_choice, check_device, check_float, check_input, check_int, check_layers
 from .._engine.maps import resize_maps
 from .._engine.session import compute_session, evaluation_state, model_device, model_float_dtype
+from .._engine.undo import guarded
 from .._engine.warnings import warn
 from ..base_cam import reshape_layer_output
 from ..registry import Registered
@@ -355,6 +356,7 @@ class DeepFeatureFactorization(Registered):
         # Hooks only exist during a call: nothing to release, exceptions propagate.
         return None
 
+    @guarded
     def __call__(self, input_tensor: torch.Tensor, n_components: int = 16) -> tuple:
         """``(concepts, explanations[, concept_outputs])`` for ``input_tensor``: see the class docstring."""
         x = check_input(input_tensor, self.model)

@@ -15,6 +15,7 @@ from .._engine.capture import HookSet
 from .._engine.checkpointing import reentrant_checkpoint_errors
 from .._engine.checks import check_bool, check_device, check_input
 from .._engine.session import compute_session
+from .._engine.undo import FunctionMode, guarded
 from ..base_cam import (
     UNSET,
     BaseCAM,
@@ -118,10 +119,12 @@ class _FunctionalReLUs(TorchFunctionMode):
 def _guided_relus(model: nn.Module) -> Iterator[None]:
     """For one forward pass: the guided rule on every ReLU, module or functional.
 
-    The hooks are removed and the mode is exited on exit, also when the block, or entering the mode, raises.
+    The hooks are removed and the mode is popped on exit, also when the block, or entering the mode, raises
+    (:class:`~.._engine.undo.FunctionMode`: an exception inside ``TorchFunctionMode.__enter__``, after the
+    push, leaves no mode on the stack).
     """
     hooks = _ReLUModuleHooks(model)
-    with hooks, _FunctionalReLUs(hooks):
+    with hooks, FunctionMode(_FunctionalReLUs(hooks)):
         yield
 
 
@@ -183,6 +186,7 @@ class GuidedBackpropReLUModel(Registered):
         """The model's output (the reference library's ``forward``)."""
         return self.model(input_img)
 
+    @guarded
     def __call__(
         self,
         input_img: torch.Tensor,

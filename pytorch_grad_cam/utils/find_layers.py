@@ -21,6 +21,7 @@ from torch import nn
 from .._engine.capture import HookSet
 from .._engine.checkpointing import reentrant_checkpoint_errors
 from .._engine.session import compute_session
+from .._engine.undo import guarded
 from .reshape_transforms import (
     TokenGridReshape,
     channels_last_reshape,
@@ -181,6 +182,7 @@ class _FirstOutput(HookSet):
             self.outputs.append(output)
 
 
+@guarded
 def layer_output_layout(model: nn.Module, layer: nn.Module, input_tensor: torch.Tensor) -> LayerLayout:
     """Run ``model`` once on ``input_tensor`` and read ``layer``'s output layout.
 
@@ -266,6 +268,7 @@ class _OutputRecorder(HookSet):
             self.records.append((self.names[key], module, output))
 
 
+@guarded
 def find_target_layer(
     model: nn.Module, input_tensor: torch.Tensor, score: Callable[[Any], torch.Tensor] | None = None
 ) -> FoundLayer:

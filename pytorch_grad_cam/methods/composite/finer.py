@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..._engine.checks import check_float, check_int
+from ..._engine.undo import guarded
 from ...base_cam import DEFAULT_OPTIONS, UNSET, CallOptions, Target, first_api_targets, to_numpy
 from ...utils.model_targets import ClassifierOutputTarget, FinerWeightedTarget
 from ..gradient import GradCAM
@@ -111,6 +112,7 @@ class FinerCAM(CompositeCAM):
         """The reference library's ``forward``: the call without augmentation smoothing."""
         return self(input_tensor, targets, eigen_smooth, alpha, comparison_categories, target_idx, **kwargs)
 
+    @guarded
     def explain(
         self,
         input_tensor: torch.Tensor,
