@@ -354,6 +354,10 @@ class BaseCAM(Registered):
     deterministic: bool = True
     #: Whether the method runs the model on many perturbed inputs, ``batch_size`` at a time.
     perturbation: bool = False
+    #: Whether the formula assumes non-negative (post-ReLU) activations: at a layer with negative values the
+    #: map can vanish or move (Score-CAM: ``relu(sum_k w_k A_k)`` with ``w > 0``); the automatic layer
+    #: (``find_target_layer(..., method=...)``, the CLI's ``--target-layer auto``) then moves past the ReLU.
+    needs_nonnegative_activations: bool = False
     #: Whether the map comes from ``target_layers``. FullGrad's does not: it uses every layer with a bias,
     #: so its ``target_layers`` may be left out (and are ignored when given).
     uses_target_layers: bool = True

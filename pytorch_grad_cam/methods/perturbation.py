@@ -59,6 +59,7 @@ class ScoreCAM(BaseCAM):
     name = "scorecam"
     uses_gradients = False
     perturbation = True
+    needs_nonnegative_activations = True  # relu(sum_k w_k A_k) with w = softmax(s) > 0
     #: How many model inputs each channel's mask gives (SS-CAM: noisy samples, IS-CAM: path steps).
     inputs_per_mask: int = 1
 

@@ -23,7 +23,14 @@ from ..gradient import GradCAM
 BaseMethod = Union[str, type[BaseCAM]]
 
 #: The capability attributes a composite takes over from its base method.
-_CAPABILITIES = ("uses_gradients", "records_prefix", "class_specific", "deterministic", "uses_target_layers")
+_CAPABILITIES = (
+    "uses_gradients",
+    "records_prefix",
+    "class_specific",
+    "deterministic",
+    "uses_target_layers",
+    "needs_nonnegative_activations",
+)
 
 
 def base_class(base_method: Any) -> type[BaseCAM]:
