@@ -16,6 +16,7 @@ import torch
 from .._engine.capture import layer_name, map_tensors, tensors_of
 from .._engine.checks import check_float, check_int, check_seed
 from .._engine.maps import min_max_normalize, resize_maps
+from .._engine.memory import auto_batch_size
 from .._engine.replay import AblatedCopies, ReplaySuffix, channel_layout, image_rows
 from .._engine.warnings import warn
 from ..base_cam import BaseCAM, LayerContext, select_output
@@ -63,6 +64,7 @@ class ScoreCAM(BaseCAM):
     uses_gradients = False
     perturbation = True
     needs_nonnegative_activations = True  # relu(sum_k w_k A_k) with w = softmax(s) > 0
+    default_batch_size = None  # sized at each call to the device's free memory
     #: How many model inputs each channel's mask gives (SS-CAM: noisy samples, IS-CAM: path steps).
     inputs_per_mask: int = 1
     #: Whether every constant channel gives the same model inputs. Its mask is all zeros (``A_k - min = 0``),
@@ -77,7 +79,7 @@ class ScoreCAM(BaseCAM):
         x = context.input  # (B, C_in, *S)
         batch, channels = activations.shape[:2]
         scores = torch.empty(batch, channels, self.inputs_per_mask, device=activations.device)  # (B, C, n)
-        rows = context.batch_size
+        rows = context.batch_size or auto_batch_size(x[0])
         # The call's own noise source (SS-CAM's), restarted for every image so that an image's map does
         # not depend on the others in its batch, nor on batch_size. A local: calls never share it.
         generator = torch.Generator(device=x.device)
@@ -336,8 +338,9 @@ class AblationCAM(BaseCAM):
     perturbation = True
     records_prefix = True
     # Only the layers after the target layer run on a batch, and one batch buffer is reused: a large
-    # batch costs little memory and saves calls.
-    default_batch_size = 128
+    # batch costs little memory and saves calls. Sized at each call to the device's free memory, by the
+    # layer's output rather than the input.
+    default_batch_size = None
 
     def cam_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
@@ -348,6 +351,7 @@ class AblationCAM(BaseCAM):
         layout = channel_layout(raw, context.channel_dim, self.reshape_transform, channels)
         leaves = tensors_of(raw)
         ablated = torch.empty(batch, channels, device=activations.device)  # (B, C)
+        rows = context.batch_size or auto_batch_size(activations[0])  # ablated copies per pass
         for i in range(batch):
             original = map_tensors(partial(image_rows, index=i), raw)
             lowest = min(float(leaf[i].min()) for leaf in leaves)
@@ -356,8 +360,8 @@ class AblationCAM(BaseCAM):
             value = 0.0 if lowest >= 0 else max(lowest - ABLATION_OFFSET, floor)
             suffix = ReplaySuffix(context, i, partial(_target_scores, context.targets))
             copies = AblatedCopies(original, layout, value)
-            for start in range(0, channels, context.batch_size):
-                stop = min(start + context.batch_size, channels)
+            for start in range(0, channels, rows):
+                stop = min(start + rows, channels)
                 index = torch.arange(start, stop, device=activations.device)
                 ablated[i, start : start + len(index)] = suffix(copies.ablate(index))
         score = context.scores[:, None]  # (B, 1)
