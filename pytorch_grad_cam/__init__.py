@@ -7,6 +7,7 @@ does not import OpenCV: only ``pytorch_grad_cam.utils.image`` and the command li
 from importlib.metadata import PackageNotFoundError, version
 
 from . import registry
+from ._engine.capture import LayerInput
 from ._engine.session import model_lock
 from .base_cam import BaseCAM
 from .methods.activation import CAM, FEM, RandomCAM
@@ -40,6 +41,7 @@ __all__ = [
     *sorted({cls.__name__ for table in registry.KINDS.values() for cls in table.values()}),
     "SmoothGradCAMpp",
     "FACTORIZATION_METHODS",
+    "LayerInput",
     "METHODS",
     "PIXEL_METHODS",
     "__version__",

@@ -331,7 +331,7 @@ class LayerContext:
     # of tensors of a layer such as a feature pyramid (only with a reshape_transform).
     raw_activations: Any
     prefix: list | None  # outermost module calls completed before the layer (records_prefix methods)
-    batch_size: int
+    batch_size: int | None  # perturbed inputs per pass; None: sized to the device's free memory (ScoreCAM...)
     channel_dim: int  # the channel axis of raw_activations
     extras: dict[str, Any] = field(default_factory=dict)  # ForwardPass.extras of this call
 
@@ -368,7 +368,9 @@ class BaseCAM(Registered):
             ``device="cuda"``. A model elsewhere is moved for the call and moved back after it.
         tta_transforms: a ``ttach.Compose`` for ``aug_smooth`` (default: horizontal flip x multiply
             by 0.9, 1.0, 1.1).
-        batch_size: how many perturbed inputs go through the model at once (perturbation methods).
+        batch_size: how many perturbed inputs go through the model at once (perturbation methods); by default
+            the method's ``default_batch_size``, where None means sized at each call to the free memory of
+            the device (see :func:`pytorch_grad_cam._engine.memory.auto_batch_size`).
         target_layer, use_cuda: the first API generation's names, still accepted.
 
     Call ``cam(input_tensor, targets=None, aug_smooth=False, eigen_smooth=False)`` with a
@@ -405,14 +407,18 @@ class BaseCAM(Registered):
     uses_gradients: bool = True
     #: Whether the method needs the outermost module calls that ran before the target layer.
     records_prefix: bool = False
-    #: The default of ``batch_size``.
-    default_batch_size: int = 32
+    #: The default of ``batch_size``: an int, or None for one sized at each call to the device's free memory.
+    default_batch_size: int | None = 32
     #: Whether the map depends on the targets (EigenCAM, KPCA-CAM, FEM and RandomCAM ignore them).
     class_specific: bool = True
     #: Whether two calls on the same input give the same map (RandomCAM without a seed does not).
     deterministic: bool = True
     #: Whether the method runs the model on many perturbed inputs, ``batch_size`` at a time.
     perturbation: bool = False
+    #: Whether the formula assumes non-negative (post-ReLU) activations: at a layer with negative values the
+    #: map can vanish or move (Score-CAM: ``relu(sum_k w_k A_k)`` with ``w > 0``); the automatic layer
+    #: (``find_target_layer(..., method=...)``, the CLI's ``--target-layer auto``) then moves past the ReLU.
+    needs_nonnegative_activations: bool = False
     #: Whether the map comes from ``target_layers``. FullGrad's does not: it uses every layer with a bias,
     #: so its ``target_layers`` may be left out (and are ignored when given).
     uses_target_layers: bool = True
@@ -453,13 +459,17 @@ class BaseCAM(Registered):
         self.batch_size = self.default_batch_size if batch_size is None else batch_size
 
     @property
-    def batch_size(self) -> int:
-        """Perturbed inputs per forward pass (ScoreCAM, AblationCAM). Settable: ``cam.batch_size = 32``."""
+    def batch_size(self) -> int | None:
+        """Perturbed inputs per forward pass (ScoreCAM, AblationCAM). Settable: ``cam.batch_size = 32``.
+
+        None: sized at each call to the device's free memory (the perturbation methods' default); setting
+        None restores the method's default.
+        """
         return self._batch_size
 
     @batch_size.setter
-    def batch_size(self, value: int) -> None:
-        self._batch_size = check_batch_size(value)
+    def batch_size(self, value: int | None) -> None:
+        self._batch_size = self.default_batch_size if value is None else check_batch_size(value)
 
     def __enter__(self) -> BaseCAM:
         """The CAM itself: ``with GradCAM(...) as cam:`` is still accepted."""

@@ -225,6 +225,51 @@ def make_tiny(seed=0):
     return randomize_bn(TinyBNNet(), seed)
 
 
+class SharedActivationNet(nn.Module):
+    """The bundled EfficientNet-Lite0's ending in miniature: Conv-BN-act stem, Conv-BN-act head, pool, linear.
+
+    One ``act`` (ReLU6) module serves the stem and the head, so the head's post-activation map is no module's
+    output of its own (``act`` runs twice): it is only reachable as the input of ``pool``
+    (``LayerInput(model.pool)``); ``head_bn``'s output is mostly negative once :func:`randomize_bn` has
+    set its statistics. ``tap=True`` puts :class:`Tap` (a module returning its input) between ``act`` and
+    ``pool``: the same map as a module's output, for comparisons.
+    """
+
+    def __init__(self, tap: bool = False, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.stem_bn = nn.BatchNorm2d(6)
+        self.head = nn.Conv2d(6, 8, 3, stride=2, padding=1)
+        self.head_bn = nn.BatchNorm2d(8)
+        self.act = nn.ReLU6()
+        self.tap = Tap() if tap else None
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = self.act(self.stem_bn(self.stem(x)))
+        x = self.act(self.head_bn(self.head(x)))  # (B, 8, H/2, W/2), in [0, 6]
+        if self.tap is not None:
+            x = self.tap(x)
+        return self.fc(self.pool(x).flatten(1))
+
+
+class Tap(nn.Module):
+    """Returns its input: makes a tensor the output of a module of its own (not an ``nn.Identity``)."""
+
+    def forward(self, x):
+        return x
+
+
+def shared_activation_net(tap: bool = False, seed: int = 0) -> SharedActivationNet:
+    """A seeded :class:`SharedActivationNet` in eval mode; ``head_bn`` shifted: its output mostly negative."""
+    torch.manual_seed(seed)
+    model = randomize_bn(SharedActivationNet(tap), seed)
+    with torch.no_grad():
+        model.head_bn.bias.sub_(0.5)
+    return model
+
+
 class SharedConv(nn.Module):
     """One conv applied twice in a row (a module that runs more than once), after a 1x1 input conv."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, Callable
 
 import torch
@@ -41,8 +42,47 @@ def map_tensors(fn: Callable[[torch.Tensor], Any], output: Any) -> Any:
     return output
 
 
+class LayerInput(nn.Module):
+    """The input of ``module`` as a target layer: the tensor ``module`` receives (its first argument).
+
+    For a feature map that no module returns: an activation applied functionally, or by a module that also
+    runs elsewhere, right before a pooling module. The bundled EfficientNet-Lite0 applies its last ReLU6
+    with the module its stem uses too, so ``LayerInput(model._avg_pooling)`` is its last feature map after
+    that ReLU6. Captured by a forward pre-hook on ``module`` for the duration of a call, like any target
+    layer; its name is ``"<module's name>:input"`` (``get_layer`` reads that form). It is a marker, never
+    run, and not part of the model (``module`` is not registered as its child).
+
+    Example:
+        >>> cam = ScoreCAM(model, target_layers=[LayerInput(model._avg_pooling)])
+    """
+
+    module: nn.Module
+
+    def __init__(self, module: nn.Module) -> None:
+        """Mark the input of ``module``."""
+        super().__init__()
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"LayerInput takes an nn.Module, got {type(module).__name__}")
+        object.__setattr__(self, "module", module)  # not a child: the marker holds no part of the model
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Refused: a marker of a module's input is not a layer to run."""
+        raise TypeError("LayerInput marks the input of a module as a target layer; it is never run")
+
+    def extra_repr(self) -> str:
+        """The marked module's type."""
+        return f"input of {type(self.module).__name__}"
+
+
+def hooked_module(layer: nn.Module) -> nn.Module:
+    """The module whose call yields ``layer``'s activation: the layer, or the module a LayerInput marks."""
+    return layer.module if isinstance(layer, LayerInput) else layer
+
+
 def layer_name(model: nn.Module, layer: nn.Module) -> str:
-    """The dotted name of ``layer`` inside ``model`` (for error messages)."""
+    """The dotted name of ``layer`` inside ``model`` (for messages); ``"<name>:input"`` for a LayerInput."""
+    if isinstance(layer, LayerInput):
+        return f"{layer_name(model, layer.module)}:input"
     for name, module in model.named_modules():
         if module is layer:
             return name or "<the model itself>"
@@ -181,9 +221,12 @@ class LayerCapture(HookSet):
                 self.forward_pre_hook(module, self._enter_module)
                 self.forward_hook(module, self._leave_module)
         for layer in self.layers:
-            self.forward_hook(layer, self._capture)
+            if isinstance(layer, LayerInput):
+                self.forward_pre_hook(layer.module, partial(self._capture_input, layer))
+            else:
+                self.forward_hook(layer, self._capture)
             if self.record_prefix:
-                self.forward_pre_hook(layer, self._snapshot_prefix)
+                self.forward_pre_hook(hooked_module(layer), partial(self._snapshot_prefix, layer))
 
     def remove(self) -> None:
         """Remove every hook and forget the completed module calls."""
@@ -227,6 +270,14 @@ class LayerCapture(HookSet):
             self.cut_off.extend(self._recorded)
             self._recorded.clear()
 
+    def _capture_input(self, target: LayerInput, module: nn.Module, inputs: tuple) -> tuple:
+        if not inputs:
+            raise TypeError(
+                f"target layer '{layer_name(self.model, target)}': the module was called without "
+                "positional arguments, so it has no input to capture"
+            )
+        return (self._capture(target, inputs, inputs[0]), *inputs[1:])
+
     def _leaf(self, output: torch.Tensor) -> torch.Tensor:
         if self.grad and output.requires_grad:
             return output
@@ -243,8 +294,8 @@ class LayerCapture(HookSet):
             self._done.pop()
         self._done.append((self._depth, module, output))
 
-    def _snapshot_prefix(self, module: nn.Module, inputs) -> None:
-        self.prefix[id(module)] = [(m, out) for _, m, out in self._done]
+    def _snapshot_prefix(self, layer: nn.Module, module: nn.Module, inputs) -> None:
+        self.prefix[id(layer)] = [(m, out) for _, m, out in self._done]
 
 
 def capture_forward(

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .capture import hooked_module
+
 #: The spatial ranks a CAM supports: 1D signals, 2D images, 3D volumes.
 SPATIAL_RANKS = (1, 2, 3)
 
@@ -119,7 +121,7 @@ def check_layers(model: nn.Module, target_layers: Any, target_layer: Any = None)
     for i, layer in enumerate(layers):
         if not isinstance(layer, nn.Module):
             raise TypeError(f"target_layers[{i}] must be an nn.Module, got {type(layer).__name__}")
-        if id(layer) not in in_model:
+        if id(hooked_module(layer)) not in in_model:  # a LayerInput: the module whose input it is
             raise ValueError(f"target_layers[{i}] ({type(layer).__name__}) is not a module of the model")
     if len({id(layer) for layer in layers}) != len(layers):
         raise ValueError("target_layers lists the same module more than once")

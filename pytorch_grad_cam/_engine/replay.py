@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .capture import map_tensors, tensors_of
+from .capture import LayerInput, map_tensors, tensors_of
 from .undo import Undo
 from .warnings import warn
 
@@ -231,13 +231,7 @@ class ReplaySuffix:
         else:
             image = image.repeat(count, *([1] * (image.ndim - 1)))
         started = [False]
-
-        def layer_forward(*args, **kwargs):
-            # The target layer itself is not run: its output is the replacement.
-            started[0] = True
-            return replacement
-
-        forwards = {context.layer: layer_forward}
+        forwards = dict([_target_forward(context.layer, replacement, started)])
         if replay:
             queues: dict = defaultdict(deque)
             for module, output in context.prefix:
@@ -252,6 +246,29 @@ class ReplaySuffix:
             # This image's rows of the recording are no longer what the layers produced.
             raise RuntimeError("the model modified the output of a layer before the target layer in place")
         return self.score(self.index, output, count)
+
+
+def _target_forward(layer: nn.Module, replacement: Any, started: list[bool]) -> tuple[nn.Module, Callable]:
+    """The module to swap for the target layer and its ``forward``, which marks the target as started.
+
+    A layer's ``forward`` returns the replacement instead of running; for a ``LayerInput`` the module whose
+    input it is runs on the replacement as that input.
+    """
+    if isinstance(layer, LayerInput):
+        module, own = layer.module, layer.module.forward
+
+        def input_forward(*args, **kwargs):
+            started[0] = True
+            return own(replacement, *args[1:], **kwargs)
+
+        return module, input_forward
+
+    def layer_forward(*args, **kwargs):
+        # The target layer itself is not run: its output is the replacement.
+        started[0] = True
+        return replacement
+
+    return layer, layer_forward
 
 
 @contextlib.contextmanager

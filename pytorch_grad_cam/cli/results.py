@@ -105,8 +105,8 @@ _MAP_FIELDS: dict[str, Check] = {
 }
 
 
-#: Absent in records of runs before the CLI kept warnings: no warnings.
-_OPTIONAL_MAP_FIELDS: dict[str, Check] = {"warnings": _list_of(_text, "strings")}
+#: Absent in records of runs before the CLI kept warnings (no warnings) and named the layer per map.
+_OPTIONAL_MAP_FIELDS: dict[str, Check] = {"warnings": _list_of(_text, "strings"), "layer": _text}
 
 
 def _map_entry(value: Any) -> str:

@@ -32,7 +32,13 @@ from ..registry import FACTORIZATION_METHODS, KINDS, METHODS, kind_of
 # The module, not its functions: they are looked up when called, so a substitute put there (as the tests
 # do for show_factorization_on_image) is the one used.
 from ..utils import image as image_utils
-from ..utils.find_layers import find_layer_types_recursive, find_target_layer, get_layer, layer_output_layout
+from ..utils.find_layers import (
+    find_layer_types_recursive,
+    find_target_layer,
+    get_layer,
+    layer_output_layout,
+    needs_nonnegative_activations,
+)
 from .inputs import InputImage
 from .models import CliError, LoadedModel, resolve_categories
 from .outputs import make_grid, write_image
@@ -99,6 +105,9 @@ class RunOptions:
     def settings(self) -> str:
         """What decides the outputs, hashed: images done with other settings are redone."""
         category = list(self.target_category) if self.target_category else None
+        # 'auto' moves methods that need non-negative activations past the ReLU: their maps done before that
+        # rule (at the batch norm, often all zeros) are redone.
+        auto = self.target_layer == "auto" and any(needs_nonnegative_activations(m) for m in self.methods)
         settings = [
             self.model_name,
             self.checkpoint,
@@ -110,6 +119,7 @@ class RunOptions:
             self.eigen_smooth,
             self.guided,
             self.n_components,
+            *(["auto: method-aware"] if auto else []),
         ]
         return hashlib.sha1(json.dumps(settings, default=str).encode()).hexdigest()[:16]
 
@@ -119,7 +129,8 @@ class TargetSetup:
     """What the first image decides: the target layer, its reshape transform, the classes, the concept head.
 
     The classes are those asked for by name or index; the head names DFF's concepts (None when no concept can
-    be named).
+    be named). ``method_layers``: ``(layer, name, reshape)`` of the methods whose automatic layer is another
+    one (methods that need non-negative activations); every other method uses ``layer``.
     """
 
     layer: nn.Module
@@ -127,6 +138,11 @@ class TargetSetup:
     reshape: Callable | None
     categories: list[int] | None
     concept_head: nn.Module | None
+    method_layers: dict[str, tuple[nn.Module, str, Callable | None]] = field(default_factory=dict)
+
+    def layer_of(self, method: str) -> tuple[nn.Module, str, Callable | None]:
+        """``(layer, name, reshape transform)`` of ``method``."""
+        return self.method_layers.get(method, (self.layer, self.layer_name, self.reshape))
 
 
 def preprocess(loaded: LoadedModel, image: np.ndarray) -> torch.Tensor:
@@ -158,7 +174,9 @@ def prepare_target(
     head = None
     if any(method in FACTORIZATION_METHODS for method in options.methods):
         head = _concept_head(model, layer, first)
-    return TargetSetup(layer, name, reshape, categories, head)
+    return TargetSetup(
+        layer, name, reshape, categories, head, _method_layers(model, options, first, name, say)
+    )
 
 
 def _target_layer(model: nn.Module, name: str, x: torch.Tensor, say: Callable[[str], None]):
@@ -176,6 +194,23 @@ def _target_layer(model: nn.Module, name: str, x: torch.Tensor, say: Callable[[s
     except ValueError as exc:
         raise CliError(f"--target-layer {name}: {exc}", code=2) from exc
     return layer, name, layout.reshape_transform
+
+
+def _method_layers(
+    model: nn.Module, options: RunOptions, x: torch.Tensor, default: str, say: Callable[[str], None]
+) -> dict[str, tuple[nn.Module, str, Callable | None]]:
+    """For --target-layer auto: the layer of methods that need non-negative activations, if not ``default``.
+
+    One trace for the group (they share the need); says which layer and why.
+    """
+    needy = [m for m in options.methods if m in METHODS and needs_nonnegative_activations(m)]
+    if options.target_layer != "auto" or not needy:
+        return {}
+    found = find_target_layer(model, x, method=needy[0])
+    if found.name == default:
+        return {}
+    say(f"target layer (auto) for {', '.join(needy)}: {found.describe()}: {found.reason}")
+    return {m: (found.layer, found.name, found.reshape_transform) for m in needy}
 
 
 def _concept_head(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> nn.Module | None:
@@ -319,9 +354,8 @@ class MapAdapter:
 
     def bind(self, ctx: BatchContext) -> Callable[[int], np.ndarray]:
         """``slot -> (B, S, S)`` maps for the batch of ``ctx``."""
-        cam = self.cls(
-            ctx.model, target_layers=[ctx.setup.layer], reshape_transform=ctx.setup.reshape, device=ctx.device
-        )
+        layer, _, reshape = ctx.setup.layer_of(getattr(self.cls, "name", ""))
+        cam = self.cls(ctx.model, target_layers=[layer], reshape_transform=reshape, device=ctx.device)
         options = ctx.options
         return lambda slot: cam(
             ctx.x, targets=ctx.targets(slot), aug_smooth=options.aug_smooth, eigen_smooth=options.eigen_smooth
@@ -764,6 +798,7 @@ class Runner:
         """One map entry of results.jsonl (its ``files`` are filled in when they are written)."""
         return {
             "method": method,
+            "layer": self.setup.layer_of(method)[1],
             "class": c,
             "class_name": self.loaded.class_name(c),
             "probability": probability,
@@ -791,7 +826,7 @@ class Runner:
             "status": "ok",
             "settings": self.options.settings,
             "model": self.options.model_name,
-            "layer": self.setup.layer_name,
+            "layer": self.setup.layer_of(self.options.methods[0])[1],  # each map entry has its own
             "methods": list(self.options.methods),
             "classes": classes,
             "maps": entries,

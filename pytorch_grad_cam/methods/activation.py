@@ -69,6 +69,8 @@ class CAM(BaseCAM):
 
     name = "cam"
     uses_gradients = False
+    # W[c] weighs what the head pools: in a CNN the features after its last activation.
+    needs_nonnegative_activations = True
 
     def __init__(
         self,
@@ -195,6 +197,8 @@ class FEM(BaseCAM):
     name = "fem"
     uses_gradients = False
     class_specific = False
+    # Thresholds activity above the mean: on a batch norm's mostly negative output the map is constant.
+    needs_nonnegative_activations = True
 
     def __init__(self, *args: Any, k: float = 2.0, **kwargs: Any) -> None:
         """Check and store ``k``; see the class docstring for the arguments."""

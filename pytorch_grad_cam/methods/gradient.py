@@ -53,6 +53,8 @@ class GradCAMPlusPlus(BaseCAM):
     """
 
     name = "gradcam++"
+    # sum_ab(A) < 0 (a batch norm's output) can turn alpha negative and the whole map to zeros.
+    needs_nonnegative_activations = True
 
     def cam_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
@@ -97,6 +99,7 @@ class XGradCAM(BaseCAM):
     """
 
     name = "xgradcam"
+    needs_nonnegative_activations = True  # divides by sum_ij A_k, ~0 or negative before a ReLU
 
     def cam_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor, context: LayerContext
@@ -197,6 +200,7 @@ class SmoothGradCAMPlusPlus(BaseCAM):
 
     name = "smoothgradcam++"
     deterministic = False  # without a seed, every call draws new noise
+    needs_nonnegative_activations = True  # Grad-CAM++'s alpha, with sum_ab(A)
 
     def __init__(
         self,

@@ -16,6 +16,7 @@ import torch
 from .._engine.capture import layer_name, map_tensors, tensors_of
 from .._engine.checks import check_float, check_int, check_seed
 from .._engine.maps import min_max_normalize, resize_maps
+from .._engine.memory import auto_batch_size
 from .._engine.replay import AblatedCopies, ReplaySuffix, channel_layout, image_rows
 from .._engine.warnings import warn
 from ..base_cam import BaseCAM, LayerContext, select_output
@@ -41,7 +42,10 @@ class ScoreCAM(BaseCAM):
     Each channel ``A_k`` is upsampled to the input size (bilinear, corners aligned), scaled to [0, 1]
     by ``(A_k - min) / (max - min + 1e-8)`` and multiplied into the input; ``s_k`` is the target's
     score on that masked input, and ``w = softmax_k(s)``. Costs ``C`` forward passes per image, run
-    ``batch_size`` masked inputs at a time; only one batch of masked inputs exists at any moment.
+    ``batch_size`` masked inputs at a time; only one batch of masked inputs exists at any moment. A
+    constant channel (all zeros after a ReLU, often half of them) has an all-zero mask: every constant
+    channel gives the same masked input, so it is scored once per image and its score shared
+    (:meth:`scored_channels`), which gives the same weights.
 
     SS-CAM and IS-CAM share this streamed loop: a subclass only says how many model inputs one mask
     gives (``inputs_per_mask``), how it builds them (:meth:`mask_inputs`) and how it combines their
@@ -59,8 +63,14 @@ class ScoreCAM(BaseCAM):
     name = "scorecam"
     uses_gradients = False
     perturbation = True
+    needs_nonnegative_activations = True  # relu(sum_k w_k A_k) with w = softmax(s) > 0
+    default_batch_size = None  # sized at each call to the device's free memory
     #: How many model inputs each channel's mask gives (SS-CAM: noisy samples, IS-CAM: path steps).
     inputs_per_mask: int = 1
+    #: Whether every constant channel gives the same model inputs. Its mask is all zeros (``A_k - min = 0``),
+    #: so they are scored once and the scores shared: an all-zero channel after a ReLU costs no forward
+    #: pass of its own. SS-CAM's noisy inputs differ for every row, so it scores each.
+    shares_constant_masks: bool = True
 
     def cam_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
@@ -68,28 +78,86 @@ class ScoreCAM(BaseCAM):
         """``w = softmax_k(s)`` from the masked inputs' scores, ``(B, C)``; see the class docstring."""
         x = context.input  # (B, C_in, *S)
         batch, channels = activations.shape[:2]
-        per_mask = self.inputs_per_mask
-        # Model inputs per image: row r is mask r // per_mask, sample r % per_mask.
-        total = channels * per_mask
-        scores = torch.empty(batch, total, device=activations.device)  # (B, C * n)
+        scores = torch.empty(batch, channels, self.inputs_per_mask, device=activations.device)  # (B, C, n)
+        rows = context.batch_size or auto_batch_size(x[0])
         # The call's own noise source (SS-CAM's), restarted for every image so that an image's map does
         # not depend on the others in its batch, nor on batch_size. A local: calls never share it.
         generator = torch.Generator(device=x.device)
         seed = self.noise_seed(generator)
         for i in range(batch):
             generator.manual_seed(seed)
-            for start in range(0, total, context.batch_size):
-                stop = min(start + context.batch_size, total)
-                first, last = start // per_mask, (stop - 1) // per_mask + 1  # the masks this batch uses
-                masks = resize_maps(activations[i, first:last], x.shape[2:], align_corners=True)  # (m, *S)
-                masks = min_max_normalize(masks, eps=1e-8).to(x.dtype)
-                rows = torch.arange(start, stop, device=masks.device)
-                if per_mask > 1:  # several rows share a mask
-                    masks = masks[rows // per_mask - first]  # (n, *S)
-                masked = self.mask_inputs(x[i : i + 1], masks, rows % per_mask, generator)
-                output = context.model(masked)  # masked: (n, C_in, *S)
-                scores[i, start:stop] = _target_scores(context.targets, i, output, stop - start)
-        return self.combine_scores(scores.view(batch, channels, per_mask))
+            sources = self.scored_channels(activations[i])  # (M,): a channel, or -1 for a constant one
+            scored = self._score_masks(activations[i], sources, i, context, rows, generator)  # (M, n)
+            scores[i] = self._spread(scored, sources, channels)
+        return self.combine_scores(scores)
+
+    @classmethod
+    def scored_channels(cls, activations: torch.Tensor) -> torch.Tensor:
+        """The channels of one image's ``(C, *grid)`` activations whose masks are scored, ``(M,)`` long.
+
+        Every channel; with ``shares_constant_masks``, the non-constant ones and then ``-1`` (once) standing
+        for all the constant ones, whose masks are all zeros.
+        """
+        channels = activations.shape[0]
+        every = torch.arange(channels, device=activations.device)
+        if not cls.shares_constant_masks:
+            return every
+        flat = activations.flatten(1)  # (C, N)
+        constant = flat.amax(1) == flat.amin(1)  # (C,)
+        if not bool(constant.any()):
+            return every
+        return torch.cat([every[~constant], every.new_full((1,), -1)])
+
+    @staticmethod
+    def _spread(scored: torch.Tensor, sources: torch.Tensor, channels: int) -> torch.Tensor:
+        """``(M, n)`` scores of the scored masks -> ``(C, n)``: a constant channel gets the shared row."""
+        if len(sources) == 0 or int(sources[-1]) >= 0:  # every channel scored on its own
+            return scored
+        spread = scored[-1].expand(channels, -1).clone()  # (C, n): the constant channels' shared scores
+        spread[sources[:-1]] = scored[:-1]
+        return spread
+
+    def _score_masks(
+        self,
+        activations: torch.Tensor,
+        sources: torch.Tensor,
+        index: int,
+        context: LayerContext,
+        rows: int,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """Image ``index``'s target scores ``(M, n)`` on the inputs of the masks of ``sources``, streamed."""
+        x = context.input  # (B, C_in, *S)
+        per_mask = self.inputs_per_mask
+        # Model inputs of this image: row r is mask r // per_mask, sample r % per_mask.
+        total = len(sources) * per_mask
+        scores = torch.empty(total, device=activations.device)  # (M * n,)
+        for start in range(0, total, rows):
+            stop = min(start + rows, total)
+            first, last = start // per_mask, (stop - 1) // per_mask + 1  # the masks this batch uses
+            masks = self._masks(activations, sources[first:last], x.shape[2:], x.dtype)  # (m, *S)
+            row = torch.arange(start, stop, device=masks.device)
+            if per_mask > 1:  # several rows share a mask
+                masks = masks[row // per_mask - first]  # (n, *S)
+            masked = self.mask_inputs(x[index : index + 1], masks, row % per_mask, generator)
+            output = context.model(masked)  # masked: (n, C_in, *S)
+            scores[start:stop] = _target_scores(context.targets, index, output, stop - start)
+        return scores.view(len(sources), per_mask)
+
+    @staticmethod
+    def _masks(
+        activations: torch.Tensor, sources: torch.Tensor, size: Any, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """The normalised masks ``(m, *S)`` of channels ``sources`` (``-1``: a constant channel's, zeros)."""
+        real = sources >= 0
+        if bool(real.all()):
+            masks = resize_maps(activations[sources], size, align_corners=True)  # (m, *S)
+            return min_max_normalize(masks, eps=1e-8).to(dtype)
+        masks = torch.zeros(len(sources), *size, dtype=dtype, device=activations.device)
+        if bool(real.any()):
+            upsampled = resize_maps(activations[sources[real]], size, align_corners=True)
+            masks[real] = min_max_normalize(upsampled, eps=1e-8).to(dtype)
+        return masks
 
     # -- what SS-CAM and IS-CAM change -----------------------------------------------------------
     def noise_seed(self, generator: torch.Generator) -> int:
@@ -150,6 +218,7 @@ class SSCAM(ScoreCAM):
 
     name = "sscam"
     deterministic = False  # unless a seed is given
+    shares_constant_masks = False  # every row's noise differs: no two inputs are the same
 
     def __init__(
         self,
@@ -269,8 +338,9 @@ class AblationCAM(BaseCAM):
     perturbation = True
     records_prefix = True
     # Only the layers after the target layer run on a batch, and one batch buffer is reused: a large
-    # batch costs little memory and saves calls.
-    default_batch_size = 128
+    # batch costs little memory and saves calls. Sized at each call to the device's free memory, by the
+    # layer's output rather than the input.
+    default_batch_size = None
 
     def cam_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor | None, context: LayerContext
@@ -281,6 +351,7 @@ class AblationCAM(BaseCAM):
         layout = channel_layout(raw, context.channel_dim, self.reshape_transform, channels)
         leaves = tensors_of(raw)
         ablated = torch.empty(batch, channels, device=activations.device)  # (B, C)
+        rows = context.batch_size or auto_batch_size(activations[0])  # ablated copies per pass
         for i in range(batch):
             original = map_tensors(partial(image_rows, index=i), raw)
             lowest = min(float(leaf[i].min()) for leaf in leaves)
@@ -289,8 +360,8 @@ class AblationCAM(BaseCAM):
             value = 0.0 if lowest >= 0 else max(lowest - ABLATION_OFFSET, floor)
             suffix = ReplaySuffix(context, i, partial(_target_scores, context.targets))
             copies = AblatedCopies(original, layout, value)
-            for start in range(0, channels, context.batch_size):
-                stop = min(start + context.batch_size, channels)
+            for start in range(0, channels, rows):
+                stop = min(start + rows, channels)
                 index = torch.arange(start, stop, device=activations.device)
                 ablated[i, start : start + len(index)] = suffix(copies.ablate(index))
         score = context.scores[:, None]  # (B, 1)

@@ -188,6 +188,64 @@ def test_one_streamed_loop(cls, kwargs, per_channel, batch_size):
     assert len(perturbed) == x.shape[0] * per_image
 
 
+# ============================================================================ constant channels
+def constant_channels_net() -> SmallNet:
+    """small_net with two of act's 5 channels constant: 0 is dead after the ReLU (weights 0, bias -1), 3 is
+    0.5 everywhere (weights 0, bias 0.5). Both masks are all zeros: the same masked input."""
+    model = small_net()
+    with torch.no_grad():
+        model.conv2.weight[[0, 3]] = 0.0
+        model.conv2.bias[0] = -1.0
+        model.conv2.bias[3] = 0.5
+    return model
+
+
+@pytest.mark.parametrize(("cls", "kwargs", "per_mask"), [(ScoreCAM, {}, 1), (ISCAM, {"num_samples": 3}, 3)])
+@pytest.mark.parametrize("batch_size", [2, 100])
+def test_constant_channels_are_scored_once(cls, kwargs, per_mask, batch_size):
+    """Score-CAM and IS-CAM score the constant channels' all-zero mask once per image and share its scores:
+    the maps of scoring every channel on its own (the loop as it was, kept by a subclass that does not share)
+    to 1e-6 and the float64 references to 1e-5, with (5 - 2 + 1) instead of 5 masks per image run."""
+    inner = constant_channels_net()
+    x = small_input()
+    flat = layer_output(inner, inner.act, x).reshape(2, 5, -1)
+    assert (flat.max(2) == flat.min(2)).tolist() == [[True, False, False, True, False]] * 2  # the case
+
+    class EveryChannel(cls):  # no name: not registered
+        shares_constant_masks = False
+
+    model, every_model = CountCalls(inner), CountCalls(inner)
+    shared = cls(model, [inner.act], batch_size=batch_size, **kwargs)(x, targets=[1, 3])
+    every = EveryChannel(every_model, [inner.act], batch_size=batch_size, **kwargs)(x, targets=[1, 3])
+    assert sum(model.batches[1:]) == 2 * (5 - 2 + 1) * per_mask  # the first call: the unperturbed batch
+    assert sum(every_model.batches[1:]) == 2 * 5 * per_mask
+    assert max(model.batches[1:]) <= batch_size
+    np.testing.assert_allclose(shared, every, rtol=0, atol=1e-6)
+    if cls is ScoreCAM:
+        from tests.references import reference_cam
+
+        want = reference_cam("scorecam", inner, [inner.act], x, [1, 3])
+    else:
+        want = reference_iscam(inner, x, [1, 3], num_samples=3)[1]
+    np.testing.assert_allclose(shared, want, rtol=0, atol=1e-5)
+    assert (shared.reshape(2, -1).max(1) - shared.reshape(2, -1).min(1)).min() > 0.5  # not a flat map
+
+
+def test_sscam_scores_every_channel_its_noise_differs():
+    inner = constant_channels_net()
+    model = CountCalls(inner)
+    assert SSCAM.shares_constant_masks is False
+    SSCAM(model, [inner.act], num_samples=2, seed=0, batch_size=4)(small_input(), targets=[1, 3])
+    assert sum(model.batches[1:]) == 2 * 5 * 2
+
+
+def test_scored_channels():
+    activations = torch.tensor([[[0.0, 0.0]], [[1.0, 2.0]], [[0.5, 0.5]], [[3.0, -1.0]]])  # (C=4, 1, 2)
+    assert ScoreCAM.scored_channels(activations).tolist() == [1, 3, -1]
+    assert ScoreCAM.scored_channels(activations[[1, 3]]).tolist() == [0, 1]  # none constant: no shared row
+    assert SSCAM.scored_channels(activations).tolist() == [0, 1, 2, 3]
+
+
 def test_ablationcam_vit_tokens_ablate_the_embedding_channel():
     torch.manual_seed(0)
     model = TinyViT(encoder_blocks=2).eval().double()

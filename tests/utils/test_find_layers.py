@@ -239,3 +239,111 @@ def test_layer_output_layout_errors_name_the_problem():
     net = nn.Sequential(TupleOut())
     with pytest.raises(ValueError, match="the layer returns tuple"):
         layer_output_layout(net, net[0], x)
+
+
+# ------------------------------------------------------------------------------ the method's own layer
+def _bn_output(model, x):
+    kept = []
+    handle = model.head_bn.register_forward_hook(lambda m, i, o: kept.append(o))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    return kept[0]
+
+
+def test_find_target_layer_moves_past_the_activation_for_methods_that_need_it():
+    """Conv-BN-ReLU6 ending whose ReLU6 module also serves the stem (as in the bundled EfficientNet-Lite0):
+    the method-agnostic choice, and Grad-CAM's, stays the batch norm; Score-CAM's (a method declaring
+    needs_nonnegative_activations) is the input of the pool, the features after the shared ReLU6."""
+    from pytorch_grad_cam import GradCAM, ScoreCAM
+    from pytorch_grad_cam.utils.find_layers import LayerInput
+    from tests.models import seeded_input, shared_activation_net
+
+    model = shared_activation_net()
+    x = seeded_input(2, 3, 12, 12, seed=1)
+    lowest = float(_bn_output(model, x).min())
+    assert lowest < 0  # the case: the batch norm's output has negative values
+    plain = find_target_layer(model, x)
+    assert (plain.name, plain.layer, plain.reason) == ("head_bn", model.head_bn, "")
+    for method in ("gradcam", GradCAM, GradCAM(model, [model.head_bn])):
+        found = find_target_layer(model, x, method=method)
+        assert (found.name, found.layer, found.reason) == ("head_bn", model.head_bn, "")
+    for method in ("scorecam", "ScoreCAM", ScoreCAM, ScoreCAM(model, [model.head_bn])):
+        found = find_target_layer(model, x, method=method)
+        assert found.name == "pool:input"
+        assert isinstance(found.layer, LayerInput)
+        assert found.layer.module is model.pool
+        assert found.output_shape == (2, 8, 6, 6)
+        assert found.reshape_transform is None
+        assert found.reason == (
+            f"scorecam needs non-negative activations and head_bn's output has negative values (min "
+            f"{lowest:.3g}); pool:input is the nearest non-negative activation after it"
+        )
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        find_target_layer(model, x, method="nope")
+
+
+def test_find_target_layer_names_a_modules_output_before_a_modules_input():
+    """An activation module that runs once is the chosen layer itself (it is the last to finish) for every
+    method; the pool's input, the same tensor, is not offered twice."""
+    from tests.models import seeded_input, shared_activation_net
+
+    model = shared_activation_net(tap=True)
+    x = seeded_input(1, 3, 12, 12, seed=1)
+    for method in (None, "gradcam", "scorecam", "xgradcam"):
+        found = find_target_layer(model, x, method=method)
+        assert (found.name, found.layer, found.reason) == ("tap", model.tap, "")
+
+
+def test_find_target_layer_falls_back_to_the_nearest_activation_before_or_keeps_its_choice():
+    """Nothing non-negative after the batch norm: the nearest ReLU before it, said so; nothing non-negative
+    at all (the model's own input is never a candidate): the method-agnostic layer, said so."""
+    torch.manual_seed(0)
+    head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)]
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4), *head).eval()
+    with torch.no_grad():
+        model[3].bias.fill_(-0.3)
+    x = torch.rand(1, 3, 10, 10)  # non-negative, but the model's input
+    found = find_target_layer(model, x, method="gradcam++")
+    assert (found.name, found.layer) == ("1", model[1])
+    assert found.reason.endswith("; 1 is the nearest non-negative activation before it")
+    flat = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), *head).eval()
+    with torch.no_grad():
+        flat[1].bias.fill_(-5.0)
+    found = find_target_layer(flat, x, method="scorecam")
+    assert (found.name, found.layer) == ("1", flat[1])
+    assert found.reason.endswith("but no spatial layer with a non-negative output was found: kept 1")
+
+
+def test_get_layer_and_layout_of_a_modules_input():
+    from pytorch_grad_cam.utils.find_layers import LayerInput
+    from tests.models import seeded_input, shared_activation_net
+
+    model = shared_activation_net()
+    marked = get_layer(model, "pool:input")
+    assert isinstance(marked, LayerInput)
+    assert marked.module is model.pool
+    assert layer_output_layout(model, marked, seeded_input(1, 3, 12, 12, seed=1)).output_shape == (1, 8, 6, 6)
+    with pytest.raises(ValueError, match="the only suffix is ':input'"):
+        get_layer(model, "pool:output")
+    with pytest.raises(ValueError, match="has no 'nope'"):
+        get_layer(model, "nope:input")
+
+
+def test_scorecams_map_at_its_own_layer_is_not_the_all_zero_map_of_the_batch_norm():
+    """The issue in miniature: at the batch norm before the last ReLU6 (the method-agnostic choice) every
+    Score-CAM weight is positive and the activations mostly negative, so relu(sum_k w_k A_k) is all zeros
+    (with a warning); at the layer find_target_layer gives Score-CAM, the map spans [0, 1]."""
+    from pytorch_grad_cam import ScoreCAM
+    from tests.models import seeded_input, shared_activation_net
+
+    model = shared_activation_net()
+    x = seeded_input(2, 3, 12, 12, seed=1)
+    with pytest.warns(RuntimeWarning, match="the CAM of layer 'head_bn' is constant for image"):
+        zeros = ScoreCAM(model, [find_target_layer(model, x).layer])(x, targets=[2, 4])
+    assert not zeros.any()
+    found = find_target_layer(model, x, method="scorecam")
+    maps = ScoreCAM(model, [found.layer])(x, targets=[2, 4])
+    assert (maps.reshape(2, -1).min(1) == 0).all()
+    assert (maps.reshape(2, -1).max(1) > 0.99).all()

@@ -23,7 +23,14 @@ from ..gradient import GradCAM
 BaseMethod = Union[str, type[BaseCAM]]
 
 #: The capability attributes a composite takes over from its base method.
-_CAPABILITIES = ("uses_gradients", "records_prefix", "class_specific", "deterministic", "uses_target_layers")
+_CAPABILITIES = (
+    "uses_gradients",
+    "records_prefix",
+    "class_specific",
+    "deterministic",
+    "uses_target_layers",
+    "needs_nonnegative_activations",
+)
 
 
 def base_class(base_method: Any) -> type[BaseCAM]:
@@ -107,15 +114,18 @@ class CompositeCAM(BaseCAM):
             self.perturbation = base_cls.perturbation
 
     @property
-    def batch_size(self) -> int:
-        """Perturbed inputs per forward pass: the base method's (FinerCAM, RefineCAM) or patches (SESS)."""
+    def batch_size(self) -> int | None:
+        """Perturbed inputs per forward pass: the base method's (FinerCAM, RefineCAM) or patches (SESS).
+
+        None (a perturbation base method's default): sized at each call to the device's free memory.
+        """
         if self.shares_batch_size and "base_cam" in self.__dict__:
             return self.base_cam.batch_size
         return self._batch_size
 
     @batch_size.setter
-    def batch_size(self, value: int) -> None:
-        self._batch_size = check_batch_size(value)
+    def batch_size(self, value: int | None) -> None:
+        self._batch_size = self.default_batch_size if value is None else check_batch_size(value)
         if self.shares_batch_size and "base_cam" in self.__dict__:
             self.base_cam.batch_size = value
 

@@ -57,6 +57,8 @@ class RefineCAM(CompositeCAM):
 
     name = "refinecam"
     default_base = GradCAMPlusPlus
+    # The default base's (an instance takes its own base's, as its other capabilities).
+    needs_nonnegative_activations = GradCAMPlusPlus.needs_nonnegative_activations
 
     def __init__(
         self,

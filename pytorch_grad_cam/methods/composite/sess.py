@@ -19,6 +19,7 @@ from torch import nn
 
 from ..._engine.checks import check_bool, check_choice, check_float, check_int
 from ..._engine.maps import INTERPOLATION, min_max_normalize, warn_if_constant
+from ..._engine.memory import auto_batch_size
 from ...base_cam import DEFAULT_OPTIONS, CallOptions, Target, select_output
 from ...utils.model_targets import ClassifierOutputTarget
 from ..gradient import GradCAM
@@ -402,6 +403,10 @@ class SESS(CompositeCAM):
         )
         return maps, outputs[0]
 
+    def _patches_per_call(self, x: torch.Tensor) -> int:
+        """``batch_size``, or (set to None) as many patches as the device's free memory allows."""
+        return self.batch_size or auto_batch_size(x[0])
+
     def _one_pass(self, x, targets, sizes, window, step, spatial, eigen_smooth, matrices) -> torch.Tensor:
         """No pre-filtering and ``theta == 0``: the scores come from the base method's own forward pass.
 
@@ -413,7 +418,7 @@ class SESS(CompositeCAM):
         weighted = PatchFusion(batch, spatial, self.pool, self.theta, x.device)
         plain = PatchFusion(batch, spatial, self.pool, self.theta, x.device)
         top = torch.zeros(batch, device=x.device)
-        for chunk in batches(patches(x, sizes, window, step), self.batch_size):
+        for chunk in batches(patches(x, sizes, window, step), self._patches_per_call(x)):
             images = [item[1] for item in chunk]
             maps, output = self._patch_maps(chunk, x, targets, eigen_smooth)
             scores = self._clean_scores(output, targets, images)  # (n,)
@@ -433,7 +438,7 @@ class SESS(CompositeCAM):
         batch = x.shape[0]
         owners, patch_scores = [], []
         with torch.no_grad():
-            for chunk in batches(patches(x, sizes, window, step), self.batch_size):
+            for chunk in batches(patches(x, sizes, window, step), self._patches_per_call(x)):
                 images = [item[1] for item in chunk]
                 output = self.run_model(torch.stack([item[4] for item in chunk]).to(x.dtype))
                 patch_scores.append(self._clean_scores(output, targets, images))
@@ -453,7 +458,7 @@ class SESS(CompositeCAM):
             keep.update(kept.tolist())
 
         fusion = PatchFusion(batch, spatial, self.pool, self.theta, x.device)
-        for chunk in batches(patches(x, sizes, window, step, keep), self.batch_size):
+        for chunk in batches(patches(x, sizes, window, step, keep), self._patches_per_call(x)):
             maps, _ = self._patch_maps(chunk, x, targets, eigen_smooth)
             maps = maps * weights[[item[0] for item in chunk]].view(-1, *[1] * len(spatial))
             pasted = paste(maps, chunk, sizes, spatial, window, matrices)  # (n, *spatial)
