@@ -47,7 +47,8 @@ def test_each_method_gets_its_layer_printed_recorded_and_used(tmp_path, capsys):
     layer = ["--target-layer", "_avg_pooling:input"]
     assert main([str(CAT), "--method", "gradcam++", *layer, "--output-dir", str(named)]) == 0
     assert "target layer (auto)" not in capsys.readouterr().out  # a named layer is every method's
-    np.testing.assert_array_equal(np.load(auto / "cat_gradcam++.npy"), np.load(named / "cat_gradcam++.npy"))
+    npy = f"cat_{record['classes'][0]}_gradcam++.npy"  # <image>_<class>_<method>
+    np.testing.assert_array_equal(np.load(auto / npy), np.load(named / npy))
     assert _records(named)[0]["maps"][0]["layer"] == "_avg_pooling:input"
 
 
@@ -57,7 +58,8 @@ def test_scorecam_with_the_automatic_layer_is_not_an_all_zero_map(tmp_path, caps
     """The issue: `--methods gradcam,scorecam,...` wrote Score-CAM maps that were exactly 0 (at _bn1)."""
     assert main([str(CAT), "--method", "scorecam", "--output-dir", str(tmp_path)]) == 0
     assert "target layer (auto) for scorecam: _avg_pooling:input" in capsys.readouterr().out
-    cam_map = np.load(tmp_path / "cat_scorecam.npy")
+    (npy,) = [f for f in _records(tmp_path)[0]["outputs"] if f.endswith(".npy")]
+    cam_map = np.load(tmp_path / npy)
     assert cam_map.shape == (300, 451)
     assert cam_map.min() == 0
     assert cam_map.max() > 0.99
