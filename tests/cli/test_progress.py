@@ -86,7 +86,8 @@ def test_one_image_of_a_perturbation_method_gets_an_estimate_and_a_bar_of_its_pa
     (bar,) = bars
     assert (bar.total, bar.unit, bar.desc) == (PASSES_SSCAM, "pass", "forward passes")
     assert sum(bar.updates) == PASSES_SSCAM
-    assert len(bar.updates) >= PASSES_SSCAM // 32  # within the image: every batch of 32 masked inputs
+    # Within the image: once per batch of masked inputs (the batch size follows the free memory: <= 256).
+    assert len(bar.updates) >= 1 + PASSES_SSCAM // 256
     assert bar.closed
     assert (f"image: {image}", PASSES_SSCAM) in bar.lines  # printed through the bar, after its passes
 
