@@ -83,7 +83,10 @@ def efficientnet_target_layer(model: torch.nn.Module) -> torch.nn.Module:
     This is ``model._bn1``: the batch norm that closes the last convolutional stage
     (1x1 ``_conv_head`` conv -> ``_bn1`` -> ReLU6), i.e. the 1280x7x7 feature map
     that the classifier pools.  The ReLU6 that follows is a module shared with the
-    stem, so it cannot be hooked on its own.  On the bundled ``examples/cat_and_coffee.jpg``
+    stem, so it cannot be hooked on its own; its output is what the pool receives,
+    ``LayerInput(model._avg_pooling)``, the layer for the methods that need
+    non-negative activations (Score-CAM, Grad-CAM++, XGrad-CAM...: see
+    ``find_target_layer(..., method=...)``).  On the bundled ``examples/cat_and_coffee.jpg``
     Grad-CAM at this layer puts about 97% of the map's mass on the cat half for class
     285 and about 94% on the coffee half for class 967 (``_conv_head`` and
     ``_blocks[-1]`` give a blurrier 89%/81%).

@@ -214,8 +214,10 @@ def _add_model_and_class_options(parser: argparse.ArgumentParser) -> None:
         default="auto",
         metavar="NAME",
         help="the layer to explain by dotted name, negative indices allowed "
-        "(layer4.-1, features.-1), or 'auto' (default): the last layer with a spatial output "
-        "that the score depends on, found by tracing one forward pass and printed",
+        "(layer4.-1, features.-1; NAME:input is what that module receives), or 'auto' (default): the "
+        "last layer with a spatial output that the score depends on, found by tracing one forward pass "
+        "and printed; the methods that need non-negative activations (scorecam, gradcam++, xgradcam, "
+        "...) get the nearest non-negative activation after it",
     )
     parser.add_argument(
         "--target-category",
