@@ -28,6 +28,7 @@ from pytorch_grad_cam import DeepFeatureFactorization, GuidedBackpropReLUModel, 
 from pytorch_grad_cam._engine import checkpointing
 from pytorch_grad_cam.utils.find_layers import find_target_layer
 from tests.cam_factory import make_cam
+from tests.engine.test_invariants import _HOOK_DICTS  # one list of the modules' hook dicts
 from tests.models import checkpointed_net, make_tiny, seeded_input
 
 CALLS = [*sorted(pytorch_grad_cam.METHODS), "guidedbackprop", "guidedgradcam", "dff", "find_target_layer"]
@@ -36,15 +37,6 @@ CHECKPOINTED_QUICK = ["gradcam", "scorecam", "ablationcam", "fullgrad", "shapley
 #: All of the first events (the call's setup), then this many more, evenly spaced, in the quick suite.
 HEAD, SPREAD = 200, 12
 
-_HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_pre_hooks",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-    "_forward_pre_hooks_with_kwargs",
-)
 _GLOBAL_HOOK_DICTS = [name for name in dir(module_globals) if name.startswith("_global_") and "hook" in name]
 _CHECKPOINT_FUNCTION = torch.utils.checkpoint.CheckpointFunction
 _SDP = ("flash", "mem_efficient", "math", "cudnn")
